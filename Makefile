@@ -1,0 +1,37 @@
+# tickstack — the two commands: `make up` (main job, local) and `make test` (whole suite).
+# Both install what is missing first (Debian packages, Postgres extensions, Python deps) and
+# skip installs that are already done.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+
+.PHONY: up test down clean install install-system install-python lint status env
+
+up: install
+	$(PY) -m infra.local up
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m infra.local down; else echo "nothing to stop"; fi
+
+clean:
+	@if [ -x $(PY) ]; then $(PY) -m infra.local clean --yes; else rm -rf .tickstack; fi
+
+status: install-python
+	$(PY) -m infra.local status
+
+env: install-python
+	@$(PY) -m infra.local env
+
+lint: install-python
+	$(VENV)/bin/ruff check .
+
+install: install-system install-python
+
+install-system:
+	@bash scripts/install_system.sh
+
+install-python:
+	@bash scripts/install_python.sh

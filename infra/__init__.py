@@ -1,0 +1,4 @@
+"""tickstack infrastructure: the Pulumi program, the shared config renderer, the local environment.
+
+Kept import-light on purpose: `infra.configs` and `infra.local` must work without Pulumi loaded.
+"""

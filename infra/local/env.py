@@ -1,0 +1,290 @@
+"""The local environment: primary + replica PostgreSQL, moto S3 behind stunnel, pgBackRest.
+
+State lives under one directory (`.tickstack/` at the repository root by default):
+
+    ports.json        ports chosen at first start and kept (two checkouts never collide)
+    secrets.json      generated passwords (0600); never printed, DSNs point at pgpass
+    pgpass            libpq password file for the DSNs `env` prints
+    primary/ replica/ cluster data, logs
+    s3/               moto log, pid, snapshot of all buckets (moto keeps objects in memory)
+    stunnel/          TLS terminator config, cert, log
+    pgbackrest/       rendered pgbackrest.conf, log/lock/spool dirs
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra import configs
+from infra.local.postgres import Cluster
+from infra.local.procs import PartError, blocking_dir, make_db_dir, run_db
+from infra.local.s3 import MOTO_KEY, MOTO_SECRET, Moto, Stunnel
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_STATE = REPO_ROOT / ".tickstack"
+LANDING_BUCKET = "tickstack-landing"
+BACKUP_BUCKET = "tickstack-backup"
+REGION = "us-east-1"
+PARTS = ("s3", "s3-tls", "primary", "pgbackrest", "replica")
+# Least-privilege logins per worker (group role -> login user); `workers migrate` creates them.
+WORKER_LOGINS = {
+    "tickstack_ingest": "ingest_worker",
+    "tickstack_embed": "embed_worker",
+    "tickstack_retention": "retention_worker",
+    "tickstack_reader": "reader",
+}
+
+
+@dataclass
+class PartStatus:
+    part: str
+    port: int | None
+    healthy: bool
+    detail: str
+
+
+class LocalEnv:
+    def __init__(self, state_dir: Path = DEFAULT_STATE):
+        self.state = Path(state_dir).absolute()
+        self.state.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state, 0o755)  # postgres must traverse it to reach its own dirs
+        self.ports = self._load_or_make("ports.json", self._new_ports)
+        self.secrets = self._load_or_make("secrets.json", self._new_secrets, mode=0o600)
+        if set(self._new_secrets()) - set(self.secrets):  # state from an older version
+            self.secrets = {**self._new_secrets(), **self.secrets}
+            _write_private(self.state / "secrets.json", json.dumps(self.secrets, indent=1))
+        sock = self._socket_root()
+        self.moto = Moto(self.state / "s3", self.ports["s3"])
+        self.stunnel = Stunnel(self.state / "stunnel", self.ports["s3_tls"], self.ports["s3"])
+        self.primary = Cluster("primary", self.state / "primary", self.ports["primary"],
+                               sock / "primary", self.secrets["postgres_password"])
+        self.replica = Cluster("replica", self.state / "replica", self.ports["replica"],
+                               sock / "replica", self.secrets["postgres_password"])
+        self.pgbr_dir = self.state / "pgbackrest"
+
+    # --- state files -----------------------------------------------------------------------
+
+    def _load_or_make(self, name: str, make, mode: int = 0o644) -> dict:
+        p = self.state / name
+        if p.exists():
+            return json.loads(p.read_text())
+        data = make()
+        _write_private(p, json.dumps(data, indent=1), mode)
+        return data
+
+    @staticmethod
+    def _new_ports() -> dict[str, int]:
+        from infra.local.procs import free_port
+
+        ports: set[int] = set()
+        while len(ports) < 4:
+            ports.add(free_port())
+        s3, s3_tls, primary, replica = sorted(ports)
+        return {"s3": s3, "s3_tls": s3_tls, "primary": primary, "replica": replica}
+
+    @staticmethod
+    def _new_secrets() -> dict[str, str]:
+        pw = {"postgres_password": secrets.token_urlsafe(24)}
+        pw.update({user: secrets.token_urlsafe(24) for user in WORKER_LOGINS.values()})
+        return pw
+
+    def _socket_root(self) -> Path:
+        # Unix socket paths are limited to 107 bytes; deep checkouts fall back to /tmp.
+        root = self.state / "run"
+        if len(str(root)) > 60:
+            digest = hashlib.sha1(str(self.state).encode()).hexdigest()[:10]
+            root = Path("/tmp") / f"tickstack-{digest}"
+        return root
+
+    # --- rendered configuration (the one renderer, infra/configs.py) ------------------------
+
+    @property
+    def pgbackrest_conf_path(self) -> Path:
+        return self.pgbr_dir / "pgbackrest.conf"
+
+    def backup_repo(self) -> configs.BackupRepo:
+        return configs.BackupRepo(
+            bucket=BACKUP_BUCKET, region=REGION, endpoint="127.0.0.1", port=self.ports["s3_tls"],
+            uri_style="path", verify_tls=False, key_type="shared",
+        )
+
+    def render(self) -> None:
+        make_db_dir(self.pgbr_dir, 0o755)
+        for sub in ("log", "lock", "spool"):
+            make_db_dir(self.pgbr_dir / sub, 0o700)
+        conf = configs.pgbackrest_conf(
+            self.backup_repo(),
+            configs.PrimaryPg(data_dir=str(self.primary.data), port=self.primary.port,
+                              socket_dir=str(self.primary.socket_dir)),
+            configs.PgBackRestPaths(log=str(self.pgbr_dir / "log"),
+                                    lock=str(self.pgbr_dir / "lock"),
+                                    spool=str(self.pgbr_dir / "spool")),
+        )
+        self.pgbackrest_conf_path.write_text(conf)
+        os.chmod(self.pgbackrest_conf_path, 0o644)
+        for cluster, role in ((self.primary, "primary"), (self.replica, "replica")):
+            settings = configs.postgres_conf(
+                role=role,
+                pgbackrest_config=str(self.pgbackrest_conf_path) if role == "primary" else None,
+                listen_addresses="127.0.0.1", port=cluster.port,
+                socket_dir=str(cluster.socket_dir),
+            )
+            cluster.write_conf(configs.postgres_conf_text(settings))
+
+    def pgbackrest_env(self) -> dict[str, str]:
+        """S3 keys for pgBackRest come from the environment, never from its config file."""
+        return {"PGBACKREST_REPO1_S3_KEY": MOTO_KEY, "PGBACKREST_REPO1_S3_KEY_SECRET": MOTO_SECRET}
+
+    def pgbackrest(self, *args: str, timeout: float = 300):
+        return run_db(
+            ["pgbackrest", f"--config={self.pgbackrest_conf_path}", "--stanza=" + configs.STANZA,
+             *args],
+            env={**os.environ, **self.pgbackrest_env()}, check=False, timeout=timeout,
+        )
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def preflight(self) -> None:
+        blocked = blocking_dir(self.state / "primary")
+        if blocked is not None:
+            raise PartError(
+                "state",
+                f"the postgres user cannot reach {self.state}: {blocked} is not searchable by it "
+                f"(PostgreSQL runs as `postgres`). Use a checkout outside private directories, "
+                f"or set --state-dir to a directory postgres can reach.",
+            )
+
+    def up(self) -> list[str]:
+        """Start what is not running; returns what was started (empty: already up)."""
+        self.preflight()
+        started: list[str] = []
+        if self.moto.start():
+            started.append("s3")
+            n = self.moto.restore()
+            if n:
+                started.append(f"s3 restored {n} object versions")
+        self.moto.ensure_buckets([LANDING_BUCKET, BACKUP_BUCKET])
+        if not self.stunnel.healthy():
+            self.stunnel.start()
+            started.append("s3-tls")
+        for c in (self.primary, self.replica):
+            c.init()
+        self.render()
+        for c in (self.primary, self.replica):
+            if not c.running():
+                c.start(env=self.pgbackrest_env() if c is self.primary else None)
+                started.append(c.name)
+            c.ensure_database()
+        self.ensure_stanza()
+        return started
+
+    def ensure_stanza(self) -> None:
+        # stanza-create is idempotent for a matching stanza (checked in DESIGN.md).
+        r = self.pgbackrest("stanza-create", timeout=120)
+        if r.returncode != 0:
+            raise PartError("pgbackrest", f"stanza-create failed: {r.stdout[-2000:]}{r.stderr}",
+                            self.pgbr_dir / "log" / f"{configs.STANZA}-stanza-create.log")
+
+    def down(self) -> list[str]:
+        """Stop everything, PostgreSQL first (an archiver with no S3 can hang a stop)."""
+        stopped: list[str] = []
+        for c in (self.primary, self.replica):
+            if c.exists() and c.running():
+                c.stop()
+                stopped.append(c.name)
+        if self.moto.healthy():
+            n = self.moto.save()
+            stopped.append(f"s3 (saved {n} object versions)")
+        if self.stunnel.pid():
+            self.stunnel.stop()
+            stopped.append("s3-tls")
+        if self.moto.pid():
+            self.moto.stop()
+        return stopped
+
+    def status(self) -> list[PartStatus]:
+        out = [
+            PartStatus("s3", self.moto.port, self.moto.healthy(),
+                       f"moto {self.moto.endpoint}" if self.moto.healthy() else "stopped"),
+            PartStatus("s3-tls", self.stunnel.port, self.stunnel.healthy(),
+                       "stunnel → s3" if self.stunnel.healthy() else "stopped"),
+        ]
+        for c in (self.primary, self.replica):
+            ok = c.exists() and c.healthy()
+            out.append(PartStatus(c.name, c.port, ok, "accepting connections" if ok else
+                                  ("stopped" if c.exists() else "not initialised")))
+        out.append(self._archiver_status())
+        return out
+
+    def _archiver_status(self) -> PartStatus:
+        if not (self.primary.exists() and self.primary.healthy()):
+            return PartStatus("pgbackrest", None, False, "primary down")
+        row = self.primary.psql(
+            "SELECT archived_count, failed_count, "
+            "coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false) "
+            "FROM pg_stat_archiver"
+        ).split("|")
+        archived, failed, failing = int(row[0]), int(row[1]), row[2] == "t"
+        # Healthy unless the newest archive attempt failed (old failures that were followed by
+        # successes are history, not a problem).
+        return PartStatus("pgbackrest", self.stunnel.port, not failing,
+                          f"WAL archived {archived}, failed {failed}"
+                          + (" — archiving is FAILING" if failing else ""))
+
+    def dsns(self) -> dict[str, str]:
+        return {"primary": self.primary.dsn(), "replica": self.replica.dsn()}
+
+    def write_pgpass(self) -> Path:
+        p = self.state / "pgpass"
+        users = {"postgres": self.secrets["postgres_password"]}
+        users.update({u: self.secrets[u] for u in WORKER_LOGINS.values()})
+        lines = [f"127.0.0.1:{c.port}:*:{u}:{_pgpass_escape(pw)}"
+                 for c in (self.primary, self.replica) for u, pw in users.items()]
+        _write_private(p, "\n".join(lines) + "\n")
+        return p
+
+    def env(self) -> dict[str, str]:
+        """Every TICKSTACK_ setting and AWS variable the workers need, for `eval $(… env)`."""
+        env = configs.worker_env(configs.WorkerEnv(
+            landing_bucket=LANDING_BUCKET, backup_bucket=BACKUP_BUCKET, aws_region=REGION,
+            s3_endpoint_url=self.moto.endpoint, log_format="console",
+        ))
+        env.update({
+            "TICKSTACK_PRIMARY_DSN": self.primary.dsn(),
+            "TICKSTACK_REPLICA_DSN": self.replica.dsn(),
+            "TICKSTACK_PGBACKREST_CONFIG": str(self.pgbackrest_conf_path),
+            "TICKSTACK_WORKER_LOGINS_FILE": str(self.write_worker_logins()),
+            # Passwords stay in a 0600 file that libpq reads; nothing secret is printed.
+            "PGPASSFILE": str(self.write_pgpass()),
+            "AWS_ACCESS_KEY_ID": MOTO_KEY,
+            "AWS_SECRET_ACCESS_KEY": MOTO_SECRET,
+        })
+        for group, user in WORKER_LOGINS.items():
+            key = "TICKSTACK_" + group.removeprefix("tickstack_").upper() + "_DSN"
+            env[key] = self.primary.dsn(user=user)
+        return env
+
+    def write_worker_logins(self) -> Path:
+        p = self.state / "worker-logins.json"
+        _write_private(p, json.dumps({g: {"user": u, "password": self.secrets[u]}
+                                      for g, u in WORKER_LOGINS.items()}, indent=1))
+        return p
+
+
+def _pgpass_escape(pw: str) -> str:
+    return pw.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Create with the final mode from the start: secrets are never briefly world-readable."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)

@@ -1,0 +1,129 @@
+"""A local PostgreSQL 15 cluster run as the `postgres` OS user, loopback only."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.local.procs import PartError, chown_db, make_db_dir, port_open, run_db, tail_of
+
+PG_BIN = Path(os.environ.get("TICKSTACK_PG_BIN", "/usr/lib/postgresql/15/bin"))
+INCLUDE_LINE = "include_if_exists = 'tickstack.conf'"
+DATABASE = "tickstack"
+
+
+@dataclass
+class Cluster:
+    name: str  # "primary" | "replica"
+    root: Path  # .tickstack/<name>
+    port: int
+    socket_dir: Path
+    password: str
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "postgres.log"
+
+    def dsn(self, db: str = DATABASE, user: str = "postgres") -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{db}"
+
+    def exists(self) -> bool:
+        return (self.data / "PG_VERSION").exists()
+
+    def init(self) -> None:
+        """initdb with data checksums, scram over TCP, peer on the socket (for pgBackRest)."""
+        make_db_dir(self.root, 0o700)
+        make_db_dir(self.socket_dir, 0o700)
+        if self.exists():
+            return
+        with tempfile.NamedTemporaryFile("w", dir=self.root, delete=False) as pw:
+            pw.write(self.password + "\n")
+        chown_db(Path(pw.name), 0o600)
+        try:
+            r = run_db(
+                [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
+                 "--pwfile", pw.name, "--auth-local=peer", "--auth-host=scram-sha-256",
+                 "--data-checksums", "-E", "UTF8", "--locale=C.UTF-8"],
+                check=False,
+            )
+        finally:
+            os.unlink(pw.name)
+        if r.returncode != 0:
+            raise PartError(self.name, f"initdb failed:\n{r.stdout}\n{r.stderr}")
+        conf = self.data / "postgresql.conf"
+        with open(conf, "a") as f:
+            f.write(f"\n{INCLUDE_LINE}\n")
+        # Loopback only, password auth; nothing else may connect.
+        (self.data / "pg_hba.conf").write_text(
+            "# tickstack local: peer on the socket for the postgres OS user, scram on loopback\n"
+            "local all postgres peer\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n"
+        )
+
+    def write_conf(self, text: str) -> None:
+        p = self.data / "tickstack.conf"
+        p.write_text(text)
+        chown_db(p, 0o600)
+
+    def running(self) -> bool:
+        r = run_db([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "status"], check=False)
+        return r.returncode == 0
+
+    def healthy(self) -> bool:
+        r = subprocess.run(
+            [str(PG_BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+            check=False,
+        )
+        return r.returncode == 0
+
+    def start(self, env: dict[str, str] | None = None) -> None:
+        if self.running():
+            return
+        if port_open(self.port):
+            raise PartError(self.name, f"port {self.port} is already in use by another program")
+        self.log.touch()
+        chown_db(self.log, 0o600)
+        r = run_db(
+            [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
+             "start"],
+            env={**os.environ, **(env or {})}, check=False, timeout=90,
+        )
+        if r.returncode != 0 or not self.healthy():
+            raise PartError(self.name, f"PostgreSQL did not start ({r.stderr.strip()})", self.log)
+
+    def stop(self) -> None:
+        """Fast stop, bounded; immediate if fast does not finish (an archiver can hang it)."""
+        if not self.running():
+            return
+        r = run_db([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "30",
+                    "stop"], check=False, timeout=60)
+        if r.returncode != 0 and self.running():
+            run_db([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "-t",
+                    "30", "stop"], check=False, timeout=60)
+        if self.running():
+            raise PartError(self.name, "PostgreSQL did not stop", self.log)
+
+    def psql(self, sql: str, db: str = "postgres") -> str:
+        """Run SQL as the superuser over the socket (peer auth); for set-up only."""
+        r = run_db(
+            [str(PG_BIN / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-h",
+             str(self.socket_dir), "-p", str(self.port), "-d", db, "-c", sql],
+            check=False,
+        )
+        if r.returncode != 0:
+            raise PartError(self.name, f"SQL failed: {r.stderr.strip()}")
+        return r.stdout.strip()
+
+    def ensure_database(self, db: str = DATABASE) -> None:
+        if self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'") != "1":
+            self.psql(f'CREATE DATABASE "{db}"')
+
+    def log_tail(self) -> str:
+        return tail_of(self.log)

@@ -1,0 +1,58 @@
+"""The one settings object of the workers (environment variables with the prefix TICKSTACK_).
+
+Read once at the command boundary and passed down; deep code never reads the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TICKSTACK_", extra="ignore")
+
+    # DSNs may carry passwords: SecretStr keeps them out of reprs and logs.
+    primary_dsn: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/tickstack"),
+        description="Primary (TimescaleDB) connection string, as the migrator/owner.",
+    )
+    replica_dsn: SecretStr = Field(
+        SecretStr(""), description="Dual-write replica connection string; empty = no replica."
+    )
+    # Least-privilege logins the workers use (empty: fall back to the primary DSN).
+    ingest_dsn: SecretStr = SecretStr("")
+    embed_dsn: SecretStr = SecretStr("")
+    retention_dsn: SecretStr = SecretStr("")
+    reader_dsn: SecretStr = SecretStr("")
+    worker_logins_file: str | None = Field(
+        None,
+        description="JSON file {group_role: {user, password}} of worker logins that `migrate` "
+        "creates (a Kubernetes Secret in the cloud, .tickstack/ locally).",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint (moto locally); unset = AWS's own endpoints."
+    )
+    aws_region: str = "us-east-1"
+    landing_bucket: str = "tickstack-landing"
+    backup_bucket: str = "tickstack-backup"
+    pgbackrest_config: str | None = Field(
+        None, description="pgbackrest.conf path (rendered by infra/configs.py)."
+    )
+    stanza: str = "tickstack"
+    log_format: Literal["json", "console", "auto"] = "auto"
+    log_level: str = "info"
+
+    def dsn_for(self, worker: Literal["ingest", "embed", "retention", "reader"]) -> str:
+        own = getattr(self, f"{worker}_dsn").get_secret_value().strip()
+        return own or self.primary_dsn.get_secret_value()
+
+    @property
+    def has_replica(self) -> bool:
+        return bool(self.replica_dsn.get_secret_value().strip())
+
+
+def load() -> Settings:
+    return Settings()
