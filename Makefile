@@ -9,6 +9,7 @@ PY    := $(VENV)/bin/python
 
 up: install
 	$(PY) -m infra.local up
+	@eval "$$($(PY) -m infra.local env)" && $(PY) -m workers migrate
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -3,8 +3,10 @@ GRANT USAGE ON SCHEMA landing, market_data, signals, ingestion, ops
     TO tickstack_ingest, tickstack_embed, tickstack_retention, tickstack_reader;
 
 -- Readers read everything tickstack keeps, now and later.
-GRANT SELECT ON ALL TABLES IN SCHEMA landing, market_data, signals, ingestion, ops
+-- (ops by name: the migration ledger there belongs to the admin, not to the migrator.)
+GRANT SELECT ON ALL TABLES IN SCHEMA landing, market_data, signals, ingestion
     TO tickstack_reader;
+GRANT SELECT ON ops.retention_jobs, ops.retention_runs TO tickstack_reader;
 ALTER DEFAULT PRIVILEGES FOR ROLE tickstack_migrator IN SCHEMA
     landing, market_data, signals, ingestion, ops GRANT SELECT ON TABLES TO tickstack_reader;
 

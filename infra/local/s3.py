@@ -109,13 +109,14 @@ class Moto:
                     blob = tmp / "blobs" / digest
                     if not blob.exists():
                         blob.write_bytes(body)
-                    entries.append({"key": v["Key"], "blob": digest,
+                    entries.append({"key": v["Key"], "blob": digest, "latest": v["IsLatest"],
                                     "at": v["LastModified"].isoformat(), "order": len(entries)})
                 for m in page.get("DeleteMarkers", []):
-                    entries.append({"key": m["Key"], "delete": True,
+                    entries.append({"key": m["Key"], "delete": True, "latest": m["IsLatest"],
                                     "at": m["LastModified"].isoformat(), "order": len(entries)})
-            # Oldest first; within one timestamp keep S3's listing order (newest first) reversed.
-            entries.sort(key=lambda e: (e["at"], -e["order"]))
+            # Oldest first. Timestamps can tie (1 ms resolution), so each key's current version
+            # or delete marker goes last, and ties otherwise keep S3's newest-first order reversed.
+            entries.sort(key=lambda e: (e["latest"], e["at"], -e["order"]))
             manifest[b["Name"]] = entries
             count += len(entries)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
