@@ -81,11 +81,140 @@ def migrate(
 
 @app.command()
 def ingest(
-    paths: list[str] = typer.Argument(..., help="Binance dump files (.csv/.zip) or s3:// URIs."),
-    symbol: str | None = typer.Option(None, "--symbol", help="Override the file's symbol."),
+    paths: list[str] = typer.Argument(
+        None, help="Binance dump files (.csv/.zip, a .CHECKSUM beside a zip is verified) or "
+        "landing prefixes s3://<landing bucket>/raw/<SYMBOL>/…"),
+    symbol: str | None = typer.Option(None, "--symbol", help="Symbol when the file name "
+                                         "does not say (BTCUSDT-trades-….zip does)."),
+    from_landing: bool = typer.Option(False, "--from-landing",
+                                      help="Replay every landing object (with --since/--until)."),
+    since: str | None = typer.Option(None, "--since", help="Replay from (ISO timestamp)."),
+    until: str | None = typer.Option(None, "--until", help="Replay until (exclusive)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Ingest Binance trade dumps or replay landing objects: landing first, then the primary."""
-    _not_yet("ingest")
+    """Ingest Binance trade dumps, or replay landing objects: landing first, then the primary.
+
+    Bad rows are quarantined (line, reason) to quarantine/… in the landing bucket; a file that is
+    not a trade file at all fails with exit 2 and nothing of it is written.
+    """
+    from workers import ingest as ing
+    from workers.landing import Landing
+    from workers.s3 import client
+
+    s = _settings()
+    if not paths and not from_landing:
+        typer.echo("ingest: give files or s3:// prefixes, or --from-landing", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        since_us, until_us = _us(since), _us(until)
+    except ValueError as e:
+        typer.echo(f"ingest: {e}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    landing = Landing(client(s), s.landing_bucket)
+    summaries = []
+    try:
+        with _connect(s.dsn_for("ingest")) as conn:
+            targets = list(paths or []) + (["s3://" + s.landing_bucket + "/raw/"]
+                                           if from_landing else [])
+            for p in targets:
+                with _progress(p) as progress:
+                    if p.startswith("s3://"):
+                        bucket, _, prefix = p.removeprefix("s3://").partition("/")
+                        if bucket != s.landing_bucket:
+                            typer.echo(f"ingest: {p} is not in the landing bucket "
+                                       f"{s.landing_bucket}", err=True)
+                            raise typer.Exit(EXIT_USAGE)
+                        r = ing.ingest_landing(conn, landing, prefix, since_us=since_us,
+                                               until_us=until_us, progress=progress)
+                    else:
+                        r = ing.ingest_file(conn, landing, p, symbol=symbol, progress=progress)
+                summaries.append(r)
+                _print_summary(r, json_out)
+    except ing.BadFile as e:
+        typer.echo(f"ingest: {e}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except psycopg_errors() as e:
+        typer.echo(f"ingest: database error: {e}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+def _us(value: str | None) -> int | None:
+    if not value:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not an ISO timestamp: {value!r}") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return int(t.timestamp() * 1_000_000)
+
+
+def psycopg_errors():
+    import psycopg
+
+    return psycopg.Error
+
+
+def _connect(dsn: str):
+    import psycopg
+
+    return psycopg.connect(dsn)
+
+
+def _progress(path: str):
+    """A rich progress line on a terminal; periodic log lines otherwise."""
+    import contextlib
+    import sys
+    import time
+
+    log = logs.get("ingest")
+    if sys.stderr.isatty():
+        from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+        @contextlib.contextmanager
+        def bar():
+            with Progress(TextColumn("[bold]{task.description}"), TextColumn("{task.fields[s]}"),
+                          TimeElapsedColumn(), transient=True) as p:
+                task = p.add_task(path.rsplit("/", 1)[-1], s="")
+                t0 = time.monotonic()
+
+                def update(sm):
+                    rate = sm.rows_read / max(time.monotonic() - t0, 1e-9)
+                    p.update(task, s=f"{sm.rows_read:,} rows  {rate:,.0f} rows/s  "
+                                     f"{sm.buckets_landed} buckets")
+                yield update
+        return bar()
+
+    @contextlib.contextmanager
+    def lines():
+        last = [0.0]
+
+        def update(sm):
+            if time.monotonic() - last[0] >= 5:
+                last[0] = time.monotonic()
+                log.info("progress", source=path, rows=sm.rows_read,
+                         buckets=sm.buckets_landed)
+        yield update
+    return lines()
+
+
+def _print_summary(r, json_out: bool) -> None:
+    import json
+
+    d = r.as_dict()
+    if json_out:
+        typer.echo(json.dumps(d))
+        return
+    q = ", ".join(f"{k}: {v}" for k, v in sorted(d["quarantined_by_reason"].items())) or "none"
+    typer.echo(
+        f"{d['source']}: read {d['rows_read']:,}, accepted {d['accepted']:,}, "
+        f"inserted {d['inserted']:,}, duplicates {d['duplicates']:,}, "
+        f"quarantined {d['quarantined']:,} ({q}); buckets landed {d['buckets_landed']}, "
+        f"unchanged {d['buckets_unchanged']}; {d['seconds']:.1f} s"
+        + (f"\n  quarantine: {d['quarantine_uri']}" if d["quarantine_uri"] else ""))
 
 
 @app.command()

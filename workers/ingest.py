@@ -1,0 +1,254 @@
+"""`workers ingest`: Binance dump files or landing objects -> S3 landing -> the primary.
+
+For each chunk of a file: validate (bad rows quarantined with line and reason), group by
+5-minute bucket, merge each bucket with its landing object (union, dedup on trade id), write the
+objects, then load ticks + registry + aggregate + offset in one transaction. The newest bucket of a
+chunk is carried into the next chunk, so a bucket normally lands once, whole.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from workers import logs
+from workers.landing import BUCKET_US, Landing, bucket_of_key, bucket_stats, merge, object_key
+from workers.load import BucketLoad, known_buckets, load
+from workers.source.binance_files import BadFile, Skipped, TradeFile, open_trade_file
+from workers.validate import TICK_SCHEMA, UnitState, validate
+
+log = logs.get("ingest")
+S3_THREADS = 8
+
+
+@dataclass
+class Summary:
+    source: str
+    rows_read: int = 0
+    accepted: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    quarantined: Counter = field(default_factory=Counter)
+    buckets_landed: int = 0
+    buckets_unchanged: int = 0
+    quarantine_uri: str | None = None
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "rows_read": self.rows_read, "accepted": self.accepted,
+                "inserted": self.inserted, "duplicates": self.duplicates,
+                "quarantined": sum(self.quarantined.values()),
+                "quarantined_by_reason": dict(self.quarantined),
+                "buckets_landed": self.buckets_landed,
+                "buckets_unchanged": self.buckets_unchanged,
+                "quarantine_uri": self.quarantine_uri, "seconds": round(self.seconds, 3)}
+
+
+class Pipeline:
+    """Lands and loads buckets for one symbol; shared by files, landing replay and the stream."""
+
+    def __init__(self, conn: psycopg.Connection, landing: Landing, symbol: str, source: str,
+                 summary: Summary):
+        self.conn = conn
+        self.landing = landing
+        self.symbol = symbol
+        self.source = source
+        self.summary = summary
+        self.quarantine: list[dict] = []
+        self._lock = threading.Lock()  # buckets land on threads; counters are shared
+        self._pool = ThreadPoolExecutor(S3_THREADS)
+
+    def flush(self, buckets: dict[int, list[tuple[pa.Table, np.ndarray]]],
+              describe: Callable[[int], dict]) -> None:
+        """Land and load the given buckets: {bucket µs: [(rows, their input positions)]}."""
+        if not buckets:
+            return
+        keys = sorted(buckets)
+        known = known_buckets(self.conn, self.symbol, keys)
+        self.conn.commit()
+        prepared = list(self._pool.map(lambda b: self._land(b, buckets[b], b in known,
+                                                            describe), keys))
+        loads = [p for p in prepared if p is not None]
+        if loads:
+            self.summary.inserted += load(self.conn, loads, source=self.source)
+
+    def _land(self, bucket: int, parts, known: bool, describe) -> BucketLoad | None:
+        incoming = pa.concat_tables([t for t, _ in parts])
+        positions = np.concatenate([p for _, p in parts])
+        key = object_key(self.symbol, bucket)
+        existing = self.landing.read(key)[0] if self.landing.exists(key) else None
+        m = merge(existing, incoming)
+        with self._lock:
+            self.summary.duplicates += m.duplicates
+            for pos, reason in m.conflicts:
+                self._quarantine(describe(int(positions[pos])), reason)
+        if existing is not None and m.new_rows.num_rows == 0 and known:
+            with self._lock:
+                self.summary.buckets_unchanged += 1
+            return None
+        digest, size = self.landing.write(key, m.table, self.symbol)
+        with self._lock:
+            self.summary.buckets_landed += 1
+        return BucketLoad(self.symbol, bucket, m.table if not known else m.new_rows, known,
+                          self.landing.uri(key), digest, size, bucket_stats(m.table))
+
+    def _quarantine(self, where: dict, reason: str) -> None:
+        self.summary.quarantined[reason] += 1
+        self.quarantine.append({**where, "reason": reason})
+
+    def close(self, run_id: str) -> None:
+        self._pool.shutdown()
+        if self.quarantine:
+            self.summary.quarantine_uri = self.landing.write_quarantine(
+                self.symbol, self.source, run_id, self.quarantine)
+
+
+def split_by_bucket(table: pa.Table, positions: np.ndarray):
+    us = pc.cast(table.column("event_time"), pa.int64()).to_numpy()
+    b = us - us % BUCKET_US
+    out: dict[int, tuple[pa.Table, np.ndarray]] = {}
+    for bucket in np.unique(b):
+        idx = np.flatnonzero(b == bucket)
+        out[int(bucket)] = (table.take(pa.array(idx)), positions[idx])
+    return out
+
+
+def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
+                symbol: str | None = None, progress: Callable[[Summary], None] | None = None,
+                run_id: str | None = None) -> Summary:
+    t0 = time.monotonic()
+    tf: TradeFile = open_trade_file(path, symbol)
+    summary = Summary(source=str(path))
+    pipe = Pipeline(conn, landing, tf.symbol, f"file:{tf.path.name}", summary)
+    skipped = Skipped()
+    units = UnitState()
+    lay = tf.layout
+    pending: dict[int, list[tuple[pa.Table, np.ndarray]]] = {}
+    batch_text: dict[int, pa.RecordBatch] = {}
+
+    def describe_from(batch: pa.RecordBatch, k0: int):
+        def describe(pos: int) -> dict:
+            if pos < k0:  # a row of an earlier batch (carried bucket): its text was kept
+                for start, b in batch_text.items():
+                    if start <= pos < start + b.num_rows:
+                        return _row_info(tf, skipped, b, start, pos)
+            return _row_info(tf, skipped, batch, k0, pos)
+        return describe
+
+    n_skipped_seen = 0
+    try:
+        for batch, k0 in tf.batches(skipped):
+            summary.rows_read += batch.num_rows
+            cols = {"trade_id": batch.column(lay.id_col), "price": batch.column("price"),
+                    "quantity": batch.column(lay.qty_col), "time": batch.column(lay.time_col),
+                    "is_buyer_maker": batch.column("is_buyer_maker")}
+            if lay.quote_col:
+                cols["quote_quantity"] = batch.column(lay.quote_col)
+            table, pos, bad = validate(cols, units)
+            for i, reason in bad:
+                pipe._quarantine(_row_info(tf, skipped, batch, k0, k0 + i), reason)
+            for line, reason, text in skipped.rows[n_skipped_seen:]:
+                summary.rows_read += 1
+                pipe._quarantine({"line": line, "text": text}, reason)
+            n_skipped_seen = len(skipped.rows)
+            summary.accepted += table.num_rows
+            batch_text[k0] = batch
+            for bucket, (t, p) in split_by_bucket(table, pos + k0).items():
+                pending.setdefault(bucket, []).append((t, p))
+            # Keep the newest bucket open: the next chunk probably continues it.
+            newest = max(pending) if pending else None
+            ready = {b: v for b, v in pending.items() if b != newest}
+            pipe.flush(ready, describe_from(batch, k0))
+            for b in ready:
+                del pending[b]
+            keep_from = min((int(p.min()) for v in pending.values() for _, p in v), default=k0)
+            for start in [s for s, b in batch_text.items() if s + b.num_rows <= keep_from]:
+                del batch_text[start]
+            if progress:
+                progress(summary)
+        for line, reason, text in skipped.rows[n_skipped_seen:]:
+            summary.rows_read += 1
+            pipe._quarantine({"line": line, "text": text}, reason)
+        pipe.flush(pending, describe_from(pa.RecordBatch.from_pylist([]), 0))
+        if summary.rows_read == 0:
+            raise BadFile(path, "no rows")
+    finally:
+        pipe.close(run_id or _run_id())
+    summary.accepted -= sum(1 for q in pipe.quarantine
+                            if q["reason"].startswith("conflicting duplicate"))
+    summary.seconds = time.monotonic() - t0
+    return summary
+
+
+def _row_info(tf: TradeFile, skipped: Skipped, batch: pa.RecordBatch, k0: int, pos: int) -> dict:
+    i = pos - k0
+    text = ",".join(str(batch.column(c)[i].as_py()) for c in range(batch.num_columns))
+    return {"file": tf.path.name, "line": tf.line_of(pos, skipped), "text": text[:500]}
+
+
+def ingest_landing(conn: psycopg.Connection, landing: Landing, prefix: str, *,
+                   since_us: int | None = None, until_us: int | None = None,
+                   progress: Callable[[Summary], None] | None = None) -> Summary:
+    """Replay landing objects under `prefix` (raw/<SYMBOL>/...) into the database.
+
+    Each object's SHA-256 is checked against the registry (or, on an empty database, against the
+    checksum stored with the object) before use; a mismatch fails the replay.
+    """
+    t0 = time.monotonic()
+    summary = Summary(source=f"s3://{landing.bucket}/{prefix}")
+    keys = []
+    for page in landing.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=landing.bucket, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".parquet")]
+    by_symbol: dict[str, list[tuple[str, int]]] = {}
+    for k in sorted(keys):
+        try:
+            symbol, bucket = bucket_of_key(k)
+        except ValueError as e:
+            raise BadFile(k, "not a landing object key (raw/<SYMBOL>/<date>/<HHMM>.parquet)") \
+                from e
+        if (since_us is None or bucket >= since_us) and (until_us is None or bucket < until_us):
+            by_symbol.setdefault(symbol, []).append((k, bucket))
+    for symbol, items in by_symbol.items():
+        for i in range(0, len(items), 64):
+            chunk = items[i:i + 64]
+            known = known_buckets(conn, symbol, [b for _, b in chunk])
+            conn.commit()
+            loads = []
+            for key, bucket in chunk:
+                table, digest, meta = landing.read(key)
+                expected = known.get(bucket) or meta.get("sha256")
+                if expected != digest:
+                    raise BadFile(landing.uri(key), f"SHA-256 mismatch: expected {expected}, "
+                                                    f"object is {digest}")
+                summary.rows_read += table.num_rows
+                summary.accepted += table.num_rows
+                loads.append(BucketLoad(symbol, bucket, table, bucket in known, landing.uri(key),
+                                        digest, _size(landing, key), bucket_stats(table)))
+            summary.inserted += load(conn, loads, source=f"landing:{symbol}")
+            summary.buckets_unchanged += len(loads)
+            if progress:
+                progress(summary)
+    summary.seconds = time.monotonic() - t0
+    return summary
+
+
+def _size(landing: Landing, key: str) -> int:
+    return landing.s3.head_object(Bucket=landing.bucket, Key=key)["ContentLength"]
+
+
+def _run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+
+
+__all__ = ["Summary", "ingest_file", "ingest_landing", "BadFile", "TICK_SCHEMA"]

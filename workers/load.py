@@ -1,0 +1,171 @@
+"""Loading landed buckets into a database: ticks, the registry, the 5-minute aggregate, offsets.
+
+One transaction per flush, so ticks, their registry rows, aggregates and the offset that covers
+them commit together: a crash leaves either all of a flush or none of it.
+
+Buckets the registry does not know yet cannot hold ticks (ticks and registry rows commit
+together), so their rows are COPYed straight into `btc_ticks`; known buckets go through a
+staging table and `INSERT … ON CONFLICT DO NOTHING`. COPY uses CSV rendered by Arrow's C++
+writer: the server parses the same format `psql \\copy` sends.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from workers.landing import BUCKET_US, PRODUCER
+from workers.validate import SCHEMA_VERSION
+
+TICK_COLUMNS = ("bucket_5m", "symbol", "trade_id", "event_time", "price", "quantity",
+                "quote_quantity", "is_buyer_maker")
+
+
+@dataclass
+class BucketLoad:
+    symbol: str
+    bucket_us: int
+    rows: pa.Table  # rows to insert (all of a new bucket, the new rows of a known one)
+    known: bool  # the registry already has this bucket
+    uri: str
+    sha256: str
+    size: int
+    stats: dict  # from landing.bucket_stats over the bucket's full content
+
+
+def ts(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1e6, UTC)
+
+
+def known_buckets(conn: psycopg.Connection, symbol: str, buckets: list[int]) -> dict[int, str]:
+    """bucket (µs) -> registered sha256, for the given buckets."""
+    if not buckets:
+        return {}
+    rows = conn.execute(
+        "SELECT bucket_5m, metadata->>'sha256' FROM landing.raw_blobs_5m "
+        "WHERE asset = %s AND bucket_5m = ANY(%s)",
+        [symbol, [ts(b) for b in buckets]],
+    ).fetchall()
+    return {int(r[0].timestamp()) * 1_000_000: r[1] for r in rows}
+
+
+def _csv(symbol: str, tables: list[pa.Table]) -> bytes:
+    t = pa.concat_tables(tables)
+    us = pc.cast(t.column("event_time"), pa.int64())
+    bucket = pc.multiply(pc.divide(us, BUCKET_US), BUCKET_US)  # floor: times are positive
+    out = pa.table({
+        "bucket_5m": pc.cast(bucket, pa.timestamp("us", tz="UTC")),
+        "symbol": pa.array([symbol] * t.num_rows, pa.string()),
+        "trade_id": t.column("trade_id"),
+        "event_time": t.column("event_time"),
+        "price": t.column("price"),
+        "quantity": t.column("quantity"),
+        "quote_quantity": t.column("quote_quantity"),
+        "is_buyer_maker": t.column("is_buyer_maker"),
+    })
+    buf = io.BytesIO()
+    pacsv.write_csv(out, buf, pacsv.WriteOptions(include_header=False, quoting_style="none"))
+    return buf.getvalue()
+
+
+def _copy(cur: psycopg.Cursor, table: str, data: bytes) -> None:
+    cols = ", ".join(TICK_COLUMNS)
+    with cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT csv)") as cp:
+        view = memoryview(data)
+        for i in range(0, len(view), 1 << 20):
+            cp.write(view[i:i + (1 << 20)])
+
+
+def load(conn: psycopg.Connection, loads: list[BucketLoad], *, source: str,
+         exchange: str = "binance") -> int:
+    """Apply one flush in one transaction; returns the number of ticks inserted."""
+    inserted = 0
+    new = [b for b in loads if not b.known and b.rows.num_rows]
+    old = [b for b in loads if b.known and b.rows.num_rows]
+    with conn.transaction(), conn.cursor() as cur:
+        for group in _by_symbol(new):
+            _copy(cur, "market_data.btc_ticks", _csv(group[0].symbol, [b.rows for b in group]))
+            inserted += sum(b.rows.num_rows for b in group)
+        if old:
+            cur.execute("CREATE TEMP TABLE IF NOT EXISTS ticks_stage "
+                        "(LIKE market_data.btc_ticks INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+            for group in _by_symbol(old):
+                _copy(cur, "ticks_stage", _csv(group[0].symbol, [b.rows for b in group]))
+            cur.execute(
+                "INSERT INTO market_data.btc_ticks SELECT * FROM ticks_stage "
+                "ON CONFLICT (bucket_5m, symbol, trade_id) DO NOTHING")
+            inserted += cur.rowcount
+        cur.executemany(
+            """
+            INSERT INTO landing.raw_blobs_5m AS r (asset, bucket_5m, s3_uri, object_size_bytes,
+                ingested_tick_span, metadata)
+            VALUES (%s, %s, %s, %s, tstzrange(%s, %s, '[]'), %s)
+            ON CONFLICT (asset, bucket_5m) DO UPDATE SET s3_uri = EXCLUDED.s3_uri,
+                object_size_bytes = EXCLUDED.object_size_bytes,
+                ingested_tick_span = EXCLUDED.ingested_tick_span,
+                metadata = EXCLUDED.metadata, updated_at = now()
+            WHERE r.metadata->>'sha256' IS DISTINCT FROM EXCLUDED.metadata->>'sha256'
+            """,
+            [(b.symbol, ts(b.bucket_us), b.uri, b.size, b.stats["span"][0], b.stats["span"][1],
+              json.dumps({"sha256": b.sha256, "row_count": b.stats["trade_count"],
+                          "schema_version": SCHEMA_VERSION, "producer": PRODUCER,
+                          "first_trade_id": b.stats["first_trade_id"],
+                          "last_trade_id": b.stats["last_trade_id"]}))
+             for b in loads],
+        )
+        cur.executemany(
+            """
+            INSERT INTO market_data.btc_ohlcv_5m AS o (symbol, bucket_5m, open, high, low, close,
+                volume, quote_volume, trade_count, buy_volume, first_trade_id, last_trade_id)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (symbol, bucket_5m) DO UPDATE SET open = EXCLUDED.open,
+                high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
+                volume = EXCLUDED.volume, quote_volume = EXCLUDED.quote_volume,
+                trade_count = EXCLUDED.trade_count, buy_volume = EXCLUDED.buy_volume,
+                first_trade_id = EXCLUDED.first_trade_id, last_trade_id = EXCLUDED.last_trade_id,
+                updated_at = now()
+            WHERE (o.trade_count, o.volume, o.first_trade_id, o.last_trade_id)
+                IS DISTINCT FROM (EXCLUDED.trade_count, EXCLUDED.volume,
+                                  EXCLUDED.first_trade_id, EXCLUDED.last_trade_id)
+            """,
+            [(b.symbol, ts(b.bucket_us), s["open"], s["high"], s["low"], s["close"], s["volume"],
+              s["quote_volume"], s["trade_count"], s["buy_volume"], s["first_trade_id"],
+              s["last_trade_id"]) for b in loads for s in [b.stats]],
+        )
+        for symbol, last_id, last_time in _offsets(loads):
+            cur.execute(
+                """
+                INSERT INTO ingestion.stream_offsets AS so
+                    (source, symbol, last_trade_id, last_event_time)
+                VALUES (%s, %s, %s, %s)
+                ON CONFLICT (source, symbol) DO UPDATE
+                    SET last_trade_id = EXCLUDED.last_trade_id,
+                        last_event_time = EXCLUDED.last_event_time, updated_at = now()
+                    WHERE EXCLUDED.last_trade_id > so.last_trade_id
+                """,
+                [source, symbol, last_id, last_time],
+            )
+    return inserted
+
+
+def _by_symbol(loads: list[BucketLoad]) -> list[list[BucketLoad]]:
+    groups: dict[str, list[BucketLoad]] = {}
+    for b in loads:
+        groups.setdefault(b.symbol, []).append(b)
+    return list(groups.values())
+
+
+def _offsets(loads: list[BucketLoad]):
+    best: dict[str, tuple[int, datetime]] = {}
+    for b in loads:
+        last = b.stats["last_trade_id"]
+        if b.symbol not in best or last > best[b.symbol][0]:
+            best[b.symbol] = (last, b.stats["span"][1])
+    return [(s, i, t) for s, (i, t) in best.items()]
