@@ -127,7 +127,8 @@ def ingest(
                         r = ing.ingest_landing(conn, landing, prefix, since_us=since_us,
                                                until_us=until_us, progress=progress)
                     else:
-                        r = ing.ingest_file(conn, landing, p, symbol=symbol, progress=progress)
+                        r = ing.ingest_file(conn, landing, p, symbol=symbol, progress=progress,
+                                            block_bytes=s.ingest_block_bytes)
                 summaries.append(r)
                 _print_summary(r, json_out)
     except ing.BadFile as e:

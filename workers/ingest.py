@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,7 +59,7 @@ class Pipeline:
 
     def __init__(self, conn: psycopg.Connection, landing: Landing, symbol: str, source: str,
                  summary: Summary):
-        self.conn = conn
+        self.conn = _autocommit(conn)
         self.landing = landing
         self.symbol = symbol
         self.source = source
@@ -67,40 +67,66 @@ class Pipeline:
         self.quarantine: list[dict] = []
         self._lock = threading.Lock()  # buckets land on threads; counters are shared
         self._pool = ThreadPoolExecutor(S3_THREADS)
+        # The database load of one flush overlaps the landing of the next; each flush is
+        # still landed before it is loaded, and loads stay in order on one connection.
+        self._db = ThreadPoolExecutor(1)
+        self._loading: Future | None = None
 
     def flush(self, buckets: dict[int, list[tuple[pa.Table, np.ndarray]]],
               describe: Callable[[int], dict]) -> None:
-        """Land and load the given buckets: {bucket µs: [(rows, their input positions)]}."""
+        """Land, then load, the given buckets: {bucket µs: [(rows, their input positions)]}."""
         if not buckets:
             return
         keys = sorted(buckets)
-        known = known_buckets(self.conn, self.symbol, keys)
-        self.conn.commit()
-        prepared = list(self._pool.map(lambda b: self._land(b, buckets[b], b in known,
-                                                            describe), keys))
-        loads = [p for p in prepared if p is not None]
-        if loads:
-            self.summary.inserted += load(self.conn, loads, source=self.source)
+        landed = list(self._pool.map(lambda b: self._land(b, buckets[b], describe), keys))
+        self.wait()
+        self._loading = self._db.submit(self._load, landed)
 
-    def _land(self, bucket: int, parts, known: bool, describe) -> BucketLoad | None:
+    def wait(self) -> None:
+        if self._loading is not None:
+            self._loading.result()  # re-raises a load error here, in the caller's thread
+            self._loading = None
+
+    def _land(self, bucket: int, parts, describe) -> tuple:
         incoming = pa.concat_tables([t for t, _ in parts])
         positions = np.concatenate([p for _, p in parts])
         key = object_key(self.symbol, bucket)
-        existing = self.landing.read(key)[0] if self.landing.exists(key) else None
+        existing, digest, size = None, None, None
+        if self.landing.exists(key):
+            existing, digest, _ = self.landing.read(key)
+        before = digest
         m = merge(existing, incoming)
         with self._lock:
             self.summary.duplicates += m.duplicates
             for pos, reason in m.conflicts:
                 self._quarantine(describe(int(positions[pos])), reason)
-        if existing is not None and m.new_rows.num_rows == 0 and known:
+        if existing is None or m.new_rows.num_rows:
+            digest, size = self.landing.write(key, m.table, self.symbol)
             with self._lock:
-                self.summary.buckets_unchanged += 1
-            return None
-        digest, size = self.landing.write(key, m.table, self.symbol)
-        with self._lock:
-            self.summary.buckets_landed += 1
-        return BucketLoad(self.symbol, bucket, m.table if not known else m.new_rows, known,
-                          self.landing.uri(key), digest, size, bucket_stats(m.table))
+                self.summary.buckets_landed += 1
+        else:
+            size = self.landing.size(key)
+        return bucket, key, m, before, digest, size
+
+    def _load(self, landed: list[tuple]) -> None:
+        known = known_buckets(self.conn, self.symbol, [b for b, *_ in landed])
+        loads = []
+        for bucket, key, m, before, digest, size in landed:
+            if bucket in known and known[bucket] == digest:
+                with self._lock:
+                    self.summary.buckets_unchanged += 1
+                continue
+            # An unregistered bucket holds no ticks (they commit with its registry row), so all
+            # of its rows load. A registered one needs only what is new — unless its object had
+            # changed since it was registered (a crash between landing and commit): then all of
+            # it goes through ON CONFLICT to reconcile.
+            rows = m.new_rows if bucket in known and known[bucket] == before else m.table
+            loads.append(BucketLoad(self.symbol, bucket, rows, bucket in known,
+                                    self.landing.uri(key), digest, size, bucket_stats(m.table)))
+        if loads:
+            n = load(self.conn, loads, source=self.source)
+            with self._lock:
+                self.summary.inserted += n
 
     def _quarantine(self, where: dict, reason: str) -> None:
         self.summary.quarantined[reason] += 1
@@ -108,9 +134,19 @@ class Pipeline:
 
     def close(self, run_id: str) -> None:
         self._pool.shutdown()
+        self._db.shutdown()
         if self.quarantine:
             self.summary.quarantine_uri = self.landing.write_quarantine(
                 self.symbol, self.source, run_id, self.quarantine)
+
+
+def _autocommit(conn: psycopg.Connection) -> psycopg.Connection:
+    """Each load is one explicit transaction; outside them nothing may hold one open (a query
+    outside would turn the next transaction into a savepoint that commits only at the end)."""
+    if not conn.autocommit:
+        conn.commit()
+        conn.autocommit = True
+    return conn
 
 
 def split_by_bucket(table: pa.Table, positions: np.ndarray):
@@ -125,7 +161,7 @@ def split_by_bucket(table: pa.Table, positions: np.ndarray):
 
 def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
                 symbol: str | None = None, progress: Callable[[Summary], None] | None = None,
-                run_id: str | None = None) -> Summary:
+                run_id: str | None = None, block_bytes: int = 8 << 20) -> Summary:
     t0 = time.monotonic()
     tf: TradeFile = open_trade_file(path, symbol)
     summary = Summary(source=str(path))
@@ -147,7 +183,7 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
 
     n_skipped_seen = 0
     try:
-        for batch, k0 in tf.batches(skipped):
+        for batch, k0 in tf.batches(skipped, block_bytes):
             summary.rows_read += batch.num_rows
             cols = {"trade_id": batch.column(lay.id_col), "price": batch.column("price"),
                     "quantity": batch.column(lay.qty_col), "time": batch.column(lay.time_col),
@@ -180,6 +216,7 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
             summary.rows_read += 1
             pipe._quarantine({"line": line, "text": text}, reason)
         pipe.flush(pending, describe_from(pa.RecordBatch.from_pylist([]), 0))
+        pipe.wait()
         if summary.rows_read == 0:
             raise BadFile(path, "no rows")
     finally:
@@ -205,6 +242,7 @@ def ingest_landing(conn: psycopg.Connection, landing: Landing, prefix: str, *,
     checksum stored with the object) before use; a mismatch fails the replay.
     """
     t0 = time.monotonic()
+    conn = _autocommit(conn)
     summary = Summary(source=f"s3://{landing.bucket}/{prefix}")
     keys = []
     for page in landing.s3.get_paginator("list_objects_v2").paginate(
@@ -223,7 +261,6 @@ def ingest_landing(conn: psycopg.Connection, landing: Landing, prefix: str, *,
         for i in range(0, len(items), 64):
             chunk = items[i:i + 64]
             known = known_buckets(conn, symbol, [b for _, b in chunk])
-            conn.commit()
             loads = []
             for key, bucket in chunk:
                 table, digest, meta = landing.read(key)
@@ -234,17 +271,13 @@ def ingest_landing(conn: psycopg.Connection, landing: Landing, prefix: str, *,
                 summary.rows_read += table.num_rows
                 summary.accepted += table.num_rows
                 loads.append(BucketLoad(symbol, bucket, table, bucket in known, landing.uri(key),
-                                        digest, _size(landing, key), bucket_stats(table)))
+                                        digest, landing.size(key), bucket_stats(table)))
             summary.inserted += load(conn, loads, source=f"landing:{symbol}")
             summary.buckets_unchanged += len(loads)
             if progress:
                 progress(summary)
     summary.seconds = time.monotonic() - t0
     return summary
-
-
-def _size(landing: Landing, key: str) -> int:
-    return landing.s3.head_object(Bucket=landing.bucket, Key=key)["ContentLength"]
 
 
 def _run_id() -> str:

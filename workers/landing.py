@@ -139,6 +139,9 @@ class Landing:
         table = pq.read_table(io.BytesIO(data)).cast(TICK_SCHEMA)
         return table, sha256(data), obj.get("Metadata", {})
 
+    def size(self, key: str) -> int:
+        return self.s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+
     def write(self, key: str, table: pa.Table, symbol: str) -> tuple[str, int]:
         data = to_parquet(table)
         digest = sha256(data)

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
         None, description="pgbackrest.conf path (rendered by infra/configs.py)."
     )
     stanza: str = "tickstack"
+    ingest_block_bytes: int = Field(
+        8 << 20, ge=64 << 10, le=256 << 20,
+        description="CSV bytes parsed per chunk: bounds ingest memory; one DB commit per chunk.")
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: str = "info"
 

@@ -26,7 +26,8 @@ TICK_SCHEMA = pa.schema([
 ])
 SCHEMA_VERSION = 1
 
-DECIMAL = r"^[0-9]{1,16}(\.[0-9]{1,8})?$"
+# Below 10^10 with at most 8 places: fits numeric(24,8) and an exact price x quantity.
+DECIMAL = r"^[0-9]{1,10}(\.[0-9]{1,8})?$"
 INTEGER = r"^[0-9]{1,18}$"
 # Binance spot opened in July 2017; nothing real is older or far in the future.
 MIN_TIME_US = 1_498_867_200_000_000  # 2017-07-01
@@ -113,8 +114,9 @@ def validate(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | None 
     if "quote_quantity" in take:
         quote = pc.cast(take["quote_quantity"], pa.decimal128(32, 8))
     else:
-        quote = pc.cast(pc.multiply(pc.cast(price, pa.decimal128(38, 8)),
-                                    pc.cast(qty, pa.decimal128(38, 8))),
+        # aggTrades carry no quote quantity: price x quantity, exact, then cut to 8 places.
+        quote = pc.cast(pc.multiply(pc.cast(price, pa.decimal128(18, 8)),
+                                    pc.cast(qty, pa.decimal128(18, 8))),
                         pa.decimal128(32, 8), safe=False)
     now = now_us or int(time.time() * 1_000_000)
     zero = pa.scalar(0, pa.decimal128(24, 8))

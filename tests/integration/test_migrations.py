@@ -223,11 +223,13 @@ SELECT json_build_object(
               ORDER BY table_schema, table_name, ordinal_position)
               FROM information_schema.columns WHERE table_schema = ANY(%(s)s)),
   'constraints', (SELECT json_agg(json_build_array(n.nspname, cl.relname, co.conname,
-                  co.contype, pg_get_constraintdef(co.oid)) ORDER BY n.nspname, cl.relname, co.conname)
+                  co.contype, pg_get_constraintdef(co.oid))
+                  ORDER BY n.nspname, cl.relname, co.conname)
                   FROM pg_constraint co JOIN pg_class cl ON cl.oid = co.conrelid
                   JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE n.nspname = ANY(%(s)s)),
   'indexes', (SELECT json_agg(json_build_array(schemaname, tablename, indexname, indexdef)
-              ORDER BY schemaname, tablename, indexname) FROM pg_indexes WHERE schemaname = ANY(%(s)s)))
+              ORDER BY schemaname, tablename, indexname)
+              FROM pg_indexes WHERE schemaname = ANY(%(s)s)))
 """
 SCHEMAS = ["landing", "market_data", "signals", "ingestion", "ops"]
 

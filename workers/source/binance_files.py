@@ -72,7 +72,8 @@ class TradeFile:
     symbol: str
     sha256: str | None  # of the zip when verified against its CHECKSUM file
 
-    def batches(self, skipped: Skipped) -> Iterator[tuple[pa.RecordBatch, int]]:
+    def batches(self, skipped: Skipped, block_size: int = BLOCK_SIZE
+                ) -> Iterator[tuple[pa.RecordBatch, int]]:
         """Yield (batch of text columns, index of its first row among all rows read)."""
         n_cols = len(self.layout.columns)
 
@@ -86,7 +87,7 @@ class TradeFile:
             _open_csv(self.path),
             read_options=pacsv.ReadOptions(
                 column_names=list(self.layout.columns), skip_rows=1 if self.header else 0,
-                block_size=BLOCK_SIZE, use_threads=False),
+                block_size=block_size, use_threads=False),
             # No quoting in Binance dumps; empty lines are kept so line numbers stay exact.
             parse_options=pacsv.ParseOptions(quote_char=False, ignore_empty_lines=False,
                                               invalid_row_handler=on_invalid),
