@@ -7,9 +7,13 @@ PY    := $(VENV)/bin/python
 
 .PHONY: up test down clean install install-system install-python lint status env
 
+# The real Binance day bundled in ../shared/data; DATA=path/to/files.zip overrides it.
+DATA ?= ../shared/data/BTCUSDT-trades-2019-04-01.zip
+
 up: install
 	$(PY) -m infra.local up
-	@eval "$$($(PY) -m infra.local env)" && $(PY) -m workers migrate
+	@eval "$$($(PY) -m infra.local env)" && $(PY) -m workers migrate && \
+	  $(PY) -m workers ingest $(DATA)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

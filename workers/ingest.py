@@ -28,7 +28,7 @@ from workers.source.binance_files import BadFile, Skipped, TradeFile, open_trade
 from workers.validate import TICK_SCHEMA, UnitState, validate
 
 log = logs.get("ingest")
-S3_THREADS = 8
+S3_THREADS = 4
 
 
 @dataclass
