@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -95,13 +96,29 @@ def run_ingest(env: LocalEnv, db: str, bucket: str, path: Path) -> tuple[float, 
     t0 = time.perf_counter()
     p = subprocess.Popen([sys.executable, "-m", "workers", "ingest", str(path)], cwd=REPO,
                          env=cenv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(p.pid, 0)
+    # VmHWM of the exec'd process (ru_maxrss would also count the pre-exec fork of this
+    # benchmark, which holds the generated data).
+    peak = [0]
+
+    def sample() -> None:
+        while p.poll() is None:
+            try:
+                with open(f"/proc/{p.pid}/status") as f:
+                    hwm = int(f.read().split("VmHWM:")[1].split()[0]) * 1024
+                peak[0] = max(peak[0], hwm)
+            except (FileNotFoundError, IndexError, ValueError, ProcessLookupError):
+                pass
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    out, err = (s.decode() for s in p.communicate())
     secs = time.perf_counter() - t0
-    out, err = p.stdout.read().decode(), p.stderr.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
+    watcher.join()
+    if p.returncode != 0:
         raise SystemExit(f"ingest failed:\n{out}\n{err[-3000:]}")
     print("   ", out.strip().splitlines()[-1])
-    return secs, usage.ru_maxrss * 1024
+    return secs, peak[0]
 
 
 def run_copy(env: LocalEnv, db: str, csv_path: Path) -> float:
@@ -118,6 +135,22 @@ def run_copy(env: LocalEnv, db: str, csv_path: Path) -> float:
     if r.returncode != 0:
         raise SystemExit(f"psql \\copy failed: {r.stderr}")
     return secs
+
+
+def settle(env: LocalEnv) -> None:
+    """Checkpoint and let the WAL archiver catch up, so no run pays for the previous one's
+    WAL (archive-push compresses and uploads every segment on these 2 cores)."""
+    env.primary.psql("CHECKPOINT")
+    seg = env.primary.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+    env.primary.psql("SELECT pg_switch_wal()")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        done = env.primary.psql("SELECT coalesce(last_archived_wal >= %s, false) "
+                                "FROM pg_stat_archiver".replace("%s", f"'{seg}'"))
+        if done == "t":
+            return
+        time.sleep(0.5)
+    raise SystemExit("WAL archiving did not catch up within 5 minutes")
 
 
 def naive_rows(csv_path: Path, n: int) -> list[tuple]:
@@ -166,6 +199,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=2_000_000)
     ap.add_argument("--naive-rows", type=int, default=3_000)
     ap.add_argument("--executemany-rows", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; best of each")
     args = ap.parse_args()
     from workers import logs
 
@@ -185,15 +219,26 @@ def main() -> None:
         print(f"generated {args.rows:,} rows ({src.stat().st_size / 1e6:.0f} MB) "
               f"in {time.perf_counter() - t0:.1f} s")
 
-        copy_s = run_copy(env, fresh_db(env, "b_copy"), flat)
-        print(f"psql \\copy into empty btc_ticks:      {copy_s:7.2f} s  "
-              f"{args.rows / copy_s:>10,.0f} rows/s")
-        fresh_db(env, "b_ingest")
-        ing_s, rss = run_ingest(env, "b_ingest", "bench-landing", src)
-        print(f"tickstack ingest (landing+db+agg):   {ing_s:7.2f} s  "
-              f"{args.rows / ing_s:>10,.0f} rows/s  peak RSS {rss / 2**20:.0f} MB")
+        # Alternate the two, each into a fresh database, and keep each one's best round: the
+        # least disturbed measurement of the same work on a noisy 2-core machine.
+        copies, ingests, rss = [], [], 0
+        for r in range(args.rounds):
+            fresh_db(env, f"b_copy{r}")
+            fresh_db(env, f"b_ingest{r}")
+            settle(env)
+            copies.append(run_copy(env, f"b_copy{r}", flat))
+            print(f"round {r + 1}: psql \\copy into empty btc_ticks:    {copies[-1]:7.2f} s  "
+                  f"{args.rows / copies[-1]:>10,.0f} rows/s")
+            settle(env)
+            secs, peak = run_ingest(env, f"b_ingest{r}", f"bench-landing-{r}", src)
+            ingests.append(secs)
+            rss = max(rss, peak)
+            print(f"round {r + 1}: tickstack ingest (landing+db+agg): {secs:7.2f} s  "
+                  f"{args.rows / secs:>10,.0f} rows/s  peak RSS {peak / 2**20:.0f} MB")
+        copy_s, ing_s = min(copies), min(ingests)
 
         rows = naive_rows(flat, max(args.naive_rows, args.executemany_rows))
+        settle(env)
         naive_s = run_naive(env, fresh_db(env, "b_naive"), rows[:args.naive_rows])
         em_s = run_executemany(env, fresh_db(env, "b_many"), rows[:args.executemany_rows])
         naive_rate = args.naive_rows / naive_s
@@ -205,7 +250,9 @@ def main() -> None:
               f"  ({args.executemany_rows:,} rows)")
         print()
         ratio = ing_s / copy_s
-        print(f"ingest / psql \\copy         = {ratio:5.2f}x   (goal <= 1.25x) "
+        per_round = ", ".join(f"{i / c:.2f}x" for i, c in zip(ingests, copies, strict=True))
+        print(f"ingest / psql \\copy         = {ratio:5.2f}x   (best of each; rounds: {per_round})"
+              f" (goal <= 1.25x) "
               f"{'ok' if ratio <= 1.25 else 'MISSED'}")
         speed = ing_rate / naive_rate
         print(f"ingest vs naive, per row    = {speed:5.1f}x faster (goal >= 20x) "

@@ -97,6 +97,9 @@ def ingest(
     Bad rows are quarantined (line, reason) to quarantine/… in the landing bucket; a file that is
     not a trade file at all fails with exit 2 and nothing of it is written.
     """
+    from workers.memory import limit_allocator_retention
+
+    limit_allocator_retention()
     from workers import ingest as ing
     from workers.landing import Landing
     from workers.s3 import client
@@ -128,7 +131,8 @@ def ingest(
                                                until_us=until_us, progress=progress)
                     else:
                         r = ing.ingest_file(conn, landing, p, symbol=symbol, progress=progress,
-                                            block_bytes=s.ingest_block_bytes)
+                                            block_bytes=s.ingest_block_bytes,
+                                            flush_rows=s.ingest_flush_rows)
                 summaries.append(r)
                 _print_summary(r, json_out)
     except ing.BadFile as e:

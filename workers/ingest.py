@@ -28,7 +28,7 @@ from workers.source.binance_files import BadFile, Skipped, TradeFile, open_trade
 from workers.validate import TICK_SCHEMA, UnitState, validate
 
 log = logs.get("ingest")
-S3_THREADS = 4
+S3_THREADS = 3
 
 
 @dataclass
@@ -99,7 +99,7 @@ class Pipeline:
         with self._lock:
             self.summary.duplicates += m.duplicates
             for pos, reason in m.conflicts:
-                self._quarantine(describe(int(positions[pos])), reason)
+                self.quarantine_row(describe(int(positions[pos])), reason)
         if existing is None or m.new_rows.num_rows:
             digest, size = self.landing.write(key, m.table, self.symbol)
             with self._lock:
@@ -128,7 +128,7 @@ class Pipeline:
             with self._lock:
                 self.summary.inserted += n
 
-    def _quarantine(self, where: dict, reason: str) -> None:
+    def quarantine_row(self, where: dict, reason: str) -> None:
         self.summary.quarantined[reason] += 1
         self.quarantine.append({**where, "reason": reason})
 
@@ -161,7 +161,10 @@ def split_by_bucket(table: pa.Table, positions: np.ndarray):
 
 def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
                 symbol: str | None = None, progress: Callable[[Summary], None] | None = None,
-                run_id: str | None = None, block_bytes: int = 8 << 20) -> Summary:
+                run_id: str | None = None, block_bytes: int = 512 << 10,
+                flush_rows: int = 131_072) -> Summary:
+    """Small parse blocks keep Arrow's CSV buffers small (they peak at ~20x the block); rows are
+    flushed (landed, then loaded in one transaction) once `flush_rows` are ready."""
     t0 = time.monotonic()
     tf: TradeFile = open_trade_file(path, symbol)
     summary = Summary(source=str(path))
@@ -172,14 +175,12 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
     pending: dict[int, list[tuple[pa.Table, np.ndarray]]] = {}
     batch_text: dict[int, pa.RecordBatch] = {}
 
-    def describe_from(batch: pa.RecordBatch, k0: int):
-        def describe(pos: int) -> dict:
-            if pos < k0:  # a row of an earlier batch (carried bucket): its text was kept
-                for start, b in batch_text.items():
-                    if start <= pos < start + b.num_rows:
-                        return _row_info(tf, skipped, b, start, pos)
-            return _row_info(tf, skipped, batch, k0, pos)
-        return describe
+    def describe(pos: int) -> dict:
+        """File, line and text of the pos-th row read (its batch is kept while it is pending)."""
+        for start, b in batch_text.items():
+            if start <= pos < start + b.num_rows:
+                return _row_info(tf, skipped, b, start, pos)
+        raise LookupError(f"row {pos} is no longer held")
 
     n_skipped_seen = 0
     try:
@@ -192,10 +193,10 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
                 cols["quote_quantity"] = batch.column(lay.quote_col)
             table, pos, bad = validate(cols, units)
             for i, reason in bad:
-                pipe._quarantine(_row_info(tf, skipped, batch, k0, k0 + i), reason)
+                pipe.quarantine_row(_row_info(tf, skipped, batch, k0, k0 + i), reason)
             for line, reason, text in skipped.rows[n_skipped_seen:]:
                 summary.rows_read += 1
-                pipe._quarantine({"line": line, "text": text}, reason)
+                pipe.quarantine_row({"line": line, "text": text}, reason)
             n_skipped_seen = len(skipped.rows)
             summary.accepted += table.num_rows
             batch_text[k0] = batch
@@ -204,7 +205,13 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
             # Keep the newest bucket open: the next chunk probably continues it.
             newest = max(pending) if pending else None
             ready = {b: v for b, v in pending.items() if b != newest}
-            pipe.flush(ready, describe_from(batch, k0))
+            # The first flush is small so the database starts working early.
+            threshold = flush_rows if summary.buckets_landed else min(flush_rows, 16_384)
+            if sum(t.num_rows for v in ready.values() for t, _ in v) < threshold:
+                if progress:
+                    progress(summary)
+                continue
+            pipe.flush(ready, describe)
             for b in ready:
                 del pending[b]
             keep_from = min((int(p.min()) for v in pending.values() for _, p in v), default=k0)
@@ -214,8 +221,8 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
                 progress(summary)
         for line, reason, text in skipped.rows[n_skipped_seen:]:
             summary.rows_read += 1
-            pipe._quarantine({"line": line, "text": text}, reason)
-        pipe.flush(pending, describe_from(pa.RecordBatch.from_pylist([]), 0))
+            pipe.quarantine_row({"line": line, "text": text}, reason)
+        pipe.flush(pending, describe)
         pipe.wait()
         if summary.rows_read == 0:
             raise BadFile(path, "no rows")

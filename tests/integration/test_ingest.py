@@ -162,7 +162,7 @@ def test_kill_9_mid_file_then_rerun_is_exact(stack, local_env, shared_data):
     try:
         with clean.ingest_conn() as conn:
             ingest_file(conn, clean.landing(), str(shared_data / f"{DAY}.csv"))
-        env = {**stack.cli_env(), "TICKSTACK_INGEST_BLOCK_BYTES": "262144"}  # ~30 commits
+        env = {**stack.cli_env(), "TICKSTACK_INGEST_FLUSH_ROWS": "5000"}  # ~35 commits
         p = subprocess.Popen([sys.executable, "-m", "workers", "ingest",
                               str(shared_data / f"{DAY}.csv")], cwd=REPO, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -187,6 +187,7 @@ def test_duplicate_trade_ids_within_a_file(stack, tmp_path):
     q = quarantine(stack, s.quarantine_uri)
     assert [(x["line"], x["reason"].split(" (")[0]) for x in q] == [
         (8, "conflicting duplicate trade id")]
+    assert q[0]["text"] == rows[7] and q[0]["file"] == "BTCUSDT-trades-dups.csv"
     with stack.admin() as c:
         assert c.execute("SELECT price FROM market_data.btc_ticks WHERE trade_id = 3003"
                          ).fetchone()[0] == Decimal("4100.03")
