@@ -240,9 +240,33 @@ def replicate(
 
 
 @app.command()
-def embed() -> None:
-    """Compute 256-d embeddings for closed 5-minute windows."""
-    _not_yet("embed")
+def embed(
+    symbol: str | None = typer.Option(None, "--symbol", help="Only this symbol."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Compute 256-d embeddings for closed 5-minute windows (incremental), and their labels.
+
+    Features are documented in workers/features.py; windows with fewer than 30 trades are
+    skipped and counted. Runs as the tickstack_embed login (TICKSTACK_EMBED_DSN).
+    """
+    import json
+
+    from workers import embed as emb
+
+    s = _settings()
+    try:
+        with _connect(s.dsn_for("embed")) as conn:
+            r = emb.run(conn, symbol=symbol)
+    except psycopg_errors() as e:
+        typer.echo(f"embed: database error: {e}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    d = r.as_dict()
+    if json_out:
+        typer.echo(json.dumps(d))
+    else:
+        typer.echo(f"embed: {d['embedded']} windows embedded, {d['skipped_few_trades']} skipped "
+                   f"(too few trades), {d['labels_updated']} label snapshots updated; "
+                   f"{d['seconds']:.1f} s")
 
 
 @app.command()

@@ -44,6 +44,9 @@ class Stack:
     def ingest_conn(self) -> psycopg.Connection:
         return self.db.connect(user="ingest_worker", password=self.env.secrets["ingest_worker"])
 
+    def embed_conn(self) -> psycopg.Connection:
+        return self.db.connect(user="embed_worker", password=self.env.secrets["embed_worker"])
+
     def admin(self, **kw) -> psycopg.Connection:
         return self.db.connect(**kw)
 
