@@ -256,7 +256,7 @@ def embed(
     s = _settings()
     try:
         with _connect(s.dsn_for("embed")) as conn:
-            r = emb.run(conn, symbol=symbol)
+            r = emb.run(conn, symbol=symbol, index_min_rows=s.vector_index_min_rows)
     except psycopg_errors() as e:
         typer.echo(f"embed: database error: {e}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
@@ -266,16 +266,68 @@ def embed(
     else:
         typer.echo(f"embed: {d['embedded']} windows embedded, {d['skipped_few_trades']} skipped "
                    f"(too few trades), {d['labels_updated']} label snapshots updated; "
-                   f"{d['seconds']:.1f} s")
+                   f"{d['seconds']:.1f} s\n  vector index: {d['index']}")
 
 
 @app.command()
 def similar(
-    at: str = typer.Option(..., "--at", help="Timestamp of the query window."),
-    k: int = typer.Option(10, "-k", help="How many neighbours."),
+    at: str = typer.Option(..., "--at", help="A time inside the query window (ISO, UTC)."),
+    k: int = typer.Option(10, "-k", min=1, max=1000, help="How many neighbours."),
+    symbol: str = typer.Option("BTCUSDT", "--symbol"),
+    exclude_minutes: int = typer.Option(
+        60, "--exclude-minutes", min=0,
+        help="Ignore windows this close before the query (0: include the window itself)."),
+    probes: int | None = typer.Option(None, "--probes", min=1,
+                                      help="ivfflat probes (default ~sqrt(lists))."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Nearest past windows and what followed them."""
-    _not_yet("similar")
+    """Nearest past windows and what followed them, against the unconditional mean."""
+    import json
+
+    from workers import similar as sim
+
+    s = _settings()
+    try:
+        at_us = _us(at)
+    except ValueError as e:
+        typer.echo(f"similar: {e}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    from datetime import UTC, datetime
+
+    when = datetime.fromtimestamp(at_us / 1e6, UTC)
+    try:
+        with _connect(s.dsn_for("reader")) as conn:
+            r = sim.query(conn, symbol=symbol.upper(), at=when, k=k,
+                          exclude_minutes=exclude_minutes, probes=probes)
+    except sim.NoEmbedding as e:
+        typer.echo(f"similar: {e}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except psycopg_errors() as e:
+        typer.echo(f"similar: database error: {e}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    if json_out:
+        typer.echo(json.dumps(r))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    def pct(x):
+        return "-" if x is None else f"{x * 100:+.3f}%"
+
+    t = Table(title=f"{r['symbol']} windows most like {r['window']} "
+                    f"(k={r['k']}, probes={r['probes'] or 'exact'})")
+    for col in ("window", "distance", "+5m", "+15m", "+60m", "vol 60m"):
+        t.add_column(col, justify="right")
+    for n in r["neighbours"]:
+        lab = n["labels"]
+        t.add_row(n["bucket"][:16], f"{n['distance']:.4f}", pct(lab.get("fwd_ret_5m")),
+                  pct(lab.get("fwd_ret_15m")), pct(lab.get("fwd_ret_60m")),
+                  pct(lab.get("fwd_vol_60m")))
+    m = r["means"]
+    t.add_section()
+    t.add_row("neighbours' mean", "", *(pct(m[key]["neighbours"]) for key in sim.LABEL_KEYS))
+    t.add_row("all windows' mean", "", *(pct(m[key]["unconditional"]) for key in sim.LABEL_KEYS))
+    Console().print(t)
 
 
 @app.command()
@@ -305,4 +357,22 @@ def restore(
 
 
 def main() -> None:
-    app()
+    """Run the command, then leave without C++ static destructors: Arrow's worker threads were
+    seen to abort an otherwise finished process at interpreter exit now and then
+    ("terminate called without an active exception", apache/arrow#34314), turning exit 0 or 2
+    into -6. Everything of ours is committed or flushed by then."""
+    import os
+    import sys
+
+    code = 0
+    try:
+        app()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            code = 1
+        else:
+            code = e.code or 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -19,7 +19,7 @@ import pyarrow.csv as pacsv
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
-from workers import features, logs
+from workers import features, logs, vector_index
 
 log = logs.get("embed")
 
@@ -30,6 +30,7 @@ class EmbedSummary:
     embedded: int = 0
     skipped_few_trades: int = 0
     labels_updated: int = 0
+    index: str = ""
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -78,7 +79,7 @@ def read_ticks(conn: psycopg.Connection, symbol: str, buckets: list) -> pa.Table
 
 
 def run(conn: psycopg.Connection, *, symbol: str | None = None, now=None,
-        batch_windows: int = 2000) -> EmbedSummary:
+        batch_windows: int = 2000, index_min_rows: int = vector_index.MIN_ROWS) -> EmbedSummary:
     t0 = time.monotonic()
     conn.autocommit = True
     register_vector(conn)
@@ -93,6 +94,9 @@ def run(conn: psycopg.Connection, *, symbol: str | None = None, now=None,
         for i in range(0, len(todo), batch_windows):
             _embed_batch(conn, sym, todo[i:i + batch_windows], s)
         s.labels_updated += _update_labels(conn, sym)
+    st = vector_index.ensure(conn, min_rows=index_min_rows)
+    s.index = (f"{st.action}: {st.index} (lists {st.lists}, built at {st.built_rows} rows; "
+               f"{st.rows} rows now)" if st.index else f"{st.action}: {st.rows} rows")
     s.seconds = time.monotonic() - t0
     log.info("embed done", **s.as_dict())
     return s

@@ -162,7 +162,7 @@ def split_by_bucket(table: pa.Table, positions: np.ndarray):
 def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
                 symbol: str | None = None, progress: Callable[[Summary], None] | None = None,
                 run_id: str | None = None, block_bytes: int = 512 << 10,
-                flush_rows: int = 131_072) -> Summary:
+                flush_rows: int = 65_536) -> Summary:
     """Small parse blocks keep Arrow's CSV buffers small (they peak at ~20x the block); rows are
     flushed (landed, then loaded in one transaction) once `flush_rows` are ready."""
     t0 = time.monotonic()

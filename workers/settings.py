@@ -42,11 +42,13 @@ class Settings(BaseSettings):
         None, description="pgbackrest.conf path (rendered by infra/configs.py)."
     )
     stanza: str = "tickstack"
+    vector_index_min_rows: int = Field(
+        10_000, ge=1, description="Below this many embeddings, no ivfflat index (exact scan).")
     ingest_block_bytes: int = Field(
         512 << 10, ge=64 << 10, le=256 << 20,
         description="CSV bytes parsed at a time (Arrow's parse buffers peak near 20x this).")
     ingest_flush_rows: int = Field(
-        131_072, ge=1, le=10_000_000,
+        65_536, ge=1, le=10_000_000,
         description="Rows landed and committed together (one transaction per flush).")
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: str = "info"

@@ -1,0 +1,67 @@
+"""`workers similar`: when the market looked like this, what happened next?
+
+The k nearest past windows by cosine distance (the query's own neighbourhood in time excluded),
+what followed each (label_snapshot), and the neighbours' mean forward returns against the
+unconditional mean over all labelled windows. Read-only.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg import sql
+
+from workers import vector_index
+
+LABEL_KEYS = ("fwd_ret_5m", "fwd_ret_15m", "fwd_ret_60m", "fwd_vol_60m")
+
+
+class NoEmbedding(LookupError):
+    pass
+
+
+def window_of(at: datetime) -> datetime:
+    at = at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+    return at - timedelta(minutes=at.minute % 5, seconds=at.second, microseconds=at.microsecond)
+
+
+def query(conn: psycopg.Connection, *, symbol: str, at: datetime, k: int = 10,
+          exclude_minutes: int = 60, probes: int | None = None) -> dict:
+    register_vector(conn)
+    bucket = window_of(at)
+    row = conn.execute("SELECT feature_vector, label_snapshot FROM signals.btc_embeddings "
+                       "WHERE symbol = %s AND bucket = %s", [symbol, bucket]).fetchone()
+    if row is None:
+        raise NoEmbedding(f"no embedding for {symbol} at {bucket:%Y-%m-%d %H:%M} UTC (the "
+                          "window has no ticks, too few trades, or `embed` has not run yet)")
+    vec, own_labels = row
+    idx = vector_index.current(conn)
+    used_probes = probes or (vector_index.probes_for(idx[2]) if idx else None)
+    with conn.transaction():
+        if used_probes:
+            conn.execute(sql.SQL("SET LOCAL ivfflat.probes = {}").format(
+                sql.Literal(int(used_probes))))
+        limit = bucket if exclude_minutes == 0 else bucket - timedelta(minutes=exclude_minutes)
+        op = "<=" if exclude_minutes == 0 else "<"
+        rows = conn.execute(
+            sql.SQL("SELECT bucket, feature_vector <=> %s AS distance, label_snapshot "
+                    "FROM signals.btc_embeddings WHERE symbol = %s AND bucket {} %s "
+                    "ORDER BY feature_vector <=> %s LIMIT %s").format(sql.SQL(op)),
+            [vec, symbol, limit, vec, k]).fetchall()
+        uncond = conn.execute(
+            sql.SQL("SELECT {} FROM signals.btc_embeddings WHERE symbol = %s").format(
+                sql.SQL(", ").join(
+                    sql.SQL("avg((label_snapshot->>{})::float8)").format(sql.Literal(key))
+                    for key in LABEL_KEYS)), [symbol]).fetchone()
+    neighbours = [{"bucket": b.isoformat(), "distance": float(d), "labels": lab}
+                  for b, d, lab in rows]
+    means = {}
+    for i, key in enumerate(LABEL_KEYS):
+        vals = [n["labels"][key] for n in neighbours if key in n["labels"]]
+        means[key] = {"neighbours": sum(vals) / len(vals) if vals else None, "n": len(vals),
+                      "unconditional": uncond[i]}
+    return {"symbol": symbol, "window": bucket.isoformat(), "labels": own_labels, "k": k,
+            "exclude_minutes": exclude_minutes, "probes": used_probes,
+            "index": idx[0] if idx else None, "neighbours": neighbours, "means": means}
