@@ -13,7 +13,9 @@ DATA ?= ../shared/data/BTCUSDT-trades-2019-04-01.zip
 up: install
 	$(PY) -m infra.local up
 	@eval "$$($(PY) -m infra.local env)" && $(PY) -m workers migrate && \
-	  $(PY) -m workers ingest $(DATA)
+	  $(PY) -m workers ingest $(DATA) && \
+	  $(PY) -m workers embed && \
+	  $(PY) -m workers similar --at latest -k 5
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,12 +25,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from infra.local.env import WORKER_LOGINS, LocalEnv  # noqa: E402
-from infra.local.s3 import MOTO_KEY, MOTO_SECRET, s3_client  # noqa: E402
-from workers import migrate  # noqa: E402
+from common import REPO, fresh_db, landing_bucket, throwaway_env, worker_env  # noqa: E402
+
+from infra.local.env import LocalEnv  # noqa: E402
 
 T0_MS = 1_711_929_600_000  # 2024-04-01 00:00 UTC
 
@@ -74,25 +71,9 @@ def ticks_csv(src: Path, dst: Path) -> None:
     pacsv.write_csv(out, dst, pacsv.WriteOptions(include_header=False, quoting_style="none"))
 
 
-def fresh_db(env: LocalEnv, name: str) -> str:
-    """A new migrated database; returns its name."""
-    env.primary.psql(f'CREATE DATABASE "{name}"')
-    dsn = env.primary.dsn(name)
-    migrate.run(dsn, password=env.secrets["postgres_password"],
-                logins={g: (u, env.secrets[u]) for g, u in WORKER_LOGINS.items()})
-    return name
-
-
 def run_ingest(env: LocalEnv, db: str, bucket: str, path: Path) -> tuple[float, int]:
-    s3 = s3_client(env.moto.endpoint)
-    s3.create_bucket(Bucket=bucket)
-    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    cenv = {**os.environ, "TICKSTACK_PRIMARY_DSN": env.primary.dsn(db),
-            "TICKSTACK_INGEST_DSN": env.primary.dsn(db, user="ingest_worker"),
-            "TICKSTACK_REPLICA_DSN": "", "TICKSTACK_LANDING_BUCKET": bucket,
-            "TICKSTACK_S3_ENDPOINT_URL": env.moto.endpoint, "TICKSTACK_LOG_FORMAT": "json",
-            "AWS_ACCESS_KEY_ID": MOTO_KEY, "AWS_SECRET_ACCESS_KEY": MOTO_SECRET,
-            "PGPASSFILE": str(env.write_pgpass())}
+    landing_bucket(env, bucket)
+    cenv = worker_env(env, db, bucket)
     t0 = time.perf_counter()
     p = subprocess.Popen([sys.executable, "-m", "workers", "ingest", str(path)], cwd=REPO,
                          env=cenv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -201,16 +182,8 @@ def main() -> None:
     ap.add_argument("--executemany-rows", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; best of each")
     args = ap.parse_args()
-    from workers import logs
-
-    logs.configure("console", "warning")
-
-    state = Path(tempfile.mkdtemp(prefix="tickstack-bench-", dir="/tmp"))
-    os.chmod(state, 0o755)
-    env = LocalEnv(state)
-    try:
-        print(f"starting a throwaway environment in {state}")
-        env.up()
+    with throwaway_env() as env:
+        state = env.state
         src = state / "BTCUSDT-trades-2024-04-01.csv"
         flat = state / "ticks.csv"
         t0 = time.perf_counter()
@@ -260,9 +233,6 @@ def main() -> None:
         print(f"ingest vs executemany       = {ing_rate / em_rate:5.1f}x faster (reference)")
         print(f"peak RSS of ingest          = {rss / 2**20:5.0f} MB   (goal <= 300 MB) "
               f"{'ok' if rss <= 300 * 2**20 else 'MISSED'}")
-    finally:
-        env.down()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -271,7 +271,8 @@ def embed(
 
 @app.command()
 def similar(
-    at: str = typer.Option(..., "--at", help="A time inside the query window (ISO, UTC)."),
+    at: str = typer.Option(..., "--at", help="A time inside the query window (ISO, UTC), "
+                           "or 'latest' for the newest embedded window."),
     k: int = typer.Option(10, "-k", min=1, max=1000, help="How many neighbours."),
     symbol: str = typer.Option("BTCUSDT", "--symbol"),
     exclude_minutes: int = typer.Option(
@@ -287,16 +288,19 @@ def similar(
     from workers import similar as sim
 
     s = _settings()
-    try:
-        at_us = _us(at)
-    except ValueError as e:
-        typer.echo(f"similar: {e}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
-    from datetime import UTC, datetime
+    when = None
+    if at != "latest":
+        try:
+            at_us = _us(at)
+        except ValueError as e:
+            typer.echo(f"similar: {e}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        from datetime import UTC, datetime
 
-    when = datetime.fromtimestamp(at_us / 1e6, UTC)
+        when = datetime.fromtimestamp(at_us / 1e6, UTC)
     try:
         with _connect(s.dsn_for("reader")) as conn:
+            when = when or sim.latest_window(conn, symbol.upper())
             r = sim.query(conn, symbol=symbol.upper(), at=when, k=k,
                           exclude_minutes=exclude_minutes, probes=probes)
     except sim.NoEmbedding as e:

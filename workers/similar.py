@@ -27,6 +27,14 @@ def window_of(at: datetime) -> datetime:
     return at - timedelta(minutes=at.minute % 5, seconds=at.second, microseconds=at.microsecond)
 
 
+def latest_window(conn: psycopg.Connection, symbol: str) -> datetime:
+    row = conn.execute("SELECT max(bucket) FROM signals.btc_embeddings WHERE symbol = %s",
+                       [symbol]).fetchone()
+    if row[0] is None:
+        raise NoEmbedding(f"no embeddings for {symbol} yet: run `workers embed` first")
+    return row[0]
+
+
 def query(conn: psycopg.Connection, *, symbol: str, at: datetime, k: int = 10,
           exclude_minutes: int = 60, probes: int | None = None) -> dict:
     register_vector(conn)
@@ -43,12 +51,18 @@ def query(conn: psycopg.Connection, *, symbol: str, at: datetime, k: int = 10,
         if used_probes:
             conn.execute(sql.SQL("SET LOCAL ivfflat.probes = {}").format(
                 sql.Literal(int(used_probes))))
+            # The time filter is applied after the index scan: let pgvector (>= 0.8) keep
+            # scanning lists until k rows pass it, instead of returning fewer than asked.
+            conn.execute("SET LOCAL ivfflat.iterative_scan = relaxed_order")
         limit = bucket if exclude_minutes == 0 else bucket - timedelta(minutes=exclude_minutes)
         op = "<=" if exclude_minutes == 0 else "<"
         rows = conn.execute(
-            sql.SQL("SELECT bucket, feature_vector <=> %s AS distance, label_snapshot "
-                    "FROM signals.btc_embeddings WHERE symbol = %s AND bucket {} %s "
-                    "ORDER BY feature_vector <=> %s LIMIT %s").format(sql.SQL(op)),
+            # relaxed_order may hand rows back slightly out of order: sort them again.
+            sql.SQL("WITH nn AS MATERIALIZED (SELECT bucket, feature_vector <=> %s AS distance, "
+                    "label_snapshot FROM signals.btc_embeddings "
+                    "WHERE symbol = %s AND bucket {} %s "
+                    "ORDER BY feature_vector <=> %s LIMIT %s) "
+                    "SELECT * FROM nn ORDER BY distance, bucket").format(sql.SQL(op)),
             [vec, symbol, limit, vec, k]).fetchall()
         uncond = conn.execute(
             sql.SQL("SELECT {} FROM signals.btc_embeddings WHERE symbol = %s").format(

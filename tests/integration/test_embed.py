@@ -120,3 +120,19 @@ def test_embeddings_reference_the_aggregate(day):
         c.execute("INSERT INTO signals.btc_embeddings (symbol, bucket, feature_vector, "
                   "feature_version, source_sha256) VALUES ('BTCUSDT', '2030-01-01', "
                   "array_fill(0.1, ARRAY[256])::vector, 1, repeat('a', 64))")
+
+
+def test_vectors_of_an_older_feature_version_are_recomputed(day):
+    with day.embed_conn() as conn:
+        embed.run(conn)
+    with day.admin() as c:
+        c.execute("UPDATE signals.btc_embeddings SET feature_version = feature_version - 1 "
+                  "WHERE bucket IN (SELECT bucket FROM signals.btc_embeddings "
+                  "ORDER BY bucket LIMIT 3)")
+    with day.embed_conn() as conn:
+        r = embed.run(conn)
+    assert r.embedded == 3
+    with day.admin() as c:
+        versions = c.execute("SELECT DISTINCT feature_version FROM signals.btc_embeddings"
+                             ).fetchall()
+    assert versions == [(embed.features.FEATURE_VERSION,)]

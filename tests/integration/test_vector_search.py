@@ -112,3 +112,15 @@ def test_similar_cli_json_and_missing_window(embedded):
     assert r.returncode == 2 and "no embedding for BTCUSDT at 2019-04-03 00:00" in r.stderr
     r = embedded.cli("similar", "--at", "yesterday")
     assert r.returncode == 2 and "not an ISO timestamp" in r.stderr
+
+
+def test_similar_latest_queries_the_newest_window(embedded):
+    r = embedded.cli("similar", "--at", "latest", "-k", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    with embedded.admin() as c:
+        newest = c.execute("SELECT max(bucket) FROM signals.btc_embeddings").fetchone()[0]
+    assert out["window"] == newest.isoformat()
+    assert len(out["neighbours"]) == 3
+    assert all(n["bucket"] < newest.isoformat()
+               for n in out["neighbours"])

@@ -1,0 +1,73 @@
+"""What the benchmarks share: a throwaway local environment and fresh migrated databases."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from infra.local.env import WORKER_LOGINS, LocalEnv  # noqa: E402
+from infra.local.s3 import MOTO_KEY, MOTO_SECRET, s3_client  # noqa: E402
+from workers import migrate  # noqa: E402
+
+
+@contextlib.contextmanager
+def throwaway_env() -> Iterator[LocalEnv]:
+    """Own clusters and S3 under /tmp (never the `make up` environment), removed afterwards."""
+    from workers import logs
+
+    logs.configure("console", "warning")
+    state = Path(tempfile.mkdtemp(prefix="tickstack-bench-", dir="/tmp"))
+    os.chmod(state, 0o755)  # the postgres user must reach the cluster directories
+    env = LocalEnv(state)
+    try:
+        print(f"starting a throwaway environment in {state}")
+        env.up()
+        yield env
+    finally:
+        env.down()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def fresh_db(env: LocalEnv, name: str) -> str:
+    """A new migrated database on the primary; returns its name."""
+    env.primary.psql(f'CREATE DATABASE "{name}"')
+    migrate.run(env.primary.dsn(name), password=env.secrets["postgres_password"],
+                logins={g: (u, env.secrets[u]) for g, u in WORKER_LOGINS.items()})
+    return name
+
+
+def landing_bucket(env: LocalEnv, bucket: str) -> None:
+    s3 = s3_client(env.moto.endpoint)
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+
+
+def worker_env(env: LocalEnv, db: str, bucket: str) -> dict[str, str]:
+    """Environment for `python -m workers …` against one bench database and landing bucket."""
+    p = env.primary
+    return {**os.environ, "TICKSTACK_PRIMARY_DSN": p.dsn(db),
+            "TICKSTACK_INGEST_DSN": p.dsn(db, user="ingest_worker"),
+            "TICKSTACK_EMBED_DSN": p.dsn(db, user="embed_worker"),
+            "TICKSTACK_READER_DSN": p.dsn(db, user="reader"),
+            "TICKSTACK_REPLICA_DSN": "", "TICKSTACK_LANDING_BUCKET": bucket,
+            "TICKSTACK_S3_ENDPOINT_URL": env.moto.endpoint, "TICKSTACK_LOG_FORMAT": "json",
+            "AWS_ACCESS_KEY_ID": MOTO_KEY, "AWS_SECRET_ACCESS_KEY": MOTO_SECRET,
+            "PGPASSFILE": str(env.write_pgpass())}
+
+
+def workers_cli(env_vars: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([sys.executable, "-m", "workers", *args], cwd=REPO, env=env_vars,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"workers {' '.join(args)} failed ({r.returncode}):\n"
+                         f"{r.stdout}\n{r.stderr[-3000:]}")
+    return r
