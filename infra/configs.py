@@ -212,3 +212,36 @@ def _ini(sections: dict[str, dict[str, str]]) -> str:
                 raise ValueError(f"newline in pgbackrest option {k}")
             out.append(f"{k}={v}")
     return "\n".join(out) + "\n"
+
+
+# --- database logins (both environments; `workers migrate` creates them) ----------------------
+
+# Least-privilege logins per worker: group role (sql/002_roles.sql) -> login user.
+WORKER_LOGINS: dict[str, str] = {
+    "tickstack_ingest": "ingest_worker",
+    "tickstack_embed": "embed_worker",
+    "tickstack_retention": "retention_worker",
+    "tickstack_reader": "reader",
+}
+
+
+def dsn_env_key(group: str) -> str:
+    """The worker setting that carries a group's login DSN: tickstack_ingest -> ..._INGEST_DSN."""
+    return "TICKSTACK_" + group.removeprefix("tickstack_").upper() + "_DSN"
+
+
+def postgres_dsn(*, user: str, password: str, host: str, port: int = 5432,
+                 database: str = "tickstack", sslmode: str = "prefer") -> str:
+    """A libpq URI; user and password are percent-encoded."""
+    from urllib.parse import quote
+
+    return (f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/"
+            f"{quote(database, safe='')}?sslmode={sslmode}")
+
+
+def worker_logins_json(passwords: dict[str, str]) -> str:
+    """What TICKSTACK_WORKER_LOGINS_FILE holds: {group: {user, password}} (login user -> pw)."""
+    import json
+
+    return json.dumps({g: {"user": u, "password": passwords[u]}
+                       for g, u in WORKER_LOGINS.items()}, indent=1, sort_keys=True)

@@ -1,0 +1,336 @@
+"""Run the Pulumi program offline, under `pulumi.runtime.set_mocks`, and record its graph.
+
+Pulumi's documented way to unit-test programs: the real program runs, and every resource
+registration reaches a mock monitor instead of the engine. The monitor here also records each
+resource's parent and dependencies, so the graph can be printed (infra/render.py) and asserted
+on (tests/unit/test_pulumi_*.py). The mocks answer with plausible provider outputs (ARNs,
+endpoints, generated passwords) so that everything downstream renders with concrete values.
+
+Mocks are set before the program is imported, as Pulumi's testing guide requires.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.settings import SETTINGS, set_root_resource
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+SECRET = "[secret]"
+ACCOUNT = "123456789012"
+STACK_REFERENCE = "pulumi:pulumi:StackReference"
+
+
+def example_cluster_outputs(region: str, stack_name: str) -> dict[str, Any]:
+    """What a cluster stack reference answers offline (real values come from that stack)."""
+    oidc_id = hashlib.sha1(stack_name.encode()).hexdigest()[:32].upper()
+    issuer = f"oidc.eks.{region}.amazonaws.com/id/{oidc_id}"
+    return {
+        "kubeconfig": json.dumps({"apiVersion": "v1", "kind": "Config", "clusters": [],
+                                  "contexts": [], "users": []}),
+        "oidcProviderArn": f"arn:aws:iam::{ACCOUNT}:oidc-provider/{issuer}",
+        "oidcProviderUrl": f"https://{issuer}",
+        "vpcId": "vpc-0abc1234def567890",
+        "vpcCidr": "10.40.0.0/16",
+        "privateSubnetIds": ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002",
+                             "subnet-0a1b2c3d4e5f60003"],
+        "clusterSecurityGroupId": "sg-0c1u2s3t4e5r60001",
+    }
+
+
+# --- secrets in recorded inputs ------------------------------------------------------------------
+
+
+def unwrap(value: Any) -> Any:
+    """Inputs with Pulumi's secret wrappers removed (the plain values)."""
+    if rpc.is_rpc_secret(value):
+        return unwrap(rpc.unwrap_rpc_secret(value))
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
+def mask(value: Any) -> Any:
+    """Inputs with every secret replaced by "[secret]"."""
+    if rpc.is_rpc_secret(value):
+        return SECRET
+    if isinstance(value, dict):
+        return {k: mask(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask(v) for v in value]
+    return value
+
+
+def integral(value: Any) -> Any:
+    """Numbers travel as floats; give integral ones back as ints (schemas want integers)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [integral(v) for v in value]
+    return value
+
+
+# --- the recorded graph ---------------------------------------------------------------------
+
+
+@dataclass
+class Res:
+    urn: str
+    type: str
+    name: str
+    parent: str | None  # parent URN (None: the stack)
+    custom: bool
+    inputs: dict  # raw: secrets still wrapped
+    dependencies: list[str]
+    provider: str | None
+
+    @property
+    def plain(self) -> dict:
+        return integral(unwrap(self.inputs))
+
+    @property
+    def masked(self) -> dict:
+        return integral(mask(self.inputs))
+
+    def secret_paths(self) -> list[str]:
+        out: list[str] = []
+
+        def walk(v: Any, path: str) -> None:
+            if rpc.is_rpc_secret(v):
+                out.append(path)
+            elif isinstance(v, dict):
+                for k, x in v.items():
+                    walk(x, f"{path}.{k}" if path else k)
+            elif isinstance(v, list):
+                for i, x in enumerate(v):
+                    walk(x, f"{path}[{i}]")
+
+        walk(self.inputs, "")
+        return out
+
+
+@dataclass
+class Graph:
+    stack: str
+    project: str
+    resources: list[Res]
+    outputs: dict[str, Any]
+    secret_outputs: set[str] = field(default_factory=set)
+    log: list[tuple[str, str]] = field(default_factory=list)  # engine log: (level, message)
+
+    def of_type(self, type_: str) -> list[Res]:
+        return [r for r in self.resources if r.type == type_]
+
+    def get(self, type_: str, name: str) -> Res:
+        found = [r for r in self.resources if r.type == type_ and r.name == name]
+        if len(found) != 1:
+            raise KeyError(f"{type_} {name}: {len(found)} found; have "
+                           f"{sorted(r.name for r in self.of_type(type_))}")
+        return found[0]
+
+    def by_urn(self, urn: str) -> Res:
+        for r in self.resources:
+            if r.urn == urn:
+                return r
+        raise KeyError(urn)
+
+    def label(self, urn: str | None) -> str | None:
+        if not urn:
+            return None
+        try:
+            r = self.by_urn(urn)
+        except KeyError:
+            return urn.split("::")[-1] if "pulumi:pulumi:Stack" in urn else urn
+        return f"{r.type}::{r.name}"
+
+    def k8s_objects(self) -> list[Res]:
+        return [r for r in self.resources
+                if r.custom and r.type.startswith("kubernetes:") and "/" in r.type]
+
+    def manifest(self, r: Res) -> dict:
+        """The Kubernetes object as `kubectl apply` would see it (secrets unwrapped)."""
+        group_version, kind = r.type.removeprefix("kubernetes:").split(":")
+        group, version = group_version.split("/")
+        api = version if group == "core" else f"{group}/{version}"
+        obj = dict(r.plain)
+        obj["apiVersion"] = obj.get("apiVersion", api)
+        obj["kind"] = obj.get("kind", kind)
+        return obj
+
+    def to_json(self) -> dict:
+        """The graph as printed by `python -m infra.render` (secrets masked)."""
+        return {
+            "project": self.project,
+            "stack": self.stack,
+            "resources": [
+                {"type": r.type, "name": r.name, "parent": self.label(r.parent),
+                 "custom": r.custom,
+                 "dependsOn": sorted(filter(None, (self.label(d) for d in r.dependencies))),
+                 "inputs": r.masked}
+                for r in self.resources
+            ],
+            "outputs": {k: (SECRET if k in self.secret_outputs else v)
+                        for k, v in sorted(self.outputs.items())},
+        }
+
+
+# --- mocks ------------------------------------------------------------------------------------
+
+
+class TickstackMocks(pulumi.runtime.Mocks):
+    """Answers registrations with the inputs plus what the provider would compute."""
+
+    def __init__(self, region: str, cluster_outputs: Mapping[str, Any]):
+        self.region = region
+        self.cluster_outputs = dict(cluster_outputs)
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+        t, name = args.typ, args.name
+        state = dict(args.inputs)
+        suffix = hashlib.sha1(f"{t}/{name}".encode()).hexdigest()[:7]
+        rid = f"{name}-{suffix}"
+        if t == STACK_REFERENCE:
+            return args.resource_id or name, {"name": name, "outputs": self.cluster_outputs,
+                                              "secretOutputNames": ["kubeconfig"]}
+        if t == "aws:s3/bucket:Bucket":
+            state.setdefault("bucket", rid)
+            state["arn"] = f"arn:aws:s3:::{state['bucket']}"
+            rid = state["bucket"]
+        elif t == "aws:kms/key:Key":
+            key_id = f"mrk-{suffix}0000000000000000000000000"[:36]
+            state.update(keyId=key_id,
+                         arn=f"arn:aws:kms:{self.region}:{ACCOUNT}:key/{key_id}")
+            rid = key_id
+        elif t == "aws:ecr/repository:Repository":
+            state.update(name=state.get("name", rid),
+                         repositoryUrl=f"{ACCOUNT}.dkr.ecr.{self.region}.amazonaws.com/"
+                                       f"{state.get('name', rid)}",
+                         arn=f"arn:aws:ecr:{self.region}:{ACCOUNT}:repository/{rid}")
+        elif t == "aws:iam/role:Role":
+            state.update(name=state.get("name", rid), arn=f"arn:aws:iam::{ACCOUNT}:role/{rid}")
+        elif t == "aws:rds/instance:Instance":
+            host = f"{rid}.cabc123xyz.{self.region}.rds.amazonaws.com"
+            state.update(address=host, endpoint=f"{host}:{int(state.get('port', 5432))}",
+                         arn=f"arn:aws:rds:{self.region}:{ACCOUNT}:db:{rid}")
+        elif t in ("aws:rds/subnetGroup:SubnetGroup", "aws:rds/parameterGroup:ParameterGroup"):
+            state.setdefault("name", rid)
+        elif t == "random:index/randomPassword:RandomPassword":
+            length = int(state.get("length", 32))
+            state["result"] = hashlib.sha256(f"pw/{name}".encode()).hexdigest()[:length]
+        elif t.startswith("kubernetes:") and isinstance(state.get("metadata"), dict):
+            meta = dict(state["metadata"])
+            meta.setdefault("name", rid)  # the provider auto-names objects without a name
+            state["metadata"] = meta
+        return rid, state
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict:
+        return {}
+
+
+def _is_stack(urn: str) -> bool:
+    return not urn or urn.split("::")[2] == "pulumi:pulumi:Stack"
+
+
+class RecordingMonitor(MockMonitor):
+    """The mock monitor, also keeping each registration's parent and dependencies."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks):
+        super().__init__(mocks)
+        self.records: list[Res] = []
+
+    def _record(self, request, urn: str, custom: bool, deps: list[str]) -> None:
+        self.records.append(Res(
+            urn=urn, type=request.type, name=request.name,
+            parent=None if _is_stack(request.parent) else request.parent,
+            custom=custom, inputs=rpc.deserialize_properties(request.object if hasattr(
+                request, "object") else request.properties),
+            dependencies=deps, provider=request.provider or None))
+
+    def RegisterResource(self, request):
+        resp = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            deps = list(request.dependencies)
+            for pd in request.propertyDependencies.values():
+                deps.extend(pd.urns)
+            self._record(request, resp.urn, bool(request.custom), sorted(set(deps)))
+        return resp
+
+    def ReadResource(self, request):
+        resp = super().ReadResource(request)
+        self._record(request, resp.urn, True, [])
+        return resp
+
+
+class _LogCapture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append((record.levelname, record.getMessage()))
+
+
+def config_strings(config: Mapping[str, Any]) -> dict[str, str]:
+    """Config values as Pulumi hands them to a program: strings, structured ones as JSON."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, str):
+            out[k] = v
+        else:
+            out[k] = json.dumps(v)
+    return out
+
+
+def run(config: Mapping[str, Any], *, stack: str = "dev", project: str = "tickstack",
+        secret_keys: tuple[str, ...] = (), cluster_outputs: Mapping[str, Any] | None = None,
+        program: Callable[[], Any] | None = None) -> Graph:
+    """Run the program (default: infra.program.main) under mocks with this stack config."""
+    region = str(config.get("aws:region") or "us-east-1")
+    mocks = TickstackMocks(region, cluster_outputs if cluster_outputs is not None
+                           else example_cluster_outputs(region, stack))
+    monitor = RecordingMonitor(mocks)
+    logger = logging.getLogger(f"tickstack.mocks.{id(monitor)}")
+    logger.propagate = False
+    capture = _LogCapture()
+    logger.addHandler(capture)
+    set_root_resource(None)  # type: ignore[arg-type]  # a fresh stack for every run
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False,
+                             logger=logger, monitor=monitor)
+    pulumi.runtime.set_all_config(config_strings(config), list(secret_keys))
+    if program is None:
+        from infra.program import main as program  # imported after the mocks are set
+
+    result: dict[str, Any] = {}
+
+    def body():
+        outs = program() or {}
+
+        async def resolve() -> None:
+            for k, v in outs.items():
+                o = pulumi.Output.from_input(v)
+                result[k] = (await o.future(), await o.is_secret())
+
+        return resolve()
+
+    SETTINGS.rpc_manager.clear()
+    SETTINGS.outputs.clear()
+    _sync_await(run_pulumi_func(body))
+    # Registration order depends on thread scheduling; the graph is sorted for stable output.
+    records = sorted(monitor.records, key=lambda r: (r.urn,))
+    outputs = {k: integral(v) for k, (v, _) in result.items()}
+    return Graph(stack=stack, project=project, resources=records, outputs=outputs,
+                 secret_outputs={k for k, (_, s) in result.items() if s},
+                 log=capture.messages)

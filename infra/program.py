@@ -1,0 +1,119 @@
+"""The Pulumi program: one `pulumi up` per stack provisions storage, database, replica, backups
+and the workers. dev and prod differ only through config (Pulumi.<stack>.yaml).
+
+Config is read and validated once, before any resource is declared (stack_config.py). The
+Kubernetes cluster is an input (cluster.py). Never imports infra.local (the local environment);
+both call the one renderer, infra/configs.py.
+"""
+
+from __future__ import annotations
+
+import pulumi
+
+from infra import configs
+from infra import stack_config as sc
+from infra.components import access as acc
+from infra.components.access import Access, AccessArgs
+from infra.components.cluster import Cluster, ClusterArgs
+from infra.components.database import POD as DB_POD
+from infra.components.database import Primary, PrimaryArgs
+from infra.components.network import NetworkArgs, NetworkPolicies
+from infra.components.replica import MASTER_USER, Replica, ReplicaArgs
+from infra.components.replica import PORT as REPLICA_PORT
+from infra.components.storage import Storage, StorageArgs
+from infra.components.workers import Workers, WorkersArgs
+
+
+def build(cfg: sc.StackConfig, region: str,
+          kubeconfig: pulumi.Input[str] | None) -> dict[str, pulumi.Output]:
+    """Declare every resource of the stack; returns the stack outputs."""
+    stack = pulumi.get_stack()
+    cluster = Cluster("cluster", ClusterArgs(
+        namespace=cfg.namespace, cluster_stack=cfg.cluster_stack, kubeconfig=kubeconfig,
+        oidc_provider_arn=cfg.oidc_provider_arn, oidc_provider_url=cfg.oidc_provider_url,
+        vpc_id=cfg.vpc_id, vpc_cidr=cfg.vpc_cidr, private_subnet_ids=cfg.private_subnet_ids,
+        cluster_security_group_id=cfg.cluster_security_group_id,
+    ))
+    on_cluster = pulumi.ResourceOptions(providers={"kubernetes": cluster.provider})
+    ns = cluster.namespace
+
+    storage = Storage("storage", StorageArgs(
+        landing_ia_after_days=cfg.landing_ia_after_days,
+        landing_glacier_ir_after_days=cfg.landing_glacier_ir_after_days,
+        landing_noncurrent_expire_days=cfg.landing_noncurrent_expire_days,
+        backup_noncurrent_expire_days=cfg.backup_noncurrent_expire_days,
+        protect=cfg.protect_data,
+    ))
+    access = Access("access", AccessArgs(
+        namespace=ns, oidc_provider_arn=cluster.oidc_provider_arn,
+        oidc_issuer=cluster.oidc_issuer, kms_key_arn=storage.kms_key_arn,
+        landing_bucket_arn=storage.landing_bucket_arn,
+        backup_bucket_arn=storage.backup_bucket_arn, db_pod_name=DB_POD,
+    ), opts=on_cluster)
+    network = NetworkPolicies("network", NetworkArgs(
+        namespace=ns, vpc_cidr=cluster.vpc_cidr, stream_port=cfg.stream_port,
+    ), opts=on_cluster)
+    primary = Primary("primary", PrimaryArgs(
+        namespace=ns, service_account=access.service_accounts[acc.DB_SA],
+        image=cfg.primary_image, storage_size=cfg.primary_storage_size,
+        storage_class=cfg.primary_storage_class, resources=cfg.primary_resources,
+        tuning=configs.PgTuning(shared_buffers=cfg.primary_shared_buffers,
+                                max_connections=cfg.primary_max_connections),
+        backup_bucket=storage.backup_bucket, region=region, kms_key_arn=storage.kms_key_arn,
+        retention_full=cfg.backup_retention_full, retention_diff=cfg.backup_retention_diff,
+        max_unavailable=cfg.primary_max_unavailable,
+        startup_seconds=cfg.primary_startup_seconds, restore=cfg.restore,
+    ), opts=on_cluster)
+    replica = Replica("replica", ReplicaArgs(
+        vpc_id=cluster.vpc_id, subnet_ids=cluster.private_subnet_ids,
+        cluster_security_group_id=cluster.cluster_security_group_id,
+        kms_key_arn=storage.kms_key_arn, instance_class=cfg.replica_instance_class,
+        engine_version=cfg.replica_engine_version,
+        allocated_storage_gb=cfg.replica_allocated_storage_gb,
+        max_allocated_storage_gb=cfg.replica_max_allocated_storage_gb,
+        multi_az=cfg.replica_multi_az, backup_retention_days=cfg.replica_backup_retention_days,
+        deletion_protection=cfg.deletion_protection,
+        skip_final_snapshot=cfg.replica_skip_final_snapshot, protect=cfg.protect_data,
+        final_snapshot_name=f"tickstack-{stack}-replica-final",
+    ))
+    image = pulumi.Output.concat(storage.repository_url, ":", cfg.worker_image_tag)
+    worker_env = pulumi.Output.all(storage.landing_bucket, storage.backup_bucket).apply(
+        lambda b: configs.worker_env(configs.WorkerEnv(
+            landing_bucket=b[0], backup_bucket=b[1], aws_region=region,
+            log_format=cfg.log_format)))
+    Workers("workers", WorkersArgs(
+        namespace=ns, image=image, worker_env=worker_env,
+        primary_host=primary.host, primary_password=primary.superuser_password,
+        replica_host=replica.address, replica_port=REPLICA_PORT,
+        replica_master_user=MASTER_USER, replica_master_password=replica.master_password,
+        schedules=cfg.schedules, stream_url=cfg.stream_url, stream_symbol=cfg.stream_symbol,
+        stream_port=cfg.stream_port, ingest_grace_period_seconds=cfg.ingest_grace_period_seconds,
+        ingest_resources=cfg.ingest_resources, job_resources=cfg.job_resources,
+        restore_target=cfg.restore.target_iso if cfg.restore else None,
+        depends_on=[primary.statefulset, replica.instance, network],
+    ), opts=on_cluster)
+
+    return {
+        "landingBucket": storage.landing_bucket,
+        "backupBucket": storage.backup_bucket,
+        "kmsKeyArn": storage.kms_key_arn,
+        "imageRepository": storage.repository_url,
+        "workerImage": image,
+        "namespace": ns,
+        "primaryHost": primary.host,
+        "replicaEndpoint": replica.endpoint,
+        "replicaAddress": replica.address,
+        "dbRoleArn": access.db_role_arn,
+        "landingRoleArn": access.landing_role_arn,
+        "restoreTarget": pulumi.Output.from_input(
+            cfg.restore.target_iso if cfg.restore else ""),
+    }
+
+
+def main() -> dict[str, pulumi.Output]:
+    """Entry point: validate config (fails before any resource), declare, export."""
+    cfg, region = sc.load()
+    outputs = build(cfg, region, sc.kubeconfig())
+    for k, v in outputs.items():
+        pulumi.export(k, v)
+    return outputs

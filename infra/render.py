@@ -1,0 +1,86 @@
+"""`python -m infra.render --stack dev|prod`: the resource graph `pulumi up` would declare.
+
+Runs the real program offline under Pulumi's mocks (infra/mocking.py) with the stack's config
+from Pulumi.<stack>.yaml and prints JSON: every resource's type, name, parent, dependencies and
+inputs, with secrets masked, then the stack outputs. No cloud, no Pulumi CLI, no network.
+
+A cluster stack reference (tickstack:clusterStack) cannot be read offline: its outputs are
+example values (`--cluster-outputs FILE` gives real ones as JSON). Encrypted config values
+(`secure:`) cannot be decrypted offline either: they render as "[secret]".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def project_name(root: Path = REPO) -> str:
+    return yaml.safe_load((root / "Pulumi.yaml").read_text())["name"]
+
+
+def stack_config(stack: str, root: Path = REPO) -> tuple[dict[str, Any], list[str]]:
+    """The stack file's config (key -> value) and which keys are secrets."""
+    path = root / f"Pulumi.{stack}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"no stack file {path.name} (stacks: "
+                                f"{', '.join(stacks(root)) or 'none'})")
+    doc = yaml.safe_load(path.read_text()) or {}
+    config: dict[str, Any] = {}
+    secret_keys: list[str] = []
+    project = project_name(root)
+    for key, value in (doc.get("config") or {}).items():
+        full = key if ":" in key else f"{project}:{key}"
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            config[full] = "[secret]"
+            secret_keys.append(full)
+        else:
+            config[full] = value
+    return config, secret_keys
+
+
+def stacks(root: Path = REPO) -> list[str]:
+    return sorted(p.name.split(".")[1] for p in root.glob("Pulumi.*.yaml"))
+
+
+def render(stack: str, cluster_outputs: dict | None = None, root: Path = REPO) -> dict:
+    from infra import mocking
+
+    config, secret_keys = stack_config(stack, root)
+    graph = mocking.run(config, stack=stack, project=project_name(root),
+                        secret_keys=tuple(secret_keys), cluster_outputs=cluster_outputs)
+    return graph.to_json()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m infra.render", description=__doc__.split("\n")[0])
+    p.add_argument("--stack", required=True, help="dev, prod, ... (Pulumi.<stack>.yaml)")
+    p.add_argument("--cluster-outputs", type=Path,
+                   help="JSON file with the cluster stack's outputs (default: examples)")
+    p.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
+    a = p.parse_args(argv)
+    from infra.stack_config import ConfigError
+
+    try:
+        outs = json.loads(a.cluster_outputs.read_text()) if a.cluster_outputs else None
+        doc = render(a.stack, outs)
+    except (FileNotFoundError, ConfigError) as e:
+        print(f"render: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
+    if a.output:
+        a.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

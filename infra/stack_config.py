@@ -1,0 +1,349 @@
+"""The stack's configuration, read once into one typed, validated object.
+
+Every `tickstack:*` key of `Pulumi.<stack>.yaml` is a field below (camelCase alias = config key).
+`load()` reads them all before the program declares any resource; a wrong, missing or unknown
+key fails with a message that names it, e.g.
+
+    tickstack:replicaInstanceClass: must look like db.<family>.<size> (got 'm5.large')
+
+dev and prod differ only through these values (Pulumi.dev.yaml, Pulumi.prod.yaml).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+from pulumi import RunError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+NAMESPACE = "tickstack"  # the config namespace: keys are "tickstack:<key>"
+SECRET_KEYS = frozenset({"kubeconfig"})  # only ever read as Pulumi secrets
+# What a cluster stack reference (or explicit config) must provide.
+CLUSTER_KEYS = ("kubeconfig", "oidcProviderArn", "oidcProviderUrl", "vpcId", "vpcCidr",
+                "privateSubnetIds", "clusterSecurityGroupId")
+
+
+class ConfigError(RunError):
+    """A configuration problem; the message names the key(s) and what is expected.
+
+    A RunError: Pulumi prints the message alone, without a traceback."""
+
+
+# --- value types -----------------------------------------------------------------------------
+
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+_CRON_FIELD = re.compile(r"^(\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?(,(\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?)*$")
+_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _quantity(v: str) -> str:
+    if not _QUANTITY.match(v):
+        raise ValueError(f"not a Kubernetes quantity such as 500m, 2Gi (got {v!r})")
+    return v
+
+
+def _cron(v: str) -> str:
+    fields = v.split()
+    if len(fields) != 5:
+        raise ValueError(f"a cron schedule has 5 fields: minute hour day month weekday (got {v!r})")
+    for f, (lo, hi) in zip(fields, _CRON_RANGES, strict=True):
+        if not _CRON_FIELD.match(f):
+            raise ValueError(f"bad cron field {f!r} in {v!r}")
+        for n in re.findall(r"[0-9]+", re.sub(r"/[0-9]+", "", f)):
+            if not lo <= int(n) <= hi:
+                raise ValueError(f"cron field {f!r} out of range {lo}-{hi} in {v!r}")
+    return v
+
+
+Quantity = Annotated[str, AfterValidator(_quantity)]
+Cron = Annotated[str, AfterValidator(_cron)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=False, extra="forbid",
+                              frozen=True)
+
+
+class Resources(_Model):
+    """Requests; limits default to the requests (the database gets Guaranteed QoS)."""
+
+    cpu: Quantity
+    memory: Quantity
+    cpu_limit: Quantity | None = None
+    memory_limit: Quantity | None = None
+
+    def k8s(self) -> dict[str, dict[str, str]]:
+        return {
+            "requests": {"cpu": self.cpu, "memory": self.memory},
+            "limits": {"cpu": self.cpu_limit or self.cpu,
+                       "memory": self.memory_limit or self.memory},
+        }
+
+
+class Schedules(_Model):
+    """CronJob schedules (UTC). Backups: full weekly, differential on the other days."""
+
+    embed: Cron = "*/5 * * * *"
+    replicate: Cron = "*/15 * * * *"
+    retention: Cron = "30 2 * * *"
+    backup_full: Cron = "0 3 * * 0"
+    backup_diff: Cron = "0 3 * * 1-6"
+
+    @model_validator(mode="after")
+    def _distinct_backups(self) -> Schedules:
+        if self.backup_full == self.backup_diff:
+            raise ValueError("backupFull and backupDiff must not run at the same times")
+        return self
+
+
+class Restore(_Model):
+    """Disaster-recovery rebuild: restore the primary from the backup bucket (PITR)."""
+
+    target_time: datetime = Field(description="Point in time to recover to (ISO 8601, with zone).")
+    backup_set: str | None = Field(
+        None, pattern=r"^[0-9]{8}-[0-9]{6}F(_[0-9]{8}-[0-9]{6}[DI])?$",
+        description="pgBackRest backup set label to restore from (default: the latest before "
+        "the target time).")
+
+    @field_validator("target_time")
+    @classmethod
+    def _aware_past(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("give the time zone, e.g. 2025-03-01T12:00:00Z")
+        if v > datetime.now(UTC):
+            raise ValueError("the target time is in the future")
+        return v
+
+    @property
+    def target_iso(self) -> str:
+        return self.target_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
+class StackConfig(_Model):
+    """All `tickstack:*` keys. Field aliases are the config keys."""
+
+    # -- the Kubernetes cluster and its network: an input, not created here ------------------
+    cluster_stack: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$",
+        description="Stack reference org/project/stack whose outputs describe the cluster.")
+    oidc_provider_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:"
+                                                        r"oidc-provider/.+$")
+    oidc_provider_url: str | None = Field(None, pattern=r"^(https://)?oidc\.eks\.[a-z0-9-]+\."
+                                                        r"amazonaws\.com(\.cn)?/id/[A-Za-z0-9]+$")
+    vpc_id: str | None = Field(None, pattern=r"^vpc-[0-9a-f]+$")
+    vpc_cidr: str | None = Field(None, pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$")
+    private_subnet_ids: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]+$")]] | None = Field(
+        None, min_length=2)
+    cluster_security_group_id: str | None = Field(None, pattern=r"^sg-[0-9a-f]+$")
+    namespace: str = "tickstack"
+
+    # -- images -----------------------------------------------------------------------------
+    worker_image_tag: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+    primary_image: str = Field("timescale/timescaledb-ha:pg16-ts2.17",
+                               pattern=r"^[a-z0-9./_-]+(:[A-Za-z0-9_.-]+)?(@sha256:[0-9a-f]{64})?$")
+
+    # -- primary (TimescaleDB StatefulSet) ----------------------------------------------------
+    primary_storage_size: Quantity = "20Gi"
+    primary_storage_class: str | None = None
+    primary_resources: Resources = Resources(cpu="500m", memory="2Gi")
+    primary_shared_buffers: str = Field("512MB", pattern=r"^[0-9]+(kB|MB|GB)$")
+    primary_max_connections: int = Field(100, ge=20, le=5000)
+    primary_max_unavailable: int = Field(
+        1, ge=0, le=1,
+        description="PodDisruptionBudget: 0 blocks voluntary evictions of the primary.")
+    primary_startup_seconds: int = Field(
+        1800, ge=60, le=86400,
+        description="How long Postgres may take to start (WAL replay after a restore).")
+
+    # -- replica (RDS for PostgreSQL + pgvector) ----------------------------------------------
+    replica_instance_class: str = Field("db.t4g.medium")
+    replica_engine_version: str = "16.4"
+    replica_allocated_storage_gb: int = Field(20, ge=20, le=65536)
+    replica_max_allocated_storage_gb: int = Field(100, ge=20, le=65536)
+    replica_multi_az: bool = False
+    replica_backup_retention_days: int = Field(7, ge=1, le=35)
+    replica_skip_final_snapshot: bool = False
+
+    # -- safety ------------------------------------------------------------------------------
+    deletion_protection: bool = True
+    protect_data: bool = Field(
+        True, description="Pulumi `protect` on the key, buckets and RDS: `pulumi destroy` refuses.")
+
+    # -- storage lifecycle ---------------------------------------------------------------------
+    landing_ia_after_days: int = Field(30, ge=30)
+    landing_glacier_ir_after_days: int = Field(120, ge=60)
+    landing_noncurrent_expire_days: int = Field(30, ge=1)
+    backup_retention_full: int = Field(2, ge=1, le=50)
+    backup_retention_diff: int = Field(7, ge=1, le=100)
+    backup_noncurrent_expire_days: int = Field(7, ge=1)
+
+    # -- workers -----------------------------------------------------------------------------
+    schedules: Schedules = Schedules()
+    stream_url: str = "wss://stream.binance.com:9443/ws/btcusdt@trade"
+    stream_symbol: str = Field("BTCUSDT", pattern=r"^[A-Z0-9]{5,20}$")
+    ingest_grace_period_seconds: int = Field(60, ge=10, le=600)
+    ingest_resources: Resources = Resources(cpu="250m", memory="512Mi", memoryLimit="1Gi")
+    job_resources: Resources = Resources(cpu="250m", memory="512Mi", memoryLimit="2Gi")
+    log_format: Literal["json", "console"] = "json"
+
+    # -- disaster recovery ----------------------------------------------------------------------
+    restore: Restore | None = None
+
+    @field_validator("namespace")
+    @classmethod
+    def _ns(cls, v: str) -> str:
+        if not _DNS_LABEL.match(v) or v.startswith("kube-"):
+            raise ValueError(f"must be a DNS-1123 label not starting with kube- (got {v!r})")
+        return v
+
+    @field_validator("replica_instance_class")
+    @classmethod
+    def _instance_class(cls, v: str) -> str:
+        if not re.match(r"^db\.[a-z0-9]+\.[a-z0-9]+$", v):
+            raise ValueError(f"must look like db.<family>.<size>, e.g. db.t4g.medium (got {v!r})")
+        return v
+
+    @field_validator("replica_engine_version")
+    @classmethod
+    def _engine_version(cls, v: str) -> str:
+        m = re.match(r"^([0-9]+)(\.[0-9]+)?$", v)
+        if not m or int(m.group(1)) not in (15, 16, 17):
+            raise ValueError(f"a PostgreSQL 15, 16 or 17 version with pgvector on RDS, e.g. 16.4 "
+                             f"(got {v!r})")
+        return v
+
+    @field_validator("stream_url")
+    @classmethod
+    def _wss(cls, v: str) -> str:
+        u = urlparse(v)
+        if u.scheme != "wss" or not u.hostname:
+            raise ValueError(f"a wss:// URL (got {v!r})")
+        return v
+
+    @property
+    def replica_major(self) -> str:
+        return self.replica_engine_version.split(".")[0]
+
+    @property
+    def stream_port(self) -> int:
+        return urlparse(self.stream_url).port or 443
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+FIELDS_BY_KEY = {f.alias: name for name, f in StackConfig.model_fields.items()}
+KNOWN_KEYS = frozenset(FIELDS_BY_KEY) | SECRET_KEYS
+
+
+def _raw_value(key: str, value: Any) -> Any:
+    """Pulumi hands structured config (objects, lists) over as JSON text."""
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{NAMESPACE}:{key}: not valid JSON: {value[:60]!r}") from None
+    return value
+
+
+def validate(raw: dict[str, Any], *, kubeconfig_given: bool,
+             region: str | None) -> StackConfig:
+    """Validate `tickstack:*` values (key without namespace -> value) into a StackConfig.
+
+    Raises ConfigError naming every offending key.
+    """
+    problems: list[str] = []
+    if not region:
+        problems.append("aws:region: required (the AWS region, e.g. eu-west-1)")
+    elif not re.match(r"^[a-z]{2}(-gov)?-[a-z]+-[0-9]$", region):
+        problems.append(f"aws:region: not an AWS region name (got {region!r})")
+    unknown = sorted(set(raw) - KNOWN_KEYS)
+    for k in unknown:
+        close = difflib.get_close_matches(k, sorted(KNOWN_KEYS), n=1)
+        problems.append(f"{NAMESPACE}:{k}: unknown key"
+                        + (f" (did you mean {NAMESPACE}:{close[0]}?)" if close else ""))
+    values = {k: _raw_value(k, v) for k, v in raw.items() if k in FIELDS_BY_KEY}
+    cfg: StackConfig | None = None
+    try:
+        cfg = StackConfig.model_validate(values)
+    except ValidationError as e:
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(stack)"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "missing":
+                field = StackConfig.model_fields.get(FIELDS_BY_KEY.get(str(err["loc"][0]), ""))
+                msg = "required" + (f" ({field.description})" if field and field.description
+                                    else "")
+            elif "input" in err and err["type"] not in ("value_error",) and not isinstance(
+                    err["input"], dict | list):
+                msg += f" (got {err['input']!r})"
+            problems.append(f"{NAMESPACE}:{key}: {msg}")
+    if cfg is not None:
+        problems += _cluster_problems(cfg, kubeconfig_given)
+        if cfg.landing_glacier_ir_after_days < cfg.landing_ia_after_days + 30:
+            problems.append(f"{NAMESPACE}:landingGlacierIrAfterDays: must be at least 30 days "
+                            f"after landingIaAfterDays ({cfg.landing_ia_after_days}), as S3 "
+                            f"requires (got {cfg.landing_glacier_ir_after_days})")
+        if cfg.replica_max_allocated_storage_gb < cfg.replica_allocated_storage_gb:
+            problems.append(f"{NAMESPACE}:replicaMaxAllocatedStorageGb: must be at least "
+                            f"replicaAllocatedStorageGb ({cfg.replica_allocated_storage_gb})")
+    if problems:
+        raise ConfigError("invalid stack configuration:\n  " + "\n  ".join(problems))
+    assert cfg is not None
+    return cfg
+
+
+def _cluster_problems(cfg: StackConfig, kubeconfig_given: bool) -> list[str]:
+    if cfg.cluster_stack and kubeconfig_given:
+        return [f"{NAMESPACE}:kubeconfig: give either {NAMESPACE}:clusterStack or "
+                f"{NAMESPACE}:kubeconfig, not both"]
+    if cfg.cluster_stack:
+        return []  # the stack reference provides what config does not override
+    if not kubeconfig_given:
+        return [f"{NAMESPACE}:clusterStack: required unless {NAMESPACE}:kubeconfig is set "
+                f"(the cluster is an input: a stack reference org/project/stack, or a "
+                f"kubeconfig secret plus the cluster's network and OIDC provider)"]
+    out = []
+    for key in CLUSTER_KEYS[1:]:
+        if getattr(cfg, FIELDS_BY_KEY[key]) is None:
+            out.append(f"{NAMESPACE}:{key}: required when the cluster is given by "
+                       f"{NAMESPACE}:kubeconfig instead of {NAMESPACE}:clusterStack")
+    return out
+
+
+def load() -> tuple[StackConfig, str]:
+    """Read every `tickstack:*` key from the running Pulumi program's configuration.
+
+    Returns the validated config and the AWS region. The kubeconfig (a secret) is not part of
+    the model: read it with `kubeconfig()`.
+    """
+    from pulumi.runtime import config as rc
+
+    allconf: dict[str, Any] = {**rc.get_config_env(), **rc.CONFIG.get()}
+    prefix = NAMESPACE + ":"
+    raw = {k.removeprefix(prefix): v for k, v in allconf.items()
+           if k.startswith(prefix) and k.removeprefix(prefix) not in SECRET_KEYS}
+    kube_given = bool(allconf.get(prefix + "kubeconfig"))
+    region = allconf.get("aws:region")
+    return validate(raw, kubeconfig_given=kube_given, region=region), region
+
+
+def kubeconfig():
+    """The kubeconfig from config, as a Pulumi secret (None when a stack reference gives it)."""
+    import pulumi
+
+    return pulumi.Config(NAMESPACE).get_secret("kubeconfig")
