@@ -58,6 +58,7 @@ class Stack:
             "TICKSTACK_INGEST_DSN": c.dsn(self.db.name, user="ingest_worker"),
             "TICKSTACK_EMBED_DSN": c.dsn(self.db.name, user="embed_worker"),
             "TICKSTACK_READER_DSN": c.dsn(self.db.name, user="reader"),
+            "TICKSTACK_RETENTION_DSN": c.dsn(self.db.name, user="retention_worker"),
             "TICKSTACK_REPLICA_DSN": "",
             "TICKSTACK_LANDING_BUCKET": self.bucket,
             "TICKSTACK_S3_ENDPOINT_URL": self.env.moto.endpoint,
