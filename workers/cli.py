@@ -337,27 +337,204 @@ def similar(
 @app.command()
 def retention(
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would happen; change nothing."),
+    job: str | None = typer.Option(None, "--job", help="Only this job (by job_name)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
-    """Apply ops.retention_jobs (drop / compress chunks)."""
-    _not_yet("retention")
+    """Apply ops.retention_jobs on the primary, then the replica (when configured).
+
+    drop_after drops whole chunks on TimescaleDB and deletes rows in batches on plain
+    PostgreSQL; compress_after compresses chunks where the licence allows. Nothing that landing
+    does not hold is removed. Every job's outcome is audited in ops.retention_runs; a bad job
+    is rejected alone. Exit 1 when any job was rejected or failed.
+    """
+    import json
+
+    from workers import retention as ret
+
+    s = _settings()
+    targets = [("primary", s.dsn_for("retention"))]
+    if s.has_replica:
+        targets.append(("replica", s.replica_retention_dsn.get_secret_value().strip()
+                        or s.replica_dsn.get_secret_value()))
+    bad = False
+    out = {}
+    for name, dsn in targets:
+        try:
+            with _connect(dsn) as conn:
+                results = ret.run(conn, dry_run=dry_run, job=job)
+        except LookupError as e:
+            typer.echo(f"retention {name}: {e}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        except psycopg_errors() as e:
+            typer.echo(f"retention {name}: database error: {e}", err=True)
+            raise typer.Exit(EXIT_FAILED) from None
+        out[name] = [r.as_dict() for r in results]
+        bad |= any(r.outcome in ("rejected", "failed") for r in results)
+        if json_out:
+            continue
+        for r in results:
+            line = f"retention {name}: {r.job} ({r.table}): {r.outcome}"
+            if r.reason:
+                line += f" — {r.reason}"
+            typer.echo(line)
+            for a in r.actions:
+                if "skipped" in a:
+                    typer.echo(f"    {a['action']}: {a['skipped']}")
+                    continue
+                verb = "would " if dry_run else ""
+                unit = f"{a.get('chunks', 0)} chunks, " if a["action"] != "delete" else ""
+                rng = f" ({a['range'][0][:10]} .. {a['range'][1][:10]})" if a.get("range") else ""
+                typer.echo(f"    {verb}{a['action']}: {unit}{a.get('rows', 0):,} rows older "
+                           f"than {a['cutoff'][:19]}{rng}")
+                if a.get("held_back"):
+                    typer.echo(f"    held back: {a['held_back']}")
+    if json_out:
+        typer.echo(json.dumps(out))
+    if bad:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _tool(s: Settings, command: str):
+    from workers.backup import Tool
+
+    if not s.pgbackrest_config:
+        typer.echo(f"{command}: TICKSTACK_PGBACKREST_CONFIG is not set (the pgbackrest.conf "
+                   "rendered by infra/configs.py; `python -m infra.local env` sets it)", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    return Tool(s.pgbackrest_config, s.stanza, s.pgbackrest_os_user)
 
 
 @app.command()
 def backup(
     type_: str = typer.Option("full", "--type", help="full | diff | incr"),
-    check: bool = typer.Option(False, "--check", help="Report archive and backup state."),
+    check: bool = typer.Option(
+        False, "--check", help="Only report: WAL archiving (pg_stat_archiver, waiting segments, "
+        "a fresh archived WAL switch) and the repository's backups. Exit 1 when archiving is "
+        "failing or stalled."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """pgBackRest backup of the primary."""
-    _not_yet("backup")
+    """pgBackRest backup of the primary into the backup bucket (stanza created if missing).
+
+    Retention of backups (full sets kept, diffs kept) is in pgbackrest.conf, rendered by
+    infra/configs.py for the cloud and the local environment alike.
+    """
+    import json
+
+    from workers import backup as bk
+
+    s = _settings()
+    tool = _tool(s, "backup")
+    if type_ not in ("full", "diff", "incr"):
+        typer.echo(f"backup: --type must be full, diff or incr, not {type_!r}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        if check:
+            with _connect(s.primary_dsn.get_secret_value()) as conn:
+                r = bk.check(conn, tool, stall_seconds=s.archive_stall_seconds).as_dict()
+        else:
+            r = bk.backup(tool, type_)
+    except bk.BackupError as e:
+        typer.echo(f"backup: {e}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    except psycopg_errors() as e:
+        typer.echo(f"backup: database error: {e}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    if json_out:
+        typer.echo(json.dumps(r, default=str))
+    elif check:
+        a = r["archiver"]
+        typer.echo(f"archive: {'healthy' if r['healthy'] else 'UNHEALTHY'} — archived "
+                   f"{a['archived_count']} (last {a['last_archived_wal']} at "
+                   f"{a['last_archived_time']}), failed {a['failed_count']}, "
+                   f"{r['ready_segments']} waiting")
+        if r["repository"]:
+            rep = r["repository"]
+            typer.echo(f"repository: {rep['status']}; {rep['backups']} backups; WAL "
+                       f"{rep['wal_min']} .. {rep['wal_max']}")
+        for p in r["problems"]:
+            typer.echo(f"  problem: {p}")
+    else:
+        typer.echo(f"backup: {r['type']} {r['label']} — {(r['size_bytes'] or 0) / 2**20:.0f} MB "
+                   f"database, {(r['repo_bytes'] or 0) / 2**20:.1f} MB stored; "
+                   f"{r['backups_kept']} backups kept; {r['seconds']:.1f} s")
+    if check and not r["healthy"]:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
 def restore(
-    target_time: str = typer.Option(..., "--target-time", help="Point in time to restore to."),
-    force: bool = typer.Option(False, "--force", help="Overwrite a running primary."),
+    target_time: str = typer.Option(..., "--target-time",
+                                     help="Point in time to restore to (ISO, UTC if no zone)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if the primary is running "
+                               "and healthy (its data directory is moved aside, not deleted)."),
+    skip_pitr: bool = typer.Option(
+        False, "--skip-pitr", help="The database was already restored (the Kubernetes init "
+        "container does it): only verify and replay landing."),
+    no_replay: bool = typer.Option(
+        False, "--no-replay", help="Stop after the point-in-time restore (inspect the state at "
+        "the target; a later --skip-pitr run replays landing)."),
 ) -> None:
-    """Disaster-recovery rebuild: PITR restore, then landing replay."""
-    _not_yet("restore")
+    """Disaster-recovery rebuild: PITR restore to the target, then landing replay after it.
+
+    Prints each step's duration (the recovery time) and the newest tick before and after the
+    landing replay.
+    """
+    from datetime import UTC, datetime
+
+    from workers import restore as rs
+    from workers.backup import BackupError
+    from workers.ingest import BadFile
+    from workers.migrate import discover
+
+    s = _settings()
+    try:
+        target = datetime.fromtimestamp(_us(target_time) / 1e6, UTC)
+    except ValueError as e:
+        typer.echo(f"restore: {e}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    report = rs.RestoreReport(target.isoformat())
+    admin = s.primary_dsn.get_secret_value()
+    try:
+        if not skip_pitr:
+            rs.pitr(_tool(s, "restore"), s.pg_bindir, target, force=force, admin_dsn=admin,
+                    report=report)
+        with _connect(admin) as conn:
+            report.timed("verify extensions and migration ledger",
+                         lambda: rs.verify(conn, [(m.name, m.sha256) for m in discover()]))
+            report.newest_tick_before_replay = rs.newest_tick(conn)
+        if no_replay:
+            report.newest_tick_after = report.newest_tick_before_replay
+        else:
+            _replay(s, rs, report, target)
+    except rs.RestoreRefused as e:
+        typer.echo(f"restore: {e}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except (BackupError, BadFile) as e:
+        typer.echo(f"restore: {e}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    except psycopg_errors() as e:
+        typer.echo(f"restore: database error: {e}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    typer.echo(f"restore to {report.target}: done in {report.seconds:.1f} s")
+    for st in report.steps:
+        typer.echo(f"  {st.seconds:7.1f} s  {st.name}" + (f" — {st.detail}" if st.detail else ""))
+    typer.echo(f"  newest tick: {report.newest_tick_before_replay} from WAL, "
+               f"{report.newest_tick_after} after landing replay")
+
+
+def _replay(s: Settings, rs, report, target) -> None:
+    from workers.landing import Landing
+    from workers.s3 import client
+
+    with _connect(s.dsn_for("ingest")) as conn:
+        landing = Landing(client(s), s.landing_bucket)
+
+        def replay() -> str:
+            report.replayed_objects, report.replayed_rows = rs.replay_gap(conn, landing, target)
+            return f"{report.replayed_objects} landing objects, {report.replayed_rows:,} rows"
+
+        report.timed("landing replay after the target", replay)
+        report.newest_tick_after = rs.newest_tick(conn)
 
 
 def main() -> None:

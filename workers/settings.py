@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     embed_dsn: SecretStr = SecretStr("")
     retention_dsn: SecretStr = SecretStr("")
     reader_dsn: SecretStr = SecretStr("")
+    # The retention login on the replica (empty: the replica DSN itself).
+    replica_retention_dsn: SecretStr = SecretStr("")
     worker_logins_file: str | None = Field(
         None,
         description="JSON file {group_role: {user, password}} of worker logins that `migrate` "
@@ -42,6 +44,14 @@ class Settings(BaseSettings):
         None, description="pgbackrest.conf path (rendered by infra/configs.py)."
     )
     stanza: str = "tickstack"
+    pgbackrest_os_user: str | None = Field(
+        None, description="Run pgBackRest and pg_ctl as this OS user when running as root "
+        "(they must act as the database's owner; `postgres` locally).")
+    pg_bindir: str = Field("/usr/lib/postgresql/15/bin",
+                           description="PostgreSQL server binaries (pg_ctl), for `restore`.")
+    archive_stall_seconds: int = Field(
+        300, ge=30, description="`backup --check`: a WAL segment waiting longer than this to be "
+        "archived means archiving is stalled.")
     vector_index_min_rows: int = Field(
         10_000, ge=1, description="Below this many embeddings, no ivfflat index (exact scan).")
     ingest_block_bytes: int = Field(

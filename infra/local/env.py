@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra import configs
-from infra.local.postgres import Cluster
-from infra.local.procs import PartError, blocking_dir, make_db_dir, run_db
+from infra.local.postgres import PG_BIN, Cluster
+from infra.local.procs import PartError, blocking_dir, db_user, make_db_dir, run_db
 from infra.local.s3 import MOTO_KEY, MOTO_SECRET, Moto, Stunnel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -258,6 +258,7 @@ class LocalEnv:
             "TICKSTACK_PRIMARY_DSN": self.primary.dsn(),
             "TICKSTACK_REPLICA_DSN": self.replica.dsn(),
             "TICKSTACK_PGBACKREST_CONFIG": str(self.pgbackrest_conf_path),
+            "TICKSTACK_PG_BINDIR": str(PG_BIN),
             "TICKSTACK_WORKER_LOGINS_FILE": str(self.write_worker_logins()),
             # Passwords stay in a 0600 file that libpq reads; nothing secret is printed.
             "PGPASSFILE": str(self.write_pgpass()),
@@ -267,6 +268,10 @@ class LocalEnv:
         for group, user in WORKER_LOGINS.items():
             key = "TICKSTACK_" + group.removeprefix("tickstack_").upper() + "_DSN"
             env[key] = self.primary.dsn(user=user)
+        if db_user() is not None:  # we are root: the database's tools run as postgres
+            env["TICKSTACK_PGBACKREST_OS_USER"] = db_user().pw_name
+        env["TICKSTACK_REPLICA_RETENTION_DSN"] = self.replica.dsn(
+            user=WORKER_LOGINS["tickstack_retention"])
         return env
 
     def write_worker_logins(self) -> Path:

@@ -1,0 +1,173 @@
+"""`workers backup`: pgBackRest backups of the primary, and the health of WAL archiving.
+
+The configuration is the file infra/configs.py renders (the same renderer the cloud uses); S3
+keys, where the repository needs them (`repo1-s3-key-type=shared`, the local S3), come from the
+standard AWS variables into pgBackRest's own environment variables, never into a file.
+`--check` exists for the failure that fills pg_wal silently in production: an archiver that
+keeps failing, or has stopped moving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+
+from workers import logs
+
+log = logs.get("backup")
+
+
+class BackupError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Tool:
+    """How to run the database host's tools: config, stanza, and as whom."""
+
+    config: str
+    stanza: str
+    os_user: str | None = None
+
+    def _env_and_user(self) -> tuple[dict[str, str], dict]:
+        env = dict(os.environ)
+        if "AWS_ACCESS_KEY_ID" in env and "PGBACKREST_REPO1_S3_KEY" not in env:
+            env["PGBACKREST_REPO1_S3_KEY"] = env["AWS_ACCESS_KEY_ID"]
+            env["PGBACKREST_REPO1_S3_KEY_SECRET"] = env.get("AWS_SECRET_ACCESS_KEY", "")
+        kw: dict = {}
+        if self.os_user and os.geteuid() == 0:
+            u = pwd.getpwnam(self.os_user)
+            kw = {"user": u.pw_uid, "group": u.pw_gid, "extra_groups": [], "cwd": "/"}
+            env.update(HOME=u.pw_dir, USER=u.pw_name, LOGNAME=u.pw_name)
+        return env, kw
+
+    def run(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        return self.exec(["pgbackrest", f"--config={self.config}", f"--stanza={self.stanza}",
+                          *args], timeout=timeout)
+
+    def exec(self, cmd: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+        env, kw = self._env_and_user()
+        try:
+            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                                  **kw)
+        except subprocess.TimeoutExpired:
+            raise BackupError(f"{cmd[0]} {cmd[-1]}: no answer within {timeout:.0f} s") from None
+        except FileNotFoundError as e:
+            raise BackupError(f"{cmd[0]} is not installed here ({e})") from None
+
+    def ok(self, *args: str, timeout: float) -> str:
+        r = self.run(*args, timeout=timeout)
+        if r.returncode != 0:
+            raise BackupError(f"pgbackrest {args[0]} failed (exit {r.returncode}): "
+                              f"{_tail(r.stderr or r.stdout)}")
+        return r.stdout
+
+    def info(self) -> dict:
+        out = self.ok("info", "--output=json", timeout=120)
+        data = json.loads(out)
+        return data[0] if data else {}
+
+
+def _tail(text: str, n: int = 6) -> str:
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-n:])
+
+
+def ensure_stanza(tool: Tool) -> None:
+    """stanza-create succeeds again on a matching stanza (verified with pgBackRest 2.45)."""
+    tool.ok("stanza-create", timeout=300)
+
+
+def backup(tool: Tool, kind: str) -> dict:
+    if kind not in ("full", "diff", "incr"):
+        raise ValueError(f"--type must be full, diff or incr, not {kind!r}")
+    t0 = time.monotonic()
+    ensure_stanza(tool)
+    tool.ok("backup", f"--type={kind}", timeout=6 * 3600)
+    info = tool.info()
+    last = (info.get("backup") or [{}])[-1]
+    res = {"type": last.get("type"), "label": last.get("label"),
+           "size_bytes": (last.get("info") or {}).get("size"),
+           "repo_bytes": ((last.get("info") or {}).get("repository") or {}).get("delta"),
+           "backups_kept": len(info.get("backup") or []),
+           "seconds": round(time.monotonic() - t0, 2)}
+    log.info("backup done", **res)
+    return res
+
+
+@dataclass
+class ArchiveCheck:
+    healthy: bool
+    problems: list[str] = field(default_factory=list)
+    archiver: dict = field(default_factory=dict)
+    ready_segments: int = 0
+    oldest_ready_seconds: float | None = None
+    repository: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return vars(self)
+
+
+ARCHIVER_SQL = """
+SELECT archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal,
+       last_failed_time, stats_reset,
+       coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false) AS failing
+FROM pg_stat_archiver
+"""
+# Segments waiting for the archiver (pg_wal/archive_status/*.ready) and how long the oldest waits.
+READY_SQL = """
+SELECT count(*), extract(epoch FROM now() - min(modification))
+FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'
+"""
+
+
+def check(conn: psycopg.Connection, tool: Tool, *, stall_seconds: int,
+          archive_timeout: int = 30) -> ArchiveCheck:
+    """Archive state from pg_stat_archiver, the waiting segments and pgBackRest: healthy only
+    when nothing is failing or stuck and a fresh WAL switch reaches the repository."""
+    c = ArchiveCheck(healthy=True)
+    cur = conn.execute(ARCHIVER_SQL)
+    row = cur.fetchone()
+    c.archiver = {d.name: (v.isoformat() if hasattr(v, "isoformat") else v)
+                  for d, v in zip(cur.description, row, strict=True)}
+    if c.archiver["failing"]:
+        c.problems.append(f"WAL archiving is failing: {c.archiver['failed_count']} failures, "
+                          f"last {c.archiver['last_failed_wal']} at "
+                          f"{c.archiver['last_failed_time']}")
+    c.ready_segments, oldest = conn.execute(READY_SQL).fetchone()
+    c.oldest_ready_seconds = float(oldest) if oldest is not None else None
+    if c.oldest_ready_seconds is not None and c.oldest_ready_seconds > stall_seconds:
+        c.problems.append(f"WAL archiving is stalled: {c.ready_segments} segments waiting, the "
+                          f"oldest for {c.oldest_ready_seconds:.0f} s (limit {stall_seconds} s)")
+    # pgBackRest's own check: switches WAL and waits (bounded) until the segment is archived.
+    # An unreachable repository makes pgBackRest retry for a while: bound it, and call a
+    # check that does not finish in time a failed one.
+    try:
+        r = tool.run("check", f"--archive-timeout={archive_timeout}", "--io-timeout=15",
+                     timeout=archive_timeout + 45)
+    except BackupError as e:
+        r = None
+        c.problems.append(f"pgbackrest check failed: {e}")
+    if r is not None and r.returncode != 0:
+        c.problems.append(f"pgbackrest check failed (exit {r.returncode}): "
+                          f"{_tail(r.stderr or r.stdout, 3)}")
+    elif r is not None:
+        try:
+            info = tool.info()
+            arch = (info.get("archive") or [{}])[-1]
+            c.repository = {"status": (info.get("status") or {}).get("message"),
+                            "backups": len(info.get("backup") or []),
+                            "wal_min": arch.get("min"), "wal_max": arch.get("max")}
+            if not info.get("backup"):
+                c.problems.append("no backup in the repository yet")
+        except BackupError as e:
+            c.problems.append(str(e))
+    c.healthy = not c.problems
+    (log.info if c.healthy else log.error)("archive check", healthy=c.healthy,
+                                           problems=c.problems)
+    return c
