@@ -47,6 +47,11 @@ def example_cluster_outputs(region: str, stack_name: str) -> dict[str, Any]:
     }
 
 
+def mock_password(resource_name: str, length: int = 32) -> str:
+    """What the mocks answer for a RandomPassword's `result` (deterministic, for tests)."""
+    return hashlib.sha256(f"pw/{resource_name}".encode()).hexdigest()[:length]
+
+
 # --- secrets in recorded inputs ------------------------------------------------------------------
 
 
@@ -96,6 +101,7 @@ class Res:
     inputs: dict  # raw: secrets still wrapped
     dependencies: list[str]
     provider: str | None
+    protect: bool = False
 
     @property
     def plain(self) -> dict:
@@ -130,6 +136,7 @@ class Graph:
     outputs: dict[str, Any]
     secret_outputs: set[str] = field(default_factory=set)
     log: list[tuple[str, str]] = field(default_factory=list)  # engine log: (level, message)
+    outputs_registered: set[str] = field(default_factory=set)
 
     def of_type(self, type_: str) -> list[Res]:
         return [r for r in self.resources if r.type == type_]
@@ -177,7 +184,7 @@ class Graph:
             "stack": self.stack,
             "resources": [
                 {"type": r.type, "name": r.name, "parent": self.label(r.parent),
-                 "custom": r.custom,
+                 "custom": r.custom, "protect": r.protect,
                  "dependsOn": sorted(filter(None, (self.label(d) for d in r.dependencies))),
                  "inputs": r.masked}
                 for r in self.resources
@@ -228,8 +235,7 @@ class TickstackMocks(pulumi.runtime.Mocks):
         elif t in ("aws:rds/subnetGroup:SubnetGroup", "aws:rds/parameterGroup:ParameterGroup"):
             state.setdefault("name", rid)
         elif t == "random:index/randomPassword:RandomPassword":
-            length = int(state.get("length", 32))
-            state["result"] = hashlib.sha256(f"pw/{name}".encode()).hexdigest()[:length]
+            state["result"] = mock_password(name, int(state.get("length", 32)))
         elif t.startswith("kubernetes:") and isinstance(state.get("metadata"), dict):
             meta = dict(state["metadata"])
             meta.setdefault("name", rid)  # the provider auto-names objects without a name
@@ -250,9 +256,11 @@ class RecordingMonitor(MockMonitor):
     def __init__(self, mocks: pulumi.runtime.Mocks):
         super().__init__(mocks)
         self.records: list[Res] = []
+        self.outputs_registered: set[str] = set()  # URNs that called register_outputs
 
     def _record(self, request, urn: str, custom: bool, deps: list[str]) -> None:
         self.records.append(Res(
+            protect=bool(getattr(request, "protect", False)),
             urn=urn, type=request.type, name=request.name,
             parent=None if _is_stack(request.parent) else request.parent,
             custom=custom, inputs=rpc.deserialize_properties(request.object if hasattr(
@@ -268,6 +276,10 @@ class RecordingMonitor(MockMonitor):
             self._record(request, resp.urn, bool(request.custom), sorted(set(deps)))
         return resp
 
+    def RegisterResourceOutputs(self, request):
+        self.outputs_registered.add(request.urn)
+        return super().RegisterResourceOutputs(request)
+
     def ReadResource(self, request):
         resp = super().ReadResource(request)
         self._record(request, resp.urn, True, [])
@@ -281,6 +293,32 @@ class _LogCapture(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append((record.levelname, record.getMessage()))
+
+
+SDK_MODULES = (
+    "pulumi_aws.ec2", "pulumi_aws.ecr", "pulumi_aws.iam", "pulumi_aws.kms", "pulumi_aws.rds",
+    "pulumi_aws.s3", "pulumi_aws.vpc", "pulumi_kubernetes.apps.v1", "pulumi_kubernetes.batch.v1",
+    "pulumi_kubernetes.core.v1", "pulumi_kubernetes.networking.v1", "pulumi_kubernetes.policy.v1",
+    "pulumi_kubernetes.rbac.v1", "pulumi_random",
+)
+
+
+def import_sdks() -> None:
+    """Import the provider SDK modules the program uses, silencing their import-time notices.
+
+    Importing `pulumi_aws.s3` defines every class of the module, the deprecated `*V2` ones
+    included, and those class bodies warn whether or not a program uses them. Only the
+    import is silenced: using a deprecated resource or argument still warns (and is logged by
+    the engine), which tests/unit/test_pulumi_program.py checks.
+    """
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for m in SDK_MODULES:
+            # The SDKs import lazily: touching an attribute runs the module's code now.
+            _ = getattr(importlib.import_module(m), "_load_now", None)
 
 
 def config_strings(config: Mapping[str, Any]) -> dict[str, str]:
@@ -298,6 +336,7 @@ def run(config: Mapping[str, Any], *, stack: str = "dev", project: str = "tickst
         secret_keys: tuple[str, ...] = (), cluster_outputs: Mapping[str, Any] | None = None,
         program: Callable[[], Any] | None = None) -> Graph:
     """Run the program (default: infra.program.main) under mocks with this stack config."""
+    import_sdks()
     region = str(config.get("aws:region") or "us-east-1")
     mocks = TickstackMocks(region, cluster_outputs if cluster_outputs is not None
                            else example_cluster_outputs(region, stack))
@@ -333,4 +372,4 @@ def run(config: Mapping[str, Any], *, stack: str = "dev", project: str = "tickst
     outputs = {k: integral(v) for k, (v, _) in result.items()}
     return Graph(stack=stack, project=project, resources=records, outputs=outputs,
                  secret_outputs={k for k, (_, s) in result.items() if s},
-                 log=capture.messages)
+                 log=capture.messages, outputs_registered=monitor.outputs_registered)
