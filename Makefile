@@ -10,12 +10,11 @@ PY    := $(VENV)/bin/python
 # The real Binance day bundled in ../shared/data; DATA=path/to/files.zip overrides it.
 DATA ?= ../shared/data/BTCUSDT-trades-2019-04-01.zip
 
+# The main job: start the local environment, then every stage (migrate, ingest, replicate, embed,
+# retention dry-run + real, full backup, archive check), a summary table and the HTML report.
 up: install
-	$(PY) -m infra.local up
-	@eval "$$($(PY) -m infra.local env)" && $(PY) -m workers migrate && \
-	  $(PY) -m workers ingest $(DATA) && \
-	  $(PY) -m workers embed && \
-	  $(PY) -m workers similar --at latest -k 5
+	@$(PY) -m infra.local up
+	@eval "$$($(PY) -m infra.local env)" && $(PY) -m workers up $(DATA)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

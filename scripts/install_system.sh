@@ -13,6 +13,7 @@ BUILD_ROOT="${TICKSTACK_BUILD_DIR:-/var/cache/tickstack-build}"
 DEB_PACKAGES=(
   "postgresql-${PG_MAJOR}" "postgresql-server-dev-${PG_MAJOR}" pgbackrest stunnel4 openssl
   cmake build-essential dpkg-dev ca-certificates iproute2
+  chromium  # headless browser: the report test opens the HTML report
 )
 say() { echo "install_system: $*"; }
 die() { echo "install_system: ERROR: $*" >&2; exit 1; }

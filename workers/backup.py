@@ -83,12 +83,14 @@ def ensure_stanza(tool: Tool) -> None:
     tool.ok("stanza-create", timeout=300)
 
 
-def backup(tool: Tool, kind: str) -> dict:
+def backup(tool: Tool, kind: str, annotations: dict[str, str] | None = None) -> dict:
+    """One backup; `annotations` are stored with it in the repository (pgBackRest >= 2.41)."""
     if kind not in ("full", "diff", "incr"):
         raise ValueError(f"--type must be full, diff or incr, not {kind!r}")
     t0 = time.monotonic()
     ensure_stanza(tool)
-    tool.ok("backup", f"--type={kind}", timeout=6 * 3600)
+    notes = [f"--annotation={k}={v}" for k, v in (annotations or {}).items()]
+    tool.ok("backup", f"--type={kind}", *notes, timeout=6 * 3600)
     info = tool.info()
     last = (info.get("backup") or [{}])[-1]
     res = {"type": last.get("type"), "label": last.get("label"),

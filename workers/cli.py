@@ -470,6 +470,10 @@ def restore(
     skip_pitr: bool = typer.Option(
         False, "--skip-pitr", help="The database was already restored (the Kubernetes init "
         "container does it): only verify and replay landing."),
+    timeline: str = typer.Option(
+        "latest", "--timeline", help="latest: follow the newest timeline in the WAL archive "
+        "(what happened after an earlier restore too); current: the timeline of the backup — "
+        "to restore to the same time again after a restore that promoted there."),
     no_replay: bool = typer.Option(
         False, "--no-replay", help="Stop after the point-in-time restore (inspect the state at "
         "the target; a later --skip-pitr run replays landing)."),
@@ -496,8 +500,11 @@ def restore(
     admin = s.primary_dsn.get_secret_value()
     try:
         if not skip_pitr:
+            if timeline not in ("latest", "current"):
+                typer.echo("restore: --timeline must be latest or current", err=True)
+                raise typer.Exit(EXIT_USAGE)
             rs.pitr(_tool(s, "restore"), s.pg_bindir, target, force=force, admin_dsn=admin,
-                    report=report)
+                    report=report, timeline=timeline)
         with _connect(admin) as conn:
             report.timed("verify extensions and migration ledger",
                          lambda: rs.verify(conn, [(m.name, m.sha256) for m in discover()]))
@@ -535,6 +542,62 @@ def _replay(s: Settings, rs, report, target) -> None:
 
         report.timed("landing replay after the target", replay)
         report.newest_tick_after = rs.newest_tick(conn)
+
+
+@app.command()
+def up(
+    paths: list[str] = typer.Argument(
+        ..., help="Binance trade dumps to ingest (make up passes the real day in ../shared/data; "
+        "`make up DATA=…` other files)."),
+    report_dir: str | None = typer.Option(
+        None, "--report-dir", help="Where the HTML report goes (default TICKSTACK_REPORT_DIR)."),
+    force_backup: bool = typer.Option(
+        False, "--force-backup", help="Take a full backup even when the last one holds the "
+        "same data."),
+) -> None:
+    """The main job: migrate, ingest, replicate, embed, retention, backup — then a summary
+    table and an HTML report. A second run over the same data changes nothing and says so."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from workers import main_job as mj
+    from workers.memory import limit_allocator_retention
+
+    limit_allocator_retention()
+    s = _settings()
+    console = Console()
+
+    def progress(st) -> None:
+        mark = ("[red]FAILED[/]" if not st.ok else
+                "[green]done[/]" if st.changed else "[dim]same[/]")
+        console.print(f"{mark} {st.name} ({st.seconds:.1f} s): {escape(st.did)}", highlight=False)
+
+    run, failure = mj.run_all(s, paths, on_stage=progress, force_backup=force_backup)
+    try:
+        from workers import report
+
+        run.report = str(report.write(run, s.dsn_for("reader"), report_dir or s.report_dir))
+    except Exception as e:  # the summary still matters when a figure cannot be drawn
+        console.print(f"[yellow]report not written: {type(e).__name__}: {e}[/]")
+    t = Table(title="tickstack make up — summary", show_lines=False)
+    t.add_column("stage")
+    t.add_column("what it did", overflow="fold")
+    t.add_column("time", justify="right")
+    for st in run.stages:
+        style = "red" if not st.ok else (None if st.changed else "dim")
+        t.add_row(st.name, escape(st.did), f"{st.seconds:.1f} s", style=style)
+    t.add_section()
+    t.add_row("total", "", f"{sum(st.seconds for st in run.stages):.1f} s")
+    console.print(t)
+    if run.report:
+        console.print(f"report: {run.report}")
+    if failure:
+        console.print(f"[red]make up stopped at {failure.stage}:[/] {escape(str(failure))}",
+                      highlight=False)
+        raise typer.Exit(EXIT_FAILED)
+    console.print("nothing changed: the platform was already up to date with this data"
+                  if not run.changed else "done: the platform is up to date with this data")
 
 
 def main() -> None:

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     ingest_flush_rows: int = Field(
         65_536, ge=1, le=10_000_000,
         description="Rows landed and committed together (one transaction per flush).")
+    report_dir: str = Field(
+        ".tickstack/report", description="Where `workers up` writes its HTML report and figures.")
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: str = "info"
 

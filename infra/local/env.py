@@ -259,6 +259,7 @@ class LocalEnv:
             "TICKSTACK_REPLICA_DSN": self.replica.dsn(),
             "TICKSTACK_PGBACKREST_CONFIG": str(self.pgbackrest_conf_path),
             "TICKSTACK_PG_BINDIR": str(PG_BIN),
+            "TICKSTACK_REPORT_DIR": str(self.state / "report"),
             "TICKSTACK_WORKER_LOGINS_FILE": str(self.write_worker_logins()),
             # Passwords stay in a 0600 file that libpq reads; nothing secret is printed.
             "PGPASSFILE": str(self.write_pgpass()),
