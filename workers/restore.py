@@ -92,7 +92,9 @@ def _pg_ctl(tool: Tool, bindir: str, data: Path, *args: str, timeout: float):
 
 
 def pitr(tool: Tool, bindir: str, target: datetime, *, force: bool, admin_dsn: str,
-         report: RestoreReport) -> None:
+         report: RestoreReport, timeline: str = "latest") -> None:
+    """`timeline`: follow the newest timeline in the archive (`latest`, PostgreSQL's default:
+    includes what happened after an earlier restore) or stay on the backup's (`current`)."""
     data, _, _ = pg_target(tool.config, tool.stanza)
     if healthy(admin_dsn) and not force:
         raise RestoreRefused("the primary is running and healthy: refusing to overwrite it "
@@ -125,7 +127,8 @@ def pitr(tool: Tool, bindir: str, target: datetime, *, force: bool, admin_dsn: s
         # pgBackRest wants "YYYY-MM-DD HH:MM:SS[.US]+TZ", not ISO 8601's "T".
         when = target.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
         r = tool.run("restore", "--type=time", f"--target={when}",
-                     "--target-action=promote", timeout=6 * 3600)
+                     f"--target-timeline={timeline}", "--target-action=promote",
+                     timeout=6 * 3600)
         if r.returncode != 0:
             raise BackupError(f"pgbackrest restore failed (exit {r.returncode}): "
                               f"{(r.stderr or r.stdout).strip()[-800:]}")
@@ -145,10 +148,23 @@ def pitr(tool: Tool, bindir: str, target: datetime, *, force: bool, admin_dsn: s
         while time.monotonic() < deadline:
             if healthy(admin_dsn):
                 return "WAL replayed to the target, promoted"
+            # Recovery that cannot reach the target stops the server: say why at once.
+            if not (data / "postmaster.pid").exists():
+                raise BackupError(f"PostgreSQL stopped during WAL replay: "
+                                  f"{_last_fatal(log_file)} (see {log_file})")
             time.sleep(0.5)
         raise BackupError(f"still in recovery after 600 s (see {log_file})")
 
     report.timed("WAL replay up to the target, promote", start_and_replay)
+
+
+def _last_fatal(log_file: Path) -> str:
+    try:
+        lines = log_file.read_text(errors="replace").splitlines()
+    except OSError:
+        return "its log cannot be read"
+    fatal = [ln.split("FATAL:", 1)[1].strip() for ln in lines if "FATAL:" in ln]
+    return fatal[-1] if fatal else "no FATAL line in its log"
 
 
 def verify(conn: psycopg.Connection, expected: list[tuple[str, str]]) -> str:
