@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,6 +138,11 @@ class Graph:
     secret_outputs: set[str] = field(default_factory=set)
     log: list[tuple[str, str]] = field(default_factory=list)  # engine log: (level, message)
     outputs_registered: set[str] = field(default_factory=set)
+    # Python warnings raised while the program ran: (category name, message).
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    # "type name" of every resource constructed inside an Output.apply callback: such resources
+    # are invisible to `pulumi preview` and must not exist.
+    created_in_apply: list[str] = field(default_factory=list)
 
     def of_type(self, type_: str) -> list[Res]:
         return [r for r in self.resources if r.type == type_]
@@ -312,13 +318,52 @@ def import_sdks() -> None:
     the engine), which tests/unit/test_pulumi_program.py checks.
     """
     import importlib
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         for m in SDK_MODULES:
             # The SDKs import lazily: touching an attribute runs the module's code now.
             _ = getattr(importlib.import_module(m), "_load_now", None)
+
+
+class ApplyGuard:
+    """Notices resources constructed while an `Output.apply` callback runs.
+
+    Wraps every apply callback in a depth counter and every resource constructor in a check;
+    the program's callbacks run to completion on one event loop, so the counter is exact.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.found: list[str] = []
+
+    def __enter__(self) -> ApplyGuard:
+        guard = self
+        self._apply = apply = pulumi.Output.apply
+        self._init = init = pulumi.Resource.__init__
+
+        def guarded_apply(out, func, run_with_unknowns: bool = False):
+            def inside(*a, **kw):
+                guard.depth += 1
+                try:
+                    return func(*a, **kw)
+                finally:
+                    guard.depth -= 1
+
+            return apply(out, inside, run_with_unknowns)
+
+        def checked_init(res, t, name, *a, **kw):
+            if guard.depth:
+                guard.found.append(f"{t} {name}")
+            init(res, t, name, *a, **kw)
+
+        pulumi.Output.apply = guarded_apply  # type: ignore[method-assign]
+        pulumi.Resource.__init__ = checked_init  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pulumi.Output.apply = self._apply  # type: ignore[method-assign]
+        pulumi.Resource.__init__ = self._init  # type: ignore[method-assign]
 
 
 def config_strings(config: Mapping[str, Any]) -> dict[str, str]:
@@ -366,10 +411,14 @@ def run(config: Mapping[str, Any], *, stack: str = "dev", project: str = "tickst
 
     SETTINGS.rpc_manager.clear()
     SETTINGS.outputs.clear()
-    _sync_await(run_pulumi_func(body))
+    with warnings.catch_warnings(record=True) as caught, ApplyGuard() as guard:
+        warnings.simplefilter("always")
+        _sync_await(run_pulumi_func(body))
     # Registration order depends on thread scheduling; the graph is sorted for stable output.
     records = sorted(monitor.records, key=lambda r: (r.urn,))
     outputs = {k: integral(v) for k, (v, _) in result.items()}
     return Graph(stack=stack, project=project, resources=records, outputs=outputs,
                  secret_outputs={k for k, (_, s) in result.items() if s},
-                 log=capture.messages, outputs_registered=monitor.outputs_registered)
+                 log=capture.messages, outputs_registered=monitor.outputs_registered,
+                 warnings=[(w.category.__name__, str(w.message)) for w in caught],
+                 created_in_apply=guard.found)

@@ -50,13 +50,29 @@ def stacks(root: Path = REPO) -> list[str]:
     return sorted(p.name.split(".")[1] for p in root.glob("Pulumi.*.yaml"))
 
 
-def render(stack: str, cluster_outputs: dict | None = None, root: Path = REPO) -> dict:
+def render(stack: str, overrides: dict[str, Any] | None = None, *,
+           cluster_outputs: dict | None = None, root: Path = REPO) -> dict:
+    """The stack's graph as JSON-ready data; `overrides` replace config keys (None: remove)."""
     from infra import mocking
 
     config, secret_keys = stack_config(stack, root)
+    for key, value in (overrides or {}).items():
+        full = key if ":" in key else f"{project_name(root)}:{key}"
+        if value is None:
+            config.pop(full, None)
+        else:
+            config[full] = value
     graph = mocking.run(config, stack=stack, project=project_name(root),
                         secret_keys=tuple(secret_keys), cluster_outputs=cluster_outputs)
     return graph.to_json()
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """--set KEY=VALUE: the value is read as YAML (numbers, booleans, {...} objects)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {item!r}")
+    return key, yaml.safe_load(value) if value else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,12 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cluster-outputs", type=Path,
                    help="JSON file with the cluster stack's outputs (default: examples)")
     p.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
+    p.add_argument("--set", dest="overrides", action="append", type=parse_set, default=[],
+                   metavar="KEY=VALUE",
+                   help="override a config key (value read as YAML; empty removes the key), "
+                        "e.g. --set 'tickstack:restore={targetTime: \"2025-03-01T12:00:00Z\"}'")
     a = p.parse_args(argv)
     from infra.stack_config import ConfigError
 
     try:
         outs = json.loads(a.cluster_outputs.read_text()) if a.cluster_outputs else None
-        doc = render(a.stack, outs)
+        doc = render(a.stack, dict(a.overrides), cluster_outputs=outs)
     except (FileNotFoundError, ConfigError) as e:
         print(f"render: {e}", file=sys.stderr)
         return 2

@@ -28,7 +28,9 @@ from infra.components.database import PGBACKREST_CONF
 from infra.components.database import POD as DB_POD
 from infra.stack_config import Resources, Schedules
 
-HEALTH_PORT = 8080
+# The stream worker's HTTP endpoint (TICKSTACK_HEALTH_PORT, the worker's default): /healthz
+# (alive), /readyz (connected and writing), /metrics (Prometheus).
+HEALTH_PORT = 9108
 LOGINS_DIR = "/etc/tickstack/logins"
 ENTRYPOINT = ["python", "-m", "workers"]
 
@@ -253,12 +255,14 @@ class Workers(pulumi.ComponentResource):
             "containers": [container],
             "volumes": volumes,
         }
-        return {
-            "metadata": {"labels": kx.labels(
-                component, db_client=True, replica_client=wl.replica is not None,
-                https_egress=wl.https)},
-            "spec": spec,
-        }
+        meta: dict = {"labels": kx.labels(
+            component, db_client=True, replica_client=wl.replica is not None,
+            https_egress=wl.https)}
+        if key == "ingest":
+            meta["annotations"] = {"prometheus.io/scrape": "true",
+                                   "prometheus.io/port": str(HEALTH_PORT),
+                                   "prometheus.io/path": "/metrics"}
+        return {"metadata": meta, "spec": spec}
 
     def _job(self, key: str, wl: Workload, opts: pulumi.ResourceOptions, *,
              active_deadline: int) -> k8s.batch.v1.Job:

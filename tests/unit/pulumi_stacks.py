@@ -64,3 +64,16 @@ def passwords(g: Graph) -> list[str]:
     """Every generated password's value in this graph (the mocks answer deterministically)."""
     return [mocking.mock_password(r.name, int(r.plain.get("length", 32)))
             for r in g.of_type("random:index/randomPassword:RandomPassword")]
+
+
+def depends_on(g: Graph, r: Res) -> set[str]:
+    """"type::name" of every resource `r` depends on (options and inputs)."""
+    return {g.label(u) for u in r.dependencies}
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def config_map_data(g: Graph, name: str) -> dict[str, str]:
+    return g.get("kubernetes:core/v1:ConfigMap", name).plain["data"]

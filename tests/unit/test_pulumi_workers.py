@@ -1,0 +1,189 @@
+"""Workers: one image, a command per workload, migrations first, least privilege everywhere."""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+import pytest
+
+from infra import configs
+from infra.components import access, replica, workers
+from infra.mocking import unwrap
+from tests.unit.pulumi_stacks import (
+    STACKS,
+    config_map_data,
+    depends_on,
+    env_of,
+    graph,
+    passwords,
+    pod_spec,
+    stack_value,
+)
+
+JOB = "kubernetes:batch/v1:Job"
+CRON = "kubernetes:batch/v1:CronJob"
+DEPLOY = "kubernetes:apps/v1:Deployment"
+SECRET = "kubernetes:core/v1:Secret"
+
+# resource name -> (type, args after `python -m workers`, service account, primary login)
+WORKLOADS = {
+    "workers-migrate": (JOB, ["migrate"], access.WORKER_SA, "postgres"),
+    "workers-ingest": (DEPLOY, ["stream", "--url", None, "--symbol", "BTCUSDT"],
+                       access.LANDING_SA, "ingest_worker"),
+    "workers-replicate": (CRON, ["replicate"], access.LANDING_SA, "ingest_worker"),
+    "workers-embed": (CRON, ["embed"], access.WORKER_SA, "embed_worker"),
+    "workers-retention": (CRON, ["retention"], access.WORKER_SA, "retention_worker"),
+    "workers-backup-full": (CRON, ["backup", "--type", "full"], access.BACKUP_SA, "reader"),
+    "workers-backup-diff": (CRON, ["backup", "--type", "diff"], access.BACKUP_SA, "reader"),
+}
+SCHEDULES = {"workers-embed": "embed", "workers-replicate": "replicate",
+             "workers-retention": "retention", "workers-backup-full": "backupFull",
+             "workers-backup-diff": "backupDiff"}
+
+
+def container(g, name: str) -> tuple[dict, dict]:
+    type_, *_ = WORKLOADS[name]
+    pod = pod_spec(g.get(type_, name))
+    [c] = pod["spec"]["containers"]
+    return pod, c
+
+
+def dsn_data(g, pod: dict, c: dict) -> dict[str, str]:
+    refs = [e["secretRef"]["name"] for e in c["envFrom"] if "secretRef" in e]
+    [ref] = refs
+    [secret] = [s for s in g.of_type(SECRET) if s.plain["metadata"]["name"] == ref]
+    assert secret.secret_paths() == ["stringData"]
+    return unwrap(secret.inputs)["stringData"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_workload_runs_its_command_from_the_one_image(stack):
+    g = graph(stack)
+    image = g.outputs["workerImage"]
+    assert image == f"{g.outputs['imageRepository']}:{stack_value(stack, 'workerImageTag')}"
+    for name, (_, args, _, _) in WORKLOADS.items():
+        _, c = container(g, name)
+        assert c["image"] == image, name
+        assert c["command"] == ["python", "-m", "workers"], name
+        want = [stack_value(stack, "streamUrl") if a is None else a for a in args]
+        assert c["args"] == want, name
+    kinds = {(r.type, r.name) for t in (JOB, CRON, DEPLOY) for r in g.of_type(t)}
+    assert kinds == {(t, n) for n, (t, *_) in WORKLOADS.items()}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_migrations_run_first_after_the_databases(stack):
+    g = graph(stack)
+    migrate = g.get(JOB, "workers-migrate")
+    deps = depends_on(g, migrate)
+    assert "kubernetes:apps/v1:StatefulSet::primary-statefulset" in deps
+    assert "aws:rds/instance:Instance::replica-db" in deps
+    # A dependency on a component is one on all its children: every policy exists first.
+    policies = {f"{r.type}::{r.name}" for r in g.of_type(
+        "kubernetes:networking.k8s.io/v1:NetworkPolicy")}
+    assert policies and policies <= deps
+    for name, (type_, *_) in WORKLOADS.items():
+        if name != "workers-migrate":
+            assert f"{JOB}::workers-migrate" in depends_on(g, g.get(type_, name)), name
+    # A Job that is replaced by a new image must get a new name: no fixed metadata.name.
+    assert "name" not in migrate.plain["metadata"]
+    assert migrate.plain["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_cronjob_schedules_come_from_config(stack):
+    g = graph(stack)
+    schedules = stack_value(stack, "schedules")
+    for name, key in SCHEDULES.items():
+        spec = g.get(CRON, name).plain["spec"]
+        assert spec["schedule"] == schedules[key], name
+        assert spec["concurrencyPolicy"] == "Forbid"
+        assert spec["timeZone"] == "Etc/UTC"
+    full = g.get(CRON, "workers-backup-full").plain["spec"]["schedule"]
+    diff = g.get(CRON, "workers-backup-diff").plain["spec"]["schedule"]
+    assert full.split()[4] == "0" and diff.split()[4] == "1-6"  # weekly full, daily diff
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_stream_ingest_probes_its_health_endpoint_and_drains_on_sigterm(stack):
+    g = graph(stack)
+    dep = g.get(DEPLOY, "workers-ingest").plain
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}  # never two stream consumers
+    pod, c = container(g, "workers-ingest")
+    assert pod["spec"]["terminationGracePeriodSeconds"] == stack_value(
+        stack, "ingestGracePeriodSeconds")
+    assert env_of(c)["TICKSTACK_HEALTH_PORT"] == str(workers.HEALTH_PORT) == "9108"
+    assert c["ports"] == [{"name": "http", "containerPort": 9108, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+    assert c["resources"]["requests"]["memory"] == stack_value(stack, "ingestResources")["memory"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_each_workload_connects_as_its_own_least_privileged_login(stack):
+    g = graph(stack)
+    host = g.outputs["primaryHost"]
+    for name, (_, _, _, login) in WORKLOADS.items():
+        pod, c = container(g, name)
+        data = dsn_data(g, pod, c)
+        dsn = urlparse(data["TICKSTACK_PRIMARY_DSN"])
+        assert (dsn.username, dsn.hostname) == (login, host), name
+        if login != "postgres":
+            group = {u: gr for gr, u in configs.WORKER_LOGINS.items()}[login]
+            assert data[configs.dsn_env_key(group)] == data["TICKSTACK_PRIMARY_DSN"]
+        if "TICKSTACK_REPLICA_DSN" in data:
+            want = replica.MASTER_USER if login == "postgres" else login
+            assert urlparse(data["TICKSTACK_REPLICA_DSN"]).username == want, name
+    # Only the migrations get the logins file (they create the logins).
+    for name in WORKLOADS:
+        pod, c = container(g, name)
+        has = "TICKSTACK_WORKER_LOGINS_FILE" in env_of(c)
+        assert has is (name == "workers-migrate"), name
+    logins = g.get(SECRET, "workers-logins")
+    assert logins.secret_paths() == ["stringData"]
+    assert set(unwrap(logins.inputs)["stringData"]) == {"logins.json"}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_service_accounts_and_api_tokens(stack):
+    g = graph(stack)
+    for name, (_, _, sa, _) in WORKLOADS.items():
+        pod, _ = container(g, name)
+        assert pod["spec"]["serviceAccountName"] == sa, name
+        # Only the backup account talks to the Kubernetes API (exec into the primary's pod).
+        assert pod["spec"]["automountServiceAccountToken"] is (sa == access.BACKUP_SA), name
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_secrets_never_reach_configmaps_or_plain_env(stack):
+    g = graph(stack)
+    env = config_map_data(g, "workers-env")
+    assert env == configs.worker_env(configs.WorkerEnv(
+        landing_bucket=g.outputs["landingBucket"], backup_bucket=g.outputs["backupBucket"],
+        aws_region="eu-west-1", log_format="json"))
+    assert not any("DSN" in k or "PASSWORD" in k for k in env)
+    pws = passwords(g)
+    assert len(pws) == 6  # superuser, replica master, four worker logins
+    plain_texts = [str(r.plain) for r in g.resources
+                   if r.type not in (SECRET, "aws:rds/instance:Instance",
+                                     "random:index/randomPassword:RandomPassword")]
+    for pw in pws:
+        assert not any(pw in t for t in plain_texts)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_job_resources_and_deadlines(stack):
+    g = graph(stack)
+    want = stack_value(stack, "jobResources")
+    for name, (type_, *_) in WORKLOADS.items():
+        if type_ == DEPLOY:
+            continue
+        _, c = container(g, name)
+        assert c["resources"]["requests"] == {"cpu": want["cpu"], "memory": want["memory"]}
+        assert c["resources"]["limits"]["memory"] == want["memoryLimit"]
+        spec = g.get(type_, name).plain["spec"]
+        job = spec["jobTemplate"]["spec"] if type_ == CRON else spec
+        assert job["activeDeadlineSeconds"] > 0 and job["backoffLimit"] <= 3
