@@ -6,7 +6,8 @@ inputs, with secrets masked, then the stack outputs. No cloud, no Pulumi CLI, no
 
 A cluster stack reference (tickstack:clusterStack) cannot be read offline: its outputs are
 example values (`--cluster-outputs FILE` gives real ones as JSON). Encrypted config values
-(`secure:`) cannot be decrypted offline either: they render as "[secret]".
+(`secure:`) cannot be decrypted offline either: they render as "[secret]". `--set KEY=VALUE`
+overrides a config key, e.g. to preview a disaster-recovery rebuild (docs/pulumi.md).
 """
 
 from __future__ import annotations
