@@ -366,6 +366,46 @@ class ApplyGuard:
         pulumi.Resource.__init__ = self._init  # type: ignore[method-assign]
 
 
+def sdk_args_class(type_: str) -> type | None:
+    """The provider SDK's argument class for a resource type token (None: not a provider's)."""
+    import importlib
+    import re
+
+    pkg, mod, name = type_.split(":")
+    if pkg == "aws":
+        module = "pulumi_aws." + mod.split("/")[0]
+    elif pkg == "kubernetes" and "/" in mod:
+        group, version = mod.split("/")
+        module = f"pulumi_kubernetes.{re.sub(r'[.].*', '', group)}.{version}"
+    elif pkg == "random":
+        module = "pulumi_random"
+    else:
+        return None
+    m = importlib.import_module(module)
+    return getattr(m, name + "InitArgs", None) or getattr(m, name + "Args", None)
+
+
+def deprecated_inputs(r: Res) -> list[str]:
+    """The SDK's deprecation messages for the arguments this resource was given.
+
+    Resource constructors do not warn about deprecated arguments (the engine does, on a real
+    `pulumi up`); the SDK's argument classes do, so the mocks build one from the inputs.
+    """
+    import inspect
+    import re
+
+    cls = sdk_args_class(r.type)
+    if cls is None:
+        return []
+    params = inspect.signature(cls.__init__).parameters
+    given = {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower(): v for k, v in r.plain.items()}
+    kwargs = {k: v for k, v in given.items() if k in params}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cls(**kwargs)
+    return [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+
+
 def config_strings(config: Mapping[str, Any]) -> dict[str, str]:
     """Config values as Pulumi hands them to a program: strings, structured ones as JSON."""
     out = {}
@@ -417,8 +457,11 @@ def run(config: Mapping[str, Any], *, stack: str = "dev", project: str = "tickst
     # Registration order depends on thread scheduling; the graph is sorted for stable output.
     records = sorted(monitor.records, key=lambda r: (r.urn,))
     outputs = {k: integral(v) for k, (v, _) in result.items()}
+    found = [(w.category.__name__, str(w.message)) for w in caught]
+    found += [("DeprecationWarning", f"{r.type} {r.name}: {m}")
+              for r in records if r.custom for m in deprecated_inputs(r)]
     return Graph(stack=stack, project=project, resources=records, outputs=outputs,
                  secret_outputs={k for k, (_, s) in result.items() if s},
                  log=capture.messages, outputs_registered=monitor.outputs_registered,
-                 warnings=[(w.category.__name__, str(w.message)) for w in caught],
+                 warnings=found,
                  created_in_apply=guard.found)

@@ -150,6 +150,22 @@ def test_a_deprecated_resource_would_be_noticed():
     assert any("BucketV2" in m for m in deprecations(g))
 
 
+def test_a_deprecated_argument_would_be_noticed():
+    def program():
+        aws.s3.Bucket("b", acl="private")
+        return {}
+
+    g = mocking.run({"aws:region": "eu-west-1"}, program=program)
+    assert any("acl is deprecated" in m for m in deprecations(g))
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_provider_resource_is_checked_for_deprecated_arguments(stack):
+    unchecked = {r.type for r in graph(stack).resources
+                 if r.custom and mocking.sdk_args_class(r.type) is None}
+    assert unchecked == {"pulumi:pulumi:StackReference", "pulumi:providers:kubernetes"}
+
+
 @pytest.mark.parametrize("stack", STACKS)
 def test_stack_outputs(stack):
     g = graph(stack)
