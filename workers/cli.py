@@ -401,7 +401,7 @@ def _tool(s: Settings, command: str):
         typer.echo(f"{command}: TICKSTACK_PGBACKREST_CONFIG is not set (the pgbackrest.conf "
                    "rendered by infra/configs.py; `python -m infra.local env` sets it)", err=True)
         raise typer.Exit(EXIT_USAGE)
-    return Tool(s.pgbackrest_config, s.stanza, s.pgbackrest_os_user)
+    return Tool.from_settings(s)
 
 
 @app.command()

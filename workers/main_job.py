@@ -210,7 +210,7 @@ def backup(run: Run, s: Settings, *, force: bool = False) -> None:
         with run.stage("backup") as st:
             st.did = "skipped: TICKSTACK_PGBACKREST_CONFIG is not set"
         return
-    tool = Tool(s.pgbackrest_config, s.stanza, s.pgbackrest_os_user)
+    tool = Tool.from_settings(s)
     with run.stage("backup") as st:
         with psycopg.connect(s.primary_dsn.get_secret_value()) as conn:
             fp = hashlib.sha256(conn.execute(FINGERPRINT_SQL).fetchone()[0].encode()

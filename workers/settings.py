@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     pgbackrest_os_user: str | None = Field(
         None, description="Run pgBackRest and pg_ctl as this OS user when running as root "
         "(they must act as the database's owner; `postgres` locally).")
+    pgbackrest_exec_pod: str | None = Field(
+        None, description="Run pgBackRest in this pod (the primary's) through the Kubernetes "
+        "API instead of locally: the cloud's backup CronJobs, which have no data directory.")
+    pgbackrest_exec_container: str | None = None
+    pgbackrest_exec_namespace: str | None = Field(
+        None, description="The pod's namespace (default: the namespace this pod runs in).")
     pg_bindir: str = Field("/usr/lib/postgresql/15/bin",
                            description="PostgreSQL server binaries (pg_ctl), for `restore`.")
     archive_stall_seconds: int = Field(
