@@ -1,0 +1,462 @@
+"""The mandatory rules: what the tickstack program must never declare.
+
+Plain functions over a minimal resource model, so that the same code runs
+
+* under the Pulumi engine, as the policy pack `infra/policy/__main__.py` (`pulumi preview
+  --policy-pack infra/policy`), where each rule is a ResourceValidationPolicy or, when it needs
+  to see several resources at once (a bucket and its encryption, public access block and
+  policy), a StackValidationPolicy; and
+* offline, against the graph the program renders under mocks (`check_graph`, used by
+  tests/unit/test_policy*.py and nothing else).
+
+Properties are Pulumi's wire names (camelCase), as both the engine and the mocks record them.
+A rule returns messages; a Violation names the rule and the resource (`type::name`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+BUCKET = "aws:s3/bucket:Bucket"
+BUCKET_SSE = ("aws:s3/bucketServerSideEncryptionConfiguration:"
+              "BucketServerSideEncryptionConfiguration")
+BUCKET_PAB = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
+BUCKET_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
+BUCKET_ACL = "aws:s3/bucketAcl:BucketAcl"
+RDS_INSTANCE = "aws:rds/instance:Instance"
+RDS_CLUSTER = "aws:rds/cluster:Cluster"
+RDS_CLUSTER_INSTANCE = "aws:rds/clusterInstance:ClusterInstance"
+IAM_ROLE = "aws:iam/role:Role"
+IAM_ACCESS_KEY = "aws:iam/accessKey:AccessKey"
+CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
+K8S_SECRET = "kubernetes:core/v1:Secret"
+
+# Kubernetes kinds that carry a pod template, and where it is.
+POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
+    "kubernetes:core/v1:Pod": ("spec",),
+    "kubernetes:apps/v1:Deployment": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:StatefulSet": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:DaemonSet": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:ReplicaSet": ("spec", "template", "spec"),
+    "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
+    "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
+}
+PUBLIC_ACLS = frozenset({"public-read", "public-read-write", "authenticated-read"})
+STATIC_KEY_NAMES = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"})
+ACCESS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
+# ConfigMap keys that name a secret, and values that hold one.
+SECRET_KEY_NAME = re.compile(
+    r"(?i)(pass(word|wd)?|secret|token|credential|api[_-]?key|private[_-]?key|access[_-]?key"
+    r"|_dsn$|^dsn$|\.pgpass$)")
+SECRET_VALUE = (
+    re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key)\s*[:=]\s*['\"]?[^\s'\"#]+"),
+    re.compile(r"(?i)[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"),  # scheme://user:password@host
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r"(?i)repo[0-9]+-s3-key(-secret)?\s*="),  # pgBackRest static S3 keys
+    ACCESS_KEY_ID,
+)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """What a rule sees of a resource."""
+
+    type: str
+    name: str
+    props: Mapping[str, Any]
+    urn: str = ""
+    # URNs of the resources this one's inputs come from (parents excluded).
+    depends_on: tuple[str, ...] = ()
+    # Property paths that are Pulumi secrets (known offline only; the engine unwraps them).
+    secret_paths: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"{self.type}::{self.name}"
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str
+    resource: str  # type::name
+    message: str
+
+    def __str__(self) -> str:
+        return f"[{self.rule}] {self.resource}: {self.message}"
+
+
+ResourceCheck = Callable[[Resource], list[str]]
+StackCheck = Callable[[Sequence[Resource]], list[Violation]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    description: str
+    resource_check: ResourceCheck | None = None
+    stack_check: StackCheck | None = None
+    types: frozenset[str] = field(default_factory=frozenset)  # empty: every type
+
+    def check(self, resources: Sequence[Resource]) -> list[Violation]:
+        out: list[Violation] = []
+        if self.resource_check:
+            for r in resources:
+                if not self.types or r.type in self.types:
+                    out += [Violation(self.name, r.label, m) for m in self.resource_check(r)]
+        if self.stack_check:
+            out += self.stack_check(resources)
+        return out
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _get(d: Any, *path: str) -> Any:
+    for p in path:
+        if not isinstance(d, Mapping):
+            return None
+        d = d.get(p)
+    return d
+
+
+def _json_doc(value: Any) -> dict:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str) and value.strip():
+        try:
+            doc = json.loads(value)
+        except json.JSONDecodeError:
+            return {}
+        return doc if isinstance(doc, dict) else {}
+    return {}
+
+
+def _statements(policy: Any) -> list[dict]:
+    st = _json_doc(policy).get("Statement", [])
+    return [s for s in (st if isinstance(st, list) else [st]) if isinstance(s, dict)]
+
+
+def _as_list(v: Any) -> list:
+    if v is None:
+        return []
+    if isinstance(v, Sequence) and not isinstance(v, str | bytes):
+        return list(v)  # lists, and the engine's list proxies
+    return [v]
+
+
+def _linked(sub: Resource, bucket: Resource) -> bool:
+    """Does `sub` (an S3 sub-resource) configure `bucket`?"""
+    if bucket.urn and bucket.urn in sub.depends_on:
+        return True
+    try:
+        name = sub.props.get("bucket")
+        return bool(name) and name in (bucket.props.get("bucket"), bucket.props.get("id"))
+    except Exception:  # the engine's UnknownValueError: a name not known during preview
+        return False
+
+
+def _children(resources: Sequence[Resource], type_: str, bucket: Resource) -> list[Resource]:
+    return [r for r in resources if r.type == type_ and _linked(r, bucket)]
+
+
+# --- S3 ----------------------------------------------------------------------------------------
+
+
+def _sse_problems(r: Resource) -> list[str]:
+    rules = _as_list(r.props.get("rules"))
+    algos = [_get(x, "applyServerSideEncryptionByDefault", "sseAlgorithm") for x in rules]
+    if not algos or any(a not in ("aws:kms", "aws:kms:dsse") for a in algos):
+        return [f"default encryption must be SSE-KMS (sseAlgorithm aws:kms), got {algos or None}"]
+    return []
+
+
+def _bucket_encrypted(resources: Sequence[Resource]) -> list[Violation]:
+    out = []
+    for b in (r for r in resources if r.type == BUCKET):
+        inline = _get(b.props, "serverSideEncryptionConfiguration", "rule",
+                      "applyServerSideEncryptionByDefault", "sseAlgorithm")
+        sse = _children(resources, BUCKET_SSE, b)
+        if not sse and inline not in ("aws:kms", "aws:kms:dsse"):
+            out.append(Violation("s3-bucket-encrypted", b.label,
+                                 "no BucketServerSideEncryptionConfiguration with SSE-KMS"))
+    for r in resources:
+        if r.type == BUCKET_SSE:
+            out += [Violation("s3-bucket-encrypted", r.label, m) for m in _sse_problems(r)]
+    return out
+
+
+PAB_FLAGS = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+
+
+def _public_principal(p: Any) -> bool:
+    if p == "*":
+        return True
+    if isinstance(p, Mapping):
+        return any(x == "*" for v in p.values() for x in _as_list(v))
+    return False
+
+
+def _bucket_not_public(resources: Sequence[Resource]) -> list[Violation]:
+    rule = "s3-bucket-not-public"
+    out = []
+    for b in (r for r in resources if r.type == BUCKET):
+        if b.props.get("acl") in PUBLIC_ACLS:
+            out.append(Violation(rule, b.label, f"public canned ACL {b.props['acl']!r}"))
+        if not _children(resources, BUCKET_PAB, b):
+            out.append(Violation(rule, b.label, "no BucketPublicAccessBlock"))
+    for r in resources:
+        if r.type == BUCKET_PAB:
+            off = [f for f in PAB_FLAGS if r.props.get(f) is not True]
+            if off:
+                out.append(Violation(rule, r.label, f"public access not blocked: "
+                                                    f"{', '.join(off)} not true"))
+        elif r.type == BUCKET_ACL and r.props.get("acl") in PUBLIC_ACLS:
+            out.append(Violation(rule, r.label, f"public canned ACL {r.props['acl']!r}"))
+        elif r.type == BUCKET_POLICY:
+            for s in _statements(r.props.get("policy")):
+                if s.get("Effect") == "Allow" and _public_principal(s.get("Principal")):
+                    out.append(Violation(rule, r.label,
+                                         f"statement {s.get('Sid', '?')!r} allows everyone "
+                                         f"(Principal \"*\")"))
+    return out
+
+
+def _denies_plain_http(policy: Any) -> bool:
+    for s in _statements(policy):
+        cond = _get(s, "Condition", "Bool") or {}
+        if (s.get("Effect") == "Deny" and _public_principal(s.get("Principal"))
+                and str(cond.get("aws:SecureTransport", "")).lower() == "false"
+                and any(a in ("s3:*", "*") for a in _as_list(s.get("Action")))):
+            return True
+    return False
+
+
+def _bucket_tls_only(resources: Sequence[Resource]) -> list[Violation]:
+    out = []
+    for b in (r for r in resources if r.type == BUCKET):
+        policies = _children(resources, BUCKET_POLICY, b)
+        if not any(_denies_plain_http(p.props.get("policy")) for p in policies):
+            out.append(Violation("s3-bucket-tls-only", b.label,
+                                 "no BucketPolicy denying s3:* when aws:SecureTransport is false"))
+    return out
+
+
+# --- RDS ---------------------------------------------------------------------------------------
+
+
+def _rds_not_public(r: Resource) -> list[str]:
+    if r.props.get("publiclyAccessible") is True:
+        return ["publiclyAccessible is true"]
+    return []
+
+
+def _rds_encrypted(r: Resource) -> list[str]:
+    if r.props.get("storageEncrypted") is not True:
+        return ["storageEncrypted is not true"]
+    return []
+
+
+# --- IAM ---------------------------------------------------------------------------------------
+
+SA_SUBJECT = re.compile(r"^system:serviceaccount:[a-z0-9]([-a-z0-9]*[a-z0-9])?:"
+                        r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def _trust_problems(r: Resource) -> list[str]:
+    """Federated (OIDC) trust must name one service account; nobody may trust "*"."""
+    out = []
+    statements = _statements(r.props.get("assumeRolePolicy"))
+    if not statements:
+        return ["no readable assumeRolePolicy"]
+    for i, s in enumerate(statements):
+        if s.get("Effect") != "Allow":
+            continue
+        sid = s.get("Sid") or f"#{i}"
+        principal = s.get("Principal")
+        if _public_principal(principal):
+            out.append(f"trust statement {sid} allows any principal")
+            continue
+        federated = isinstance(principal, Mapping) and "Federated" in principal
+        web_identity = "sts:AssumeRoleWithWebIdentity" in _as_list(s.get("Action"))
+        if not (federated or web_identity):
+            continue  # AWS service principals (e.g. rds.amazonaws.com)
+        equals = _get(s, "Condition", "StringEquals") or {}
+        subs = [v for k, v in equals.items() if k.endswith(":sub")]
+        auds = [v for k, v in equals.items() if k.endswith(":aud")]
+        if not subs or not all(isinstance(v, str) and SA_SUBJECT.match(v) for v in subs):
+            out.append(f"trust statement {sid} has no StringEquals condition on <issuer>:sub "
+                       f"naming one service account (system:serviceaccount:<ns>:<name>)")
+        if auds != ["sts.amazonaws.com"]:
+            out.append(f"trust statement {sid} has no StringEquals <issuer>:aud = "
+                       f"sts.amazonaws.com")
+    return out
+
+
+# --- static keys -------------------------------------------------------------------------------
+
+
+def _containers(pod_spec: Any) -> list[dict]:
+    out = []
+    for key in ("initContainers", "containers", "ephemeralContainers"):
+        out += [c for c in _as_list(_get(pod_spec, key)) if isinstance(c, Mapping)]
+    return out
+
+
+def _pod_spec(r: Resource) -> Mapping | None:
+    path = POD_SPEC_PATHS.get(r.type)
+    spec = _get(r.props, *path) if path else None
+    return spec if isinstance(spec, Mapping) else None
+
+
+def _static_keys(r: Resource) -> list[str]:
+    if r.type == IAM_ACCESS_KEY:
+        return ["IAM access keys are static credentials: use IRSA roles"]
+    out = []
+    if r.type in (CONFIG_MAP, K8S_SECRET):
+        for section in ("data", "stringData"):
+            for k, v in (r.props.get(section) or {}).items():
+                if k in STATIC_KEY_NAMES:
+                    out.append(f"{section}.{k}: AWS static credentials")
+                elif isinstance(v, str) and ACCESS_KEY_ID.search(v):
+                    out.append(f"{section}.{k}: holds an AWS access key id")
+    spec = _pod_spec(r)
+    if spec is not None:
+        for c in _containers(spec):
+            for e in _as_list(c.get("env")):
+                if isinstance(e, Mapping) and e.get("name") in STATIC_KEY_NAMES:
+                    out.append(f"container {c.get('name')}: env {e['name']} (static AWS "
+                               f"credentials; use IRSA)")
+    return out
+
+
+# --- pods --------------------------------------------------------------------------------------
+
+ALLOWED_ADDED_CAPS = frozenset({"NET_BIND_SERVICE"})
+
+
+def _pod_security(r: Resource) -> list[str]:
+    spec = _pod_spec(r)
+    if spec is None:
+        return []
+    out = []
+    for host in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(host) is True:
+            out.append(f"{host} is true")
+    pod_sc = spec.get("securityContext") or {}
+    for c in _containers(spec):
+        name = c.get("name", "?")
+        sc = c.get("securityContext") or {}
+        if sc.get("privileged") is True:
+            out.append(f"container {name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"container {name}: allowPrivilegeEscalation is not false")
+        non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+        user = sc.get("runAsUser", pod_sc.get("runAsUser"))
+        if non_root is not True:
+            out.append(f"container {name}: runAsNonRoot is not true")
+        if user is not None and int(user) == 0:
+            out.append(f"container {name}: runAsUser is 0 (root)")
+        added = set(_as_list(_get(sc, "capabilities", "add"))) - ALLOWED_ADDED_CAPS
+        if added:
+            out.append(f"container {name}: adds capabilities {sorted(added)}")
+    return out
+
+
+def _pod_limits(r: Resource) -> list[str]:
+    spec = _pod_spec(r)
+    if spec is None:
+        return []
+    out = []
+    for c in _containers(spec):
+        limits = _get(c, "resources", "limits") or {}
+        missing = [k for k in ("cpu", "memory") if not limits.get(k)]
+        if missing:
+            out.append(f"container {c.get('name', '?')}: no {' and '.join(missing)} limit")
+    return out
+
+
+# --- ConfigMaps --------------------------------------------------------------------------------
+
+
+def _configmap_plaintext(r: Resource) -> list[str]:
+    out = []
+    secret_paths = set(r.secret_paths)
+    for section in ("data", "binaryData"):
+        for k, v in (r.props.get(section) or {}).items():
+            where = f"{section}.{k}"
+            if where in secret_paths or section in secret_paths:
+                out.append(f"{where}: a Pulumi secret written into a ConfigMap")
+            elif SECRET_KEY_NAME.search(k):
+                out.append(f"{where}: the key names a secret; put it in a Secret")
+            elif isinstance(v, str):
+                for pat in SECRET_VALUE:
+                    m = pat.search(v)
+                    if m:
+                        out.append(f"{where}: looks like a plaintext secret "
+                                   f"({m.group(0)[:24]!r}…); put it in a Secret")
+                        break
+    return out
+
+
+# --- the pack ----------------------------------------------------------------------------------
+
+RULES: tuple[Rule, ...] = (
+    Rule("s3-bucket-encrypted",
+         "S3 buckets are encrypted by default with SSE-KMS.",
+         stack_check=_bucket_encrypted),
+    Rule("s3-bucket-not-public",
+         "S3 buckets block all public access (access block on, no public ACL or policy).",
+         stack_check=_bucket_not_public),
+    Rule("s3-bucket-tls-only",
+         "S3 buckets have a policy denying requests that are not made over TLS.",
+         stack_check=_bucket_tls_only),
+    Rule("rds-not-public", "RDS databases are not publicly accessible.",
+         resource_check=_rds_not_public,
+         types=frozenset({RDS_INSTANCE, RDS_CLUSTER_INSTANCE})),
+    Rule("rds-encrypted", "RDS storage is encrypted.",
+         resource_check=_rds_encrypted, types=frozenset({RDS_INSTANCE, RDS_CLUSTER})),
+    Rule("iam-trust-service-account",
+         "IAM roles trusted through OIDC name exactly one Kubernetes service account "
+         "(StringEquals on :sub and :aud); no role trusts everyone.",
+         resource_check=_trust_problems, types=frozenset({IAM_ROLE})),
+    Rule("no-static-access-keys",
+         "No IAM access keys and no AWS static credentials in ConfigMaps, Secrets or env.",
+         resource_check=_static_keys,
+         types=frozenset({IAM_ACCESS_KEY, CONFIG_MAP, K8S_SECRET, *POD_SPEC_PATHS})),
+    Rule("pod-non-root-unprivileged",
+         "Containers run as non-root, unprivileged, without privilege escalation, host "
+         "namespaces or added capabilities.",
+         resource_check=_pod_security, types=frozenset(POD_SPEC_PATHS)),
+    Rule("pod-resource-limits", "Every container has CPU and memory limits.",
+         resource_check=_pod_limits, types=frozenset(POD_SPEC_PATHS)),
+    Rule("no-plaintext-secrets-in-configmaps",
+         "ConfigMaps hold no secrets (no secret-named keys, credentials or Pulumi secrets).",
+         resource_check=_configmap_plaintext, types=frozenset({CONFIG_MAP})),
+)
+
+
+def rule(name: str) -> Rule:
+    for r in RULES:
+        if r.name == name:
+            return r
+    raise KeyError(name)
+
+
+def check(resources: Iterable[Resource], rules: Iterable[Rule] = RULES) -> list[Violation]:
+    res = list(resources)
+    return [v for r in rules for v in r.check(res)]
+
+
+def from_graph(graph: Any) -> list[Resource]:
+    """Resources of an infra.mocking.Graph (the program rendered offline under mocks)."""
+    return [Resource(type=r.type, name=r.name, props=r.plain, urn=r.urn,
+                     depends_on=tuple(r.dependencies), secret_paths=tuple(r.secret_paths()))
+            for r in graph.resources if r.custom]
+
+
+def check_graph(graph: Any, rules: Iterable[Rule] = RULES) -> list[Violation]:
+    return check(from_graph(graph), rules)
