@@ -86,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
                    metavar="KEY=VALUE",
                    help="override a config key (value read as YAML; empty removes the key), "
                         "e.g. --set 'tickstack:restore={targetTime: \"2025-03-01T12:00:00Z\"}'")
+    p.add_argument("--diff-against", metavar="REF",
+                   help="print a Markdown resource diff of the program at git ref REF vs. the "
+                        "working tree instead of the graph (infra/diff.py)")
     a = p.parse_args(argv)
+    if a.diff_against:
+        return _diff_main(a)
     from infra.stack_config import ConfigError
 
     try:
@@ -96,6 +101,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"render: {e}", file=sys.stderr)
         return 2
     text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
+    if a.output:
+        a.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _diff_main(a: argparse.Namespace) -> int:
+    """--diff-against REF: both sides rendered with the same --set/--cluster-outputs."""
+    from infra import diff
+
+    extra: list[str] = []
+    for key, value in a.overrides:
+        extra += ["--set", f"{key}=" + ("" if value is None else json.dumps(value))]
+    if a.cluster_outputs:
+        extra += ["--cluster-outputs", str(a.cluster_outputs.resolve())]
+    try:
+        text = diff.diff_against(a.diff_against, a.stack, extra)
+    except diff.DiffError as e:
+        print(f"render: {e}", file=sys.stderr)
+        return 2
     if a.output:
         a.output.write_text(text)
     else:
