@@ -16,7 +16,7 @@ up: install
 	@$(PY) -m infra.local up
 	@eval "$$($(PY) -m infra.local env)" && $(PY) -m workers up $(DATA)
 
-test: install
+test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 down:
@@ -31,8 +31,9 @@ status: install-python
 env: install-python
 	@$(PY) -m infra.local env
 
+# ruff, hadolint, actionlint and the policy pack's tests (scripts/lint.sh).
 lint: install-python
-	$(VENV)/bin/ruff check .
+	@bash scripts/lint.sh
 
 install: install-system install-python
 

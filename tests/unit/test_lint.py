@@ -1,0 +1,199 @@
+"""The delivery files: hadolint on the worker image, actionlint on the CI workflows (each shown
+to fail on a deliberately broken input, so a pass means something), and what the workflows and
+the Dockerfile must say (pinned actions, OIDC only, policy pack, concurrency, non-root image)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = REPO / ".venv" / "bin"
+WORKFLOWS = REPO / ".github" / "workflows"
+DOCKERFILE = REPO / "workers" / "Dockerfile"
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    assert path.exists(), f"{path} missing: scripts/install_python.sh installs it"
+    return str(path)
+
+
+def run(*cmd: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+# --- hadolint ----------------------------------------------------------------------------------
+
+
+def test_hadolint_passes_the_worker_image() -> None:
+    r = run(tool("hadolint"), "--no-color", str(DOCKERFILE))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_hadolint_fails_a_broken_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get install curl\nUSER root\n")
+    r = run(tool("hadolint"), "--no-color", str(bad))
+    assert r.returncode != 0
+    for rule in ("DL3007", "DL3008", "DL3002"):
+        assert rule in r.stdout
+
+
+def _instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_entrypoint_user_and_stages() -> None:
+    import json
+
+    from infra.components import k8s as kx
+    from infra.components import workers as wk
+
+    ins = _instructions()
+    froms = [r for w, r in ins if w == "FROM"]
+    assert len(froms) == 2 and all("${PYTHON_IMAGE}" in f for f in froms)  # multi-stage
+    base = next(r for w, r in ins if w == "ARG" and r.startswith("PYTHON_IMAGE="))
+    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.\d+\.\d+-slim-\w+", base)
+    # The entry point is the program's; the workload's command is the pod's args.
+    assert [json.loads(r) for w, r in ins if w == "ENTRYPOINT"] == [wk.ENTRYPOINT]
+    assert not [r for w, r in ins if w == "CMD"]
+    users = [r for w, r in ins if w == "USER"]
+    assert users == [f"{kx.WORKER_UID}:{kx.WORKER_UID}"]
+    # Only runtime dependencies: base + the workers extra, never Pulumi or dev tooling.
+    assert "['optional-dependencies']['workers']" in DOCKERFILE.read_text()
+    assert not re.search(r"pulumi|\[dev\]|\[infra\]|\.\[", DOCKERFILE.read_text().split(
+        "AS runtime")[0].split("requirements.txt", 1)[1])
+
+
+def test_dockerignore_allows_only_what_the_image_needs() -> None:
+    lines = [x.strip() for x in (REPO / ".dockerignore").read_text().splitlines()
+             if x.strip() and not x.startswith("#")]
+    assert lines[0] == "*"
+    allowed = {x[1:].rstrip("/") for x in lines if x.startswith("!")}
+    assert allowed == {"pyproject.toml", "constraints.txt", "workers", "sql"}
+    copied = {r.split()[0].rstrip("/") for w, r in _instructions() if w == "COPY"
+              and not r.startswith("--from")}
+    assert copied <= {"pyproject.toml", "sql", "workers"} | {"pyproject.toml constraints.txt"}
+
+
+# --- actionlint --------------------------------------------------------------------------------
+
+
+def test_actionlint_passes_the_workflows() -> None:
+    files = sorted(WORKFLOWS.glob("*.yml"))
+    assert len(files) >= 3
+    r = run(tool("actionlint"), "-no-color", *map(str, files))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_actionlint_fails_a_broken_workflow(tmp_path: Path) -> None:
+    """In a scratch repository: a copy of a real workflow with three mistakes in it."""
+    wf = tmp_path / ".github" / "workflows"
+    wf.mkdir(parents=True)
+    text = (WORKFLOWS / "deploy.yml").read_text()
+    text = text.replace("needs: dev", "needs: staging")  # no such job
+    text = text.replace("runs-on: ubuntu-24.04", "runs-on: ubuntu-24.04\n    timeout-minutes: x")
+    text = text.replace("          make test\n",
+                        "          make test\n      - run: echo ${{ github.sha }\n")
+    (wf / "deploy.yml").write_text(text)
+    shutil.copy(WORKFLOWS / "pulumi-up.yml", wf / "pulumi-up.yml")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    r = run(tool("actionlint"), "-no-color", cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert '"staging" which does not exist' in r.stdout
+    assert "expecting '}'" in r.stdout or "unexpected EOF" in r.stdout
+    assert "timeout-minutes" in r.stdout
+
+
+# --- what the workflows must say -----------------------------------------------------------------
+
+
+def workflows() -> dict[str, dict]:
+    return {p.name: yaml.safe_load(p.read_text()) for p in sorted(WORKFLOWS.glob("*.yml"))}
+
+
+def steps(doc: dict):
+    for job in doc["jobs"].values():
+        yield from job.get("steps", [])
+
+
+def test_every_action_is_pinned_to_a_commit() -> None:
+    for name, doc in workflows().items():
+        for s in steps(doc):
+            uses = s.get("uses")
+            if uses and not uses.startswith("./"):
+                assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", uses), f"{name}: {uses}"
+
+
+def test_no_stored_cloud_keys_only_oidc() -> None:
+    for p in WORKFLOWS.glob("*.yml"):
+        text = p.read_text()
+        for bad in ("aws-access-key-id", "aws-secret-access-key", "AWS_ACCESS_KEY_ID",
+                    "AWS_SECRET_ACCESS_KEY", "PULUMI_ACCESS_TOKEN"):
+            assert bad not in text, f"{p.name}: {bad}"
+    for name, doc in workflows().items():
+        for job_name, job in doc["jobs"].items():
+            aws = [s for s in job.get("steps", [])
+                   if "configure-aws-credentials" in str(s.get("uses"))]
+            for s in aws:
+                assert s["with"]["role-to-assume"].startswith("${{ vars."), (name, job_name)
+                assert job["permissions"]["id-token"] == "write", (name, job_name)
+
+
+def _pulumi_steps(doc: dict) -> list[dict]:
+    return [s for s in steps(doc) if str(s.get("uses", "")).startswith("pulumi/actions@")
+            and s.get("with", {}).get("command")]
+
+
+def test_pulumi_runs_with_the_policy_pack_and_deploys_never_overlap() -> None:
+    wfs = workflows()
+    commands = {}
+    for name, doc in wfs.items():
+        for s in _pulumi_steps(doc):
+            assert s["with"]["policyPacks"] == "infra/policy", name
+            commands.setdefault(name, set()).add(s["with"]["command"])
+    assert commands["pull-request.yml"] == {"preview"}
+    assert commands["pulumi-up.yml"] == {"up"}
+    assert commands["disaster-recovery.yml"] == {"up"}
+    # The preview diff is posted on the pull request.
+    (preview,) = _pulumi_steps(wfs["pull-request.yml"])
+    assert preview["with"]["comment-on-pr"] is True
+    # One concurrency group per stack for everything that changes it; queued, never cancelled.
+    for name in ("pulumi-up.yml", "disaster-recovery.yml"):
+        job = next(iter(wfs[name]["jobs"].values()))
+        assert job["concurrency"]["group"].startswith("pulumi-${{ inputs.stack }}"), name
+        assert job["concurrency"]["cancel-in-progress"] is False
+        assert job["environment"] == "${{ inputs.stack }}"
+
+
+def test_main_deploys_dev_then_prod_and_pull_requests_run_make_test() -> None:
+    wfs = workflows()
+    deploy = wfs["deploy.yml"]
+    on = deploy.get("on", deploy.get(True))
+    assert on == {"push": {"branches": ["main"]}}
+    jobs = deploy["jobs"]
+    assert jobs["dev"]["needs"] == "test" and jobs["dev"]["with"]["stack"] == "dev"
+    assert jobs["prod"]["needs"] == "dev" and jobs["prod"]["with"]["stack"] == "prod"
+    pr = wfs["pull-request.yml"]
+    assert "make test" in str(pr["jobs"]["test"]["steps"])
+    diff = str(pr["jobs"]["offline-diff"]["steps"])
+    assert "--diff-against" in diff and "infra.render" in diff
+    dr = wfs["disaster-recovery.yml"]
+    dr_on = dr.get("on", dr.get(True))
+    inputs = dr_on["workflow_dispatch"]["inputs"]
+    assert {"stack", "target_time", "backup_set"} <= set(inputs)
