@@ -566,6 +566,10 @@ def up(
 
     limit_allocator_retention()
     s = _settings()
+    if "log_level" not in s.model_fields_set:
+        # The progress lines and the summary say what happened; logs only for trouble
+        # (TICKSTACK_LOG_LEVEL=info brings every worker's log lines back).
+        logs.configure(s.log_format, "warning")
     console = Console()
 
     def progress(st) -> None:
