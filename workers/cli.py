@@ -113,8 +113,11 @@ def ingest(
     except ValueError as e:
         typer.echo(f"ingest: {e}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
+    from workers.replica import ReplicaWriter
+
     landing = Landing(client(s), s.landing_bucket)
     summaries = []
+    replica = ReplicaWriter.from_settings(s)  # best-effort dual-write; None without a replica
     try:
         with _connect(s.dsn_for("ingest")) as conn:
             targets = list(paths or []) + (["s3://" + s.landing_bucket + "/raw/"]
@@ -132,7 +135,7 @@ def ingest(
                     else:
                         r = ing.ingest_file(conn, landing, p, symbol=symbol, progress=progress,
                                             block_bytes=s.ingest_block_bytes,
-                                            flush_rows=s.ingest_flush_rows)
+                                            flush_rows=s.ingest_flush_rows, replica=replica)
                 summaries.append(r)
                 _print_summary(r, json_out)
     except ing.BadFile as e:
@@ -141,6 +144,12 @@ def ingest(
     except psycopg_errors() as e:
         typer.echo(f"ingest: database error: {e}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
+    finally:
+        if replica is not None:
+            replica.close()
+            if not json_out and (replica.stats["written"] or len(replica.stats) > 1):
+                typer.echo("replica (best effort): " + ", ".join(
+                    f"{k} {v}" for k, v in sorted(replica.stats.items())), err=True)
 
 
 def _us(value: str | None) -> int | None:
@@ -224,19 +233,138 @@ def _print_summary(r, json_out: bool) -> None:
 
 @app.command()
 def stream(
-    url: str = typer.Option(..., "--url", help="Binance websocket URL (wss://…)."),
+    url: str = typer.Option(None, "--url", help="Binance websocket URL (wss://…), raw "
+                            "(/ws/btcusdt@trade) or combined (/stream?streams=btcusdt@trade)."),
     symbol: str = typer.Option("BTCUSDT", "--symbol"),
+    gaps: bool = typer.Option(False, "--gaps", help="Only re-check and list the recorded "
+                              "trade-id gaps (filled only once every id is present); no "
+                              "connection."),
+    json_out: bool = typer.Option(False, "--json", help="With --gaps: print JSON."),
 ) -> None:
-    """Consume a live trade stream (reconnects, detects gaps)."""
-    _not_yet("stream")
+    """Consume a live trade stream (reconnects, detects gaps). Landing first, then the primary
+    (ticks + offset in one transaction), then the replica (best effort). SIGTERM: the batch in
+    flight is committed, exit 0. Health and metrics on TICKSTACK_HEALTH_PORT: /healthz,
+    /readyz, /metrics."""
+    import asyncio
+    import json
+
+    from workers import crashpoint
+    from workers import stream as st
+    from workers.health import HealthServer, Metrics
+    from workers.landing import Landing
+    from workers.replica import ReplicaWriter
+    from workers.s3 import client
+    from workers.stream_landing import refresh_gaps
+
+    s = _settings()
+    if gaps:
+        try:
+            with _connect(s.dsn_for("ingest")) as conn:
+                rows = refresh_gaps(conn, symbol.upper())
+        except psycopg_errors() as e:
+            typer.echo(f"stream: database error: {e}", err=True)
+            raise typer.Exit(EXIT_FAILED) from None
+        if json_out:
+            typer.echo(json.dumps(rows, default=str))
+            return
+        if not rows:
+            typer.echo(f"stream: no trade-id gaps recorded for {symbol.upper()}")
+        for g in rows:
+            n = g["last_missing_id"] - g["first_missing_id"] + 1
+            state = f"filled {g['filled_at']:%Y-%m-%d %H:%M:%S}" if g["filled_at"] else \
+                f"OPEN ({g['present_count']:,} of {n:,} present)"
+            span = f"{g['after_time'].isoformat()} .. {g['before_time'].isoformat()}"
+            typer.echo(f"{g['source']} {g['symbol']} ids {g['first_missing_id']}.."
+                       f"{g['last_missing_id']} ({n:,} trades) between {span}: {state}")
+        return
+    if not url:
+        typer.echo("stream: --url is required (or --gaps)", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    if not url.startswith(("ws://", "wss://")):
+        typer.echo(f"stream: --url must be a ws:// or wss:// URL, not {url!r}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    crashpoint.configure(s.crash_at)
+    cfg = st.StreamConfig.from_settings(s, url, symbol)
+    metrics = Metrics()
+    landing = Landing(client(s), s.landing_bucket)
+    replica = ReplicaWriter.from_settings(s, metrics)
+    log = logs.get("stream")
+    try:
+        with _connect(s.dsn_for("ingest")) as conn:
+            conn.autocommit = True
+            w = st.StreamWorker(cfg, conn, landing, replica, metrics)
+            import signal
+
+            def early_stop(*_):  # SIGTERM while recovering: stop once recovered (then the
+                w.stopping = True  # event loop's own handlers take over)
+
+            signal.signal(signal.SIGTERM, early_stop)
+            signal.signal(signal.SIGINT, early_stop)
+            health = HealthServer(metrics, s.health_host, s.health_port, w.heartbeat.alive,
+                                  w.ready).start()
+            log.info("health server", host=s.health_host, port=health.port)
+            try:
+                w.recover()
+                asyncio.run(w.run())
+            finally:
+                health.stop()
+    except psycopg_errors() as e:
+        typer.echo(f"stream: database error: {e}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    finally:
+        if replica is not None:
+            replica.close()
+    log.info("stream stopped", trades=metrics.value("tickstack_stream_trades_total",
+                                                    outcome="accepted"),
+             batches=metrics.value("tickstack_stream_batches_total"))
 
 
 @app.command()
 def replicate(
     check: bool = typer.Option(False, "--check", help="Only compare and report."),
+    since: str | None = typer.Option(None, "--since", help="Only buckets from this time (ISO)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Catch the dual-write replica up from landing and prove equality."""
-    _not_yet("replicate")
+    """Catch the dual-write replica up from landing and prove equality (per-bucket row count +
+    content checksum, the same SQL on both servers). Exit 1 if any bucket still differs."""
+    import json
+    from datetime import UTC, datetime
+
+    from workers import replicate as rep
+
+    s = _settings()
+    try:
+        since_us = _us(since)
+    except ValueError as e:
+        typer.echo(f"replicate: {e}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    if not s.has_replica:
+        typer.echo("replicate: TICKSTACK_REPLICA_DSN is empty: no replica configured", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        r = rep.run_from_settings(s, check_only=check, since=None if since_us is None else
+                                  datetime.fromtimestamp(since_us / 1e6, UTC))
+    except rep.ReplicateError as e:
+        typer.echo(f"replicate: {e}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    except psycopg_errors() as e:
+        typer.echo(f"replicate: database error: {e}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    d = r.as_dict()
+    if json_out:
+        typer.echo(json.dumps(d))
+    else:
+        typer.echo(f"replicate: {d['did']} ({d['seconds']:.1f} s)")
+        b = d["before"]
+        typer.echo(f"  before: replica {b['buckets']} buckets / {b['rows']:,} rows; missing "
+                   f"{b['missing']}, different {b['different']}, only on the replica "
+                   f"{b['extra']}")
+        for line in d["differing"][:50]:
+            typer.echo(f"  differs: {line}")
+        if len(d["differing"]) > 50:
+            typer.echo(f"  … and {len(d['differing']) - 50} more")
+    if d["differing"]:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()

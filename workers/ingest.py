@@ -58,8 +58,9 @@ class Pipeline:
     """Lands and loads buckets for one symbol; shared by files, landing replay and the stream."""
 
     def __init__(self, conn: psycopg.Connection, landing: Landing, symbol: str, source: str,
-                 summary: Summary):
+                 summary: Summary, replica=None):
         self.conn = _autocommit(conn)
+        self.replica = replica  # workers.replica.ReplicaWriter: best effort, after each commit
         self.landing = landing
         self.symbol = symbol
         self.source = source
@@ -129,6 +130,10 @@ class Pipeline:
             n = load(self.conn, loads, source=self.source)
             with self._lock:
                 self.summary.inserted += n
+            if self.replica is not None:  # committed on the primary: now the replica, never
+                source = self.source      # waiting for it (see workers/replica.py)
+                self.replica.submit([(b.symbol, b.bucket_us) for b in loads],
+                                    lambda c: load(c, loads, source=source), what=source)
 
     def quarantine_row(self, where: dict, reason: str) -> None:
         self.summary.quarantined[reason] += 1
@@ -164,13 +169,13 @@ def split_by_bucket(table: pa.Table, positions: np.ndarray):
 def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
                 symbol: str | None = None, progress: Callable[[Summary], None] | None = None,
                 run_id: str | None = None, block_bytes: int = 512 << 10,
-                flush_rows: int = 65_536) -> Summary:
+                flush_rows: int = 65_536, replica=None) -> Summary:
     """Small parse blocks keep Arrow's CSV buffers small (they peak at ~20x the block); rows are
     flushed (landed, then loaded in one transaction) once `flush_rows` are ready."""
     t0 = time.monotonic()
     tf: TradeFile = open_trade_file(path, symbol)
     summary = Summary(source=str(path))
-    pipe = Pipeline(conn, landing, tf.symbol, f"file:{tf.path.name}", summary)
+    pipe = Pipeline(conn, landing, tf.symbol, f"file:{tf.path.name}", summary, replica)
     skipped = Skipped()
     units = UnitState()
     lay = tf.layout

@@ -89,10 +89,16 @@ def load(conn: psycopg.Connection, loads: list[BucketLoad], *, source: str,
          exchange: str = "binance") -> int:
     """Apply one flush in one transaction; returns the number of ticks inserted."""
     inserted = 0
-    new = [b for b in loads if not b.known and b.rows.num_rows]
-    old = [b for b in loads if b.known and b.rows.num_rows]
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("SET LOCAL TimeZone = 'UTC'")
+        # The live stream commits ticks of a bucket before the bucket is registered (it is
+        # registered when it closes): an unregistered bucket that already holds ticks goes
+        # through ON CONFLICT like a known one.
+        holding = _holding_ticks(cur, [b for b in loads if not b.known and b.rows.num_rows])
+        new = [b for b in loads if not b.known and b.rows.num_rows
+               and (b.symbol, b.bucket_us) not in holding]
+        old = [b for b in loads if b.rows.num_rows and (b.known or (b.symbol, b.bucket_us)
+                                                         in holding)]
         for group in _by_symbol(new):
             _copy(cur, "market_data.btc_ticks", _csv(group[0].symbol, [b.rows for b in group]))
             inserted += sum(b.rows.num_rows for b in group)
@@ -156,6 +162,17 @@ def load(conn: psycopg.Connection, loads: list[BucketLoad], *, source: str,
                 [source, symbol, last_id, last_time],
             )
     return inserted
+
+
+def _holding_ticks(cur: psycopg.Cursor, loads: list[BucketLoad]) -> set[tuple[str, int]]:
+    out: set[tuple[str, int]] = set()
+    for group in _by_symbol(loads):
+        rows = cur.execute(
+            "SELECT b FROM unnest(%s::timestamptz[]) b WHERE EXISTS (SELECT 1 FROM "
+            "market_data.btc_ticks t WHERE t.bucket_5m = b AND t.symbol = %s)",
+            [[ts(b.bucket_us) for b in group], group[0].symbol]).fetchall()
+        out.update((group[0].symbol, int(r[0].timestamp()) * 1_000_000) for r in rows)
+    return out
 
 
 def _by_symbol(loads: list[BucketLoad]) -> list[list[BucketLoad]]:

@@ -191,7 +191,11 @@ def newest_tick(conn: psycopg.Connection) -> str | None:
 def replay_gap(conn: psycopg.Connection, landing: Landing, target: datetime) -> tuple[int, int]:
     """Load the landing objects the restored database lacks (new, or changed since T)."""
     from workers.ingest import replay_objects
+    from workers.stream_landing import compact_all
 
+    # Live-stream parts not yet folded into their bucket object (the stream stopped before the
+    # bucket closed): compact them first, so every accepted trade is under raw/.
+    compact_all(conn, landing)
     since = target - LANDING_MARGIN
     registry = {(a, int(b.timestamp()) * 1_000_000): sha for a, b, sha in conn.execute(
         "SELECT asset, bucket_5m, metadata->>'sha256' FROM landing.raw_blobs_5m")}

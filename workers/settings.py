@@ -66,6 +66,43 @@ class Settings(BaseSettings):
     ingest_flush_rows: int = Field(
         65_536, ge=1, le=10_000_000,
         description="Rows landed and committed together (one transaction per flush).")
+    # --- live stream (`workers stream`) ------------------------------------------------------
+    stream_source: str = Field(
+        "stream:binance", description="ingestion.stream_offsets source name of the live stream "
+        "(keep it stable: the offset under it is where a restart resumes).")
+    stream_batch_rows: int = Field(1000, ge=1, le=1_000_000,
+                                   description="A micro-batch commits at this many trades...")
+    stream_batch_seconds: float = Field(1.0, gt=0, le=60,
+                                        description="...or when its oldest trade is this old.")
+    stream_silence_seconds: float = Field(
+        30.0, gt=0, description="No message for this long: the connection is dead, reconnect.")
+    stream_grace_seconds: float = Field(
+        10.0, ge=0, description="A bucket's landing object is compacted from its parts once "
+        "trades this far past the bucket's end arrive.")
+    stream_backoff_initial_seconds: float = Field(0.5, gt=0)
+    stream_backoff_max_seconds: float = Field(30.0, gt=0)
+    stream_max_message_bytes: int = Field(
+        65_536, ge=1024, description="Larger messages are quarantined unparsed (a trade "
+        "message is ~200 bytes); frames above 16 MiB close the connection.")
+    stream_ready_seconds: float = Field(
+        60.0, gt=0, description="/readyz: connected and a message within this many seconds.")
+    health_host: str = Field("0.0.0.0", description="Health/metrics HTTP bind address.")
+    health_port: int = Field(9108, ge=0, le=65535,
+                             description="/healthz, /readyz, /metrics (0: any free port).")
+    # --- dual-write replica ---------------------------------------------------------------
+    replica_timeout_seconds: float = Field(
+        2.0, gt=0, le=60, description="Deadline of one best-effort replica write (connect "
+        "included); a write past it is abandoned and the bucket recorded as replica lag.")
+    replica_breaker_failures: int = Field(
+        3, ge=1, description="Consecutive replica failures that open the circuit breaker.")
+    replica_breaker_cooldown_seconds: float = Field(
+        30.0, gt=0, description="Open breaker: no replica attempts for this long (half-open "
+        "after: one trial write).")
+    replica_queue: int = Field(
+        8, ge=1, description="Replica writes waiting behind a slow one; beyond, recorded as lag.")
+    crash_at: str = Field(
+        "", description="TESTS ONLY: `point:N` kills the process with SIGKILL the Nth time it "
+        "reaches a named crash point (see workers/crashpoint.py).")
     report_dir: str = Field(
         ".tickstack/report", description="Where `workers up` writes its HTML report and figures.")
     log_format: Literal["json", "console", "auto"] = "auto"

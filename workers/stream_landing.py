@@ -1,0 +1,242 @@
+"""Landing for the live stream: small per-batch part objects, compacted into the bucket object.
+
+A micro-batch is accepted once its parts are in landing:
+
+    stream/<SYMBOL>/<YYYY-MM-DD>/<HHMM>/<first id>-<last id>.parquet   (one per bucket it touches)
+
+then its ticks and the stream offset commit on the primary in one transaction. Once a bucket is
+closed (a trade `grace` past its end has been committed) its parts are compacted: merged with the
+bucket's object `raw/<SYMBOL>/<date>/<HHMM>.parquet` (union, dedup on trade id — the same object a
+file ingest writes), the object written, registered in `landing.raw_blobs_5m` with its aggregate,
+and only then are the parts deleted. Every step is idempotent, so a crash anywhere is repaired by
+running it again: same parts, same merged bytes, same SHA-256.
+
+Why parts: rewriting the bucket object on every one-second batch would store hundreds of
+versions per bucket in the versioned landing bucket; parts are written once and deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg
+import pyarrow as pa
+
+from workers import crashpoint, logs
+from workers.landing import BUCKET_US, Landing, bucket_stats, merge, object_key
+from workers.load import BucketLoad, _copy, _csv, load, ts
+
+log = logs.get("stream")
+PREFIX = "stream"
+DEFAULT_SOURCE = "stream:binance"  # the stream_source setting's default
+
+
+def part_prefix(symbol: str, bucket_us: int) -> str:
+    t = datetime.fromtimestamp(bucket_us / 1e6, UTC)
+    return f"{PREFIX}/{symbol}/{t:%Y-%m-%d}/{t:%H%M}/"
+
+
+def part_key(symbol: str, bucket_us: int, first_id: int, last_id: int) -> str:
+    return f"{part_prefix(symbol, bucket_us)}{first_id:020d}-{last_id:020d}.parquet"
+
+
+def parse_part_key(key: str) -> tuple[str, int, int, int]:
+    """(symbol, bucket µs, first id, last id)"""
+    _, symbol, day, hhmm, name = key.split("/")
+    t = datetime.strptime(f"{day} {hhmm}", "%Y-%m-%d %H%M").replace(tzinfo=UTC)
+    first, last = name.removesuffix(".parquet").split("-")
+    return symbol, int(t.timestamp()) * 1_000_000, int(first), int(last)
+
+
+def list_parts(landing: Landing, symbol: str | None = None) -> dict[tuple[str, int], list[str]]:
+    """{(symbol, bucket): [part keys in id order]} of parts not compacted yet."""
+    out: dict[tuple[str, int], list[str]] = {}
+    prefix = f"{PREFIX}/{symbol}/" if symbol else f"{PREFIX}/"
+    for page in landing.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=landing.bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            if o["Key"].endswith(".parquet"):
+                sym, bucket, _, _ = parse_part_key(o["Key"])
+                out.setdefault((sym, bucket), []).append(o["Key"])
+    for keys in out.values():
+        keys.sort()
+    return out
+
+
+class CorruptPart(RuntimeError):
+    pass
+
+
+def read_part(landing: Landing, key: str) -> pa.Table:
+    table, digest, meta = landing.read(key)
+    if meta.get("sha256") != digest:
+        raise CorruptPart(f"{landing.uri(key)}: SHA-256 mismatch: stored {meta.get('sha256')}, "
+                          f"object is {digest}")
+    return table
+
+
+def read_parts(landing: Landing, symbol: str, bucket_us: int) -> list[tuple[str, pa.Table]]:
+    keys: list[str] = []
+    for page in landing.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=landing.bucket, Prefix=part_prefix(symbol, bucket_us)):
+        keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".parquet")]
+    return [(k, read_part(landing, k)) for k in sorted(keys)]
+
+
+def write_part(landing: Landing, symbol: str, bucket_us: int, table: pa.Table) -> str:
+    ids = table.column("trade_id")
+    key = part_key(symbol, bucket_us, ids[0].as_py(), ids[-1].as_py())
+    landing.write(key, table, symbol)
+    return key
+
+
+# --- the database side ---------------------------------------------------------------------
+
+@dataclass
+class Gap:
+    symbol: str
+    first_missing_id: int
+    last_missing_id: int
+    after_us: int  # trade time of the last id before the hole
+    before_us: int  # trade time of the first id after it
+
+    @property
+    def size(self) -> int:
+        return self.last_missing_id - self.first_missing_id + 1
+
+
+def insert_ticks(conn: psycopg.Connection, symbol: str, table: pa.Table) -> int:
+    """Ticks through a staging table and ON CONFLICT DO NOTHING (call inside a transaction)."""
+    if not table.num_rows:
+        return 0
+    with conn.cursor() as cur:
+        cur.execute("SET LOCAL TimeZone = 'UTC'")
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS stream_stage "
+                    "(LIKE market_data.btc_ticks INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        _copy(cur, "stream_stage", _csv(symbol, [table]))
+        cur.execute("INSERT INTO market_data.btc_ticks SELECT * FROM stream_stage "
+                    "ON CONFLICT (bucket_5m, symbol, trade_id) DO NOTHING")
+        return cur.rowcount
+
+
+def commit_batch(conn: psycopg.Connection, symbol: str, source: str, table: pa.Table,
+                 gaps: list[Gap]) -> int:
+    """One transaction: the batch's ticks, the offset (forward only) and the gaps it saw."""
+    with conn.transaction():
+        n = insert_ticks(conn, symbol, table)
+        if table.num_rows:
+            i = table.column("trade_id").to_pylist()
+            last = max(range(len(i)), key=i.__getitem__)
+            conn.execute(
+                """
+                INSERT INTO ingestion.stream_offsets AS so
+                    (source, symbol, last_trade_id, last_event_time)
+                VALUES (%s, %s, %s, %s)
+                ON CONFLICT (source, symbol) DO UPDATE
+                    SET last_trade_id = EXCLUDED.last_trade_id,
+                        last_event_time = EXCLUDED.last_event_time, updated_at = now()
+                    WHERE EXCLUDED.last_trade_id > so.last_trade_id
+                """,
+                [source, symbol, i[last], table.column("event_time")[last].as_py()])
+        for g in gaps:
+            conn.execute(
+                "INSERT INTO ingestion.stream_gaps (source, symbol, first_missing_id, "
+                "last_missing_id, after_time, before_time) VALUES (%s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                [source, g.symbol, g.first_missing_id, g.last_missing_id, ts(g.after_us),
+                 ts(g.before_us)])
+    return n
+
+
+def read_offset(conn: psycopg.Connection, source: str, symbol: str) -> tuple[int, int] | None:
+    """(last trade id, its trade time µs) or None."""
+    r = conn.execute("SELECT last_trade_id, last_event_time FROM ingestion.stream_offsets "
+                     "WHERE source = %s AND symbol = %s", [source, symbol]).fetchone()
+    if r is None:
+        return None
+    return r[0], int(r[1].timestamp() * 1_000_000)
+
+
+REFRESH_GAPS = """
+UPDATE ingestion.stream_gaps g
+SET present_count = c.n, checked_at = now(),
+    filled_at = CASE WHEN c.n = g.last_missing_id - g.first_missing_id + 1 THEN now() END
+FROM (
+    SELECT o.source, o.symbol, o.first_missing_id, (
+        SELECT count(*) FROM market_data.btc_ticks t
+        WHERE t.symbol = o.symbol
+          AND t.bucket_5m >= date_bin('5 minutes', o.after_time, TIMESTAMPTZ '2000-01-01 00:00+00')
+          AND t.bucket_5m <= date_bin('5 minutes', o.before_time, TIMESTAMPTZ '2000-01-01 00:00+00')
+          AND t.trade_id BETWEEN o.first_missing_id AND o.last_missing_id) AS n
+    FROM ingestion.stream_gaps o
+    WHERE o.filled_at IS NULL AND (%(symbol)s::text IS NULL OR o.symbol = %(symbol)s)
+) c
+WHERE g.source = c.source AND g.symbol = c.symbol AND g.first_missing_id = c.first_missing_id
+"""
+
+
+def refresh_gaps(conn: psycopg.Connection, symbol: str | None = None) -> list[dict]:
+    """Re-count the ids present in every open gap; a gap is filled only when all of them are.
+    Returns all gaps (open first)."""
+    with conn.transaction():
+        conn.execute(REFRESH_GAPS, {"symbol": symbol})
+    cols = ("source", "symbol", "first_missing_id", "last_missing_id", "after_time",
+            "before_time", "detected_at", "present_count", "checked_at", "filled_at")
+    rows = conn.execute(
+        f"SELECT {', '.join(cols)} FROM ingestion.stream_gaps "
+        "WHERE (%(symbol)s::text IS NULL OR symbol = %(symbol)s) "
+        "ORDER BY filled_at IS NOT NULL, symbol, first_missing_id", {"symbol": symbol})
+    return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def compact(conn: psycopg.Connection, landing: Landing, symbol: str, bucket_us: int,
+            source: str, replica=None) -> dict | None:
+    """Fold the bucket's parts into its landing object, register it, then delete the parts."""
+    parts = read_parts(landing, symbol, bucket_us)
+    if not parts:
+        return None
+    key = object_key(symbol, bucket_us)
+    existing = digest = None
+    with contextlib.suppress(landing.s3.exceptions.NoSuchKey):
+        existing, digest, meta = landing.read(key)
+    if existing is not None and meta.get("sha256") != digest:
+        raise CorruptPart(f"{landing.uri(key)}: SHA-256 mismatch: stored {meta.get('sha256')}, "
+                          f"object is {digest}")
+    m = merge(existing, pa.concat_tables([t for _, t in parts]))
+    if m.conflicts:
+        log.warning("stream trades conflict with the landed bucket (same id, other values); "
+                    "the landed rows win", symbol=symbol, bucket=ts(bucket_us).isoformat(),
+                    conflicts=len(m.conflicts))
+    if existing is None or m.new_rows.num_rows:
+        digest, size = landing.write(key, m.table, symbol)
+    else:
+        size = landing.size(key)
+    crashpoint.reach("compact_landed")
+    bl = BucketLoad(symbol, bucket_us, m.table, True, landing.uri(key), digest, size,
+                    bucket_stats(m.table))
+    load(conn, [bl], source=source)
+    crashpoint.reach("compact_committed")
+    if replica is not None:
+        replica.submit([(symbol, bucket_us)], lambda c: load(c, [bl], source=source),
+                       what="compaction")
+    keys = [k for k, _ in parts]
+    for i in range(0, len(keys), 1000):
+        landing.s3.delete_objects(Bucket=landing.bucket, Delete={
+            "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+    return {"bucket": ts(bucket_us).isoformat(), "parts": len(keys), "rows": m.table.num_rows,
+            "sha256": digest}
+
+
+def compact_all(conn: psycopg.Connection, landing: Landing, source: str | None = None,
+                before_us: int | None = None, replica=None) -> int:
+    """Compact every bucket with parts (ending before `before_us` when given). For `restore`:
+    after a DR rebuild every accepted trade must be findable under raw/."""
+    n = 0
+    for (symbol, bucket), _ in sorted(list_parts(landing).items()):
+        if before_us is not None and bucket + BUCKET_US > before_us:
+            continue
+        if compact(conn, landing, symbol, bucket, source or DEFAULT_SOURCE, replica):
+            n += 1
+    return n
