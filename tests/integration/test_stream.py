@@ -380,3 +380,18 @@ def test_readyz_fails_without_a_connection(stack, tmp_path):
         assert w.stop() == 0
     assert re.search(r"reconnecting", w.log.read_text())
     assert os.path.exists(w.log)
+
+
+def test_silent_connection_is_dead_and_pings_are_answered(stack, recorded, tmp_path):
+    msgs = recorded["messages"][:100]
+    with ReplayServer(msgs) as srv:  # 100 trades, a ping, then silence
+        w = Worker(stack, srv.url, tmp_path, TICKSTACK_STREAM_SILENCE_SECONDS="1.5")
+        end = time.monotonic() + 30
+        while srv.connections < 3:
+            assert time.monotonic() < end, w.log.read_text()[-3000:]
+            time.sleep(0.1)
+        assert srv.pongs >= 1
+        assert "connection silent: treating it as dead" in w.log.read_text()
+        assert w.metric("tickstack_stream_trades_total", outcome="duplicate") >= 100
+        assert w.stop() == 0
+    assert sum(n for n, _ in tick_summary(stack).values()) == 100

@@ -53,6 +53,7 @@ class ReplayServer:
         self.connections = 0
         self.sent = 0
         self.hang = hang  # accept, then never send anything
+        self.pongs = 0  # pings (sent after the messages) the client answered
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, daemon=True)
@@ -78,7 +79,9 @@ class ReplayServer:
 
     async def _serve(self) -> None:
         self._stop = self._loop.create_future()
-        async with serve(self._handler, "127.0.0.1", 0, max_size=None, compression=None) as srv:
+        # No keepalive pings of its own: the handler's one ping is what the tests count.
+        async with serve(self._handler, "127.0.0.1", 0, max_size=None, compression=None,
+                         ping_interval=None) as srv:
             self.port = srv.sockets[0].getsockname()[1]
             self._ready.set()
             await self._stop
@@ -95,4 +98,9 @@ class ReplayServer:
         if stop is not None:
             ws.transport.abort()  # a dropped connection, not a clean close
             return
+        try:
+            await asyncio.wait_for(await ws.ping(), 5)
+            self.pongs += 1
+        except Exception:
+            pass
         await ws.wait_closed()
