@@ -125,27 +125,38 @@ def ingest(run: Run, s: Settings, paths: list[str]) -> None:
     from workers.s3 import client
 
     with run.stage("ingest") as st:
+        from workers.replica import ReplicaWriter
+
         landing = Landing(client(s), s.landing_bucket)
         tot = Counter()
         reasons = Counter()
-        with psycopg.connect(s.dsn_for("ingest")) as conn:
-            for p in paths:
-                try:
-                    r = ing.ingest_file(conn, landing, p, block_bytes=s.ingest_block_bytes,
-                                        flush_rows=s.ingest_flush_rows)
-                except ing.BadFile as e:
-                    raise StageFailed("ingest", str(e)) from None
-                d = r.as_dict()
-                for k in ("rows_read", "accepted", "inserted", "duplicates", "quarantined",
-                          "buckets_landed", "buckets_unchanged"):
-                    tot[k] += d[k]
-                reasons.update(d["quarantined_by_reason"])
+        replica = ReplicaWriter.from_settings(s)  # best-effort dual-write, as `workers ingest`
+        try:
+            with psycopg.connect(s.dsn_for("ingest")) as conn:
+                for p in paths:
+                    try:
+                        r = ing.ingest_file(conn, landing, p, block_bytes=s.ingest_block_bytes,
+                                            flush_rows=s.ingest_flush_rows, replica=replica)
+                    except ing.BadFile as e:
+                        raise StageFailed("ingest", str(e)) from None
+                    d = r.as_dict()
+                    for k in ("rows_read", "accepted", "inserted", "duplicates", "quarantined",
+                              "buckets_landed", "buckets_unchanged"):
+                        tot[k] += d[k]
+                    reasons.update(d["quarantined_by_reason"])
+        finally:
+            if replica is not None:
+                replica.close()
         st.changed = bool(tot["inserted"] or tot["buckets_landed"])
         st.data = {**tot, "files": len(paths), "quarantined_by_reason": dict(reasons)}
         st.did = (f"{len(paths)} file(s): {tot['rows_read']:,} rows read, {tot['accepted']:,} "
                   f"accepted, {tot['quarantined']:,} quarantined; {tot['inserted']:,} new ticks; "
                   f"{tot['buckets_landed']} buckets landed, {tot['buckets_unchanged']} "
                   "already in landing unchanged")
+        if replica is not None:
+            st.data["replica"] = dict(replica.stats)
+            st.did += "; replica dual-write batches: " + (", ".join(
+                f"{v} {k}" for k, v in sorted(replica.stats.items())) or "none needed")
 
 
 def replicate(run: Run, s: Settings) -> None:
