@@ -241,10 +241,12 @@ def stream(
                               "connection."),
     json_out: bool = typer.Option(False, "--json", help="With --gaps: print JSON."),
 ) -> None:
-    """Consume a live trade stream (reconnects, detects gaps). Landing first, then the primary
-    (ticks + offset in one transaction), then the replica (best effort). SIGTERM: the batch in
-    flight is committed, exit 0. Health and metrics on TICKSTACK_HEALTH_PORT: /healthz,
-    /readyz, /metrics."""
+    """Consume a live trade stream (reconnects, detects gaps).
+
+    Landing first, then the primary (ticks + offset in one transaction), then the replica (best
+    effort). SIGTERM: the batch in flight is committed, exit 0. Health and metrics on
+    TICKSTACK_HEALTH_PORT: /healthz, /readyz, /metrics.
+    """
     import asyncio
     import json
 
@@ -325,8 +327,11 @@ def replicate(
     since: str | None = typer.Option(None, "--since", help="Only buckets from this time (ISO)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Catch the dual-write replica up from landing and prove equality (per-bucket row count +
-    content checksum, the same SQL on both servers). Exit 1 if any bucket still differs."""
+    """Catch the dual-write replica up from landing and prove equality.
+
+    Per-bucket row count + content checksum, the same SQL on both servers. Exit 1 if any bucket
+    still differs.
+    """
     import json
     from datetime import UTC, datetime
 
@@ -683,8 +688,12 @@ def up(
         False, "--force-backup", help="Take a full backup even when the last one holds the "
         "same data."),
 ) -> None:
-    """The main job: migrate, ingest, replicate, embed, retention, backup — then a summary
-    table and an HTML report. A second run over the same data changes nothing and says so."""
+    """The main job (make up): every stage, a summary table and an HTML report.
+
+    migrate, ingest, replicate, embed, retention (dry-run, then real), full backup, archive
+    check, one similar-windows query. A second run over the same data changes nothing and says
+    so.
+    """
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
