@@ -33,7 +33,7 @@ def throwaway_env() -> Iterator[LocalEnv]:
         env.up()
         yield env
     finally:
-        env.down()
+        env.down(save_s3=False)
         shutil.rmtree(state, ignore_errors=True)
 
 

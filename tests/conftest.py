@@ -45,7 +45,7 @@ def local_env():
         yield env
     finally:
         try:
-            env.down()
+            env.down(save_s3=False)
         finally:
             shutil.rmtree(state, ignore_errors=True)
 

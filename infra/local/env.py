@@ -190,14 +190,17 @@ class LocalEnv:
             raise PartError("pgbackrest", f"stanza-create failed: {r.stdout[-2000:]}{r.stderr}",
                             self.pgbr_dir / "log" / f"{configs.STANZA}-stanza-create.log")
 
-    def down(self) -> list[str]:
-        """Stop everything, PostgreSQL first (an archiver with no S3 can hang a stop)."""
+    def down(self, save_s3: bool = True) -> list[str]:
+        """Stop everything, PostgreSQL first (an archiver with no S3 can hang a stop).
+
+        `save_s3=False` skips the S3 snapshot: for throwaway environments deleted right after.
+        """
         stopped: list[str] = []
         for c in (self.primary, self.replica):
             if c.exists() and c.running():
                 c.stop()
                 stopped.append(c.name)
-        if self.moto.healthy():
+        if save_s3 and self.moto.healthy():
             n = self.moto.save()
             stopped.append(f"s3 (saved {n} object versions)")
         if self.stunnel.pid():

@@ -32,7 +32,7 @@ def env():
         yield e
     finally:
         try:
-            e.down()
+            e.down(save_s3=False)
         finally:
             shutil.rmtree(e.state, ignore_errors=True)
 
