@@ -44,18 +44,11 @@ def migrate(
         "when TICKSTACK_REPLICA_DSN is set)."),
 ) -> None:
     """Apply sql/ migrations in order (checksummed, under an advisory lock), on every server."""
-    import json
-
     from workers import migrate as m
 
     s = _settings()
-    targets = [("server", dsn)] if dsn else [("primary", s.primary_dsn.get_secret_value())] + (
-        [("replica", s.replica_dsn.get_secret_value())] if s.has_replica else [])
-    logins = None
-    if s.worker_logins_file:
-        with open(s.worker_logins_file) as f:
-            raw = json.load(f)
-        logins = {group: (v["user"], v["password"]) for group, v in raw.items()}
+    targets = [("server", dsn)] if dsn else s.servers()
+    logins = m.load_logins(s.worker_logins_file)
     for name, target in targets:
         try:
             r = m.run(target, status_only=status, logins=logins)
@@ -485,10 +478,7 @@ def retention(
     from workers import retention as ret
 
     s = _settings()
-    targets = [("primary", s.dsn_for("retention"))]
-    if s.has_replica:
-        targets.append(("replica", s.replica_retention_dsn.get_secret_value().strip()
-                        or s.replica_dsn.get_secret_value()))
+    targets = s.retention_targets()
     bad = False
     out = {}
     for name, dsn in targets:

@@ -149,19 +149,24 @@ def load(conn: psycopg.Connection, loads: list[BucketLoad], *, source: str,
               s["last_trade_id"]) for b in loads for s in [b.stats]],
         )
         for symbol, last_id, last_time in _offsets(loads):
-            cur.execute(
-                """
-                INSERT INTO ingestion.stream_offsets AS so
-                    (source, symbol, last_trade_id, last_event_time)
-                VALUES (%s, %s, %s, %s)
-                ON CONFLICT (source, symbol) DO UPDATE
-                    SET last_trade_id = EXCLUDED.last_trade_id,
-                        last_event_time = EXCLUDED.last_event_time, updated_at = now()
-                    WHERE EXCLUDED.last_trade_id > so.last_trade_id
-                """,
-                [source, symbol, last_id, last_time],
-            )
+            advance_offset(cur, source, symbol, last_id, last_time)
     return inserted
+
+
+# Offsets only move forward (the table's trigger refuses a step back; this skips it quietly).
+ADVANCE_OFFSET_SQL = """
+INSERT INTO ingestion.stream_offsets AS so (source, symbol, last_trade_id, last_event_time)
+VALUES (%s, %s, %s, %s)
+ON CONFLICT (source, symbol) DO UPDATE
+    SET last_trade_id = EXCLUDED.last_trade_id,
+        last_event_time = EXCLUDED.last_event_time, updated_at = now()
+    WHERE EXCLUDED.last_trade_id > so.last_trade_id
+"""
+
+
+def advance_offset(cur: psycopg.Cursor | psycopg.Connection, source: str, symbol: str,
+                   last_trade_id: int, last_event_time: datetime) -> None:
+    cur.execute(ADVANCE_OFFSET_SQL, [source, symbol, last_trade_id, last_event_time])
 
 
 def _holding_ticks(cur: psycopg.Cursor, loads: list[BucketLoad]) -> set[tuple[str, int]]:

@@ -11,7 +11,6 @@ are still summarised and the report still written.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -90,19 +89,6 @@ class Run:
                      seconds=round(st.seconds, 2), did=st.did)
 
 
-def logins(s: Settings) -> dict[str, tuple[str, str]] | None:
-    if not s.worker_logins_file:
-        return None
-    with open(s.worker_logins_file) as f:
-        raw = json.load(f)
-    return {group: (v["user"], v["password"]) for group, v in raw.items()}
-
-
-def servers(s: Settings) -> list[tuple[str, str]]:
-    return [("primary", s.primary_dsn.get_secret_value())] + (
-        [("replica", s.replica_dsn.get_secret_value())] if s.has_replica else [])
-
-
 # --- stages ---------------------------------------------------------------------------------
 
 def migrate(run: Run, s: Settings) -> None:
@@ -110,8 +96,9 @@ def migrate(run: Run, s: Settings) -> None:
 
     with run.stage("migrate") as st:
         parts = []
-        for name, dsn in servers(s):
-            r = m.run(dsn, logins=logins(s))
+        logins = m.load_logins(s.worker_logins_file)
+        for name, dsn in s.servers():
+            r = m.run(dsn, logins=logins)
             st.changed |= bool(r.applied)
             what = f"applied {len(r.applied)}" if r.applied else "up to date"
             flavour = "TimescaleDB" if r.capabilities["timescaledb"] else "plain PG"
@@ -189,10 +176,7 @@ def embed(run: Run, s: Settings) -> None:
 def retention(run: Run, s: Settings) -> None:
     from workers import retention as ret
 
-    targets = [("primary", s.dsn_for("retention"))]
-    if s.has_replica:
-        targets.append(("replica", s.replica_retention_dsn.get_secret_value().strip()
-                        or s.replica_dsn.get_secret_value()))
+    targets = s.retention_targets()
     for dry in (True, False):
         with run.stage("retention (dry-run)" if dry else "retention") as st:
             parts, bad = [], []

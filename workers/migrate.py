@@ -111,6 +111,15 @@ def _error_where(m: Migration, e: psycopg.Error) -> str:
     return f"{m.name}{where}: {e.diag.message_primary or e}"
 
 
+def load_logins(path: str | None) -> dict[str, tuple[str, str]] | None:
+    """The worker logins file (group role -> {user, password}), or None when not configured."""
+    if not path:
+        return None
+    with open(path) as f:
+        raw = json.load(f)
+    return {group: (v["user"], v["password"]) for group, v in raw.items()}
+
+
 def run(dsn: str, *, password: str | None = None, sql_dir: Path = SQL_DIR,
         status_only: bool = False, lock_timeout: str = "10s",
         logins: dict[str, tuple[str, str]] | None = None) -> Result:

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from workers import logs
 from workers.landing import Landing, bucket_stats, merge, object_key
-from workers.load import BucketLoad, load, ts
+from workers.load import BucketLoad, advance_offset, load, ts
 
 log = logs.get("replicate")
 
@@ -185,12 +185,7 @@ def sync_offsets(primary: psycopg.Connection, replica: psycopg.Connection) -> No
                            "FROM ingestion.stream_offsets").fetchall()
     with replica.transaction():
         for r in rows:
-            replica.execute(
-                "INSERT INTO ingestion.stream_offsets AS so (source, symbol, last_trade_id, "
-                "last_event_time) VALUES (%s, %s, %s, %s) ON CONFLICT (source, symbol) DO UPDATE "
-                "SET last_trade_id = EXCLUDED.last_trade_id, last_event_time = "
-                "EXCLUDED.last_event_time, updated_at = now() "
-                "WHERE EXCLUDED.last_trade_id > so.last_trade_id", r)
+            advance_offset(replica, *r)
 
 
 def run(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landing, *,

@@ -116,6 +116,19 @@ class Settings(BaseSettings):
     def has_replica(self) -> bool:
         return bool(self.replica_dsn.get_secret_value().strip())
 
+    def servers(self) -> list[tuple[str, str]]:
+        """(name, admin DSN) of every server migrations run on: primary, then replica."""
+        return [("primary", self.primary_dsn.get_secret_value())] + (
+            [("replica", self.replica_dsn.get_secret_value())] if self.has_replica else [])
+
+    def retention_targets(self) -> list[tuple[str, str]]:
+        """(server, DSN) pairs retention runs on: the primary, then the replica when set."""
+        out = [("primary", self.dsn_for("retention"))]
+        if self.has_replica:
+            out.append(("replica", self.replica_retention_dsn.get_secret_value().strip()
+                        or self.replica_dsn.get_secret_value()))
+        return out
+
 
 def load() -> Settings:
     return Settings()

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from workers import crashpoint, logs
 from workers.landing import BUCKET_US, Landing, bucket_stats, merge, object_key
-from workers.load import BucketLoad, _copy, _csv, load, ts
+from workers.load import BucketLoad, _copy, _csv, advance_offset, load, ts
 
 log = logs.get("stream")
 PREFIX = "stream"
@@ -129,17 +129,8 @@ def commit_batch(conn: psycopg.Connection, symbol: str, source: str, table: pa.T
         if table.num_rows:
             i = table.column("trade_id").to_pylist()
             last = max(range(len(i)), key=i.__getitem__)
-            conn.execute(
-                """
-                INSERT INTO ingestion.stream_offsets AS so
-                    (source, symbol, last_trade_id, last_event_time)
-                VALUES (%s, %s, %s, %s)
-                ON CONFLICT (source, symbol) DO UPDATE
-                    SET last_trade_id = EXCLUDED.last_trade_id,
-                        last_event_time = EXCLUDED.last_event_time, updated_at = now()
-                    WHERE EXCLUDED.last_trade_id > so.last_trade_id
-                """,
-                [source, symbol, i[last], table.column("event_time")[last].as_py()])
+            advance_offset(conn, source, symbol, i[last],
+                           table.column("event_time")[last].as_py())
         for g in gaps:
             conn.execute(
                 "INSERT INTO ingestion.stream_gaps (source, symbol, first_missing_id, "
