@@ -19,7 +19,8 @@ import pyarrow.csv as pacsv
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
-from workers import features, logs, vector_index
+from workers.core import logs
+from workers.signals import features, vector_index
 
 log = logs.get("embed")
 

@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 import psycopg
 import pyarrow as pa
 
-from workers import logs
-from workers.landing import Landing, bucket_stats, merge, object_key
-from workers.load import BucketLoad, advance_offset, load, ts
+from workers.core import logs
+from workers.db.load import BucketLoad, advance_offset, load, ts
+from workers.landing.store import Landing, bucket_stats, merge, object_key
 
 log = logs.get("replicate")
 
@@ -135,7 +135,7 @@ def lag_buckets(primary: psycopg.Connection) -> list[Key]:
 def landed_rows(primary: psycopg.Connection, landing: Landing, key: Key
                 ) -> tuple[pa.Table | None, BucketLoad | None]:
     """The bucket's rows as landed (object + uncompacted stream parts), SHA-256 verified."""
-    from workers.stream_landing import read_parts
+    from workers.landing.parts import read_parts
 
     symbol, bucket = key
     reg = primary.execute(
@@ -166,7 +166,7 @@ def landed_rows(primary: psycopg.Connection, landing: Landing, key: Key
 def catch_up_bucket(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landing,
                     key: Key) -> int | None:
     """Rebuild one bucket on the replica from landing; rows inserted (None: nothing landed)."""
-    from workers.stream_landing import insert_ticks
+    from workers.db.stream_commit import insert_ticks
 
     table, bl = landed_rows(primary, landing, key)
     if table is None:
@@ -230,7 +230,7 @@ def run(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landi
 
 
 def run_from_settings(s, *, check_only: bool = False, since: datetime | None = None) -> Result:
-    from workers.s3 import client
+    from workers.core.s3 import client
 
     if not s.has_replica:
         raise ReplicateError("TICKSTACK_REPLICA_DSN is empty: no replica to replicate to")

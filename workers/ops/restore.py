@@ -25,9 +25,9 @@ from pathlib import Path
 
 import psycopg
 
-from workers import logs
-from workers.backup import BackupError, Tool
-from workers.landing import Landing, bucket_of_key
+from workers.core import logs
+from workers.landing.store import Landing, bucket_of_key
+from workers.ops.backup import BackupError, Tool
 
 log = logs.get("restore")
 
@@ -190,8 +190,8 @@ def newest_tick(conn: psycopg.Connection) -> str | None:
 
 def replay_gap(conn: psycopg.Connection, landing: Landing, target: datetime) -> tuple[int, int]:
     """Load the landing objects the restored database lacks (new, or changed since T)."""
-    from workers.ingest import replay_objects
-    from workers.stream_landing import compact_all
+    from workers.db.ingest import replay_objects
+    from workers.db.stream_commit import compact_all
 
     # Live-stream parts not yet folded into their bucket object (the stream stopped before the
     # bucket closed): compact them first, so every accepted trade is under raw/.

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from workers.landing import BUCKET_US, PRODUCER
-from workers.validate import SCHEMA_VERSION
+from workers.core.ticks import BUCKET_US, SCHEMA_VERSION
+from workers.landing.store import PRODUCER
 
 TICK_COLUMNS = ("bucket_5m", "symbol", "trade_id", "event_time", "price", "quantity",
                 "quote_quantity", "is_buyer_maker")

@@ -32,8 +32,8 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from workers import logs
-from workers.health import Metrics
+from workers.core import logs
+from workers.core.health import Metrics
 
 log = logs.get("replica")
 

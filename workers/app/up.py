@@ -20,8 +20,8 @@ from datetime import timedelta
 
 import psycopg
 
-from workers import logs
-from workers.settings import Settings
+from workers.core import logs
+from workers.core.settings import Settings
 
 log = logs.get("up")
 
@@ -92,7 +92,7 @@ class Run:
 # --- stages ---------------------------------------------------------------------------------
 
 def migrate(run: Run, s: Settings) -> None:
-    from workers import migrate as m
+    from workers.db import migrate as m
 
     with run.stage("migrate") as st:
         parts = []
@@ -107,12 +107,12 @@ def migrate(run: Run, s: Settings) -> None:
 
 
 def ingest(run: Run, s: Settings, paths: list[str]) -> None:
-    from workers import ingest as ing
-    from workers.landing import Landing
-    from workers.s3 import client
+    from workers.core.s3 import client
+    from workers.db import ingest as ing
+    from workers.landing.store import Landing
 
     with run.stage("ingest") as st:
-        from workers.replica import ReplicaWriter
+        from workers.replica.writer import ReplicaWriter
 
         landing = Landing(client(s), s.landing_bucket)
         tot = Counter()
@@ -148,7 +148,7 @@ def ingest(run: Run, s: Settings, paths: list[str]) -> None:
 
 def replicate(run: Run, s: Settings) -> None:
     try:
-        from workers import replicate as rep
+        from workers.replica import catchup as rep
     except ImportError:  # this version has no replica catch-up yet
         return
     with run.stage("replicate") as st:
@@ -162,7 +162,7 @@ def replicate(run: Run, s: Settings) -> None:
 
 
 def embed(run: Run, s: Settings) -> None:
-    from workers import embed as emb
+    from workers.signals import embed as emb
 
     with run.stage("embed") as st, psycopg.connect(s.dsn_for("embed")) as conn:
         r = emb.run(conn, index_min_rows=s.vector_index_min_rows).as_dict()
@@ -174,7 +174,7 @@ def embed(run: Run, s: Settings) -> None:
 
 
 def retention(run: Run, s: Settings) -> None:
-    from workers import retention as ret
+    from workers.ops import retention as ret
 
     targets = s.retention_targets()
     for dry in (True, False):
@@ -198,8 +198,8 @@ def retention(run: Run, s: Settings) -> None:
 
 
 def backup(run: Run, s: Settings, *, force: bool = False) -> None:
-    from workers import backup as bk
-    from workers.backup import Tool
+    from workers.ops import backup as bk
+    from workers.ops.backup import Tool
 
     if not s.pgbackrest_config:
         with run.stage("backup") as st:
@@ -239,7 +239,7 @@ def backup(run: Run, s: Settings, *, force: bool = False) -> None:
 
 def similar_example(run: Run, s: Settings, symbol: str = "BTCUSDT", k: int = 5) -> None:
     """The newest window whose next hour is known: the report shows it beside its neighbours."""
-    from workers import similar as sim
+    from workers.signals import similar as sim
 
     with run.stage("similar") as st, psycopg.connect(s.dsn_for("reader")) as conn:
         row = conn.execute(

@@ -24,9 +24,10 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from workers import logs
+from workers.core import logs
+from workers.core.sqlfiles import migrations_dir
 
-SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+SQL_DIR = migrations_dir()
 LEDGER_FILE = "_ledger.sql"
 FILE_RE = re.compile(r"^\d{3}_[a-z0-9_]+\.sql$")
 # pg_advisory_lock key: a fixed 64-bit number derived from the project name.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import boto3
 from botocore.config import Config
 
-from workers.settings import Settings
+from workers.core.settings import Settings
 
 
 def client(settings: Settings):

@@ -19,13 +19,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from workers import logs
-from workers.landing import BUCKET_US, Landing, bucket_of_key, bucket_stats, merge, object_key
-from workers.load import BucketLoad, known_buckets, load
-from workers.source.binance_files import BadFile, Skipped, TradeFile, open_trade_file
-from workers.validate import TICK_SCHEMA, UnitState, validate
+from workers.core import logs
+from workers.db.load import BucketLoad, known_buckets, load
+from workers.landing.store import (
+    Landing,
+    bucket_of_key,
+    bucket_stats,
+    merge,
+    object_key,
+    split_by_bucket,
+)
+from workers.sources.binance_files import BadFile, Skipped, TradeFile, open_trade_file
+from workers.sources.validate import UnitState, validate
 
 log = logs.get("ingest")
 S3_THREADS = 3
@@ -154,16 +160,6 @@ def _autocommit(conn: psycopg.Connection) -> psycopg.Connection:
         conn.commit()
         conn.autocommit = True
     return conn
-
-
-def split_by_bucket(table: pa.Table, positions: np.ndarray):
-    us = pc.cast(table.column("event_time"), pa.int64()).to_numpy()
-    b = us - us % BUCKET_US
-    out: dict[int, tuple[pa.Table, np.ndarray]] = {}
-    for bucket in np.unique(b):
-        idx = np.flatnonzero(b == bucket)
-        out[int(bucket)] = (table.take(pa.array(idx)), positions[idx])
-    return out
 
 
 def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
@@ -326,5 +322,3 @@ def replay_objects(conn: psycopg.Connection, landing: Landing, keys: list[str],
 def _run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
-
-__all__ = ["Summary", "ingest_file", "ingest_landing", "BadFile", "TICK_SCHEMA"]

@@ -1,98 +1,24 @@
-"""Landing for the live stream: small per-batch part objects, compacted into the bucket object.
-
-A micro-batch is accepted once its parts are in landing:
-
-    stream/<SYMBOL>/<YYYY-MM-DD>/<HHMM>/<first id>-<last id>.parquet   (one per bucket it touches)
-
-then its ticks and the stream offset commit on the primary in one transaction. Once a bucket is
-closed (a trade `grace` past its end has been committed) its parts are compacted: merged with the
-bucket's object `raw/<SYMBOL>/<date>/<HHMM>.parquet` (union, dedup on trade id — the same object a
-file ingest writes), the object written, registered in `landing.raw_blobs_5m` with its aggregate,
-and only then are the parts deleted. Every step is idempotent, so a crash anywhere is repaired by
-running it again: same parts, same merged bytes, same SHA-256.
-
-Why parts: rewriting the bucket object on every one-second batch would store hundreds of
-versions per bucket in the versioned landing bucket; parts are written once and deleted.
+"""The primary's side of the live stream: a micro-batch's ticks, offset and gaps in one
+transaction; the trade-id gaps re-counted; closed buckets compacted from their landing parts
+into the bucket object and registered (see workers/landing/parts.py for the part layout).
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import psycopg
 import pyarrow as pa
 
-from workers import crashpoint, logs
-from workers.landing import BUCKET_US, Landing, bucket_stats, merge, object_key
-from workers.load import BucketLoad, _copy, _csv, advance_offset, load, ts
+from workers.core import crashpoint, logs
+from workers.db.load import BucketLoad, _copy, _csv, advance_offset, load, ts
+from workers.landing.parts import CorruptPart, list_parts, read_parts
+from workers.landing.store import BUCKET_US, Landing, bucket_stats, merge, object_key
 
 log = logs.get("stream")
-PREFIX = "stream"
 DEFAULT_SOURCE = "stream:binance"  # the stream_source setting's default
 
-
-def part_prefix(symbol: str, bucket_us: int) -> str:
-    t = datetime.fromtimestamp(bucket_us / 1e6, UTC)
-    return f"{PREFIX}/{symbol}/{t:%Y-%m-%d}/{t:%H%M}/"
-
-
-def part_key(symbol: str, bucket_us: int, first_id: int, last_id: int) -> str:
-    return f"{part_prefix(symbol, bucket_us)}{first_id:020d}-{last_id:020d}.parquet"
-
-
-def parse_part_key(key: str) -> tuple[str, int, int, int]:
-    """(symbol, bucket µs, first id, last id)"""
-    _, symbol, day, hhmm, name = key.split("/")
-    t = datetime.strptime(f"{day} {hhmm}", "%Y-%m-%d %H%M").replace(tzinfo=UTC)
-    first, last = name.removesuffix(".parquet").split("-")
-    return symbol, int(t.timestamp()) * 1_000_000, int(first), int(last)
-
-
-def list_parts(landing: Landing, symbol: str | None = None) -> dict[tuple[str, int], list[str]]:
-    """{(symbol, bucket): [part keys in id order]} of parts not compacted yet."""
-    out: dict[tuple[str, int], list[str]] = {}
-    prefix = f"{PREFIX}/{symbol}/" if symbol else f"{PREFIX}/"
-    for page in landing.s3.get_paginator("list_objects_v2").paginate(
-            Bucket=landing.bucket, Prefix=prefix):
-        for o in page.get("Contents", []):
-            if o["Key"].endswith(".parquet"):
-                sym, bucket, _, _ = parse_part_key(o["Key"])
-                out.setdefault((sym, bucket), []).append(o["Key"])
-    for keys in out.values():
-        keys.sort()
-    return out
-
-
-class CorruptPart(RuntimeError):
-    pass
-
-
-def read_part(landing: Landing, key: str) -> pa.Table:
-    table, digest, meta = landing.read(key)
-    if meta.get("sha256") != digest:
-        raise CorruptPart(f"{landing.uri(key)}: SHA-256 mismatch: stored {meta.get('sha256')}, "
-                          f"object is {digest}")
-    return table
-
-
-def read_parts(landing: Landing, symbol: str, bucket_us: int) -> list[tuple[str, pa.Table]]:
-    keys: list[str] = []
-    for page in landing.s3.get_paginator("list_objects_v2").paginate(
-            Bucket=landing.bucket, Prefix=part_prefix(symbol, bucket_us)):
-        keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".parquet")]
-    return [(k, read_part(landing, k)) for k in sorted(keys)]
-
-
-def write_part(landing: Landing, symbol: str, bucket_us: int, table: pa.Table) -> str:
-    ids = table.column("trade_id")
-    key = part_key(symbol, bucket_us, ids[0].as_py(), ids[-1].as_py())
-    landing.write(key, table, symbol)
-    return key
-
-
-# --- the database side ---------------------------------------------------------------------
 
 @dataclass
 class Gap:

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from workers import logs, podexec
-from workers.podexec import PodTarget
+from workers.core import logs
+from workers.ops import podexec
+from workers.ops.podexec import PodTarget
 
 log = logs.get("backup")
 

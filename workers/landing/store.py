@@ -17,9 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from workers.validate import SCHEMA_VERSION, TICK_SCHEMA
+from workers.core.ticks import BUCKET_US, SCHEMA_VERSION, TICK_SCHEMA
 
-BUCKET_US = 300_000_000
 PRODUCER = "tickstack-ingest"
 
 
@@ -87,6 +86,18 @@ def merge(existing: pa.Table | None, incoming: pa.Table) -> Merge:
     new_mask = keep >= n_old
     new_rows = both.take(pa.array(keep[new_mask]))
     return Merge(table, new_rows, duplicates, conflicts)
+
+
+def split_by_bucket(table: pa.Table, positions: np.ndarray
+                    ) -> dict[int, tuple[pa.Table, np.ndarray]]:
+    """{bucket µs: (its rows, their positions)} of ticks in any order."""
+    us = pc.cast(table.column("event_time"), pa.int64()).to_numpy()
+    b = us - us % BUCKET_US
+    out: dict[int, tuple[pa.Table, np.ndarray]] = {}
+    for bucket in np.unique(b):
+        idx = np.flatnonzero(b == bucket)
+        out[int(bucket)] = (table.take(pa.array(idx)), positions[idx])
+    return out
 
 
 def bucket_stats(table: pa.Table) -> dict:

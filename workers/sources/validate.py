@@ -15,16 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# What lands and loads (schema_version 1 of the landing objects).
-TICK_SCHEMA = pa.schema([
-    ("trade_id", pa.int64()),
-    ("event_time", pa.timestamp("us", tz="UTC")),
-    ("price", pa.decimal128(24, 8)),
-    ("quantity", pa.decimal128(24, 8)),
-    ("quote_quantity", pa.decimal128(32, 8)),
-    ("is_buyer_maker", pa.bool_()),
-])
-SCHEMA_VERSION = 1
+from workers.core.ticks import TICK_SCHEMA
 
 # Below 10^10 with at most 8 places: fits numeric(24,8) and an exact price x quantity.
 DECIMAL = r"^[0-9]{1,10}(\.[0-9]{1,8})?$"

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 import psycopg
 from psycopg import sql
 
-from workers import logs
+from workers.core import logs
 
 log = logs.get("retention")
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import typer
 
-from workers import logs
-from workers.settings import Settings
+from workers.core import logs
+from workers.core.settings import Settings
 
 app = typer.Typer(
     name="workers",
@@ -44,7 +44,7 @@ def migrate(
         "when TICKSTACK_REPLICA_DSN is set)."),
 ) -> None:
     """Apply sql/ migrations in order (checksummed, under an advisory lock), on every server."""
-    from workers import migrate as m
+    from workers.db import migrate as m
 
     s = _settings()
     targets = [("server", dsn)] if dsn else s.servers()
@@ -90,12 +90,12 @@ def ingest(
     Bad rows are quarantined (line, reason) to quarantine/… in the landing bucket; a file that is
     not a trade file at all fails with exit 2 and nothing of it is written.
     """
-    from workers.memory import limit_allocator_retention
+    from workers.core.memory import limit_allocator_retention
 
     limit_allocator_retention()
-    from workers import ingest as ing
-    from workers.landing import Landing
-    from workers.s3 import client
+    from workers.core.s3 import client
+    from workers.db import ingest as ing
+    from workers.landing.store import Landing
 
     s = _settings()
     if not paths and not from_landing:
@@ -106,7 +106,7 @@ def ingest(
     except ValueError as e:
         typer.echo(f"ingest: {e}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
-    from workers.replica import ReplicaWriter
+    from workers.replica.writer import ReplicaWriter
 
     landing = Landing(client(s), s.landing_bucket)
     summaries = []
@@ -243,13 +243,13 @@ def stream(
     import asyncio
     import json
 
-    from workers import crashpoint
-    from workers import stream as st
-    from workers.health import HealthServer, Metrics
-    from workers.landing import Landing
-    from workers.replica import ReplicaWriter
-    from workers.s3 import client
-    from workers.stream_landing import refresh_gaps
+    from workers.core import crashpoint
+    from workers.core.health import HealthServer, Metrics
+    from workers.core.s3 import client
+    from workers.db import stream as st
+    from workers.db.stream_commit import refresh_gaps
+    from workers.landing.store import Landing
+    from workers.replica.writer import ReplicaWriter
 
     s = _settings()
     if gaps:
@@ -328,7 +328,7 @@ def replicate(
     import json
     from datetime import UTC, datetime
 
-    from workers import replicate as rep
+    from workers.replica import catchup as rep
 
     s = _settings()
     try:
@@ -377,7 +377,7 @@ def embed(
     """
     import json
 
-    from workers import embed as emb
+    from workers.signals import embed as emb
 
     s = _settings()
     try:
@@ -411,7 +411,7 @@ def similar(
     """Nearest past windows and what followed them, against the unconditional mean."""
     import json
 
-    from workers import similar as sim
+    from workers.signals import similar as sim
 
     s = _settings()
     when = None
@@ -475,7 +475,7 @@ def retention(
     """
     import json
 
-    from workers import retention as ret
+    from workers.ops import retention as ret
 
     s = _settings()
     targets = s.retention_targets()
@@ -518,7 +518,7 @@ def retention(
 
 
 def _tool(s: Settings, command: str):
-    from workers.backup import Tool
+    from workers.ops.backup import Tool
 
     if not s.pgbackrest_config:
         typer.echo(f"{command}: TICKSTACK_PGBACKREST_CONFIG is not set (the pgbackrest.conf "
@@ -543,7 +543,7 @@ def backup(
     """
     import json
 
-    from workers import backup as bk
+    from workers.ops import backup as bk
 
     s = _settings()
     tool = _tool(s, "backup")
@@ -608,10 +608,10 @@ def restore(
     """
     from datetime import UTC, datetime
 
-    from workers import restore as rs
-    from workers.backup import BackupError
-    from workers.ingest import BadFile
-    from workers.migrate import discover
+    from workers.db.ingest import BadFile
+    from workers.db.migrate import discover
+    from workers.ops import restore as rs
+    from workers.ops.backup import BackupError
 
     s = _settings()
     try:
@@ -653,8 +653,8 @@ def restore(
 
 
 def _replay(s: Settings, rs, report, target) -> None:
-    from workers.landing import Landing
-    from workers.s3 import client
+    from workers.core.s3 import client
+    from workers.landing.store import Landing
 
     with _connect(s.dsn_for("ingest")) as conn:
         landing = Landing(client(s), s.landing_bucket)
@@ -688,8 +688,8 @@ def up(
     from rich.markup import escape
     from rich.table import Table
 
-    from workers import main_job as mj
-    from workers.memory import limit_allocator_retention
+    from workers.app import up as mj
+    from workers.core.memory import limit_allocator_retention
 
     limit_allocator_retention()
     s = _settings()
@@ -706,7 +706,7 @@ def up(
 
     run, failure = mj.run_all(s, paths, on_stage=progress, force_backup=force_backup)
     try:
-        from workers import report
+        from workers.app import report
 
         run.report = str(report.write(run, s.dsn_for("reader"), report_dir or s.report_dir))
     except Exception as e:  # the summary still matters when a figure cannot be drawn

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 
-from workers.main_job import Run  # noqa: E402
+from workers.app.up import Run  # noqa: E402
 
 WEEK = 7 * 24 * 12  # 5-minute buckets
 DPI = 110

@@ -1,10 +1,11 @@
 """Offline preview diff: the resource graph at a git ref vs. the working tree, as Markdown.
 
 `python -m infra.render --stack dev --diff-against origin/main` renders the Pulumi program twice
-under mocks (infra/render.py) — once as it is at the ref, once as it is now — and lists what a
-`pulumi preview` would show at resource level: resources added, removed, and changed inputs
-(old → new), plus changed stack outputs. Secrets are masked on both sides ("[secret]"), as the
-render prints them. CI posts this on pull requests that have no cloud credentials (forks).
+under mocks (infra/offline/render.py) — once as it is at the ref, once as it is now — and
+lists what a `pulumi preview` would show at resource level: resources added, removed, and
+changed inputs (old → new), plus changed stack outputs. Secrets are masked on both sides
+("[secret]"), as the render prints them. CI posts this on pull requests that have no cloud
+credentials (forks).
 
 The ref's program is extracted with `git archive` into a temporary directory and rendered there
 by a subprocess of the same interpreter (same virtualenv, same provider SDKs), with that
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "[secret]"
 MARKER = "<!-- tickstack-infra-diff:{stack} -->"  # lets CI update its comment in place
 MAX_CELL = 160
