@@ -236,10 +236,6 @@ class StackConfig(_Model):
         return v
 
     @property
-    def replica_major(self) -> str:
-        return self.replica_engine_version.split(".")[0]
-
-    @property
     def stream_port(self) -> int:
         return urlparse(self.stream_url).port or 443
 

@@ -245,17 +245,19 @@ class LocalEnv:
         return p
 
     def env(self, *, database: str = DATABASE, landing_bucket: str = LANDING_BUCKET,
-            replica: bool = True) -> dict[str, str]:
+            replica: bool = True, primary: str = "primary") -> dict[str, str]:
         """Every TICKSTACK_ setting and AWS variable the workers need, for `eval $(… env)`.
 
-        `database`, `landing_bucket` and `replica=False` point the same settings at another
-        database / bucket of this environment (tests and benchmarks use their own)."""
+        `database`, `landing_bucket`, `replica=False` and `primary="replica"` (the replica's
+        cluster standing in for a primary: plain PostgreSQL) point the same settings at another
+        database / bucket / cluster of this environment (tests and benchmarks use their own)."""
+        main = self.primary if primary == "primary" else self.replica
         env = configs.worker_env(configs.WorkerEnv(
             landing_bucket=landing_bucket, backup_bucket=BACKUP_BUCKET, aws_region=REGION,
             s3_endpoint_url=self.moto.endpoint, log_format="console",
         ))
         env.update({
-            "TICKSTACK_PRIMARY_DSN": self.primary.dsn(database),
+            "TICKSTACK_PRIMARY_DSN": main.dsn(database),
             "TICKSTACK_REPLICA_DSN": self.replica.dsn(database) if replica else "",
             "TICKSTACK_PGBACKREST_CONFIG": str(self.pgbackrest_conf_path),
             "TICKSTACK_PG_BINDIR": str(PG_BIN),
@@ -267,7 +269,7 @@ class LocalEnv:
             "AWS_SECRET_ACCESS_KEY": MOTO_SECRET,
         })
         for group, user in configs.WORKER_LOGINS.items():
-            env[configs.dsn_env_key(group)] = self.primary.dsn(database, user=user)
+            env[configs.dsn_env_key(group)] = main.dsn(database, user=user)
         if replica:
             env["TICKSTACK_REPLICA_RETENTION_DSN"] = self.replica.dsn(
                 database, user=configs.WORKER_LOGINS["tickstack_retention"])

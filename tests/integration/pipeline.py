@@ -52,7 +52,7 @@ class Stack:
     def cli_env(self) -> dict[str, str]:
         """The environment's own worker settings, pointed at this database and bucket."""
         return {**os.environ, **self.env.env(database=self.db.name, landing_bucket=self.bucket,
-                                             replica=False),
+                                             replica=False, primary=self.db.cluster.name),
                 "TICKSTACK_LOG_FORMAT": "json"}
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -150,8 +150,8 @@ def write(run: Run, reader_dsn: str, out_dir: str | Path, *, symbol: str = "BTCU
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures: list[tuple[str, str]] = []  # (file, caption)
-    reasons = next((s.data.get("quarantined_by_reason", {}) for s in run.stages
-                    if s.name == "ingest"), {})
+    ingested = run.result_of("ingest")
+    reasons = ingested.as_dict().get("quarantined_by_reason", {}) if ingested else {}
     with psycopg.connect(reader_dsn) as conn:
         f = ohlcv_figure(conn, symbol, out)
         if f:

@@ -128,7 +128,3 @@ class Settings(BaseSettings):
             out.append(("replica", self.replica_retention_dsn.get_secret_value().strip()
                         or self.replica_dsn.get_secret_value()))
         return out
-
-
-def load() -> Settings:
-    return Settings()

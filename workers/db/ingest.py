@@ -1,9 +1,10 @@
-"""`workers ingest`: Binance dump files or landing objects -> S3 landing -> the primary.
+"""The ingest paths: Binance dump files and landing replays -> S3 landing -> the primary.
 
 For each chunk of a file: validate (bad rows quarantined with line and reason), group by
-5-minute bucket, merge each bucket with its landing object (union, dedup on trade id), write the
-objects, then load ticks + registry + aggregate + offset in one transaction. The newest bucket of a
-chunk is carried into the next chunk, so a bucket normally lands once, whole.
+5-minute bucket, merge each bucket into its landing object (Landing.merge_into: union, dedup on
+trade id), then load ticks + registry + aggregate + offset in one transaction. The newest bucket
+of a chunk is carried into the next chunk, so a bucket normally lands once, whole. A replay
+loads landing objects (verified against their checksums) the same way, without landing them.
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ import psycopg
 import pyarrow as pa
 
 from workers.core import logs
+from workers.core.errors import BadInput
+from workers.core.pg import require_autocommit
 from workers.db.load import BucketLoad, known_buckets, load
 from workers.landing.store import (
+    RAW,
+    BucketWrite,
     Landing,
     bucket_of_key,
     bucket_stats,
-    merge,
-    object_key,
     split_by_bucket,
 )
-from workers.sources.binance_files import BadFile, Skipped, TradeFile, open_trade_file
+from workers.sources.binance_files import BadFile, RawBatch, TradeFile, open_trade_file
 from workers.sources.validate import UnitState, validate
 
 log = logs.get("ingest")
@@ -50,6 +53,27 @@ class Summary:
     quarantine_uri: str | None = None
     seconds: float = 0.0
 
+    @property
+    def changed(self) -> bool:
+        return bool(self.inserted or self.buckets_landed)
+
+    def add(self, other: Summary) -> None:
+        """Fold another file's summary into this one (several files, one stage)."""
+        for name in ("rows_read", "accepted", "inserted", "duplicates", "buckets_landed",
+                     "buckets_unchanged"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.quarantined.update(other.quarantined)
+        self.seconds += other.seconds
+
+    def summary(self) -> str:
+        q = ", ".join(f"{k}: {v}" for k, v in sorted(self.quarantined.items())) or "none"
+        return (f"{self.source}: read {self.rows_read:,}, accepted {self.accepted:,}, "
+                f"inserted {self.inserted:,}, duplicates {self.duplicates:,}, quarantined "
+                f"{sum(self.quarantined.values()):,} ({q}); buckets landed "
+                f"{self.buckets_landed}, unchanged {self.buckets_unchanged}; "
+                f"{self.seconds:.1f} s"
+                + (f"\n  quarantine: {self.quarantine_uri}" if self.quarantine_uri else ""))
+
     def as_dict(self) -> dict:
         return {"source": self.source, "rows_read": self.rows_read, "accepted": self.accepted,
                 "inserted": self.inserted, "duplicates": self.duplicates,
@@ -61,12 +85,12 @@ class Summary:
 
 
 class Pipeline:
-    """Lands and loads buckets for one symbol; shared by files, landing replay and the stream."""
+    """Lands and loads buckets of one symbol from a file."""
 
     def __init__(self, conn: psycopg.Connection, landing: Landing, symbol: str, source: str,
                  summary: Summary, replica=None):
-        self.conn = _autocommit(conn)
-        self.replica = replica  # workers.replica.ReplicaWriter: best effort, after each commit
+        self.conn = require_autocommit(conn)
+        self.replica = replica  # workers.replica.writer.ReplicaWriter: best effort, after commit
         self.landing = landing
         self.symbol = symbol
         self.source = source
@@ -96,32 +120,22 @@ class Pipeline:
             # mimalloc keeps freed pages for reuse; between flushes nothing needs them.
             pa.default_memory_pool().release_unused()
 
-    def _land(self, bucket: int, parts, describe) -> tuple:
+    def _land(self, bucket: int, parts, describe) -> tuple[int, BucketWrite]:
         incoming = pa.concat_tables([t for t, _ in parts])
         positions = np.concatenate([p for _, p in parts])
-        key = object_key(self.symbol, bucket)
-        existing, digest, size = None, None, None
-        if self.landing.exists(key):
-            existing, digest, _ = self.landing.read(key)
-        before = digest
-        m = merge(existing, incoming)
+        w = self.landing.merge_into(self.symbol, bucket, incoming)
         with self._lock:
-            self.summary.duplicates += m.duplicates
-            for pos, reason in m.conflicts:
+            self.summary.duplicates += w.merge.duplicates
+            for pos, reason in w.merge.conflicts:
                 self.quarantine_row(describe(int(positions[pos])), reason)
-        if existing is None or m.new_rows.num_rows:
-            digest, size = self.landing.write(key, m.table, self.symbol)
-            with self._lock:
-                self.summary.buckets_landed += 1
-        else:
-            size = self.landing.size(key)
-        return bucket, key, m, before, digest, size
+            self.summary.buckets_landed += w.written
+        return bucket, w
 
-    def _load(self, landed: list[tuple]) -> None:
-        known = known_buckets(self.conn, self.symbol, [b for b, *_ in landed])
+    def _load(self, landed: list[tuple[int, BucketWrite]]) -> None:
+        known = known_buckets(self.conn, self.symbol, [b for b, _ in landed])
         loads = []
-        for bucket, key, m, before, digest, size in landed:
-            if bucket in known and known[bucket] == digest:
+        for bucket, w in landed:
+            if bucket in known and known[bucket] == w.sha256:
                 with self._lock:
                     self.summary.buckets_unchanged += 1
                 continue
@@ -129,15 +143,17 @@ class Pipeline:
             # of its rows load. A registered one needs only what is new — unless its object had
             # changed since it was registered (a crash between landing and commit): then all of
             # it goes through ON CONFLICT to reconcile.
-            rows = m.new_rows if bucket in known and known[bucket] == before else m.table
+            m = w.merge
+            rows = m.new_rows if bucket in known and known[bucket] == w.before else m.table
             loads.append(BucketLoad(self.symbol, bucket, rows, bucket in known,
-                                    self.landing.uri(key), digest, size, bucket_stats(m.table)))
+                                    self.landing.uri(w.key), w.sha256, w.size,
+                                    bucket_stats(m.table)))
         if loads:
             n = load(self.conn, loads, source=self.source)
             with self._lock:
                 self.summary.inserted += n
             if self.replica is not None:  # committed on the primary: now the replica, never
-                source = self.source      # waiting for it (see workers/replica.py)
+                source = self.source      # waiting for it (see workers/replica/writer.py)
                 self.replica.submit([(b.symbol, b.bucket_us) for b in loads],
                                     lambda c: load(c, loads, source=source), what=source)
 
@@ -153,15 +169,6 @@ class Pipeline:
                 self.symbol, self.source, run_id, self.quarantine)
 
 
-def _autocommit(conn: psycopg.Connection) -> psycopg.Connection:
-    """Each load is one explicit transaction; outside them nothing may hold one open (a query
-    outside would turn the next transaction into a savepoint that commits only at the end)."""
-    if not conn.autocommit:
-        conn.commit()
-        conn.autocommit = True
-    return conn
-
-
 def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
                 symbol: str | None = None, progress: Callable[[Summary], None] | None = None,
                 run_id: str | None = None, block_bytes: int = 512 << 10,
@@ -172,23 +179,27 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
     tf: TradeFile = open_trade_file(path, symbol)
     summary = Summary(source=str(path))
     pipe = Pipeline(conn, landing, tf.symbol, f"file:{tf.path.name}", summary, replica)
-    skipped = Skipped()
     units = UnitState()
     lay = tf.layout
     pending: dict[int, list[tuple[pa.Table, np.ndarray]]] = {}
-    batch_text: dict[int, pa.RecordBatch] = {}
+    held: dict[int, RawBatch] = {}  # text of batches with rows still pending (for quarantine)
 
     def describe(pos: int) -> dict:
         """File, line and text of the pos-th row read (its batch is kept while it is pending)."""
-        for start, b in batch_text.items():
-            if start <= pos < start + b.num_rows:
-                return _row_info(tf, skipped, b, start, pos)
+        for rb in held.values():
+            if rb.start <= pos < rb.start + rb.columns.num_rows:
+                return _row_info(tf, rb, pos)
         raise LookupError(f"row {pos} is no longer held")
 
-    n_skipped_seen = 0
     try:
-        for batch, k0 in tf.batches(skipped, block_bytes):
-            summary.rows_read += batch.num_rows
+        for rb in tf.batches(block_bytes):
+            batch, k0 = rb.columns, rb.start
+            summary.rows_read += batch.num_rows + len(rb.invalid)
+            for bad_line in rb.invalid:
+                pipe.quarantine_row({"line": bad_line.line, "text": bad_line.text},
+                                    bad_line.reason)
+            if not batch.num_rows:
+                continue
             cols = {"trade_id": batch.column(lay.id_col), "price": batch.column("price"),
                     "quantity": batch.column(lay.qty_col), "time": batch.column(lay.time_col),
                     "is_buyer_maker": batch.column("is_buyer_maker")}
@@ -196,13 +207,9 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
                 cols["quote_quantity"] = batch.column(lay.quote_col)
             table, pos, bad = validate(cols, units)
             for i, reason in bad:
-                pipe.quarantine_row(_row_info(tf, skipped, batch, k0, k0 + i), reason)
-            for line, reason, text in skipped.rows[n_skipped_seen:]:
-                summary.rows_read += 1
-                pipe.quarantine_row({"line": line, "text": text}, reason)
-            n_skipped_seen = len(skipped.rows)
+                pipe.quarantine_row(_row_info(tf, rb, k0 + i), reason)
             summary.accepted += table.num_rows
-            batch_text[k0] = batch
+            held[k0] = rb
             for bucket, (t, p) in split_by_bucket(table, pos + k0).items():
                 pending.setdefault(bucket, []).append((t, p))
             # Keep the newest bucket open: the next chunk probably continues it.
@@ -218,13 +225,11 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
             for b in ready:
                 del pending[b]
             keep_from = min((int(p.min()) for v in pending.values() for _, p in v), default=k0)
-            for start in [s for s, b in batch_text.items() if s + b.num_rows <= keep_from]:
-                del batch_text[start]
+            for start in [s for s, b in held.items()
+                          if s + b.columns.num_rows <= keep_from]:
+                del held[start]
             if progress:
                 progress(summary)
-        for line, reason, text in skipped.rows[n_skipped_seen:]:
-            summary.rows_read += 1
-            pipe.quarantine_row({"line": line, "text": text}, reason)
         pipe.flush(pending, describe)
         pipe.wait()
         if summary.rows_read == 0:
@@ -237,52 +242,61 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
     return summary
 
 
-def _row_info(tf: TradeFile, skipped: Skipped, batch: pa.RecordBatch, k0: int, pos: int) -> dict:
-    i = pos - k0
+def _row_info(tf: TradeFile, rb: RawBatch, pos: int) -> dict:
+    i = pos - rb.start
+    batch = rb.columns
     text = ",".join(str(batch.column(c)[i].as_py()) for c in range(batch.num_columns))
-    return {"file": tf.path.name, "line": tf.line_of(pos, skipped), "text": text[:500]}
+    return {"file": tf.path.name, "line": tf.line_of(pos), "text": text[:500]}
 
 
-def ingest_landing(conn: psycopg.Connection, landing: Landing, prefix: str, *,
-                   since_us: int | None = None, until_us: int | None = None,
-                   progress: Callable[[Summary], None] | None = None) -> Summary:
-    """Replay landing objects under `prefix` (raw/<SYMBOL>/...) into the database.
-
-    Each object's SHA-256 is checked against the registry (or, on an empty database, against the
-    checksum stored with the object) before use; a mismatch fails the replay.
-    """
-    t0 = time.monotonic()
-    conn = _autocommit(conn)
-    summary = Summary(source=f"s3://{landing.bucket}/{prefix}")
+def landing_keys(landing: Landing, prefix: str, *, since_us: int | None = None,
+                 until_us: int | None = None) -> list[str]:
+    """Bucket objects under `prefix` (raw/...) whose bucket lies in [since, until)."""
     keys = []
-    for page in landing.s3.get_paginator("list_objects_v2").paginate(
-            Bucket=landing.bucket, Prefix=prefix):
-        keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".parquet")]
-    by_symbol: dict[str, list[tuple[str, int]]] = {}
-    for k in sorted(keys):
+    for k in landing.keys(prefix):
         try:
-            symbol, bucket = bucket_of_key(k)
+            _, bucket = bucket_of_key(k)
         except ValueError as e:
-            raise BadFile(k, "not a landing object key (raw/<SYMBOL>/<date>/<HHMM>.parquet)") \
-                from e
+            raise BadInput(f"{landing.uri(k)}: {e}") from None
         if (since_us is None or bucket >= since_us) and (until_us is None or bucket < until_us):
-            by_symbol.setdefault(symbol, []).append((k, bucket))
+            keys.append(k)
+    return keys
+
+
+def replay(conn: psycopg.Connection, landing: Landing, keys: list[str], *, source: str,
+           registry_is_current: bool = True, skip_unchanged: bool = False,
+           progress: Callable[[Summary], None] | None = None) -> Summary:
+    """Load landing objects into the database, 64 buckets per transaction (the one replay).
+
+    `registry_is_current`: the database's registry vouches for its objects, so an object that
+    differs from its registry checksum is corrupt (a plain replay). False after a point-in-time
+    restore, whose registry may predate objects that changed since: then each object is checked
+    against the checksum stored with it. `skip_unchanged`: objects the registry already holds at
+    their checksum are not loaded again (otherwise they go through ON CONFLICT and add nothing).
+    """
+    require_autocommit(conn)
+    t0 = time.monotonic()
+    summary = Summary(source=f"s3://{landing.bucket}/" + (_common_prefix(keys) or RAW))
+    by_symbol: dict[str, list[tuple[str, int]]] = {}
+    for k in keys:
+        symbol, bucket = bucket_of_key(k)
+        by_symbol.setdefault(symbol, []).append((k, bucket))
     for symbol, items in by_symbol.items():
         for i in range(0, len(items), 64):
             chunk = items[i:i + 64]
             known = known_buckets(conn, symbol, [b for _, b in chunk])
             loads = []
             for key, bucket in chunk:
-                table, digest, meta = landing.read(key)
-                expected = known.get(bucket) or meta.get("sha256")
-                if expected != digest:
-                    raise BadFile(landing.uri(key), f"SHA-256 mismatch: expected {expected}, "
-                                                    f"object is {digest}")
-                summary.rows_read += table.num_rows
-                summary.accepted += table.num_rows
-                loads.append(BucketLoad(symbol, bucket, table, bucket in known, landing.uri(key),
-                                        digest, landing.size(key), bucket_stats(table)))
-            summary.inserted += load(conn, loads, source=f"landing:{symbol}")
+                obj = landing.read_verified(
+                    key, known.get(bucket) if registry_is_current else None)
+                summary.rows_read += obj.table.num_rows
+                summary.accepted += obj.table.num_rows
+                if skip_unchanged and known.get(bucket) == obj.sha256:
+                    continue
+                loads.append(BucketLoad(symbol, bucket, obj.table, bucket in known,
+                                        landing.uri(key), obj.sha256, obj.size,
+                                        bucket_stats(obj.table)))
+            summary.inserted += load(conn, loads, source=f"{source}:{symbol}") if loads else 0
             summary.buckets_unchanged += len(loads)
             if progress:
                 progress(summary)
@@ -290,35 +304,26 @@ def ingest_landing(conn: psycopg.Connection, landing: Landing, prefix: str, *,
     return summary
 
 
-def replay_objects(conn: psycopg.Connection, landing: Landing, keys: list[str],
-                   registry: dict[tuple[str, int], str]) -> tuple[int, int]:
-    """Load landing objects a restored database lacks: (objects loaded, rows inserted).
+def ingest_landing(conn: psycopg.Connection, landing: Landing, prefix: str, *,
+                   since_us: int | None = None, until_us: int | None = None,
+                   progress: Callable[[Summary], None] | None = None) -> Summary:
+    """Replay landing objects under `prefix` (raw/<SYMBOL>/...) into the database; each is
+    checked against the registry's checksum (or, unregistered, the one stored with it)."""
+    keys = landing_keys(landing, prefix, since_us=since_us, until_us=until_us)
+    s = replay(conn, landing, keys, source="landing", progress=progress)
+    s.source = f"s3://{landing.bucket}/{prefix}"
+    return s
 
-    The registry here may be older than landing (a point-in-time restore), so each object is
-    verified against the checksum stored with it; objects the registry already holds at that
-    checksum are skipped. Loads go through ON CONFLICT where the bucket is known.
-    """
-    conn = _autocommit(conn)
-    objects = rows = 0
-    for i in range(0, len(keys), 64):
-        loads = []
-        for key in keys[i:i + 64]:
-            symbol, bucket = bucket_of_key(key)
-            table, digest, meta = landing.read(key)
-            if meta.get("sha256") != digest:
-                raise BadFile(landing.uri(key), f"SHA-256 mismatch: stored {meta.get('sha256')},"
-                                                f" object is {digest}")
-            if registry.get((symbol, bucket)) == digest:
-                continue
-            loads.append(BucketLoad(symbol, bucket, table, (symbol, bucket) in registry,
-                                    landing.uri(key), digest, landing.size(key),
-                                    bucket_stats(table)))
-        for sym in sorted({b.symbol for b in loads}):
-            rows += load(conn, [b for b in loads if b.symbol == sym], source=f"restore:{sym}")
-        objects += len(loads)
-    return objects, rows
+
+def _common_prefix(keys: list[str]) -> str:
+    if not keys:
+        return ""
+    a, b = min(keys), max(keys)
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n].rsplit("/", 1)[0] + "/" if "/" in a[:n] else ""
 
 
 def _run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
-

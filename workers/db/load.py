@@ -14,14 +14,15 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from workers.core.ticks import BUCKET_US, SCHEMA_VERSION
+from workers.core.sqlfiles import query
+from workers.core.ticks import BUCKET_US, SCHEMA_VERSION, to_dt, to_us
 from workers.landing.store import PRODUCER
 
 TICK_COLUMNS = ("bucket_5m", "symbol", "trade_id", "event_time", "price", "quantity",
@@ -40,20 +41,13 @@ class BucketLoad:
     stats: dict  # from landing.bucket_stats over the bucket's full content
 
 
-def ts(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1e6, UTC)
-
-
 def known_buckets(conn: psycopg.Connection, symbol: str, buckets: list[int]) -> dict[int, str]:
     """bucket (µs) -> registered sha256, for the given buckets."""
     if not buckets:
         return {}
-    rows = conn.execute(
-        "SELECT bucket_5m, metadata->>'sha256' FROM landing.raw_blobs_5m "
-        "WHERE asset = %s AND bucket_5m = ANY(%s)",
-        [symbol, [ts(b) for b in buckets]],
-    ).fetchall()
-    return {int(r[0].timestamp()) * 1_000_000: r[1] for r in rows}
+    rows = conn.execute(query(__package__, "known_buckets"),
+                        [symbol, [to_dt(b) for b in buckets]]).fetchall()
+    return {to_us(r[0]): r[1] for r in rows}
 
 
 def _csv(symbol: str, tables: list[pa.Table]) -> bytes:
@@ -85,8 +79,24 @@ def _copy(cur: psycopg.Cursor, table: str, data: bytes) -> None:
             cp.write(view[i:i + (1 << 20)])
 
 
-def load(conn: psycopg.Connection, loads: list[BucketLoad], *, source: str,
-         exchange: str = "binance") -> int:
+def insert_ticks(cur: psycopg.Cursor, groups: list[tuple[str, list[pa.Table]]]) -> int:
+    """Ticks that may already be stored: through a staging table and ON CONFLICT DO NOTHING.
+    Call inside a transaction with TimeZone UTC; returns the number inserted."""
+    cur.execute("CREATE TEMP TABLE IF NOT EXISTS ticks_stage "
+                "(LIKE market_data.btc_ticks INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+    staged = 0
+    for symbol, tables in groups:
+        if any(t.num_rows for t in tables):
+            _copy(cur, "ticks_stage", _csv(symbol, tables))
+            staged += 1
+    if not staged:
+        return 0
+    cur.execute("INSERT INTO market_data.btc_ticks SELECT * FROM ticks_stage "
+                "ON CONFLICT (bucket_5m, symbol, trade_id) DO NOTHING")
+    return cur.rowcount
+
+
+def load(conn: psycopg.Connection, loads: list[BucketLoad], *, source: str) -> int:
     """Apply one flush in one transaction; returns the number of ticks inserted."""
     inserted = 0
     with conn.transaction(), conn.cursor() as cur:
@@ -103,26 +113,11 @@ def load(conn: psycopg.Connection, loads: list[BucketLoad], *, source: str,
             _copy(cur, "market_data.btc_ticks", _csv(group[0].symbol, [b.rows for b in group]))
             inserted += sum(b.rows.num_rows for b in group)
         if old:
-            cur.execute("CREATE TEMP TABLE IF NOT EXISTS ticks_stage "
-                        "(LIKE market_data.btc_ticks INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-            for group in _by_symbol(old):
-                _copy(cur, "ticks_stage", _csv(group[0].symbol, [b.rows for b in group]))
-            cur.execute(
-                "INSERT INTO market_data.btc_ticks SELECT * FROM ticks_stage "
-                "ON CONFLICT (bucket_5m, symbol, trade_id) DO NOTHING")
-            inserted += cur.rowcount
+            inserted += insert_ticks(cur, [(g[0].symbol, [b.rows for b in g])
+                                           for g in _by_symbol(old)])
         cur.executemany(
-            """
-            INSERT INTO landing.raw_blobs_5m AS r (asset, bucket_5m, s3_uri, object_size_bytes,
-                ingested_tick_span, metadata)
-            VALUES (%s, %s, %s, %s, tstzrange(%s, %s, '[]'), %s)
-            ON CONFLICT (asset, bucket_5m) DO UPDATE SET s3_uri = EXCLUDED.s3_uri,
-                object_size_bytes = EXCLUDED.object_size_bytes,
-                ingested_tick_span = EXCLUDED.ingested_tick_span,
-                metadata = EXCLUDED.metadata, updated_at = now()
-            WHERE r.metadata->>'sha256' IS DISTINCT FROM EXCLUDED.metadata->>'sha256'
-            """,
-            [(b.symbol, ts(b.bucket_us), b.uri, b.size, b.stats["span"][0], b.stats["span"][1],
+            query(__package__, "upsert_registry"),
+            [(b.symbol, to_dt(b.bucket_us), b.uri, b.size, b.stats["span"][0], b.stats["span"][1],
               json.dumps({"sha256": b.sha256, "row_count": b.stats["trade_count"],
                           "schema_version": SCHEMA_VERSION, "producer": PRODUCER,
                           "first_trade_id": b.stats["first_trade_id"],
@@ -130,21 +125,8 @@ def load(conn: psycopg.Connection, loads: list[BucketLoad], *, source: str,
              for b in loads],
         )
         cur.executemany(
-            """
-            INSERT INTO market_data.btc_ohlcv_5m AS o (symbol, bucket_5m, open, high, low, close,
-                volume, quote_volume, trade_count, buy_volume, first_trade_id, last_trade_id)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (symbol, bucket_5m) DO UPDATE SET open = EXCLUDED.open,
-                high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
-                volume = EXCLUDED.volume, quote_volume = EXCLUDED.quote_volume,
-                trade_count = EXCLUDED.trade_count, buy_volume = EXCLUDED.buy_volume,
-                first_trade_id = EXCLUDED.first_trade_id, last_trade_id = EXCLUDED.last_trade_id,
-                updated_at = now()
-            WHERE (o.trade_count, o.volume, o.first_trade_id, o.last_trade_id)
-                IS DISTINCT FROM (EXCLUDED.trade_count, EXCLUDED.volume,
-                                  EXCLUDED.first_trade_id, EXCLUDED.last_trade_id)
-            """,
-            [(b.symbol, ts(b.bucket_us), s["open"], s["high"], s["low"], s["close"], s["volume"],
+            query(__package__, "upsert_ohlcv"),
+            [(b.symbol, to_dt(b.bucket_us), s["open"], s["high"], s["low"], s["close"], s["volume"],
               s["quote_volume"], s["trade_count"], s["buy_volume"], s["first_trade_id"],
               s["last_trade_id"]) for b in loads for s in [b.stats]],
         )
@@ -153,30 +135,18 @@ def load(conn: psycopg.Connection, loads: list[BucketLoad], *, source: str,
     return inserted
 
 
-# Offsets only move forward (the table's trigger refuses a step back; this skips it quietly).
-ADVANCE_OFFSET_SQL = """
-INSERT INTO ingestion.stream_offsets AS so (source, symbol, last_trade_id, last_event_time)
-VALUES (%s, %s, %s, %s)
-ON CONFLICT (source, symbol) DO UPDATE
-    SET last_trade_id = EXCLUDED.last_trade_id,
-        last_event_time = EXCLUDED.last_event_time, updated_at = now()
-    WHERE EXCLUDED.last_trade_id > so.last_trade_id
-"""
-
-
 def advance_offset(cur: psycopg.Cursor | psycopg.Connection, source: str, symbol: str,
                    last_trade_id: int, last_event_time: datetime) -> None:
-    cur.execute(ADVANCE_OFFSET_SQL, [source, symbol, last_trade_id, last_event_time])
+    cur.execute(query(__package__, "advance_offset"),
+                [source, symbol, last_trade_id, last_event_time])
 
 
 def _holding_ticks(cur: psycopg.Cursor, loads: list[BucketLoad]) -> set[tuple[str, int]]:
     out: set[tuple[str, int]] = set()
     for group in _by_symbol(loads):
-        rows = cur.execute(
-            "SELECT b FROM unnest(%s::timestamptz[]) b WHERE EXISTS (SELECT 1 FROM "
-            "market_data.btc_ticks t WHERE t.bucket_5m = b AND t.symbol = %s)",
-            [[ts(b.bucket_us) for b in group], group[0].symbol]).fetchall()
-        out.update((group[0].symbol, int(r[0].timestamp()) * 1_000_000) for r in rows)
+        rows = cur.execute(query(__package__, "buckets_holding_ticks"),
+                           [[to_dt(b.bucket_us) for b in group], group[0].symbol]).fetchall()
+        out.update((group[0].symbol, to_us(r[0])) for r in rows)
     return out
 
 

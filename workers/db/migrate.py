@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 
 from workers.core import logs
+from workers.core.errors import Failed
 from workers.core.sqlfiles import migrations_dir
 
 SQL_DIR = migrations_dir()
@@ -38,7 +39,7 @@ WORKER_ROLES = ("tickstack_ingest", "tickstack_embed", "tickstack_retention", "t
 log = logs.get("migrate")
 
 
-class MigrationError(RuntimeError):
+class MigrationError(Failed):
     """A migration run that cannot proceed; the message names the file."""
 
 
@@ -73,6 +74,32 @@ class Result:
     pending: list[str]
     already: list[str]
     capabilities: dict
+    server: str = "server"
+    status_only: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.applied)
+
+    @property
+    def flavour(self) -> str:
+        caps = self.capabilities
+        return (f"TimescaleDB {caps['timescaledb']} ({caps['timescaledb_license']} licence)"
+                if caps["timescaledb"] else "plain PostgreSQL")
+
+    def summary(self) -> str:
+        if self.status_only:
+            return (f"{self.server}: {len(self.already)} applied, {len(self.pending)} pending "
+                    f"— {self.flavour}")
+        what = f"applied {len(self.applied)}" if self.applied else "up to date, nothing applied"
+        return (f"{self.server}: {what} ({len(self.already) + len(self.applied)} total) — "
+                f"{self.flavour}")
+
+    def details(self) -> list[str]:
+        if not self.status_only:
+            return []
+        return [f"  applied  {f}" for f in self.already] + [f"  pending  {f}"
+                                                            for f in self.pending]
 
 
 def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
@@ -123,7 +150,7 @@ def load_logins(path: str | None) -> dict[str, tuple[str, str]] | None:
 
 def run(dsn: str, *, password: str | None = None, sql_dir: Path = SQL_DIR,
         status_only: bool = False, lock_timeout: str = "10s",
-        logins: dict[str, tuple[str, str]] | None = None) -> Result:
+        logins: dict[str, tuple[str, str]] | None = None, server: str = "server") -> Result:
     """Apply pending migrations to one server. `logins`: group role -> (user, password)."""
     files = discover(sql_dir)
     kw = {"password": password} if password else {}
@@ -141,7 +168,8 @@ def run(dsn: str, *, password: str | None = None, sql_dir: Path = SQL_DIR,
             pending = [m for m in files if m.name not in applied]
             already = [m.name for m in files if m.name in applied]
             if status_only:
-                return Result([], [m.name for m in pending], already, capabilities(conn))
+                return Result([], [m.name for m in pending], already, capabilities(conn), server,
+                              status_only=True)
             done = []
             for m in pending:
                 _apply(conn, m, lock_timeout)
@@ -153,7 +181,7 @@ def run(dsn: str, *, password: str | None = None, sql_dir: Path = SQL_DIR,
             if caps["timescaledb"] and not caps["timescaledb_toolkit"]:
                 log.info("timescaledb_toolkit is not available on this server; "
                          "carrying on without it", available=caps["toolkit_available"])
-            return Result(done, [], already, caps)
+            return Result(done, [], already, caps, server)
         finally:
             lock_conn.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
 

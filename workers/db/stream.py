@@ -5,7 +5,7 @@
                   other events: counted)     gap detection               one transaction
                                                                         ─▶ replica (best effort)
                                                         closed buckets ─▶ compaction (see
-                                                                          stream_landing.py)
+                                                                          db/stream_commit.py)
 
 Crash safety: a trade is accepted once its batch's parts are in landing. On start the worker
 first commits any landed parts the primary lacks (ON CONFLICT, idempotent), compacts buckets that
@@ -37,8 +37,7 @@ from workers.core.health import Heartbeat, Metrics
 from workers.db.stream_commit import Gap, commit_batch, compact, read_offset, refresh_gaps
 from workers.landing.parts import list_parts, read_part, write_part
 from workers.landing.store import BUCKET_US, Landing, split_by_bucket
-from workers.sources.binance_stream import HARD_FRAME_LIMIT, Reject, parse
-from workers.sources.validate import UnitState, validate
+from workers.sources.binance_stream import HARD_FRAME_LIMIT, Reject, parse, trades_table
 
 log = logs.get("stream")
 
@@ -83,13 +82,8 @@ class Batch:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def table(self) -> tuple[pa.Table, list[tuple[int, str]]]:
-        cols = {"trade_id": pa.array([str(i) for i in self.ids]),
-                "price": pa.array(self.prices), "quantity": pa.array(self.qtys),
-                "time": pa.array([str(t) for t in self.times]),
-                "is_buyer_maker": pa.array(["true" if m else "false" for m in self.makers])}
-        table, _, bad = validate(cols, UnitState())
-        return table, bad
+    def table(self) -> pa.Table:
+        return trades_table(self.ids, self.prices, self.qtys, self.times, self.makers)
 
 
 class StreamWorker:
@@ -222,16 +216,7 @@ class StreamWorker:
                                           b.quarantine)
         if not len(b):
             return
-        table, bad = b.table()
-        for i, reason in bad:  # parse() checks the same rules: a safety net
-            self.metrics.trades.labels("quarantined").inc()
-            self._quarantine({"trade_id": b.ids[i]}, reason)
-        if bad:
-            self.landing.write_quarantine(cfg.symbol, cfg.source, f"{self._run_id}-{b.ids[0]}v",
-                                          self.batch.quarantine)
-            self.batch.quarantine = []
-        if not table.num_rows:
-            return
+        table = b.table()
         buckets = split_by_bucket(table, np.arange(table.num_rows))
         for bucket in sorted(buckets):  # in id order: a crash leaves a prefix of the batch
             write_part(self.landing, cfg.symbol, bucket, buckets[bucket][0])

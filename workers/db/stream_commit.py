@@ -5,16 +5,18 @@ into the bucket object and registered (see workers/landing/parts.py for the part
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import psycopg
 import pyarrow as pa
 
 from workers.core import crashpoint, logs
-from workers.db.load import BucketLoad, _copy, _csv, advance_offset, load, ts
-from workers.landing.parts import CorruptPart, list_parts, read_parts
-from workers.landing.store import BUCKET_US, Landing, bucket_stats, merge, object_key
+from workers.core.sqlfiles import query
+from workers.core.ticks import BUCKET_US, iso, to_dt, to_us
+from workers.db.load import BucketLoad, advance_offset, load
+from workers.db.load import insert_ticks as load_ticks
+from workers.landing.parts import list_parts, read_parts
+from workers.landing.store import Landing, bucket_stats
 
 log = logs.get("stream")
 DEFAULT_SOURCE = "stream:binance"  # the stream_source setting's default
@@ -34,17 +36,12 @@ class Gap:
 
 
 def insert_ticks(conn: psycopg.Connection, symbol: str, table: pa.Table) -> int:
-    """Ticks through a staging table and ON CONFLICT DO NOTHING (call inside a transaction)."""
+    """A batch's ticks through ON CONFLICT DO NOTHING (call inside a transaction)."""
     if not table.num_rows:
         return 0
     with conn.cursor() as cur:
         cur.execute("SET LOCAL TimeZone = 'UTC'")
-        cur.execute("CREATE TEMP TABLE IF NOT EXISTS stream_stage "
-                    "(LIKE market_data.btc_ticks INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-        _copy(cur, "stream_stage", _csv(symbol, [table]))
-        cur.execute("INSERT INTO market_data.btc_ticks SELECT * FROM stream_stage "
-                    "ON CONFLICT (bucket_5m, symbol, trade_id) DO NOTHING")
-        return cur.rowcount
+        return load_ticks(cur, [(symbol, [table])])
 
 
 def commit_batch(conn: psycopg.Connection, symbol: str, source: str, table: pa.Table,
@@ -59,11 +56,9 @@ def commit_batch(conn: psycopg.Connection, symbol: str, source: str, table: pa.T
                            table.column("event_time")[last].as_py())
         for g in gaps:
             conn.execute(
-                "INSERT INTO ingestion.stream_gaps (source, symbol, first_missing_id, "
-                "last_missing_id, after_time, before_time) VALUES (%s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT DO NOTHING",
-                [source, g.symbol, g.first_missing_id, g.last_missing_id, ts(g.after_us),
-                 ts(g.before_us)])
+                query(__package__, "record_gap"),
+                [source, g.symbol, g.first_missing_id, g.last_missing_id, to_dt(g.after_us),
+                 to_dt(g.before_us)])
     return n
 
 
@@ -73,38 +68,17 @@ def read_offset(conn: psycopg.Connection, source: str, symbol: str) -> tuple[int
                      "WHERE source = %s AND symbol = %s", [source, symbol]).fetchone()
     if r is None:
         return None
-    return r[0], int(r[1].timestamp() * 1_000_000)
-
-
-REFRESH_GAPS = """
-UPDATE ingestion.stream_gaps g
-SET present_count = c.n, checked_at = now(),
-    filled_at = CASE WHEN c.n = g.last_missing_id - g.first_missing_id + 1 THEN now() END
-FROM (
-    SELECT o.source, o.symbol, o.first_missing_id, (
-        SELECT count(*) FROM market_data.btc_ticks t
-        WHERE t.symbol = o.symbol
-          AND t.bucket_5m >= date_bin('5 minutes', o.after_time, TIMESTAMPTZ '2000-01-01 00:00+00')
-          AND t.bucket_5m <= date_bin('5 minutes', o.before_time, TIMESTAMPTZ '2000-01-01 00:00+00')
-          AND t.trade_id BETWEEN o.first_missing_id AND o.last_missing_id) AS n
-    FROM ingestion.stream_gaps o
-    WHERE o.filled_at IS NULL AND (%(symbol)s::text IS NULL OR o.symbol = %(symbol)s)
-) c
-WHERE g.source = c.source AND g.symbol = c.symbol AND g.first_missing_id = c.first_missing_id
-"""
+    return r[0], to_us(r[1])
 
 
 def refresh_gaps(conn: psycopg.Connection, symbol: str | None = None) -> list[dict]:
     """Re-count the ids present in every open gap; a gap is filled only when all of them are.
     Returns all gaps (open first)."""
     with conn.transaction():
-        conn.execute(REFRESH_GAPS, {"symbol": symbol})
+        conn.execute(query(__package__, "refresh_gaps"), {"symbol": symbol})
     cols = ("source", "symbol", "first_missing_id", "last_missing_id", "after_time",
             "before_time", "detected_at", "present_count", "checked_at", "filled_at")
-    rows = conn.execute(
-        f"SELECT {', '.join(cols)} FROM ingestion.stream_gaps "
-        "WHERE (%(symbol)s::text IS NULL OR symbol = %(symbol)s) "
-        "ORDER BY filled_at IS NOT NULL, symbol, first_missing_id", {"symbol": symbol})
+    rows = conn.execute(query(__package__, "list_gaps"), {"symbol": symbol})
     return [dict(zip(cols, r, strict=True)) for r in rows]
 
 
@@ -114,36 +88,23 @@ def compact(conn: psycopg.Connection, landing: Landing, symbol: str, bucket_us: 
     parts = read_parts(landing, symbol, bucket_us)
     if not parts:
         return None
-    key = object_key(symbol, bucket_us)
-    existing = digest = None
-    with contextlib.suppress(landing.s3.exceptions.NoSuchKey):
-        existing, digest, meta = landing.read(key)
-    if existing is not None and meta.get("sha256") != digest:
-        raise CorruptPart(f"{landing.uri(key)}: SHA-256 mismatch: stored {meta.get('sha256')}, "
-                          f"object is {digest}")
-    m = merge(existing, pa.concat_tables([t for _, t in parts]))
-    if m.conflicts:
+    w = landing.merge_into(symbol, bucket_us, pa.concat_tables([t for _, t in parts]),
+                           trust_listing=False)
+    if w.merge.conflicts:
         log.warning("stream trades conflict with the landed bucket (same id, other values); "
-                    "the landed rows win", symbol=symbol, bucket=ts(bucket_us).isoformat(),
-                    conflicts=len(m.conflicts))
-    if existing is None or m.new_rows.num_rows:
-        digest, size = landing.write(key, m.table, symbol)
-    else:
-        size = landing.size(key)
+                    "the landed rows win", symbol=symbol, bucket=iso(bucket_us),
+                    conflicts=len(w.merge.conflicts))
     crashpoint.reach("compact_landed")
-    bl = BucketLoad(symbol, bucket_us, m.table, True, landing.uri(key), digest, size,
-                    bucket_stats(m.table))
+    bl = BucketLoad(symbol, bucket_us, w.merge.table, True, landing.uri(w.key), w.sha256, w.size,
+                    bucket_stats(w.merge.table))
     load(conn, [bl], source=source)
     crashpoint.reach("compact_committed")
     if replica is not None:
         replica.submit([(symbol, bucket_us)], lambda c: load(c, [bl], source=source),
                        what="compaction")
-    keys = [k for k, _ in parts]
-    for i in range(0, len(keys), 1000):
-        landing.s3.delete_objects(Bucket=landing.bucket, Delete={
-            "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
-    return {"bucket": ts(bucket_us).isoformat(), "parts": len(keys), "rows": m.table.num_rows,
-            "sha256": digest}
+    landing.delete([k for k, _ in parts])
+    return {"bucket": to_dt(bucket_us).isoformat(), "parts": len(parts),
+            "rows": w.merge.table.num_rows, "sha256": w.sha256}
 
 
 def compact_all(conn: psycopg.Connection, landing: Landing, source: str | None = None,

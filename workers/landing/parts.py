@@ -17,17 +17,16 @@ versions per bucket in the versioned landing bucket; parts are written once and 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pyarrow as pa
 
+from workers.core.ticks import to_dt, to_us
 from workers.landing.store import Landing
 
 PREFIX = "stream"
 
 
 def part_prefix(symbol: str, bucket_us: int) -> str:
-    t = datetime.fromtimestamp(bucket_us / 1e6, UTC)
+    t = to_dt(bucket_us)
     return f"{PREFIX}/{symbol}/{t:%Y-%m-%d}/{t:%H%M}/"
 
 
@@ -37,45 +36,30 @@ def part_key(symbol: str, bucket_us: int, first_id: int, last_id: int) -> str:
 
 def parse_part_key(key: str) -> tuple[str, int, int, int]:
     """(symbol, bucket µs, first id, last id)"""
+    from datetime import datetime
+
     _, symbol, day, hhmm, name = key.split("/")
-    t = datetime.strptime(f"{day} {hhmm}", "%Y-%m-%d %H%M").replace(tzinfo=UTC)
+    t = datetime.strptime(f"{day} {hhmm}", "%Y-%m-%d %H%M")
     first, last = name.removesuffix(".parquet").split("-")
-    return symbol, int(t.timestamp()) * 1_000_000, int(first), int(last)
+    return symbol, to_us(t), int(first), int(last)
 
 
 def list_parts(landing: Landing, symbol: str | None = None) -> dict[tuple[str, int], list[str]]:
     """{(symbol, bucket): [part keys in id order]} of parts not compacted yet."""
     out: dict[tuple[str, int], list[str]] = {}
-    prefix = f"{PREFIX}/{symbol}/" if symbol else f"{PREFIX}/"
-    for page in landing.s3.get_paginator("list_objects_v2").paginate(
-            Bucket=landing.bucket, Prefix=prefix):
-        for o in page.get("Contents", []):
-            if o["Key"].endswith(".parquet"):
-                sym, bucket, _, _ = parse_part_key(o["Key"])
-                out.setdefault((sym, bucket), []).append(o["Key"])
-    for keys in out.values():
-        keys.sort()
+    for key in landing.keys(f"{PREFIX}/{symbol}/" if symbol else f"{PREFIX}/"):
+        sym, bucket, _, _ = parse_part_key(key)
+        out.setdefault((sym, bucket), []).append(key)
     return out
 
 
-class CorruptPart(RuntimeError):
-    pass
-
-
 def read_part(landing: Landing, key: str) -> pa.Table:
-    table, digest, meta = landing.read(key)
-    if meta.get("sha256") != digest:
-        raise CorruptPart(f"{landing.uri(key)}: SHA-256 mismatch: stored {meta.get('sha256')}, "
-                          f"object is {digest}")
-    return table
+    """A part, checked against the checksum stored with it."""
+    return landing.read_verified(key).table
 
 
 def read_parts(landing: Landing, symbol: str, bucket_us: int) -> list[tuple[str, pa.Table]]:
-    keys: list[str] = []
-    for page in landing.s3.get_paginator("list_objects_v2").paginate(
-            Bucket=landing.bucket, Prefix=part_prefix(symbol, bucket_us)):
-        keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".parquet")]
-    return [(k, read_part(landing, k)) for k in sorted(keys)]
+    return [(k, read_part(landing, k)) for k in landing.keys(part_prefix(symbol, bucket_us))]
 
 
 def write_part(landing: Landing, symbol: str, bucket_us: int, table: pa.Table) -> str:

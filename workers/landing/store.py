@@ -1,7 +1,10 @@
 """The S3 landing bucket: one Parquet object per (symbol, 5-minute bucket), merged on overlap.
 
 Landing is the source of truth: everything downstream can be rebuilt from these objects. The
-bucket is versioned, so a merge that rewrites an object keeps the previous version.
+bucket is versioned, so a merge that rewrites an object keeps the previous version. This module
+owns the bucket: its keys, listing, reads verified against a checksum, and the read-merge-write
+of a bucket object (`Landing.merge_into`), which every writer (file ingest, stream compaction)
+goes through.
 """
 
 from __future__ import annotations
@@ -10,27 +13,39 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from workers.core.ticks import BUCKET_US, SCHEMA_VERSION, TICK_SCHEMA
+from workers.core.errors import BadInput, Failed
+from workers.core.ticks import BUCKET_US, SCHEMA_VERSION, TICK_SCHEMA, to_dt, to_us
 
 PRODUCER = "tickstack-ingest"
 
 
+RAW = "raw/"
+
+
 def object_key(symbol: str, bucket_us: int) -> str:
-    t = datetime.fromtimestamp(bucket_us / 1e6, UTC)
-    return f"raw/{symbol}/{t:%Y-%m-%d}/{t:%H%M}.parquet"
+    t = to_dt(bucket_us)
+    return f"{RAW}{symbol}/{t:%Y-%m-%d}/{t:%H%M}.parquet"
 
 
 def bucket_of_key(key: str) -> tuple[str, int]:
-    _, symbol, day, name = key.split("/")
+    """(symbol, bucket µs) of `raw/<SYMBOL>/<YYYY-MM-DD>/<HHMM>.parquet`; ValueError otherwise."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != RAW.rstrip("/") or not parts[3].endswith(".parquet"):
+        raise ValueError(f"not a landing object key (raw/<SYMBOL>/<date>/<HHMM>.parquet): {key}")
+    _, symbol, day, name = parts
     t = datetime.strptime(f"{day} {name.removesuffix('.parquet')}", "%Y-%m-%d %H%M")
-    return symbol, int(t.replace(tzinfo=UTC).timestamp()) * 1_000_000
+    return symbol, to_us(t)
+
+
+class CorruptObject(BadInput):
+    """A landing object whose bytes do not match the checksum that vouches for them."""
 
 
 def to_parquet(table: pa.Table) -> bytes:
@@ -124,6 +139,35 @@ def bucket_stats(table: pa.Table) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Landed:
+    """One object as read: its rows, the SHA-256 of its bytes, its size and S3 metadata.
+    Unpacks as (table, sha256, metadata)."""
+
+    table: pa.Table
+    sha256: str
+    size: int
+    metadata: dict
+
+    def __iter__(self):
+        return iter((self.table, self.sha256, self.metadata))
+
+    def __getitem__(self, i: int):
+        return (self.table, self.sha256, self.metadata)[i]
+
+
+@dataclass(frozen=True)
+class BucketWrite:
+    """What `Landing.merge_into` did to one bucket object."""
+
+    key: str
+    merge: Merge
+    before: str | None  # SHA-256 of the object before (None: there was none)
+    sha256: str  # of the object now
+    size: int
+    written: bool  # False: the incoming rows were all there already
+
+
 class Landing:
     def __init__(self, s3, bucket: str):
         self.s3 = s3
@@ -133,27 +177,55 @@ class Landing:
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
+    def key_of(self, uri: str) -> str:
+        """The key of an s3:// URI in this bucket; Failed when it names another bucket."""
+        prefix = f"s3://{self.bucket}/"
+        if not uri.startswith(prefix):
+            raise Failed(f"{uri}: not in the landing bucket {self.bucket}")
+        return uri.removeprefix(prefix)
+
+    def keys(self, prefix: str, suffix: str = ".parquet") -> list[str]:
+        """Every key under `prefix` ending in `suffix`, sorted (the one paginator)."""
+        out: list[str] = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix):
+            out += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(suffix)]
+        return sorted(out)
+
+    def listing(self, prefix: str) -> list[dict]:
+        """Key, LastModified and Size of every object under `prefix` (for replay windows)."""
+        out: list[dict] = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix):
+            out += page.get("Contents", [])
+        return out
+
     def exists(self, key: str) -> bool:
         """One LIST per day prefix, cached: which bucket objects are already there."""
         prefix = key.rsplit("/", 1)[0] + "/"
         if prefix not in self._listed:
-            found: set[str] = set()
-            for page in self.s3.get_paginator("list_objects_v2").paginate(
-                    Bucket=self.bucket, Prefix=prefix):
-                found.update(o["Key"] for o in page.get("Contents", []))
-            self._listed[prefix] = found
+            self._listed[prefix] = set(self.keys(prefix, suffix=""))
         return key in self._listed[prefix]
 
-    def read(self, key: str) -> tuple[pa.Table, str, dict]:
+    def read(self, key: str) -> Landed:
+        """The object as stored, unverified (`read_verified` checks it)."""
         obj = self.s3.get_object(Bucket=self.bucket, Key=key)
         data = obj["Body"].read()
         # One object is small; Arrow's thread pool buys nothing here and its threads were seen
         # to abort the process at exit (apache/arrow#34314).
         table = pq.read_table(io.BytesIO(data), use_threads=False).cast(TICK_SCHEMA)
-        return table, sha256(data), obj.get("Metadata", {})
+        return Landed(table, sha256(data), len(data), obj.get("Metadata", {}))
 
-    def size(self, key: str) -> int:
-        return self.s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+    def read_verified(self, key: str, expected: str | None = None) -> Landed:
+        """The object, its SHA-256 checked against `expected` (the registry's) or, when there
+        is none, against the checksum stored with the object; CorruptObject when it differs."""
+        obj = self.read(key)
+        want = expected or obj.metadata.get("sha256")
+        if want != obj.sha256:
+            source = "expected" if expected else "stored"
+            raise CorruptObject(f"{self.uri(key)}: SHA-256 mismatch: {source} {want}, "
+                                f"object is {obj.sha256}")
+        return obj
 
     def write(self, key: str, table: pa.Table, symbol: str) -> tuple[str, int]:
         data = to_parquet(table)
@@ -165,6 +237,31 @@ class Landing:
         )
         self._listed.setdefault(key.rsplit("/", 1)[0] + "/", set()).add(key)
         return digest, len(data)
+
+    def merge_into(self, symbol: str, bucket_us: int, incoming: pa.Table, *,
+                   trust_listing: bool = True) -> BucketWrite:
+        """Read-merge-write of one bucket object: the union deduplicated on trade id (what is
+        there first wins), written only when something is new. The only writer of raw/.
+
+        `trust_listing`: take "no object yet" from this instance's cached day listing (one LIST
+        per day for a file); False asks S3 for the key itself (a long-running stream)."""
+        key = object_key(symbol, bucket_us)
+        existing = None
+        if self.exists(key) or not trust_listing:
+            try:
+                existing = self.read_verified(key)
+            except self.s3.exceptions.NoSuchKey:
+                existing = None
+        m = merge(existing.table if existing else None, incoming)
+        if existing is not None and not m.new_rows.num_rows:
+            return BucketWrite(key, m, existing.sha256, existing.sha256, existing.size, False)
+        digest, size = self.write(key, m.table, symbol)
+        return BucketWrite(key, m, existing.sha256 if existing else None, digest, size, True)
+
+    def delete(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            self.s3.delete_objects(Bucket=self.bucket, Delete={
+                "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
 
     def write_quarantine(self, symbol: str, source: str, run_id: str,
                          rows: list[dict]) -> str:

@@ -9,6 +9,7 @@ keeps failing, or has stopped moving.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -19,13 +20,15 @@ from dataclasses import dataclass, field
 import psycopg
 
 from workers.core import logs
+from workers.core.errors import BadInput, Failed
+from workers.core.sqlfiles import query
 from workers.ops import podexec
 from workers.ops.podexec import PodTarget
 
 log = logs.get("backup")
 
 
-class BackupError(RuntimeError):
+class BackupError(Failed):
     pass
 
 
@@ -104,23 +107,66 @@ def ensure_stanza(tool: Tool) -> None:
     tool.ok("stanza-create", timeout=300)
 
 
-def backup(tool: Tool, kind: str, annotations: dict[str, str] | None = None) -> dict:
+@dataclass
+class BackupResult:
+    type: str | None
+    label: str | None
+    size_bytes: int | None = None
+    repo_bytes: int | None = None
+    backups_kept: int = 0
+    seconds: float = 0.0
+    skipped: bool = False  # the newest full backup already holds this data
+
+    @property
+    def changed(self) -> bool:
+        return not self.skipped
+
+    def summary(self) -> str:
+        if self.skipped:
+            return (f"up to date: full backup {self.label} already holds this data (no new "
+                    "landing objects, ticks or embeddings since)")
+        return (f"{self.type} {self.label}: {(self.size_bytes or 0) / 2**20:.0f} MB database, "
+                f"{(self.repo_bytes or 0) / 2**20:.1f} MB stored, {self.backups_kept} kept")
+
+    def as_dict(self) -> dict:
+        return {**vars(self), "seconds": round(self.seconds, 2)}
+
+
+def backup(tool: Tool, kind: str, annotations: dict[str, str] | None = None) -> BackupResult:
     """One backup; `annotations` are stored with it in the repository (pgBackRest >= 2.41)."""
     if kind not in ("full", "diff", "incr"):
-        raise ValueError(f"--type must be full, diff or incr, not {kind!r}")
+        raise BadInput(f"--type must be full, diff or incr, not {kind!r}")
     t0 = time.monotonic()
     ensure_stanza(tool)
     notes = [f"--annotation={k}={v}" for k, v in (annotations or {}).items()]
     tool.ok("backup", f"--type={kind}", *notes, timeout=6 * 3600)
     info = tool.info()
     last = (info.get("backup") or [{}])[-1]
-    res = {"type": last.get("type"), "label": last.get("label"),
-           "size_bytes": (last.get("info") or {}).get("size"),
-           "repo_bytes": ((last.get("info") or {}).get("repository") or {}).get("delta"),
-           "backups_kept": len(info.get("backup") or []),
-           "seconds": round(time.monotonic() - t0, 2)}
-    log.info("backup done", **res)
+    res = BackupResult(last.get("type"), last.get("label"),
+                       (last.get("info") or {}).get("size"),
+                       ((last.get("info") or {}).get("repository") or {}).get("delta"),
+                       len(info.get("backup") or []), round(time.monotonic() - t0, 2))
+    log.info("backup done", **res.as_dict())
     return res
+
+
+def data_fingerprint(conn: psycopg.Connection) -> str:
+    """What a backup holds, in 32 hex digits: landing registry, ticks, embeddings, ledger."""
+    text = conn.execute(query(__package__, "data_fingerprint")).fetchone()[0]
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def full_backup_unless_current(tool: Tool, conn: psycopg.Connection, *,
+                               force: bool = False) -> BackupResult:
+    """A full backup, skipped when the newest one was taken of the same data (its annotation
+    holds the fingerprint): a second `make up` over the same data takes none."""
+    fp = data_fingerprint(conn)
+    ensure_stanza(tool)
+    last = next((b for b in reversed(tool.info().get("backup") or [])
+                 if b.get("type") == "full"), None)
+    if not force and ((last or {}).get("annotation") or {}).get("tickstack-data") == fp:
+        return BackupResult("full", last["label"], skipped=True)
+    return backup(tool, "full", annotations={"tickstack-data": fp})
 
 
 @dataclass
@@ -132,21 +178,37 @@ class ArchiveCheck:
     oldest_ready_seconds: float | None = None
     repository: dict = field(default_factory=dict)
 
+    changed = False  # a check changes nothing
+
+    @property
+    def ok(self) -> bool:
+        return self.healthy
+
+    def summary(self) -> str:
+        a = self.archiver
+        return (f"{'healthy' if self.healthy else 'UNHEALTHY'}: {a['archived_count']} WAL "
+                f"archived, {a['failed_count']} failed, {self.ready_segments} waiting"
+                + (f"; repository: {self.repository['backups']} backups"
+                   if self.repository else ""))
+
+    def details(self) -> list[str]:
+        """What `workers backup --check` prints."""
+        a = self.archiver
+        out = [f"archive: {'healthy' if self.healthy else 'UNHEALTHY'} — archived "
+               f"{a['archived_count']} (last {a['last_archived_wal']} at "
+               f"{a['last_archived_time']}), failed {a['failed_count']}, "
+               f"{self.ready_segments} waiting"]
+        if self.repository:
+            r = self.repository
+            out.append(f"repository: {r['status']}; {r['backups']} backups; WAL "
+                       f"{r['wal_min']} .. {r['wal_max']}")
+        out += [f"  problem: {p}" for p in self.problems]
+        return out
+
     def as_dict(self) -> dict:
         return vars(self)
 
 
-ARCHIVER_SQL = """
-SELECT archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal,
-       last_failed_time, stats_reset,
-       coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false) AS failing
-FROM pg_stat_archiver
-"""
-# Segments waiting for the archiver (pg_wal/archive_status/*.ready) and how long the oldest waits.
-READY_SQL = """
-SELECT count(*), extract(epoch FROM now() - min(modification))
-FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'
-"""
 
 
 def check(conn: psycopg.Connection, tool: Tool, *, stall_seconds: int,
@@ -154,7 +216,7 @@ def check(conn: psycopg.Connection, tool: Tool, *, stall_seconds: int,
     """Archive state from pg_stat_archiver, the waiting segments and pgBackRest: healthy only
     when nothing is failing or stuck and a fresh WAL switch reaches the repository."""
     c = ArchiveCheck(healthy=True)
-    cur = conn.execute(ARCHIVER_SQL)
+    cur = conn.execute(query(__package__, "archiver_state"))
     row = cur.fetchone()
     c.archiver = {d.name: (v.isoformat() if hasattr(v, "isoformat") else v)
                   for d, v in zip(cur.description, row, strict=True)}
@@ -162,7 +224,7 @@ def check(conn: psycopg.Connection, tool: Tool, *, stall_seconds: int,
         c.problems.append(f"WAL archiving is failing: {c.archiver['failed_count']} failures, "
                           f"last {c.archiver['last_failed_wal']} at "
                           f"{c.archiver['last_failed_time']}")
-    c.ready_segments, oldest = conn.execute(READY_SQL).fetchone()
+    c.ready_segments, oldest = conn.execute(query(__package__, "archive_waiting")).fetchone()
     c.oldest_ready_seconds = float(oldest) if oldest is not None else None
     if c.oldest_ready_seconds is not None and c.oldest_ready_seconds > stall_seconds:
         c.problems.append(f"WAL archiving is stalled: {c.ready_segments} segments waiting, the "

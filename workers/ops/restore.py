@@ -26,7 +26,11 @@ from pathlib import Path
 import psycopg
 
 from workers.core import logs
-from workers.landing.store import Landing, bucket_of_key
+from workers.core.errors import Refused
+from workers.core.ticks import to_us
+from workers.db.ingest import replay
+from workers.db.stream_commit import compact_all
+from workers.landing.store import RAW, Landing, bucket_of_key
 from workers.ops.backup import BackupError, Tool
 
 log = logs.get("restore")
@@ -36,7 +40,7 @@ log = logs.get("restore")
 LANDING_MARGIN = timedelta(hours=1)
 
 
-class RestoreRefused(RuntimeError):
+class RestoreRefused(Refused):
     pass
 
 
@@ -60,6 +64,15 @@ class RestoreReport:
     @property
     def seconds(self) -> float:
         return sum(s.seconds for s in self.steps)
+
+    def summary(self) -> str:
+        return f"restore to {self.target}: done in {self.seconds:.1f} s"
+
+    def details(self) -> list[str]:
+        return [f"  {st.seconds:7.1f} s  {st.name}" + (f" — {st.detail}" if st.detail else "")
+                for st in self.steps] + [
+            f"  newest tick: {self.newest_tick_before_replay} from WAL, "
+            f"{self.newest_tick_after} after landing replay"]
 
     def timed(self, name: str, fn: Callable[[], str | None]):
         t0 = time.monotonic()
@@ -189,23 +202,18 @@ def newest_tick(conn: psycopg.Connection) -> str | None:
 
 
 def replay_gap(conn: psycopg.Connection, landing: Landing, target: datetime) -> tuple[int, int]:
-    """Load the landing objects the restored database lacks (new, or changed since T)."""
-    from workers.db.ingest import replay_objects
-    from workers.db.stream_commit import compact_all
-
+    """Load the landing objects the restored database lacks (new, or changed since T):
+    (objects loaded, rows inserted)."""
     # Live-stream parts not yet folded into their bucket object (the stream stopped before the
     # bucket closed): compact them first, so every accepted trade is under raw/.
     compact_all(conn, landing)
     since = target - LANDING_MARGIN
-    registry = {(a, int(b.timestamp()) * 1_000_000): sha for a, b, sha in conn.execute(
-        "SELECT asset, bucket_5m, metadata->>'sha256' FROM landing.raw_blobs_5m")}
-    keys = []
-    for page in landing.s3.get_paginator("list_objects_v2").paginate(
-            Bucket=landing.bucket, Prefix="raw/"):
-        for o in page.get("Contents", []):
-            if not o["Key"].endswith(".parquet"):
-                continue
-            sym_bucket = bucket_of_key(o["Key"])
-            if sym_bucket not in registry or o["LastModified"] >= since:
-                keys.append(o["Key"])
-    return replay_objects(conn, landing, sorted(keys), registry)
+    registry = {(a, to_us(b)) for a, b in conn.execute(
+        "SELECT asset, bucket_5m FROM landing.raw_blobs_5m")}
+    keys = sorted(o["Key"] for o in landing.listing(RAW) if o["Key"].endswith(".parquet")
+                  and (bucket_of_key(o["Key"]) not in registry or o["LastModified"] >= since))
+    # The restored registry may predate objects that changed after T: each object is checked
+    # against the checksum stored with it, and only what the registry lacks is loaded.
+    s = replay(conn, landing, keys, source="restore", registry_is_current=False,
+               skip_unchanged=True)
+    return s.buckets_unchanged, s.inserted

@@ -28,6 +28,8 @@ import psycopg
 from psycopg import sql
 
 from workers.core import logs
+from workers.core.errors import BadInput
+from workers.core.pg import require_autocommit
 
 log = logs.get("retention")
 
@@ -40,6 +42,10 @@ POLICY_KEYS = ("compress_after", "drop_after")
 
 class Rejected(ValueError):
     """The job row itself is wrong; nothing was attempted."""
+
+
+class NoSuchJob(BadInput, LookupError):
+    """`--job NAME` names no enabled job."""
 
 
 @dataclass
@@ -63,6 +69,63 @@ class JobResult:
         return {"job": self.job, "table": self.table, "outcome": self.outcome,
                 "reason": self.reason, "chunks": self.chunks, "rows": self.rows,
                 "actions": self.actions, "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class RetentionReport:
+    """Every job's outcome on every server of one run (`workers retention`, the main job)."""
+
+    dry_run: bool
+    servers: dict[str, list[JobResult]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems()
+
+    @property
+    def changed(self) -> bool:
+        return not self.dry_run and any(r.rows or r.chunks for rs in self.servers.values()
+                                        for r in rs)
+
+    def problems(self) -> list[str]:
+        return [f"{server} {r.job}: {r.outcome} — {r.reason}"
+                for server, rs in self.servers.items() for r in rs
+                if r.outcome in ("rejected", "failed")]
+
+    def summary(self) -> str:
+        parts = []
+        for server, rs in self.servers.items():
+            for r in rs:
+                acted = r.rows or r.chunks
+                skipped = [a["skipped"] for a in r.actions if "skipped" in a]
+                parts.append(f"{server} {r.job}: {r.outcome}"
+                             + (f" ({r.chunks} chunks, {r.rows:,} rows)" if acted else "")
+                             + (f" ({'; '.join(skipped)})" if skipped else ""))
+        return "; ".join(parts) or "no enabled retention jobs"
+
+    def details(self) -> list[str]:
+        """A line per job and per action, as `workers retention` prints them."""
+        out = []
+        for server, rs in self.servers.items():
+            for r in rs:
+                out.append(f"retention {server}: {r.job} ({r.table}): {r.outcome}"
+                           + (f" — {r.reason}" if r.reason else ""))
+                for a in r.actions:
+                    if "skipped" in a:
+                        out.append(f"    {a['action']}: {a['skipped']}")
+                        continue
+                    verb = "would " if self.dry_run else ""
+                    unit = f"{a.get('chunks', 0)} chunks, " if a["action"] != "delete" else ""
+                    rng = (f" ({a['range'][0][:10]} .. {a['range'][1][:10]})"
+                           if a.get("range") else "")
+                    out.append(f"    {verb}{a['action']}: {unit}{a.get('rows', 0):,} rows older "
+                               f"than {a['cutoff'][:19]}{rng}")
+                    if a.get("held_back"):
+                        out.append(f"    held back: {a['held_back']}")
+        return out
+
+    def as_dict(self) -> dict:
+        return {server: [r.as_dict() for r in rs] for server, rs in self.servers.items()}
 
 
 @dataclass(frozen=True)
@@ -231,7 +294,7 @@ def _is_hypertable(conn, table: str) -> bool:
 
 def run(conn: psycopg.Connection, *, dry_run: bool = False, job: str | None = None,
         now: datetime | None = None) -> list[JobResult]:
-    conn.autocommit = True
+    require_autocommit(conn, "retention")
     caps = capabilities(conn)
     now = now or conn.execute("SELECT now()").fetchone()[0]
     targets = {t: (c, v) for t, c, v in conn.execute(
@@ -240,7 +303,7 @@ def run(conn: psycopg.Connection, *, dry_run: bool = False, job: str | None = No
         "SELECT job_name, hypertable, policy FROM ops.retention_jobs WHERE enabled "
         "AND (%s::text IS NULL OR job_name = %s) ORDER BY job_name", [job, job]).fetchall()
     if job and not rows:
-        raise LookupError(f"no enabled retention job named {job!r}")
+        raise NoSuchJob(f"no enabled retention job named {job!r}")
     run_id = uuid.uuid4()
     results = []
     for name, table, policy in rows:

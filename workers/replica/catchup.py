@@ -16,31 +16,28 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import psycopg
 import pyarrow as pa
 
 from workers.core import logs
-from workers.db.load import BucketLoad, advance_offset, load, ts
-from workers.landing.store import Landing, bucket_stats, merge, object_key
+from workers.core.errors import Failed
+from workers.core.pg import require_autocommit
+from workers.core.sqlfiles import query
+from workers.core.ticks import iso, to_dt, to_us
+from workers.db.load import BucketLoad, advance_offset, load
+from workers.db.stream_commit import insert_ticks
+from workers.landing.parts import read_parts
+from workers.landing.store import Landing, bucket_stats, merge
 
 log = logs.get("replicate")
 
-CHECKSUM_SQL = """
-SELECT symbol, bucket_5m, count(*)::bigint,
-       md5(string_agg(trade_id::text || ':' || event_time::text || ':' || price::text || ':'
-                      || quantity::text || ':' || coalesce(quote_quantity::text, '-') || ':'
-                      || is_buyer_maker::text, ',' ORDER BY trade_id))
-FROM market_data.btc_ticks
-WHERE (%(since)s::timestamptz IS NULL OR bucket_5m >= %(since)s::timestamptz)
-GROUP BY symbol, bucket_5m
-"""
 
 Key = tuple[str, int]  # (symbol, bucket µs)
 
 
-class ReplicateError(RuntimeError):
+class ReplicateError(Failed):
     pass
 
 
@@ -67,7 +64,7 @@ class Comparison:
 
     def describe(self, k: Key) -> str:
         p, r = self.primary.get(k), self.replica.get(k)
-        name = f"{k[0]} {_iso(k[1])}"
+        name = f"{k[0]} {iso(k[1])}"
         if r is None:
             return f"{name}: missing on the replica (primary {p[0]} rows)"
         if p is None:
@@ -93,7 +90,20 @@ class Result:
     def changed(self) -> bool:
         return bool(self.caught_up or self.lag_cleared)
 
-    def did(self) -> str:
+    @property
+    def ok(self) -> bool:
+        return not self.differing
+
+    def details(self) -> list[str]:
+        b = self.before
+        out = [f"before: replica {b['buckets']} buckets / {b['rows']:,} rows; missing "
+               f"{b['missing']}, different {b['different']}, only on the replica {b['extra']}"]
+        out += [f"differs: {line}" for line in self.differing[:50]]
+        if len(self.differing) > 50:
+            out.append(f"… and {len(self.differing) - 50} more")
+        return out
+
+    def summary(self) -> str:
         a = self.after
         state = (f"replica {a.get('buckets', 0)} buckets / {a.get('rows', 0):,} rows, primary "
                  f"{a.get('primary_buckets', 0)} / {a.get('primary_rows', 0):,}")
@@ -109,7 +119,7 @@ class Result:
         return {"check_only": self.check_only, "before": self.before, "after": self.after,
                 "caught_up": self.caught_up, "rows_loaded": self.rows_loaded,
                 "lag_cleared": self.lag_cleared, "lag_open": self.lag_open,
-                "differing": self.differing, "changed": self.changed, "did": self.did(),
+                "differing": self.differing, "changed": self.changed, "did": self.summary(),
                 "seconds": round(self.seconds, 3)}
 
 
@@ -118,8 +128,8 @@ def checksums(conn: psycopg.Connection, since: datetime | None = None
     with conn.transaction():
         conn.execute("SET LOCAL TimeZone = 'UTC'")
         conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
-        rows = conn.execute(CHECKSUM_SQL, {"since": since}).fetchall()
-    return {(s, _us(b)): (n, h) for s, b, n, h in rows}
+        rows = conn.execute(query(__package__, "bucket_checksums"), {"since": since}).fetchall()
+    return {(s, to_us(b)): (n, h) for s, b, n, h in rows}
 
 
 def compare(primary: psycopg.Connection, replica: psycopg.Connection,
@@ -128,29 +138,21 @@ def compare(primary: psycopg.Connection, replica: psycopg.Connection,
 
 
 def lag_buckets(primary: psycopg.Connection) -> list[Key]:
-    return [(s, _us(b)) for s, b in primary.execute(
+    return [(s, to_us(b)) for s, b in primary.execute(
         "SELECT symbol, bucket_5m FROM ingestion.replica_lag ORDER BY 1, 2")]
 
 
 def landed_rows(primary: psycopg.Connection, landing: Landing, key: Key
                 ) -> tuple[pa.Table | None, BucketLoad | None]:
     """The bucket's rows as landed (object + uncompacted stream parts), SHA-256 verified."""
-    from workers.landing.parts import read_parts
-
     symbol, bucket = key
     reg = primary.execute(
         "SELECT s3_uri, metadata->>'sha256', object_size_bytes FROM landing.raw_blobs_5m "
-        "WHERE asset = %s AND bucket_5m = %s", [symbol, ts(bucket)]).fetchone()
+        "WHERE asset = %s AND bucket_5m = %s", [symbol, to_dt(bucket)]).fetchone()
     tables = []
     if reg:
-        uri, sha, size = reg
-        prefix = f"s3://{landing.bucket}/"
-        if not uri.startswith(prefix):
-            raise ReplicateError(f"{uri}: not in the landing bucket {landing.bucket}")
-        table, digest, _ = landing.read(uri.removeprefix(prefix))
-        if digest != sha:
-            raise ReplicateError(f"{uri}: SHA-256 mismatch: registry {sha}, object {digest}")
-        tables.append(table)
+        uri, sha, _ = reg
+        tables.append(landing.read_verified(landing.key_of(uri), sha).table)
     parts = read_parts(landing, symbol, bucket)
     tables += [t for _, t in parts]
     if not tables:
@@ -166,15 +168,13 @@ def landed_rows(primary: psycopg.Connection, landing: Landing, key: Key
 def catch_up_bucket(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landing,
                     key: Key) -> int | None:
     """Rebuild one bucket on the replica from landing; rows inserted (None: nothing landed)."""
-    from workers.db.stream_commit import insert_ticks
-
     table, bl = landed_rows(primary, landing, key)
     if table is None:
         return None
     symbol, bucket = key
     with replica.transaction():
         replica.execute("DELETE FROM market_data.btc_ticks WHERE symbol = %s AND bucket_5m = %s",
-                        [symbol, ts(bucket)])
+                        [symbol, to_dt(bucket)])
         if bl is not None:  # a registered, complete bucket: registry and aggregate too
             return load(replica, [bl], source="replicate")
         return insert_ticks(replica, symbol, table)  # an open stream bucket: ticks only
@@ -192,9 +192,7 @@ def run(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landi
         check_only: bool = False, since: datetime | None = None) -> Result:
     t0 = time.monotonic()
     for c in (primary, replica):
-        if not c.autocommit:
-            c.commit()
-            c.autocommit = True
+        require_autocommit(c, "replicate")
     res = Result(check_only)
     cmp = compare(primary, replica, since)
     res.before = _state(cmp)
@@ -208,7 +206,7 @@ def run(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landi
                 continue
             res.caught_up += 1
             res.rows_loaded += n
-            log.info("bucket caught up", symbol=key[0], bucket=_iso(key[1]), rows=n)
+            log.info("bucket caught up", symbol=key[0], bucket=iso(key[1]), rows=n)
         if todo:
             cmp = compare(primary, replica, since)
         sync_offsets(primary, replica)
@@ -222,28 +220,11 @@ def run(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landi
             primary.execute(
                 "DELETE FROM ingestion.replica_lag WHERE (symbol, bucket_5m) IN "
                 "(SELECT * FROM unnest(%s::text[], %s::timestamptz[]))",
-                [[s for s, _ in done], [ts(b) for _, b in done]])
+                [[s for s, _ in done], [to_dt(b) for _, b in done]])
         res.lag_cleared = len(done)
     res.lag_open = primary.execute("SELECT count(*) FROM ingestion.replica_lag").fetchone()[0]
     res.seconds = time.monotonic() - t0
     return res
-
-
-def run_from_settings(s, *, check_only: bool = False, since: datetime | None = None) -> Result:
-    from workers.core.s3 import client
-
-    if not s.has_replica:
-        raise ReplicateError("TICKSTACK_REPLICA_DSN is empty: no replica to replicate to")
-    landing = Landing(client(s), s.landing_bucket)
-    with psycopg.connect(s.dsn_for("ingest"), autocommit=True) as p, \
-            psycopg.connect(s.replica_dsn.get_secret_value(), autocommit=True,
-                            connect_timeout=10) as r:
-        return run(p, r, landing, check_only=check_only, since=since)
-
-
-def run_for_main_job(s) -> dict:
-    """For `workers up`: {changed, did, differing, ...}."""
-    return run_from_settings(s).as_dict()
 
 
 def _state(cmp: Comparison) -> dict:
@@ -252,14 +233,3 @@ def _state(cmp: Comparison) -> dict:
             "primary_rows": sum(n for n, _ in cmp.primary.values()),
             "missing": len(cmp.missing), "different": len(cmp.different),
             "extra": len(cmp.extra)}
-
-
-def _us(t: datetime) -> int:
-    return int(t.timestamp()) * 1_000_000
-
-
-def _iso(us: int) -> str:
-    return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-__all__ = ["run", "run_from_settings", "compare", "checksums", "ReplicateError", "object_key"]

@@ -28,12 +28,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import psycopg
 
 from workers.core import logs
 from workers.core.health import Metrics
+from workers.core.sqlfiles import query
+from workers.core.ticks import to_dt
 
 log = logs.get("replica")
 
@@ -230,21 +231,13 @@ class ReplicaWriter:
     def record_lag(self, buckets: list[Bucket], error: str) -> None:
         uniq = sorted(set(buckets))
         symbols = [s for s, _ in uniq]
-        times = [datetime.fromtimestamp(b / 1e6, UTC) for _, b in uniq]
+        times = [to_dt(b) for _, b in uniq]
         with self._lag_lock:
             try:
                 if self._lag_conn is None or self._lag_conn.closed:
                     self._lag_conn = psycopg.connect(self.lag_dsn, autocommit=True,
                                                      connect_timeout=10)
-                self._lag_conn.execute(LAG_SQL, [error, symbols, times])
+                self._lag_conn.execute(query(__package__, "record_lag"), [error, symbols, times])
             except psycopg.Error as e:  # the primary itself is failing: ingest will say so
                 log.error("could not record replica lag", error=str(e), buckets=len(buckets))
                 self._lag_conn = None
-
-
-LAG_SQL = """
-INSERT INTO ingestion.replica_lag AS l (symbol, bucket_5m, last_error)
-SELECT s, b, %s FROM unnest(%s::text[], %s::timestamptz[]) AS u(s, b)
-ON CONFLICT (symbol, bucket_5m) DO UPDATE
-    SET last_failed_at = now(), failures = l.failures + 1, last_error = EXCLUDED.last_error
-"""

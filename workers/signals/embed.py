@@ -20,6 +20,9 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from workers.core import logs
+from workers.core.pg import require_autocommit
+from workers.core.sqlfiles import query
+from workers.core.ticks import to_us
 from workers.signals import features, vector_index
 
 log = logs.get("embed")
@@ -34,25 +37,18 @@ class EmbedSummary:
     index: str = ""
     seconds: float = 0.0
 
+    @property
+    def changed(self) -> bool:
+        return bool(self.embedded or self.labels_updated)
+
+    def summary(self) -> str:
+        return (f"{self.embedded} windows embedded, {self.skipped_few_trades} skipped (too few "
+                f"trades), {self.labels_updated} label snapshots updated; index: {self.index}")
+
     def as_dict(self) -> dict:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in vars(self).items()}
 
 
-TODO_SQL = """
-SELECT o.bucket_5m, r.metadata->>'sha256'
-FROM market_data.btc_ohlcv_5m o
-JOIN landing.raw_blobs_5m r ON r.asset = o.symbol AND r.bucket_5m = o.bucket_5m
-LEFT JOIN signals.btc_embeddings e ON e.symbol = o.symbol AND e.bucket = o.bucket_5m
-WHERE o.symbol = %(symbol)s
-  AND o.bucket_5m + INTERVAL '5 minutes' <= %(now)s
-  AND (e.bucket IS NULL OR e.source_sha256 IS DISTINCT FROM r.metadata->>'sha256'
-       OR e.feature_version <> %(version)s)
-ORDER BY o.bucket_5m
-"""
-
-
-def _us(ts) -> int:
-    return int(ts.timestamp()) * 1_000_000
 
 
 def read_ticks(conn: psycopg.Connection, symbol: str, buckets: list) -> pa.Table:
@@ -82,14 +78,14 @@ def read_ticks(conn: psycopg.Connection, symbol: str, buckets: list) -> pa.Table
 def run(conn: psycopg.Connection, *, symbol: str | None = None, now=None,
         batch_windows: int = 2000, index_min_rows: int = vector_index.MIN_ROWS) -> EmbedSummary:
     t0 = time.monotonic()
-    conn.autocommit = True
+    require_autocommit(conn, "embed")
     register_vector(conn)
     s = EmbedSummary()
     symbols = [symbol] if symbol else [r[0] for r in conn.execute(
         "SELECT DISTINCT symbol FROM market_data.btc_ohlcv_5m ORDER BY 1")]
     now = now or conn.execute("SELECT now()").fetchone()[0]
     for sym in symbols:
-        todo = conn.execute(TODO_SQL, {"symbol": sym, "now": now,
+        todo = conn.execute(query(__package__, "windows_to_embed"), {"symbol": sym, "now": now,
                                        "version": features.FEATURE_VERSION}).fetchall()
         s.windows_pending += len(todo)
         for i in range(0, len(todo), batch_windows):
@@ -104,7 +100,7 @@ def run(conn: psycopg.Connection, *, symbol: str | None = None, now=None,
 
 
 def _embed_batch(conn: psycopg.Connection, symbol: str, todo: list, s: EmbedSummary) -> None:
-    sha = {_us(b): digest for b, digest in todo}
+    sha = {to_us(b): digest for b, digest in todo}
     ticks = read_ticks(conn, symbol, [b for b, _ in todo])
     rows = []
     if ticks.num_rows:
@@ -147,12 +143,12 @@ def _update_labels(conn: psycopg.Connection, symbol: str) -> int:
         "AND NOT (label_snapshot ?& %s)", [symbol, sorted(want)]).fetchall()
     if not incomplete:
         return 0
-    closes = {_us(b): float(c) for b, c in conn.execute(
+    closes = {to_us(b): float(c) for b, c in conn.execute(
         "SELECT bucket_5m, close FROM market_data.btc_ohlcv_5m WHERE symbol = %s "
         "AND bucket_5m >= %s", [symbol, min(b for b, _ in incomplete)])}
     changes = []
     for bucket, current in incomplete:
-        new = {**current, **features.labels(closes, _us(bucket))}
+        new = {**current, **features.labels(closes, to_us(bucket))}
         if new != current:
             changes.append((json.dumps(new), symbol, bucket))
     if changes:

@@ -7,19 +7,54 @@ unconditional mean over all labelled windows. Read-only.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
+from workers.core.errors import BadInput
 from workers.signals import vector_index
 
 LABEL_KEYS = ("fwd_ret_5m", "fwd_ret_15m", "fwd_ret_60m", "fwd_vol_60m")
 
 
-class NoEmbedding(LookupError):
+class NoEmbedding(BadInput, LookupError):
     pass
+
+
+def pct(x: float | None) -> str:
+    """A fraction as a signed percentage with 3 places ("-" when unknown)."""
+    return "-" if x is None else f"{x * 100:+.3f}%"
+
+
+@dataclass
+class Similar:
+    """The answer of one query; `as_dict()` is the JSON of `workers similar --json`."""
+
+    symbol: str
+    window: str
+    labels: dict
+    k: int
+    exclude_minutes: int
+    probes: int | None
+    index: str | None
+    neighbours: list[dict]
+    means: dict
+    changed = False  # a query changes nothing
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+    def __getitem__(self, key: str):  # read like the JSON it prints
+        return self.as_dict()[key]
+
+    def summary(self) -> str:
+        m = self.means["fwd_ret_60m"]
+        return (f"{len(self.neighbours)} windows most like {self.window[:16]} (probes "
+                f"{self.probes or 'exact'}); next hour: neighbours {pct(m['neighbours'])} vs "
+                f"all {pct(m['unconditional'])}")
 
 
 def window_of(at: datetime) -> datetime:
@@ -27,16 +62,20 @@ def window_of(at: datetime) -> datetime:
     return at - timedelta(minutes=at.minute % 5, seconds=at.second, microseconds=at.microsecond)
 
 
-def latest_window(conn: psycopg.Connection, symbol: str) -> datetime:
-    row = conn.execute("SELECT max(bucket) FROM signals.btc_embeddings WHERE symbol = %s",
-                       [symbol]).fetchone()
+def latest_window(conn: psycopg.Connection, symbol: str, *, labelled: bool = False
+                  ) -> datetime:
+    """The newest embedded window (`labelled`: the newest whose next hour is known)."""
+    row = conn.execute("SELECT max(bucket) FROM signals.btc_embeddings WHERE symbol = %s "
+                       "AND (NOT %s OR label_snapshot ? 'fwd_ret_60m')",
+                       [symbol, labelled]).fetchone()
     if row[0] is None:
-        raise NoEmbedding(f"no embeddings for {symbol} yet: run `workers embed` first")
+        raise NoEmbedding(f"no embedded window{' with a known next hour' if labelled else ''} "
+                          f"for {symbol} yet: run `workers embed` first")
     return row[0]
 
 
 def query(conn: psycopg.Connection, *, symbol: str, at: datetime, k: int = 10,
-          exclude_minutes: int = 60, probes: int | None = None) -> dict:
+          exclude_minutes: int = 60, probes: int | None = None) -> Similar:
     register_vector(conn)
     bucket = window_of(at)
     row = conn.execute("SELECT feature_vector, label_snapshot FROM signals.btc_embeddings "
@@ -76,6 +115,5 @@ def query(conn: psycopg.Connection, *, symbol: str, at: datetime, k: int = 10,
         vals = [n["labels"][key] for n in neighbours if key in n["labels"]]
         means[key] = {"neighbours": sum(vals) / len(vals) if vals else None, "n": len(vals),
                       "unconditional": uncond[i]}
-    return {"symbol": symbol, "window": bucket.isoformat(), "labels": own_labels, "k": k,
-            "exclude_minutes": exclude_minutes, "probes": used_probes,
-            "index": idx[0] if idx else None, "neighbours": neighbours, "means": means}
+    return Similar(symbol, bucket.isoformat(), own_labels, k, exclude_minutes, used_probes,
+                   idx[0] if idx else None, neighbours, means)

@@ -23,10 +23,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from workers.core.errors import BadInput
+
 BLOCK_SIZE = 8 << 20  # bytes per parsed block: ~150k rows, a few tens of MB of Arrow memory
 
 
-class BadFile(ValueError):
+class BadFile(BadInput):
     """The file is not a usable trade file; the message names it and says why (exit 2)."""
 
     def __init__(self, path: str | Path, reason: str):
@@ -57,11 +59,22 @@ _TS = re.compile(rb"^\d{10,19}$")
 _SYMBOL = re.compile(r"^([A-Z0-9]{2,32}?)(?:_PERP)?-(?:trades|aggTrades)-")
 
 
-@dataclass
-class Skipped:
-    """Rows pyarrow could not split into the expected number of columns."""
+@dataclass(frozen=True)
+class InvalidRow:
+    """A line pyarrow could not split into the layout's columns (quarantined, never dropped)."""
 
-    rows: list[tuple[int, str, str]] = field(default_factory=list)  # (line, reason, text)
+    line: int
+    reason: str
+    text: str
+
+
+@dataclass(frozen=True)
+class RawBatch:
+    """One parsed block of a dump: text columns, where it starts, and its unsplittable lines."""
+
+    columns: pa.RecordBatch
+    start: int  # index of its first row among all rows read
+    invalid: list[InvalidRow]
 
 
 @dataclass
@@ -71,16 +84,18 @@ class TradeFile:
     header: bool
     symbol: str
     sha256: str | None  # of the zip when verified against its CHECKSUM file
+    # File lines of the invalid rows seen so far, ascending: for line numbers of later rows.
+    _invalid_lines: list[int] = field(default_factory=list, repr=False)
 
-    def batches(self, skipped: Skipped, block_size: int = BLOCK_SIZE
-                ) -> Iterator[tuple[pa.RecordBatch, int]]:
-        """Yield (batch of text columns, index of its first row among all rows read)."""
+    def batches(self, block_size: int = BLOCK_SIZE) -> Iterator[RawBatch]:
+        """The file in blocks of text columns; memory stays flat however large it is."""
         n_cols = len(self.layout.columns)
+        found: list[InvalidRow] = []
 
         def on_invalid(row) -> str:
-            skipped.rows.append((row.number or -1,
-                                 f"wrong column count: {row.actual_columns}, expected {n_cols}",
-                                 (row.text or "")[:500]))
+            found.append(InvalidRow(row.number or -1,
+                                    f"wrong column count: {row.actual_columns}, expected {n_cols}",
+                                    (row.text or "")[:500]))
             return "skip"
 
         reader = pacsv.open_csv(
@@ -98,16 +113,21 @@ class TradeFile:
         emitted = 0
         try:
             for batch in reader:
-                yield batch, emitted
+                invalid, found[:] = list(found), []
+                self._invalid_lines.extend(r.line for r in invalid)
+                yield RawBatch(batch, emitted, invalid)
                 emitted += batch.num_rows
         except (pa.ArrowInvalid, zipfile.BadZipFile, EOFError, OSError) as e:
             raise BadFile(self.path, f"unreadable after {emitted} rows: {e}") from e
+        if found:  # lines reported after the last block
+            self._invalid_lines.extend(r.line for r in found)
+            yield RawBatch(pa.RecordBatch.from_pylist([], schema=pa.schema(
+                [(c, pa.string()) for c in self.layout.columns])), emitted, list(found))
 
-
-    def line_of(self, k: int, skipped: Skipped) -> int:
-        """File line number of the k-th row read (0-based), accounting for skipped lines."""
+    def line_of(self, k: int) -> int:
+        """File line number of the k-th row read (0-based), accounting for invalid lines."""
         line = k + (2 if self.header else 1)
-        for s, _, _ in skipped.rows:  # ascending: the reader reports them in file order
+        for s in self._invalid_lines:  # ascending: the reader reports them in file order
             if 0 < s <= line:
                 line += 1
         return line

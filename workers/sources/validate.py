@@ -36,6 +36,13 @@ def _unit_of(digits: int) -> str | None:
     return {13: "ms", 16: "us"}.get(digits)
 
 
+def quote_of(price: pa.Array, qty: pa.Array) -> pa.Array:
+    """price x quantity, exact, then cut to 8 places (for sources that send no quote)."""
+    return pc.cast(pc.multiply(pc.cast(price, pa.decimal128(18, 8)),
+                               pc.cast(qty, pa.decimal128(18, 8))),
+                   pa.decimal128(32, 8), safe=False)
+
+
 def validate(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | None = None,
              now_us: int | None = None) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
     """Returns (accepted ticks, their row positions in the input, [(position, reason)])."""
@@ -105,10 +112,7 @@ def validate(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | None 
     if "quote_quantity" in take:
         quote = pc.cast(take["quote_quantity"], pa.decimal128(32, 8))
     else:
-        # aggTrades carry no quote quantity: price x quantity, exact, then cut to 8 places.
-        quote = pc.cast(pc.multiply(pc.cast(price, pa.decimal128(18, 8)),
-                                    pc.cast(qty, pa.decimal128(18, 8))),
-                        pa.decimal128(32, 8), safe=False)
+        quote = quote_of(price, qty)  # aggTrades carry no quote quantity
     now = now_us or int(time.time() * 1_000_000)
     zero = pa.scalar(0, pa.decimal128(24, 8))
     bad_price = np_mask(pc.less_equal(price, zero))
