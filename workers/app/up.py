@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from workers.app import operations as op
+from workers.app import operations
 from workers.app.context import Context
 from workers.core import logs
 from workers.core.errors import describe
@@ -56,20 +56,20 @@ class Run:
 
 def _replicate(ctx: Context, run: Run):
     if not ctx.settings.has_replica:
-        return op.Note("no replica configured (TICKSTACK_REPLICA_DSN is empty)")
-    return op.replicate(ctx)
+        return operations.Note("no replica configured (TICKSTACK_REPLICA_DSN is empty)")
+    return operations.replicate(ctx)
 
 
 def _backup(ctx: Context, run: Run, force: bool):
     if not ctx.settings.pgbackrest_config:
-        return op.Note("skipped: TICKSTACK_PGBACKREST_CONFIG is not set")
-    return op.full_backup_unless_current(ctx, force=force)
+        return operations.Note("skipped: TICKSTACK_PGBACKREST_CONFIG is not set")
+    return operations.full_backup_unless_current(ctx, force=force)
 
 
 def _archive_check(ctx: Context, run: Run):
     if not ctx.settings.pgbackrest_config:
-        return op.Note("skipped: TICKSTACK_PGBACKREST_CONFIG is not set")
-    return op.archive_check(ctx)
+        return operations.Note("skipped: TICKSTACK_PGBACKREST_CONFIG is not set")
+    return operations.archive_check(ctx)
 
 
 def _similar(ctx: Context, run: Run):
@@ -77,9 +77,9 @@ def _similar(ctx: Context, run: Run):
     from workers.signals.similar import NoEmbedding
 
     try:
-        r = op.similar(ctx, symbol="BTCUSDT", at=None, k=5, labelled=True)
+        r = operations.similar(ctx, symbol="BTCUSDT", at=None, k=5, labelled=True)
     except NoEmbedding:
-        return op.Note("no embedded window with a known next hour yet")
+        return operations.Note("no embedded window with a known next hour yet")
     run.example = r.as_dict()
     return r
 
@@ -88,12 +88,12 @@ def stages(paths: list[str], force_backup: bool
            ) -> list[tuple[str, Callable[[Context, Run], object]]]:
     """The main job, in order: (stage name, what it runs)."""
     return [
-        ("migrate", lambda ctx, run: op.migrate(ctx)),
-        ("ingest", lambda ctx, run: op.ingest(ctx, paths)),
+        ("migrate", lambda ctx, run: operations.migrate(ctx)),
+        ("ingest", lambda ctx, run: operations.ingest(ctx, paths)),
         ("replicate", _replicate),
-        ("embed", lambda ctx, run: op.embed(ctx)),
-        ("retention (dry-run)", lambda ctx, run: op.retention(ctx, dry_run=True)),
-        ("retention", lambda ctx, run: op.retention(ctx)),
+        ("embed", lambda ctx, run: operations.embed(ctx)),
+        ("retention (dry-run)", lambda ctx, run: operations.retention(ctx, dry_run=True)),
+        ("retention", lambda ctx, run: operations.retention(ctx)),
         ("backup", lambda ctx, run: _backup(ctx, run, force_backup)),
         ("archive check", _archive_check),
         ("similar", _similar),
