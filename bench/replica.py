@@ -71,7 +71,8 @@ def run_stream(env, e: dict[str, str], msgs: list[str], last_id: int) -> float:
     e = {**e, "TICKSTACK_HEALTH_PORT": "0", "TICKSTACK_HEALTH_HOST": "127.0.0.1"}
     with ReplayServer(msgs) as srv:
         t0 = time.perf_counter()
-        p = subprocess.Popen([sys.executable, "-m", "workers", "stream", "--url", srv.url],
+        p = subprocess.Popen([sys.executable, "-m", "workers", "stream", "--url", srv.url,
+                              "--market", "spot"],
                              cwd=REPO, env=e, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         dsn = e["TICKSTACK_PRIMARY_DSN"]

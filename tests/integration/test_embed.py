@@ -117,8 +117,8 @@ def test_late_backfill_recomputes_only_the_changed_window(day):
 
 def test_embeddings_reference_the_aggregate(day):
     with day.admin() as c, pytest.raises(psycopg.errors.ForeignKeyViolation):
-        c.execute("INSERT INTO signals.btc_embeddings (symbol, bucket, feature_vector, "
-                  "feature_version, source_sha256) VALUES ('BTCUSDT', '2030-01-01', "
+        c.execute("INSERT INTO signals.btc_embeddings (market, symbol, bucket, feature_vector, "
+                  "feature_version, source_sha256) VALUES ('spot', 'BTCUSDT', '2030-01-01', "
                   "array_fill(0.1, ARRAY[256])::vector, 1, repeat('a', 64))")
 
 

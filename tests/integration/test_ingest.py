@@ -64,13 +64,13 @@ def test_day_file_ingests_exactly(stack, shared_data, expected):
             "FROM market_data.btc_ohlcv_5m WHERE symbol = 'BTCUSDT'")}
         assert got == expected["ohlc"]
         reg = c.execute("SELECT count(*), sum((metadata->>'row_count')::int), "
-                        "bool_and(s3_uri LIKE 's3://%%/raw/BTCUSDT/2019-04-01/%%.parquet') "
+                        "bool_and(s3_uri LIKE 's3://%%/raw/spot/BTCUSDT/2019-04-01/%%.parquet') "
                         "FROM landing.raw_blobs_5m").fetchone()
         assert reg == (len(expected["ohlc"]), expected["n"], True)
         off = c.execute("SELECT source, last_trade_id FROM ingestion.stream_offsets").fetchall()
         assert off == [(f"file:{DAY}.zip", 109527422)]
     # The registry's SHA-256 is the landing object's.
-    key = "raw/BTCUSDT/2019-04-01/0000.parquet"
+    key = "raw/spot/BTCUSDT/2019-04-01/0000.parquet"
     digest = stack.landing().read(key)[1]
     assert [r[2] for r in stack.registry() if r[1].hour == 0 and r[1].minute == 0] == [digest]
 
@@ -131,7 +131,7 @@ def test_landing_replay_into_empty_database_is_identical(stack, local_env, share
         # Same landing bucket, empty database: replay checks each object's stored SHA-256.
         fresh.s3.delete_bucket(Bucket=fresh.bucket)
         fresh.bucket = stack.bucket
-        r = fresh.cli("ingest", f"s3://{stack.bucket}/raw/BTCUSDT/", "--json")
+        r = fresh.cli("ingest", f"s3://{stack.bucket}/raw/spot/BTCUSDT/", "--json")
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout.strip().splitlines()[-1])
         assert out["inserted"] == 183355
@@ -148,11 +148,11 @@ def test_landing_replay_into_empty_database_is_identical(stack, local_env, share
 def test_replay_refuses_a_tampered_object(stack, shared_data):
     with stack.ingest_conn() as conn:
         ingest_file(conn, stack.landing(), str(shared_data / f"{DAY}.zip"))
-    key = "raw/BTCUSDT/2019-04-01/1200.parquet"
-    other = stack.s3.get_object(Bucket=stack.bucket, Key="raw/BTCUSDT/2019-04-01/1205.parquet")
+    key = "raw/spot/BTCUSDT/2019-04-01/1200.parquet"
+    other = stack.s3.get_object(Bucket=stack.bucket, Key="raw/spot/BTCUSDT/2019-04-01/1205.parquet")
     stack.s3.put_object(Bucket=stack.bucket, Key=key, Body=other["Body"].read(),
                         Metadata=other["Metadata"])
-    r = stack.cli("ingest", f"s3://{stack.bucket}/raw/BTCUSDT/2019-04-01/")
+    r = stack.cli("ingest", f"s3://{stack.bucket}/raw/spot/BTCUSDT/2019-04-01/")
     assert r.returncode == 2
     assert "1200.parquet" in r.stderr and "SHA-256 mismatch" in r.stderr
 

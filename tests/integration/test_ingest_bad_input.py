@@ -231,7 +231,8 @@ def test_lowercase_booleans_and_microseconds(stack, tmp_path):
 def test_futures_with_header_and_agg_trades(stack, tmp_path):
     fut = ["id,price,qty,quote_qty,time,is_buyer_maker"] + [
         f"{7000 + i},4100.5,0.2,820.1,{T0 + i},false" for i in range(3)]
-    s = ingest(stack, write(tmp_path, fut, name="ETHUSDT-trades-2019-04-01.csv"))
+    # A futures file says so by its columns; which futures market, only its path or --market.
+    s = ingest(stack, write(tmp_path, fut, name="ETHUSDT-trades-2019-04-01.csv"), market="um")
     assert (s.inserted, s.quarantined.total()) == (3, 0)
     agg = [f"{8000 + i},4100.5,0.2,{9000 + i},{9000 + i},{T0 + i},True,True" for i in range(4)]
     s = ingest(stack, write(tmp_path, agg, name="SOLUSDT-aggTrades-2019-04-01.csv"))

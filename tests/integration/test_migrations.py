@@ -65,7 +65,7 @@ def test_fresh_apply_on_primary_builds_hypertable(primary_db):
             "SELECT indexname FROM pg_indexes WHERE schemaname = 'market_data' "
             "AND tablename = 'btc_ticks'")}
         # PK + (symbol, event_time DESC); no redundant default time index, no BRIN.
-        assert idx == {"btc_ticks_pkey", "btc_ticks_symbol_time_idx"}
+        assert idx == {"btc_ticks_pkey", "btc_ticks_market_symbol_time_idx"}
         lic = c.execute("SHOW timescaledb.license").fetchone()[0]
         compressed = c.execute(
             "SELECT compression_enabled FROM timescaledb_information.hypertables "
@@ -174,8 +174,8 @@ def test_role_boundaries(local_env, primary_db):
     def as_user(user):
         return primary_db.connect(user=user, password=pw[user], autocommit=True)
 
-    tick = ("INSERT INTO market_data.btc_ticks (bucket_5m, symbol, trade_id, event_time, price, "
-            "quantity, is_buyer_maker) VALUES ('2024-01-01 00:05', 'BTCUSDT', 1, "
+    tick = ("INSERT INTO market_data.btc_ticks (bucket_5m, market, symbol, trade_id, event_time, "
+            "price, quantity, is_buyer_maker) VALUES ('2024-01-01 00:05', 'spot', 'BTCUSDT', 1, "
             "'2024-01-01 00:06', 42000, 0.5, true)")
     with as_user("ingest_worker") as c:
         c.execute(tick)  # ingest may insert
@@ -203,10 +203,11 @@ def test_bucket_check_and_offsets_only_forward(primary_db):
     migrate.run(primary_db.dsn, password=primary_db.password)
     with primary_db.connect(autocommit=True) as c:
         with pytest.raises(psycopg.errors.CheckViolation):
-            c.execute("INSERT INTO market_data.btc_ticks (bucket_5m, symbol, trade_id, "
-                      "event_time, price, quantity, is_buyer_maker) VALUES "
-                      "('2024-01-01 00:00', 'BTCUSDT', 1, '2024-01-01 00:06', 1, 1, true)")
-        c.execute("INSERT INTO ingestion.stream_offsets VALUES ('s', 'BTCUSDT', 10, now())")
+            c.execute("INSERT INTO market_data.btc_ticks (bucket_5m, market, symbol, trade_id, "
+                      "event_time, price, quantity, is_buyer_maker) VALUES ('2024-01-01 00:00', "
+                      "'spot', 'BTCUSDT', 1, '2024-01-01 00:06', 1, 1, true)")
+        c.execute("INSERT INTO ingestion.stream_offsets (source, market, symbol, last_trade_id, "
+                  "last_event_time) VALUES ('s', 'spot', 'BTCUSDT', 10, now())")
         with pytest.raises(psycopg.errors.CheckViolation):
             c.execute("UPDATE ingestion.stream_offsets SET last_trade_id = 9")
         with pytest.raises(psycopg.errors.CheckViolation):

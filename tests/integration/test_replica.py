@@ -167,9 +167,9 @@ def test_replicate_repairs_a_tampered_bucket_and_reports_what_it_cannot(stack, r
     with replica.db.connect() as c:  # same count, different content; and a foreign bucket
         c.execute("UPDATE market_data.btc_ticks SET quantity = quantity + 1 WHERE trade_id = "
                   "(SELECT min(trade_id) FROM market_data.btc_ticks)")
-        c.execute("INSERT INTO market_data.btc_ticks (bucket_5m, symbol, trade_id, event_time, "
-                  "price, quantity, quote_quantity, is_buyer_maker) VALUES ('2020-01-01', "
-                  "'BTCUSDT', 1, '2020-01-01', 1, 1, 1, true)")
+        c.execute("INSERT INTO market_data.btc_ticks (bucket_5m, market, symbol, trade_id, "
+                  "event_time, price, quantity, quote_quantity, is_buyer_maker) VALUES "
+                  "('2020-01-01', 'spot', 'BTCUSDT', 1, '2020-01-01', 1, 1, 1, true)")
     r = cli(stack, env, "replicate", "--check")
     assert r.returncode == 1
     assert "same row count (" in r.stdout and "only on the replica (1 rows)" in r.stdout
@@ -177,7 +177,7 @@ def test_replicate_repairs_a_tampered_bucket_and_reports_what_it_cannot(stack, r
     assert r.returncode == 1  # the foreign bucket is not in landing: reported, not invented
     d = json.loads(r.stdout)
     assert d["caught_up"] == 1
-    assert [x.split(":")[0] for x in d["differing"]] == ["BTCUSDT 2020-01-01T00"]
+    assert [x.split(":")[0] for x in d["differing"]] == ["spot BTCUSDT 2020-01-01T00"]
     assert replica.checksums()[:-1] == stack.checksums()  # the 2020 bucket sorts last
 
 
@@ -205,7 +205,7 @@ def test_replica_that_freezes_mid_write_is_abandoned_at_the_deadline(stack, repl
     with Proxy(replica.db.cluster.port) as proxy:
         w = ReplicaWriter(replica.dsn(proxy.port), lag_dsn(stack), timeout=1.0,
                           failures_to_open=5, cooldown=600)
-        bucket = ("BTCUSDT", 1_554_076_800_000_000)
+        bucket = ("spot", "BTCUSDT", 1_554_076_800_000_000)
         w.submit([bucket], lambda c: c.execute("SELECT 1"))
         assert w.drain(10) and w.stats["written"] == 1
         proxy.set("freeze")  # connected, and now nothing comes back

@@ -163,9 +163,10 @@ def test_rows_not_in_landing_are_never_removed(replica):
     stray = NOW - timedelta(days=100)
     stray_bucket = stray - timedelta(minutes=stray.minute % 5, seconds=stray.second)
     with replica.admin() as c:
-        c.execute("INSERT INTO market_data.btc_ticks (bucket_5m, symbol, trade_id, event_time, "
-                  "price, quantity, quote_quantity, is_buyer_maker) VALUES "
-                  "(%s, 'BTCUSDT', 1, %s, 60000, 0.5, 30000, false)", [stray_bucket, stray])
+        c.execute("INSERT INTO market_data.btc_ticks (bucket_5m, market, symbol, trade_id, "
+                  "event_time, price, quantity, quote_quantity, is_buyer_maker) VALUES "
+                  "(%s, 'spot', 'BTCUSDT', 1, %s, 60000, 0.5, 30000, false)",
+                  [stray_bucket, stray])
         older = c.execute("SELECT count(*) FROM market_data.btc_ticks WHERE bucket_5m < %s",
                           [stray_bucket]).fetchone()[0]
     before, _ = counts(replica)

@@ -67,7 +67,8 @@ class Worker:
         self.log = tmp / f"stream-{time.monotonic_ns()}.log"
         self._f = open(self.log, "w")  # noqa: SIM115 - closed in wait()
         self.p = subprocess.Popen(
-            [sys.executable, "-m", "workers", "stream", "--url", url, "--symbol", "BTCUSDT"],
+            [sys.executable, "-m", "workers", "stream", "--url", url, "--symbol", "BTCUSDT",
+             "--market", "spot"],
             cwd=REPO, env={**stack.cli_env(), **FAST, **env}, stdout=self._f, stderr=self._f)
 
     def events(self) -> list[dict]:
@@ -153,7 +154,7 @@ def parts_content(stack: Stack) -> dict:
     """Open buckets' part rows (the split into parts depends on batch timing; the rows not)."""
     out = {}
     landing = stack.landing()
-    for (sym, bucket), keys in list_parts(landing).items():
+    for (_market, sym, bucket), keys in list_parts(landing).items():
         ids = sorted(i for k in keys for i in landing.read(k)[0].column("trade_id").to_pylist())
         out[(sym, bucket)] = ids
     return out
@@ -190,7 +191,7 @@ def test_recorded_stream_lands_every_trade_exactly_once(stack, recorded, tmp_pat
         (b.strftime("%H:%M"), n) for b, (n, _) in sorted(recorded["buckets"].items())][:-1]
     for r in reg:
         table, digest, _ = stack.landing().read(
-            f"raw/BTCUSDT/{r[1]:%Y-%m-%d}/{r[1]:%H%M}.parquet")
+            f"raw/spot/BTCUSDT/{r[1]:%Y-%m-%d}/{r[1]:%H%M}.parquet")
         assert digest == r[2] and table.num_rows == r[3]
     open_parts = parts_content(stack)
     assert [len(v) for v in open_parts.values()] == [recorded["buckets"][max(

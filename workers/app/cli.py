@@ -15,6 +15,7 @@ import typer
 
 from workers.app import operations
 from workers.app.context import Context
+from workers.app.progress import file_progress
 from workers.core import logs
 from workers.core.errors import EXIT_FAILED, describe
 from workers.core.settings import Settings
@@ -29,6 +30,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+MARKET = typer.Option(None, "--market", help="spot, um (USDⓈ-M futures) or cm (COIN-M). "
+                      "Default: from the archive path / stream host; never from the symbol.")
 
 
 def _context(command: str) -> Context:
@@ -91,6 +96,7 @@ def ingest(
         "landing prefixes s3://<landing bucket>/raw/<SYMBOL>/…"),
     symbol: str | None = typer.Option(None, "--symbol", help="Symbol when the file name "
                                          "does not say (BTCUSDT-trades-….zip does)."),
+    market: str | None = MARKET,
     from_landing: bool = typer.Option(False, "--from-landing",
                                       help="Replay every landing object (with --since/--until)."),
     since: str | None = typer.Option(None, "--since", help="Replay from (ISO timestamp)."),
@@ -112,8 +118,8 @@ def ingest(
     sources = list(paths or []) + ([f"s3://{ctx.settings.landing_bucket}/raw/"]
                                    if from_landing else [])
     run = operations.ingest(
-        ctx, sources, symbol=symbol, since_us=to_us(since_t) if since_t else None,
-        until_us=to_us(until_t) if until_t else None, progress=_progress,
+        ctx, sources, symbol=symbol, market=market, since_us=to_us(since_t) if since_t else None,
+        until_us=to_us(until_t) if until_t else None, progress=file_progress,
         on_file=lambda r: _show(r, json_out))
     if run.replica is not None and not json_out and (
             run.replica.get("written") or len(run.replica) > 1):
@@ -121,41 +127,12 @@ def ingest(
             f"{k} {v}" for k, v in sorted(run.replica.items())), err=True)
 
 
-def _progress(path: str):
-    """A rich progress line on a terminal; periodic log lines otherwise."""
-    import sys
-    import time
-
-    t0, last = time.monotonic(), [0.0]
-    if sys.stderr.isatty():
-        from rich.progress import Progress, TextColumn, TimeElapsedColumn
-
-        bar = Progress(TextColumn("[bold]{task.description}"), TextColumn("{task.fields[s]}"),
-                       TimeElapsedColumn(), transient=True)
-        task = bar.add_task(path.rsplit("/", 1)[-1], s="")
-        bar.start()
-
-        def update(sm):
-            rate = sm.rows_read / max(time.monotonic() - t0, 1e-9)
-            bar.update(task, s=f"{sm.rows_read:,} rows  {rate:,.0f} rows/s  "
-                              f"{sm.buckets_landed} buckets")
-            if sm.seconds:  # the summary is final: the line goes
-                bar.stop()
-        return update
-    log = logs.get("ingest")
-
-    def lines(sm):
-        if time.monotonic() - last[0] >= 5:
-            last[0] = time.monotonic()
-            log.info("progress", source=path, rows=sm.rows_read, buckets=sm.buckets_landed)
-    return lines
-
-
 @command
 def stream(
     url: str = typer.Option(None, "--url", help="Binance websocket URL (wss://…), raw "
                             "(/ws/btcusdt@trade) or combined (/stream?streams=btcusdt@trade)."),
     symbol: str = typer.Option("BTCUSDT", "--symbol"),
+    market: str | None = MARKET,
     gaps: bool = typer.Option(False, "--gaps", help="Only re-check and list the recorded "
                               "trade-id gaps (filled only once every id is present); no "
                               "connection."),
@@ -169,7 +146,7 @@ def stream(
     """
     ctx = _context("stream")
     if gaps:
-        r = operations.stream_gaps(ctx, symbol.upper())
+        r = operations.stream_gaps(ctx, symbol.upper(), market)
         if json_out:
             typer.echo(json.dumps(r.rows, default=str))
         else:
@@ -181,7 +158,7 @@ def stream(
     if not url.startswith(("ws://", "wss://")):
         typer.echo(f"stream: --url must be a ws:// or wss:// URL, not {url!r}", err=True)
         raise typer.Exit(2)
-    operations.stream(ctx, url, symbol)
+    operations.stream(ctx, url, symbol, market)
 
 
 @command
@@ -211,6 +188,7 @@ def replicate(
 @command
 def embed(
     symbol: str | None = typer.Option(None, "--symbol", help="Only this symbol."),
+    market: str | None = typer.Option(None, "--market", help="Only this market."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Compute 256-d embeddings for closed 5-minute windows (incremental), and their labels.
@@ -218,7 +196,7 @@ def embed(
     Features are documented in workers/signals/features.py; windows with fewer than 30 trades
     are skipped and counted. Runs as the tickstack_embed login (TICKSTACK_EMBED_DSN).
     """
-    r = operations.embed(_context("embed"), symbol=symbol)
+    r = operations.embed(_context("embed"), symbol=symbol, market=market)
     if json_out:
         typer.echo(json.dumps(r.as_dict()))
     else:
@@ -231,6 +209,7 @@ def similar(
                            "or 'latest' for the newest embedded window."),
     k: int = typer.Option(10, "-k", min=1, max=1000, help="How many neighbours."),
     symbol: str = typer.Option("BTCUSDT", "--symbol"),
+    market: str = typer.Option("spot", "--market", help="spot, um or cm."),
     exclude_minutes: int = typer.Option(
         60, "--exclude-minutes", min=0,
         help="Ignore windows this close before the query (0: include the window itself)."),
@@ -240,8 +219,8 @@ def similar(
 ) -> None:
     """Nearest past windows and what followed them, against the unconditional mean."""
     when = None if at == "latest" else operations.parse_time(at)
-    r = operations.similar(_context("similar"), symbol=symbol.upper(), at=when, k=k,
-                           exclude_minutes=exclude_minutes, probes=probes)
+    r = operations.similar(_context("similar"), symbol=symbol.upper(), market=market, at=when,
+                           k=k, exclude_minutes=exclude_minutes, probes=probes)
     if json_out:
         typer.echo(json.dumps(r.as_dict()))
         return

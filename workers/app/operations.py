@@ -119,16 +119,22 @@ class IngestRun:
 
 
 def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
-           since_us: int | None = None, until_us: int | None = None,
+           market: str | None = None, since_us: int | None = None, until_us: int | None = None,
            progress: Callable[[str], Callable] | None = None,
            on_file: Callable | None = None) -> IngestRun:
     """Dump files (landed, loaded, dual-written to the replica) and s3:// landing prefixes
     (replayed). `progress(source)` gives a per-source progress callback; `on_file(summary)`
     sees each source's summary as soon as it is done."""
     from workers.core.memory import limit_allocator_retention
+    from workers.core.ticks import check_market, check_symbol
     from workers.db import ingest as pipeline
+    from workers.sources.binance_files import Limits
 
     limit_allocator_retention()
+    if symbol is not None:  # checked before anything is written under it
+        check_symbol(symbol.upper())
+    if market is not None:
+        check_market(market)
     s = ctx.settings
     prefix = f"s3://{s.landing_bucket}/"
     for src in sources:
@@ -145,9 +151,11 @@ def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
                                                 since_us=since_us, until_us=until_us,
                                                 progress=update)
                 else:
-                    r = pipeline.ingest_file(conn, ctx.landing, src, symbol=symbol,
-                                             progress=update, block_bytes=s.ingest_block_bytes,
-                                             flush_rows=s.ingest_flush_rows, replica=writer)
+                    r = pipeline.ingest_file(
+                        conn, ctx.landing, src, symbol=symbol, market=market, progress=update,
+                        block_bytes=s.ingest_block_bytes, flush_rows=s.ingest_flush_rows,
+                        replica=writer, max_bucket_rows=s.ingest_max_bucket_rows,
+                        limits=Limits(s.ingest_max_zip_ratio, s.ingest_max_file_bytes))
                 run.files.append(r)
                 if on_file:
                     on_file(r)
@@ -167,16 +175,17 @@ def replicate(ctx: Context, *, check_only: bool = False, since: datetime | None 
         return catchup.run(primary, replica, ctx.landing, check_only=check_only, since=since)
 
 
-def embed(ctx: Context, *, symbol: str | None = None):
+def embed(ctx: Context, *, symbol: str | None = None, market: str | None = None):
     from workers.signals import embed as embedding
 
     with ctx.connect("embed") as conn:
-        return embedding.run(conn, symbol=symbol,
+        return embedding.run(conn, symbol=symbol, market=market,
                              index_min_rows=ctx.settings.vector_index_min_rows)
 
 
 def similar(ctx: Context, *, symbol: str, at: datetime | None, k: int = 10,
-            exclude_minutes: int = 60, probes: int | None = None, labelled: bool = False):
+            exclude_minutes: int = 60, probes: int | None = None, labelled: bool = False,
+            market: str = "spot"):
     """`at` None: the newest embedded window (`labelled`: the newest whose next hour is known,
     so what followed it can be shown)."""
     from datetime import timedelta
@@ -185,9 +194,10 @@ def similar(ctx: Context, *, symbol: str, at: datetime | None, k: int = 10,
 
     with ctx.connect("reader") as conn:
         if at is None:
-            at = search.latest_window(conn, symbol, labelled=labelled) + timedelta(seconds=1)
-        return search.query(conn, symbol=symbol, at=at, k=k, exclude_minutes=exclude_minutes,
-                            probes=probes)
+            at = search.latest_window(conn, symbol, labelled=labelled, market=market) + \
+                timedelta(seconds=1)
+        return search.query(conn, symbol=symbol, market=market, at=at, k=k,
+                            exclude_minutes=exclude_minutes, probes=probes)
 
 
 # --- operations on the stored data ---------------------------------------------------------
@@ -280,30 +290,34 @@ class Gaps:
             state = f"filled {g['filled_at']:%Y-%m-%d %H:%M:%S}" if g["filled_at"] else \
                 f"OPEN ({g['present_count']:,} of {n:,} present)"
             span = f"{g['after_time'].isoformat()} .. {g['before_time'].isoformat()}"
-            out.append(f"{g['source']} {g['symbol']} ids {g['first_missing_id']}.."
+            out.append(f"{g['source']} {g['market']} {g['symbol']} ids {g['first_missing_id']}.."
                        f"{g['last_missing_id']} ({n:,} trades) between {span}: {state}")
         return out
 
 
-def stream_gaps(ctx: Context, symbol: str) -> Gaps:
+def stream_gaps(ctx: Context, symbol: str, market: str | None = None) -> Gaps:
     from workers.db.stream_commit import refresh_gaps
 
     with ctx.connect("ingest") as conn:
-        return Gaps(symbol, refresh_gaps(conn, symbol))
+        return Gaps(symbol, refresh_gaps(conn, symbol, market))
 
 
-def stream(ctx: Context, url: str, symbol: str) -> dict:
+def stream(ctx: Context, url: str, symbol: str, market: str | None = None) -> dict:
     """Run the stream until SIGTERM/SIGINT; returns its final counters."""
     import asyncio
     import signal
 
     from workers.core import crashpoint, logs
     from workers.core.health import HealthServer, Metrics
+    from workers.core.ticks import check_symbol
     from workers.db import stream as live
+    from workers.sources.binance_stream import market_of_url
 
     s = ctx.settings
+    check_symbol(symbol.upper())
+    market = market_of_url(url, market)  # the host says, or --market; never the symbol
     crashpoint.configure(s.crash_at)
-    cfg = live.StreamConfig.from_settings(s, url, symbol)
+    cfg = live.StreamConfig.from_settings(s, url, symbol, market)
     metrics = Metrics()
     writer = ctx.replica_writer(metrics)
     log = logs.get("stream")

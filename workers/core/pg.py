@@ -13,3 +13,9 @@ def require_autocommit(conn: psycopg.Connection, who: str = "this worker") -> ps
         raise ValueError(f"{who} needs a connection in autocommit mode (each write is its own "
                          "transaction): connect with autocommit=True")
     return conn
+
+
+def sibling(conn: psycopg.Connection, **kw) -> psycopg.Connection:
+    """A second connection to the same server as the same login (autocommit)."""
+    return psycopg.connect(conn.info.dsn, password=conn.info.password or None,
+                           autocommit=True, **kw)

@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     ingest_flush_rows: int = Field(
         65_536, ge=1, le=10_000_000,
         description="Rows landed and committed together (one transaction per flush).")
+    ingest_max_zip_ratio: float = Field(
+        40.0, gt=1, description="A zip whose CSV is this many times larger than the zip is "
+        "refused as a likely zip bomb (Binance dumps expand 4-6 times).")
+    ingest_max_file_bytes: int = Field(
+        64 << 30, ge=1 << 20, description="Largest uncompressed dump accepted (bytes).")
+    ingest_max_bucket_rows: int = Field(
+        5_000_000, ge=1000, description="Most trades one 5-minute bucket may hold (the "
+        "busiest real buckets hold ~100k); beyond, the file fails with the bucket named.")
     # --- live stream (`workers stream`) ------------------------------------------------------
     stream_source: str = Field(
         "stream:binance", description="ingestion.stream_offsets source name of the live stream "

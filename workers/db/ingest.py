@@ -5,6 +5,15 @@ For each chunk of a file: validate (bad rows quarantined with line and reason), 
 trade id), then load ticks + registry + aggregate + offset in one transaction. The newest bucket
 of a chunk is carried into the next chunk, so a bucket normally lands once, whole. A replay
 loads landing objects (verified against their checksums) the same way, without landing them.
+
+Concurrency: every bucket is written under its lock (workers/db/bucket_locks.py), held from
+before its landing object is read until its registry row has committed; after the commit the
+object's ETag is checked against the one this writer stored, so the registry never describes an
+object other than the one in landing. Two ingests, a stream compaction and a replay of the same
+buckets may run at once: each bucket's object ends up the union of all of them.
+
+A trade id that another bucket of the same market and symbol already holds (same id, another
+timestamp) is quarantined as a conflicting duplicate, as within a bucket.
 """
 
 from __future__ import annotations
@@ -22,8 +31,11 @@ import psycopg
 import pyarrow as pa
 
 from workers.core import logs
-from workers.core.errors import BadInput
-from workers.core.pg import require_autocommit
+from workers.core.errors import Failed
+from workers.core.pg import require_autocommit, sibling
+from workers.core.sqlfiles import query
+from workers.core.ticks import iso, to_dt, to_us
+from workers.db.bucket_locks import SessionLocks, xact_lock
 from workers.db.load import BucketLoad, known_buckets, load
 from workers.landing.store import (
     RAW,
@@ -31,13 +43,15 @@ from workers.landing.store import (
     Landing,
     bucket_of_key,
     bucket_stats,
+    object_key,
     split_by_bucket,
 )
-from workers.sources.binance_files import BadFile, RawBatch, TradeFile, open_trade_file
+from workers.sources.binance_files import BadFile, Limits, RawBatch, TradeFile, open_trade_file
 from workers.sources.validate import UnitState, validate
 
 log = logs.get("ingest")
 S3_THREADS = 3
+CONFLICT = "conflicting duplicate trade id (same id, different values)"
 
 
 @dataclass
@@ -52,6 +66,7 @@ class Summary:
     buckets_unchanged: int = 0
     quarantine_uri: str | None = None
     seconds: float = 0.0
+    skipped_keys: list[str] = field(default_factory=list)  # replay: keys that are not objects
 
     @property
     def changed(self) -> bool:
@@ -63,16 +78,22 @@ class Summary:
                      "buckets_unchanged"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.quarantined.update(other.quarantined)
+        self.skipped_keys += other.skipped_keys
         self.seconds += other.seconds
 
     def summary(self) -> str:
         q = ", ".join(f"{k}: {v}" for k, v in sorted(self.quarantined.items())) or "none"
-        return (f"{self.source}: read {self.rows_read:,}, accepted {self.accepted:,}, "
+        text = (f"{self.source}: read {self.rows_read:,}, accepted {self.accepted:,}, "
                 f"inserted {self.inserted:,}, duplicates {self.duplicates:,}, quarantined "
                 f"{sum(self.quarantined.values()):,} ({q}); buckets landed "
                 f"{self.buckets_landed}, unchanged {self.buckets_unchanged}; "
-                f"{self.seconds:.1f} s"
-                + (f"\n  quarantine: {self.quarantine_uri}" if self.quarantine_uri else ""))
+                f"{self.seconds:.1f} s")
+        if self.skipped_keys:
+            text += (f"\n  skipped {len(self.skipped_keys)} key(s) that are not landing "
+                     f"objects, e.g. {self.skipped_keys[0]}")
+        if self.quarantine_uri:
+            text += f"\n  quarantine: {self.quarantine_uri}"
+        return text
 
     def as_dict(self) -> dict:
         return {"source": self.source, "rows_read": self.rows_read, "accepted": self.accepted,
@@ -81,20 +102,25 @@ class Summary:
                 "quarantined_by_reason": dict(self.quarantined),
                 "buckets_landed": self.buckets_landed,
                 "buckets_unchanged": self.buckets_unchanged,
+                "skipped_keys": self.skipped_keys,
                 "quarantine_uri": self.quarantine_uri, "seconds": round(self.seconds, 3)}
 
 
-class Pipeline:
-    """Lands and loads buckets of one symbol from a file."""
+Pending = dict[int, list[tuple[pa.Table, np.ndarray]]]  # bucket µs -> [(rows, input positions)]
 
-    def __init__(self, conn: psycopg.Connection, landing: Landing, symbol: str, source: str,
-                 summary: Summary, replica=None):
+
+class Pipeline:
+    """Lands and loads buckets of one market's symbol from a file."""
+
+    def __init__(self, conn: psycopg.Connection, landing: Landing, market: str, symbol: str,
+                 source: str, summary: Summary, replica=None, *, max_bucket_rows: int):
         self.conn = require_autocommit(conn)
         self.replica = replica  # workers.replica.writer.ReplicaWriter: best effort, after commit
         self.landing = landing
-        self.symbol = symbol
+        self.market, self.symbol = market, symbol
         self.source = source
         self.summary = summary
+        self.max_bucket_rows = max_bucket_rows
         self.quarantine: list[dict] = []
         self._lock = threading.Lock()  # buckets land on threads; counters are shared
         self._pool = ThreadPoolExecutor(S3_THREADS)
@@ -102,40 +128,72 @@ class Pipeline:
         # still landed before it is loaded, and loads stay in order on one connection.
         self._db = ThreadPoolExecutor(1)
         self._loading: Future | None = None
+        self._in_flight: tuple[list[tuple[str, str, int]], list[BucketWrite]] | None = None
+        # Bucket locks and the lookups made under them, on a connection of their own (used by
+        # this thread only; loads run on `conn` in the database thread).
+        self._lock_conn = sibling(conn)
+        self.locks = SessionLocks(self._lock_conn)
+        self._ranges: dict[int, tuple[int, int]] = {}  # trade ids of buckets landed this run
 
-    def flush(self, buckets: dict[int, list[tuple[pa.Table, np.ndarray]]],
-              describe: Callable[[int], dict]) -> None:
+    def flush(self, buckets: Pending, describe: Callable[[int], dict]) -> None:
         """Land, then load, the given buckets: {bucket µs: [(rows, their input positions)]}."""
         if not buckets:
             return
         keys = sorted(buckets)
-        landed = list(self._pool.map(lambda b: self._land(b, buckets[b], describe), keys))
+        ids = [(self.market, self.symbol, b) for b in keys]
+        # Holding the previous flush's locks, only try; otherwise let go of them first (its
+        # load commits) and wait: no two writers ever wait for each other in a cycle.
+        if not self.locks.try_acquire(ids):
+            self.wait()
+            self.locks.acquire(ids)
+        merged = {b: (pa.concat_tables([t for t, _ in buckets[b]]),
+                      np.concatenate([p for _, p in buckets[b]])) for b in keys}
+        merged = self._drop_conflicts(merged, describe)
+        moved = self._old_layout_keys(keys)
+        landed = list(self._pool.map(
+            lambda b: self._land(b, *merged[b], describe, moved.get(b)), keys))
         self.wait()
+        self._in_flight = (ids, [w for _, w in landed])
         self._loading = self._db.submit(self._load, landed)
 
     def wait(self) -> None:
+        """The previous flush committed: check what it registered is what landing holds, then
+        release its bucket locks."""
         if self._loading is not None:
-            self._loading.result()  # re-raises a load error here, in the caller's thread
-            self._loading = None
+            try:
+                self._loading.result()  # re-raises a load error here, in the caller's thread
+            finally:
+                self._loading = None
+            ids, writes = self._in_flight
+            self._in_flight = None
+            self._verify(writes)
+            self.locks.release(ids)
             # mimalloc keeps freed pages for reuse; between flushes nothing needs them.
             pa.default_memory_pool().release_unused()
 
-    def _land(self, bucket: int, parts, describe) -> tuple[int, BucketWrite]:
-        incoming = pa.concat_tables([t for t, _ in parts])
-        positions = np.concatenate([p for _, p in parts])
-        w = self.landing.merge_into(self.symbol, bucket, incoming)
+    def _land(self, bucket: int, incoming: pa.Table, positions: np.ndarray, describe,
+              current_key: str | None) -> tuple[int, BucketWrite]:
+        w = self.landing.merge_into(self.market, self.symbol, bucket, incoming,
+                                    current_key=current_key)
+        if w.merge.table.num_rows > self.max_bucket_rows:
+            raise BadFile(self.source, f"bucket {iso(bucket)} would hold "
+                                       f"{w.merge.table.num_rows:,} trades (limit "
+                                       f"{self.max_bucket_rows:,}, TICKSTACK_INGEST_MAX_BUCKET_"
+                                       "ROWS): not five minutes of a real market")
         with self._lock:
             self.summary.duplicates += w.merge.duplicates
             for pos, reason in w.merge.conflicts:
                 self.quarantine_row(describe(int(positions[pos])), reason)
             self.summary.buckets_landed += w.written
+        ids = w.merge.table.column("trade_id")
+        self._ranges[bucket] = (ids[0].as_py(), ids[-1].as_py())  # sorted by trade id
         return bucket, w
 
     def _load(self, landed: list[tuple[int, BucketWrite]]) -> None:
-        known = known_buckets(self.conn, self.symbol, [b for b, _ in landed])
+        known = known_buckets(self.conn, self.market, self.symbol, [b for b, _ in landed])
         loads = []
         for bucket, w in landed:
-            if bucket in known and known[bucket] == w.sha256:
+            if bucket in known and known[bucket] == w.sha256 and w.moved_from is None:
                 with self._lock:
                     self.summary.buckets_unchanged += 1
                 continue
@@ -145,7 +203,7 @@ class Pipeline:
             # it goes through ON CONFLICT to reconcile.
             m = w.merge
             rows = m.new_rows if bucket in known and known[bucket] == w.before else m.table
-            loads.append(BucketLoad(self.symbol, bucket, rows, bucket in known,
+            loads.append(BucketLoad(self.market, self.symbol, bucket, rows, bucket in known,
                                     self.landing.uri(w.key), w.sha256, w.size,
                                     bucket_stats(m.table)))
         if loads:
@@ -154,34 +212,115 @@ class Pipeline:
                 self.summary.inserted += n
             if self.replica is not None:  # committed on the primary: now the replica, never
                 source = self.source      # waiting for it (see workers/replica/writer.py)
-                self.replica.submit([(b.symbol, b.bucket_us) for b in loads],
+                self.replica.submit([(b.market, b.symbol, b.bucket_us) for b in loads],
                                     lambda c: load(c, loads, source=source), what=source)
+
+    def _verify(self, writes: list[BucketWrite]) -> None:
+        """Registered and committed: the objects must still be the ones this writer stored
+        (still under the bucket locks). Old-layout objects that were moved go now."""
+        written = [w for w in writes if w.written and w.etag]
+        for prefix in sorted({w.key.rsplit("/", 1)[0] + "/" for w in written}):
+            now = self.landing.etags(prefix)
+            for w in written:
+                if w.key.startswith(prefix) and now.get(w.key) != w.etag:
+                    raise Failed(f"{self.landing.uri(w.key)} changed after this ingest stored "
+                                 "and registered it (a writer outside tickstack's bucket "
+                                 "locks?): run the ingest again to reconcile")
+        old = [w.moved_from for w in writes if w.moved_from]
+        if old:
+            self.landing.delete(old)
+
+    def _old_layout_keys(self, buckets: list[int]) -> dict[int, str]:
+        """Registered objects of these buckets under the layout before markets (spot only)."""
+        if self.market != "spot":
+            return {}
+        rows = self._lock_conn.execute(query(__package__, "registered_keys"), [
+            self.market, self.symbol, [to_dt(b) for b in buckets]]).fetchall()
+        out = {}
+        for bucket, uri in rows:
+            key = self.landing.key_of(uri)
+            if key != object_key(self.market, self.symbol, to_us(bucket)):
+                out[to_us(bucket)] = key
+        return out
+
+    def _drop_conflicts(self, merged: dict[int, tuple[pa.Table, np.ndarray]],
+                        describe) -> dict[int, tuple[pa.Table, np.ndarray]]:
+        """Quarantine incoming rows whose trade id another bucket already holds: another
+        bucket of this flush, of this run, or of the database."""
+        if not merged:
+            return merged
+        keys = sorted(merged)
+        ids = np.concatenate([merged[b][0].column("trade_id").to_numpy() for b in keys])
+        pos = np.concatenate([merged[b][1] for b in keys])
+        owner = np.concatenate([np.full(merged[b][0].num_rows, b, dtype=np.int64)
+                                for b in keys])
+        bad = np.zeros(len(ids), dtype=bool)
+        # Within the flush: the first row of an id (in file order) keeps it; the same id in
+        # another bucket is a conflict (in the same bucket, the merge tells duplicates apart).
+        order = np.lexsort((pos, ids))
+        sid, sown = ids[order], owner[order]
+        first = np.r_[True, sid[1:] != sid[:-1]]
+        keeper = np.maximum.accumulate(np.where(first, np.arange(len(ids)), 0))
+        bad[order[~first & (sown != sown[keeper])]] = True
+        lo, hi = int(ids.min()), int(ids.max())
+        # Buckets landed earlier in this run whose load may not have committed: let it.
+        if any(b not in merged and r[1] >= lo and r[0] <= hi for b, r in self._ranges.items()):
+            self.wait()
+        others = [r[0] for r in self._lock_conn.execute(
+            query(__package__, "overlapping_buckets"),
+            [self.market, self.symbol, lo, hi, [to_dt(b) for b in keys]]).fetchall()]
+        if others:  # only buckets whose trade-id range overlaps this flush's: check their ids
+            taken = [r[0] for r in self._lock_conn.execute(
+                query(__package__, "ids_in_buckets"),
+                [self.market, self.symbol, others, ids.tolist()]).fetchall()]
+            bad |= np.isin(ids, np.asarray(taken, dtype=np.int64))
+        if not bad.any():
+            return merged
+        out = {}
+        start = 0
+        for b in keys:
+            t, p = merged[b]
+            keep = ~bad[start:start + t.num_rows]
+            for i in np.flatnonzero(~keep):
+                self.quarantine_row(describe(int(p[i])), CONFLICT)
+            start += t.num_rows
+            if keep.any():
+                out[b] = (t.filter(pa.array(keep)), p[keep])
+        return out
 
     def quarantine_row(self, where: dict, reason: str) -> None:
         self.summary.quarantined[reason] += 1
         self.quarantine.append({**where, "reason": reason})
 
     def close(self, run_id: str) -> None:
-        self._pool.shutdown()
-        self._db.shutdown()
-        if self.quarantine:
-            self.summary.quarantine_uri = self.landing.write_quarantine(
-                self.symbol, self.source, run_id, self.quarantine)
+        try:
+            self._pool.shutdown()
+            self._db.shutdown()
+            if self.quarantine:
+                self.summary.quarantine_uri = self.landing.write_quarantine(
+                    self.market, self.symbol, self.source, run_id, self.quarantine)
+        finally:
+            self.locks.release_all()
+            self._lock_conn.close()
 
 
 def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
-                symbol: str | None = None, progress: Callable[[Summary], None] | None = None,
+                symbol: str | None = None, market: str | None = None,
+                progress: Callable[[Summary], None] | None = None,
                 run_id: str | None = None, block_bytes: int = 512 << 10,
-                flush_rows: int = 65_536, replica=None) -> Summary:
+                flush_rows: int = 65_536, replica=None, limits: Limits = Limits(),
+                max_bucket_rows: int = 5_000_000) -> Summary:
     """Small parse blocks keep Arrow's CSV buffers small (they peak at ~20x the block); rows are
-    flushed (landed, then loaded in one transaction) once `flush_rows` are ready."""
+    flushed (landed, then loaded in one transaction) once `flush_rows` are ready; a bucket
+    holding more than four flushes' worth is flushed in parts, so memory stays bounded."""
     t0 = time.monotonic()
-    tf: TradeFile = open_trade_file(path, symbol)
+    tf: TradeFile = open_trade_file(path, symbol, market, limits)
     summary = Summary(source=str(path))
-    pipe = Pipeline(conn, landing, tf.symbol, f"file:{tf.path.name}", summary, replica)
+    pipe = Pipeline(conn, landing, tf.market, tf.symbol, f"file:{tf.path.name}", summary,
+                    replica, max_bucket_rows=max_bucket_rows)
     units = UnitState()
     lay = tf.layout
-    pending: dict[int, list[tuple[pa.Table, np.ndarray]]] = {}
+    pending: Pending = {}
     held: dict[int, RawBatch] = {}  # text of batches with rows still pending (for quarantine)
 
     def describe(pos: int) -> dict:
@@ -205,15 +344,22 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
                     "is_buyer_maker": batch.column("is_buyer_maker")}
             if lay.quote_col:
                 cols["quote_quantity"] = batch.column(lay.quote_col)
-            table, pos, bad = validate(cols, units)
+            table, pos, bad = validate(cols, units, flagged={
+                i: "invalid UTF-8 bytes" for i in rb.bad_utf8})
             for i, reason in bad:
-                pipe.quarantine_row(_row_info(tf, rb, k0 + i), reason)
+                info = _row_info(tf, rb, k0 + i)
+                if i in rb.bad_utf8:
+                    info["text"] = rb.bad_utf8[i]
+                pipe.quarantine_row(info, reason)
             summary.accepted += table.num_rows
             held[k0] = rb
             for bucket, (t, p) in split_by_bucket(table, pos + k0).items():
                 pending.setdefault(bucket, []).append((t, p))
-            # Keep the newest bucket open: the next chunk probably continues it.
+            # Keep the newest bucket open (the next chunk probably continues it) unless it has
+            # grown past any real market's five minutes.
             newest = max(pending) if pending else None
+            if newest is not None and sum(t.num_rows for t, _ in pending[newest]) > 4 * flush_rows:
+                newest = None
             ready = {b: v for b, v in pending.items() if b != newest}
             # The first flush is small so the database starts working early.
             threshold = flush_rows if summary.buckets_landed else min(flush_rows, 16_384)
@@ -236,8 +382,7 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
             raise BadFile(path, "no rows")
     finally:
         pipe.close(run_id or _run_id())
-    summary.accepted -= sum(1 for q in pipe.quarantine
-                            if q["reason"].startswith("conflicting duplicate"))
+    summary.accepted -= sum(1 for q in pipe.quarantine if q["reason"] == CONFLICT)
     summary.seconds = time.monotonic() - t0
     return summary
 
@@ -250,23 +395,31 @@ def _row_info(tf: TradeFile, rb: RawBatch, pos: int) -> dict:
 
 
 def landing_keys(landing: Landing, prefix: str, *, since_us: int | None = None,
-                 until_us: int | None = None) -> list[str]:
-    """Bucket objects under `prefix` (raw/...) whose bucket lies in [since, until)."""
-    keys = []
+                 until_us: int | None = None, skipped: list[str] | None = None) -> list[str]:
+    """Bucket objects under `prefix` (raw/...) whose bucket lies in [since, until); keys that
+    are not bucket objects go to `skipped` (reported, never loaded). Where an old-layout
+    object and a new one hold the same bucket (a move cut short), the new one is used."""
+    chosen: dict[tuple[str, str, int], str] = {}
     for k in landing.keys(prefix):
         try:
-            _, bucket = bucket_of_key(k)
+            market, symbol, bucket = bucket_of_key(k)
         except ValueError as e:
-            raise BadInput(f"{landing.uri(k)}: {e}") from None
+            if skipped is not None:
+                skipped.append(str(e))
+            log.warning("landing key skipped", reason=str(e))
+            continue
         if (since_us is None or bucket >= since_us) and (until_us is None or bucket < until_us):
-            keys.append(k)
-    return keys
+            b = (market, symbol, bucket)
+            if b not in chosen or k == object_key(*b):
+                chosen[b] = k
+    return sorted(chosen.values())
 
 
 def replay(conn: psycopg.Connection, landing: Landing, keys: list[str], *, source: str,
            registry_is_current: bool = True, skip_unchanged: bool = False,
            progress: Callable[[Summary], None] | None = None) -> Summary:
-    """Load landing objects into the database, 64 buckets per transaction (the one replay).
+    """Load landing objects into the database, 64 buckets per transaction (the one replay),
+    each chunk under its buckets' locks.
 
     `registry_is_current`: the database's registry vouches for its objects, so an object that
     differs from its registry checksum is corrupt (a plain replay). False after a point-in-time
@@ -277,26 +430,29 @@ def replay(conn: psycopg.Connection, landing: Landing, keys: list[str], *, sourc
     require_autocommit(conn)
     t0 = time.monotonic()
     summary = Summary(source=f"s3://{landing.bucket}/" + (_common_prefix(keys) or RAW))
-    by_symbol: dict[str, list[tuple[str, int]]] = {}
+    by_series: dict[tuple[str, str], list[tuple[str, int]]] = {}
     for k in keys:
-        symbol, bucket = bucket_of_key(k)
-        by_symbol.setdefault(symbol, []).append((k, bucket))
-    for symbol, items in by_symbol.items():
+        market, symbol, bucket = bucket_of_key(k)
+        by_series.setdefault((market, symbol), []).append((k, bucket))
+    for (market, symbol), items in by_series.items():
         for i in range(0, len(items), 64):
             chunk = items[i:i + 64]
-            known = known_buckets(conn, symbol, [b for _, b in chunk])
-            loads = []
-            for key, bucket in chunk:
-                obj = landing.read_verified(
-                    key, known.get(bucket) if registry_is_current else None)
-                summary.rows_read += obj.table.num_rows
-                summary.accepted += obj.table.num_rows
-                if skip_unchanged and known.get(bucket) == obj.sha256:
-                    continue
-                loads.append(BucketLoad(symbol, bucket, obj.table, bucket in known,
-                                        landing.uri(key), obj.sha256, obj.size,
-                                        bucket_stats(obj.table)))
-            summary.inserted += load(conn, loads, source=f"{source}:{symbol}") if loads else 0
+            with conn.transaction():
+                xact_lock(conn, [(market, symbol, b) for _, b in chunk])
+                known = known_buckets(conn, market, symbol, [b for _, b in chunk])
+                loads = []
+                for key, bucket in chunk:
+                    obj = landing.read_verified(
+                        key, known.get(bucket) if registry_is_current else None)
+                    summary.rows_read += obj.table.num_rows
+                    summary.accepted += obj.table.num_rows
+                    if skip_unchanged and known.get(bucket) == obj.sha256:
+                        continue
+                    loads.append(BucketLoad(market, symbol, bucket, obj.table, bucket in known,
+                                            landing.uri(key), obj.sha256, obj.size,
+                                            bucket_stats(obj.table)))
+                if loads:
+                    summary.inserted += load(conn, loads, source=f"{source}:{symbol}")
             summary.buckets_unchanged += len(loads)
             if progress:
                 progress(summary)
@@ -307,11 +463,14 @@ def replay(conn: psycopg.Connection, landing: Landing, keys: list[str], *, sourc
 def ingest_landing(conn: psycopg.Connection, landing: Landing, prefix: str, *,
                    since_us: int | None = None, until_us: int | None = None,
                    progress: Callable[[Summary], None] | None = None) -> Summary:
-    """Replay landing objects under `prefix` (raw/<SYMBOL>/...) into the database; each is
-    checked against the registry's checksum (or, unregistered, the one stored with it)."""
-    keys = landing_keys(landing, prefix, since_us=since_us, until_us=until_us)
+    """Replay landing objects under `prefix` (raw/...) into the database; each is checked
+    against the registry's checksum (or, unregistered, the one stored with it). Keys that are
+    not bucket objects are skipped and reported, never loaded."""
+    skipped: list[str] = []
+    keys = landing_keys(landing, prefix, since_us=since_us, until_us=until_us, skipped=skipped)
     s = replay(conn, landing, keys, source="landing", progress=progress)
     s.source = f"s3://{landing.bucket}/{prefix}"
+    s.skipped_keys = skipped
     return s
 
 

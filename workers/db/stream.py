@@ -9,8 +9,13 @@
 
 Crash safety: a trade is accepted once its batch's parts are in landing. On start the worker
 first commits any landed parts the primary lacks (ON CONFLICT, idempotent), compacts buckets that
-closed, and resumes after `ingestion.stream_offsets`: trades at or below the offset are skipped.
-Trade ids jump → a gap row (never marked filled until every id is present in btc_ticks).
+closed, and resumes after `ingestion.stream_offsets`.
+
+Dedup is by identity (market, symbol, trade id): every id up to the newest accepted one has
+been accepted except those in an open gap, so a trade at or below it is a re-send unless its id
+lies in a gap — then it is a late trade, accepted, and it fills its gap. Trade ids jump → a gap
+row (never marked filled until every id is present in btc_ticks). The market comes from the
+stream's host or --market and is part of every key: a futures stream never touches spot.
 
 Connection handling: capped exponential backoff with jitter between attempts; the websockets
 library answers pings (and sends its own); no message for `stream_silence_seconds` means the
@@ -20,6 +25,7 @@ connection is dead. SIGTERM/SIGINT: the batch in flight is committed and the wor
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import random
 import signal
@@ -34,9 +40,11 @@ from websockets.asyncio.client import connect
 
 from workers.core import crashpoint, logs
 from workers.core.health import Heartbeat, Metrics
+from workers.core.pg import require_autocommit
+from workers.core.ticks import BUCKET_US
 from workers.db.stream_commit import Gap, commit_batch, compact, read_offset, refresh_gaps
 from workers.landing.parts import list_parts, read_part, write_part
-from workers.landing.store import BUCKET_US, Landing, split_by_bucket
+from workers.landing.store import Landing, split_by_bucket
 from workers.sources.binance_stream import HARD_FRAME_LIMIT, Reject, parse, trades_table
 
 log = logs.get("stream")
@@ -47,6 +55,7 @@ log = logs.get("stream")
 class StreamConfig:
     url: str
     symbol: str = "BTCUSDT"
+    market: str = "spot"
     source: str = "stream:binance"
     batch_rows: int = 1000
     batch_seconds: float = 1.0
@@ -58,8 +67,8 @@ class StreamConfig:
     ready_seconds: float = 60.0
 
     @classmethod
-    def from_settings(cls, s, url: str, symbol: str) -> StreamConfig:
-        return cls(url=url, symbol=symbol.upper(), source=s.stream_source,
+    def from_settings(cls, s, url: str, symbol: str, market: str) -> StreamConfig:
+        return cls(url=url, symbol=symbol.upper(), market=market, source=s.stream_source,
                    batch_rows=s.stream_batch_rows, batch_seconds=s.stream_batch_seconds,
                    silence_seconds=s.stream_silence_seconds, grace_seconds=s.stream_grace_seconds,
                    backoff_initial=s.stream_backoff_initial_seconds,
@@ -75,6 +84,7 @@ class Batch:
     qtys: list[str] = field(default_factory=list)
     times: list[int] = field(default_factory=list)
     makers: list[bool] = field(default_factory=list)
+    kinds: list[str | None] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
     quarantine: list[dict] = field(default_factory=list)
     started: float | None = None
@@ -83,14 +93,15 @@ class Batch:
         return len(self.ids)
 
     def table(self) -> pa.Table:
-        return trades_table(self.ids, self.prices, self.qtys, self.times, self.makers)
+        return trades_table(self.ids, self.prices, self.qtys, self.times, self.makers,
+                            self.kinds)
 
 
 class StreamWorker:
     def __init__(self, cfg: StreamConfig, conn: psycopg.Connection, landing: Landing,
                  replica=None, metrics: Metrics | None = None):
         self.cfg = cfg
-        self.conn = conn
+        self.conn = require_autocommit(conn, "the stream")
         self.landing = landing
         self.replica = replica
         self.metrics = metrics or Metrics()
@@ -99,6 +110,8 @@ class StreamWorker:
         self.high_us: int | None = None
         self.exchange_us = 0  # newest committed trade time: closes buckets
         self.open_parts: set[int] = set()  # buckets with parts not compacted yet
+        # Ids at or below high_id not accepted yet (open gaps), as sorted [first, last] ranges.
+        self.missing: list[list[int]] = []
         self.batch = Batch()
         self.stopping = False
         self.connected = False
@@ -113,9 +126,9 @@ class StreamWorker:
 
     def recover(self) -> dict:
         cfg = self.cfg
-        off = read_offset(self.conn, cfg.source, cfg.symbol)
+        off = read_offset(self.conn, cfg.source, cfg.market, cfg.symbol)
         prev = off
-        parts = list_parts(self.landing, cfg.symbol)
+        parts = list_parts(self.landing, cfg.market, cfg.symbol)
         tables = [read_part(self.landing, k) for b in sorted(parts) for k in parts[b]]
         recovered = 0
         if tables:
@@ -131,23 +144,27 @@ class StreamWorker:
                 hi_id, hi_us = prev
                 for i, us in zip(ids[after], times[after], strict=True):
                     if i > hi_id + 1:
-                        gaps.append(Gap(cfg.symbol, hi_id + 1, int(i) - 1, hi_us, int(us)))
+                        gaps.append(Gap(cfg.market, cfg.symbol, hi_id + 1, int(i) - 1, hi_us,
+                                        int(us)))
                     hi_id, hi_us = int(i), int(us)
             # Landed parts are accepted trades: commit them all (ON CONFLICT: the committed
             # ones change nothing).
-            recovered = commit_batch(self.conn, cfg.symbol, cfg.source, t, gaps)
+            recovered = commit_batch(self.conn, cfg.market, cfg.symbol, cfg.source, t, gaps)
             for g in gaps:
                 self._count_gap(g)
-        off = read_offset(self.conn, cfg.source, cfg.symbol)
+        off = read_offset(self.conn, cfg.source, cfg.market, cfg.symbol)
         if off is not None:
             self.high_id, self.high_us = off
             self.exchange_us = off[1]
-        self.open_parts = {b for (_, b) in parts}
+        self.open_parts = {b for (_, _, b) in parts}
         compacted = self._compact_closed()
-        gaps = refresh_gaps(self.conn, cfg.symbol)
-        r = {"offset": off[0] if off else None, "parts": sum(len(v) for v in parts.values()),
-             "recovered_rows": recovered, "compacted": compacted,
-             "open_gaps": sum(1 for g in gaps if g["filled_at"] is None)}
+        gaps = refresh_gaps(self.conn, cfg.symbol, cfg.market)
+        self.missing = [[g["first_missing_id"], g["last_missing_id"]] for g in gaps
+                        if g["filled_at"] is None and g["source"] == cfg.source]
+        self.missing.sort()
+        r = {"market": cfg.market, "offset": off[0] if off else None,
+             "parts": sum(len(v) for v in parts.values()), "recovered_rows": recovered,
+             "compacted": compacted, "open_gaps": len(self.missing)}
         log.info("stream recovered", **r)
         return r
 
@@ -155,8 +172,10 @@ class StreamWorker:
 
     def handle(self, raw: str | bytes) -> None:
         self.last_message = time.monotonic()
+        cfg = self.cfg
         try:
-            tid, p, q, us, m = parse(raw, self.cfg.symbol, self.cfg.max_message_bytes)
+            tid, p, q, us, m, kind = parse(raw, cfg.symbol, cfg.max_message_bytes,
+                                           market=cfg.market)
         except Reject as r:
             self.metrics.messages.labels(r.kind).inc()
             if r.kind != "other":
@@ -165,14 +184,20 @@ class StreamWorker:
             return
         self.metrics.messages.labels("trade").inc()
         if self.high_id is not None and tid <= self.high_id:
-            # At or below the newest accepted id: a re-sent trade (overlap after a reconnect or
-            # restart). Binance sends ids in order, so nothing new is ever below it.
-            self.metrics.trades.labels("duplicate").inc()
-            return
-        if self.high_id is not None and tid > self.high_id + 1:
-            g = Gap(self.cfg.symbol, self.high_id + 1, tid - 1, self.high_us or us, us)
-            self.batch.gaps.append(g)
-            self._count_gap(g)
+            # Every id up to high_id was accepted except those in an open gap: a late trade
+            # fills its gap; anything else is a re-send (overlap after a reconnect or restart).
+            if not self._take_missing(tid):
+                self.metrics.trades.labels("duplicate").inc()
+                return
+            self.metrics.trades.labels("out_of_order").inc()
+        else:
+            if self.high_id is not None and tid > self.high_id + 1:
+                g = Gap(cfg.market, cfg.symbol, self.high_id + 1, tid - 1,
+                        self.high_us or us, us)
+                self.batch.gaps.append(g)
+                self.missing.append([g.first_missing_id, g.last_missing_id])
+                self._count_gap(g)
+            self.high_id, self.high_us = tid, us
         b = self.batch
         if b.started is None:
             b.started = time.monotonic()
@@ -181,7 +206,17 @@ class StreamWorker:
         b.qtys.append(q)
         b.times.append(us)
         b.makers.append(m)
-        self.high_id, self.high_us = tid, us
+        b.kinds.append(kind)
+
+    def _take_missing(self, tid: int) -> bool:
+        """Whether `tid` is in an open gap; if so it is no longer missing."""
+        i = bisect.bisect_right(self.missing, [tid, float("inf")]) - 1
+        if i < 0 or not self.missing[i][0] <= tid <= self.missing[i][1]:
+            return False
+        lo, hi = self.missing[i]
+        rest = [r for r in ([lo, tid - 1], [tid + 1, hi]) if r[0] <= r[1]]
+        self.missing[i:i + 1] = rest
+        return True
 
     def _quarantine(self, where: dict, reason: str) -> None:
         self._n_quarantine += 1
@@ -194,7 +229,8 @@ class StreamWorker:
     def _count_gap(self, g: Gap) -> None:
         self.metrics.gaps.inc()
         self.metrics.gap_trades.inc(g.size)
-        log.warning("trade-id gap", symbol=g.symbol, first_missing=g.first_missing_id,
+        log.warning("trade-id gap", market=g.market, symbol=g.symbol,
+                    first_missing=g.first_missing_id,
                     last_missing=g.last_missing_id, missing=g.size)
 
     def batch_due(self) -> bool:
@@ -211,7 +247,7 @@ class StreamWorker:
             return
         cfg = self.cfg
         if b.quarantine:
-            self.landing.write_quarantine(cfg.symbol, cfg.source, f"{self._run_id}-"
+            self.landing.write_quarantine(cfg.market, cfg.symbol, cfg.source, f"{self._run_id}-"
                                           f"{b.ids[0] if b.ids else int(time.time() * 1000)}",
                                           b.quarantine)
         if not len(b):
@@ -219,10 +255,10 @@ class StreamWorker:
         table = b.table()
         buckets = split_by_bucket(table, np.arange(table.num_rows))
         for bucket in sorted(buckets):  # in id order: a crash leaves a prefix of the batch
-            write_part(self.landing, cfg.symbol, bucket, buckets[bucket][0])
+            write_part(self.landing, cfg.market, cfg.symbol, bucket, buckets[bucket][0])
             self.open_parts.add(bucket)
         crashpoint.reach("after_land")
-        commit_batch(self.conn, cfg.symbol, cfg.source, table, b.gaps)
+        commit_batch(self.conn, cfg.market, cfg.symbol, cfg.source, table, b.gaps)
         crashpoint.reach("after_commit")
         self.last_commit = time.monotonic()
         self.metrics.batches.inc()
@@ -232,9 +268,10 @@ class StreamWorker:
         self.metrics.lag.set(max(0.0, time.time() - self.exchange_us / 1e6))
         self.metrics.last_commit.set(time.time())
         if self.replica is not None:
-            gaps, sym, src = b.gaps, cfg.symbol, cfg.source
-            self.replica.submit([(sym, k) for k in buckets],
-                                lambda c: commit_batch(c, sym, src, table, gaps), what="batch")
+            gaps, mkt, sym, src = b.gaps, cfg.market, cfg.symbol, cfg.source
+            self.replica.submit([(mkt, sym, k) for k in buckets],
+                                lambda c: commit_batch(c, mkt, sym, src, table, gaps),
+                                what="batch")
         self._compact_closed()
 
     def _compact_closed(self) -> int:
@@ -243,15 +280,15 @@ class StreamWorker:
         for bucket in sorted(self.open_parts):
             if bucket + BUCKET_US + grace_us > self.exchange_us:
                 continue
-            r = compact(self.conn, self.landing, self.cfg.symbol, bucket, self.cfg.source,
-                        self.replica)
+            r = compact(self.conn, self.landing, self.cfg.market, self.cfg.symbol, bucket,
+                        self.cfg.source, self.replica)
             self.open_parts.discard(bucket)
             if r:
                 n += 1
                 self.metrics.compactions.inc()
                 log.info("bucket compacted", **r)
         if n:
-            refresh_gaps(self.conn, self.cfg.symbol)
+            refresh_gaps(self.conn, self.cfg.symbol, self.cfg.market)
         return n
 
     # --- the connection loop --------------------------------------------------------------

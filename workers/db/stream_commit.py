@@ -13,6 +13,7 @@ import pyarrow as pa
 from workers.core import crashpoint, logs
 from workers.core.sqlfiles import query
 from workers.core.ticks import BUCKET_US, iso, to_dt, to_us
+from workers.db.bucket_locks import xact_lock
 from workers.db.load import BucketLoad, advance_offset, load
 from workers.db.load import insert_ticks as load_ticks
 from workers.landing.parts import list_parts, read_parts
@@ -24,6 +25,7 @@ DEFAULT_SOURCE = "stream:binance"  # the stream_source setting's default
 
 @dataclass
 class Gap:
+    market: str
     symbol: str
     first_missing_id: int
     last_missing_id: int
@@ -35,72 +37,95 @@ class Gap:
         return self.last_missing_id - self.first_missing_id + 1
 
 
-def insert_ticks(conn: psycopg.Connection, symbol: str, table: pa.Table) -> int:
+def insert_ticks(conn: psycopg.Connection, market: str, symbol: str, table: pa.Table) -> int:
     """A batch's ticks through ON CONFLICT DO NOTHING (call inside a transaction)."""
     if not table.num_rows:
         return 0
     with conn.cursor() as cur:
         cur.execute("SET LOCAL TimeZone = 'UTC'")
-        return load_ticks(cur, [(symbol, [table])])
+        return load_ticks(cur, [((market, symbol), [table])])
 
 
-def commit_batch(conn: psycopg.Connection, symbol: str, source: str, table: pa.Table,
-                 gaps: list[Gap]) -> int:
+def commit_batch(conn: psycopg.Connection, market: str, symbol: str, source: str,
+                 table: pa.Table, gaps: list[Gap]) -> int:
     """One transaction: the batch's ticks, the offset (forward only) and the gaps it saw."""
     with conn.transaction():
-        n = insert_ticks(conn, symbol, table)
+        n = insert_ticks(conn, market, symbol, table)
         if table.num_rows:
             i = table.column("trade_id").to_pylist()
             last = max(range(len(i)), key=i.__getitem__)
-            advance_offset(conn, source, symbol, i[last],
+            advance_offset(conn, source, market, symbol, i[last],
                            table.column("event_time")[last].as_py())
         for g in gaps:
             conn.execute(
                 query(__package__, "record_gap"),
-                [source, g.symbol, g.first_missing_id, g.last_missing_id, to_dt(g.after_us),
-                 to_dt(g.before_us)])
+                [source, g.market, g.symbol, g.first_missing_id, g.last_missing_id,
+                 to_dt(g.after_us), to_dt(g.before_us)])
     return n
 
 
-def read_offset(conn: psycopg.Connection, source: str, symbol: str) -> tuple[int, int] | None:
+def read_offset(conn: psycopg.Connection, source: str, market: str, symbol: str
+                ) -> tuple[int, int] | None:
     """(last trade id, its trade time µs) or None."""
     r = conn.execute("SELECT last_trade_id, last_event_time FROM ingestion.stream_offsets "
-                     "WHERE source = %s AND symbol = %s", [source, symbol]).fetchone()
+                     "WHERE source = %s AND market = %s AND symbol = %s",
+                     [source, market, symbol]).fetchone()
     if r is None:
         return None
     return r[0], to_us(r[1])
 
 
-def refresh_gaps(conn: psycopg.Connection, symbol: str | None = None) -> list[dict]:
+def open_gaps(conn: psycopg.Connection, source: str, market: str, symbol: str
+              ) -> list[tuple[int, int]]:
+    """(first, last) missing id of every open gap of one stream: the ids below its offset that
+    it has not accepted yet."""
+    return [tuple(r) for r in conn.execute(
+        "SELECT first_missing_id, last_missing_id FROM ingestion.stream_gaps WHERE source = %s "
+        "AND market = %s AND symbol = %s AND filled_at IS NULL ORDER BY 1",
+        [source, market, symbol])]
+
+
+def refresh_gaps(conn: psycopg.Connection, symbol: str | None = None,
+                 market: str | None = None) -> list[dict]:
     """Re-count the ids present in every open gap; a gap is filled only when all of them are.
     Returns all gaps (open first)."""
     with conn.transaction():
-        conn.execute(query(__package__, "refresh_gaps"), {"symbol": symbol})
-    cols = ("source", "symbol", "first_missing_id", "last_missing_id", "after_time",
+        conn.execute(query(__package__, "refresh_gaps"), {"symbol": symbol, "market": market})
+    cols = ("source", "market", "symbol", "first_missing_id", "last_missing_id", "after_time",
             "before_time", "detected_at", "present_count", "checked_at", "filled_at")
-    rows = conn.execute(query(__package__, "list_gaps"), {"symbol": symbol})
+    rows = conn.execute(query(__package__, "list_gaps"), {"symbol": symbol, "market": market})
     return [dict(zip(cols, r, strict=True)) for r in rows]
 
 
-def compact(conn: psycopg.Connection, landing: Landing, symbol: str, bucket_us: int,
-            source: str, replica=None) -> dict | None:
-    """Fold the bucket's parts into its landing object, register it, then delete the parts."""
-    parts = read_parts(landing, symbol, bucket_us)
-    if not parts:
-        return None
-    w = landing.merge_into(symbol, bucket_us, pa.concat_tables([t for _, t in parts]),
-                           trust_listing=False)
-    if w.merge.conflicts:
-        log.warning("stream trades conflict with the landed bucket (same id, other values); "
-                    "the landed rows win", symbol=symbol, bucket=iso(bucket_us),
-                    conflicts=len(w.merge.conflicts))
-    crashpoint.reach("compact_landed")
-    bl = BucketLoad(symbol, bucket_us, w.merge.table, True, landing.uri(w.key), w.sha256, w.size,
-                    bucket_stats(w.merge.table))
-    load(conn, [bl], source=source)
+def compact(conn: psycopg.Connection, landing: Landing, market: str, symbol: str,
+            bucket_us: int, source: str, replica=None) -> dict | None:
+    """Fold the bucket's parts into its landing object, register it, then delete the parts —
+    under the bucket's lock, in one transaction, like every writer of a bucket object."""
+    with conn.transaction():
+        xact_lock(conn, [(market, symbol, bucket_us)])
+        parts = read_parts(landing, market, symbol, bucket_us)
+        if not parts:
+            return None
+        reg = conn.execute("SELECT s3_uri FROM landing.raw_blobs_5m WHERE market = %s AND "
+                           "asset = %s AND bucket_5m = %s",
+                           [market, symbol, to_dt(bucket_us)]).fetchone()
+        w = landing.merge_into(market, symbol, bucket_us,
+                               pa.concat_tables([t for _, t in parts]),
+                               current_key=landing.key_of(reg[0]) if reg else None,
+                               trust_listing=False)
+        if w.merge.conflicts:
+            log.warning("stream trades conflict with the landed bucket (same id, other "
+                        "values); the landed rows win", market=market, symbol=symbol,
+                        bucket=iso(bucket_us), conflicts=len(w.merge.conflicts))
+        crashpoint.reach("compact_landed")
+        bl = BucketLoad(market, symbol, bucket_us, w.merge.table, True, landing.uri(w.key),
+                        w.sha256, w.size, bucket_stats(w.merge.table))
+        load(conn, [bl], source=source)
     crashpoint.reach("compact_committed")
+    if w.moved_from:
+        landing.delete([w.moved_from])
     if replica is not None:
-        replica.submit([(symbol, bucket_us)], lambda c: load(c, [bl], source=source),
+        replica.submit([(market, symbol, bucket_us)], lambda c: load(c, [bl], source=source),
                        what="compaction")
     landing.delete([k for k, _ in parts])
     return {"bucket": to_dt(bucket_us).isoformat(), "parts": len(parts),
@@ -112,9 +137,9 @@ def compact_all(conn: psycopg.Connection, landing: Landing, source: str | None =
     """Compact every bucket with parts (ending before `before_us` when given). For `restore`:
     after a DR rebuild every accepted trade must be findable under raw/."""
     n = 0
-    for (symbol, bucket), _ in sorted(list_parts(landing).items()):
+    for (market, symbol, bucket), _ in sorted(list_parts(landing).items()):
         if before_us is not None and bucket + BUCKET_US > before_us:
             continue
-        if compact(conn, landing, symbol, bucket, source or DEFAULT_SOURCE, replica):
+        if compact(conn, landing, market, symbol, bucket, source or DEFAULT_SOURCE, replica):
             n += 1
     return n

@@ -1,10 +1,15 @@
-"""The S3 landing bucket: one Parquet object per (symbol, 5-minute bucket), merged on overlap.
+"""The S3 landing bucket: one Parquet object per (market, symbol, 5-minute bucket), merged on
+overlap.
 
 Landing is the source of truth: everything downstream can be rebuilt from these objects. The
 bucket is versioned, so a merge that rewrites an object keeps the previous version. This module
 owns the bucket: its keys, listing, reads verified against a checksum, and the read-merge-write
 of a bucket object (`Landing.merge_into`), which every writer (file ingest, stream compaction)
-goes through.
+goes through — under the bucket's lock (workers/db/bucket_locks.py), with a conditional write
+(If-Match / If-None-Match) as a second guard where the store supports it.
+
+Keys: `raw/<market>/<SYMBOL>/<YYYY-MM-DD>/<HHMM>.parquet`. Objects of the layout before markets
+(`raw/<SYMBOL>/...`) are spot; the next write of such a bucket moves it to the new key.
 """
 
 from __future__ import annotations
@@ -21,31 +26,58 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workers.core.errors import BadInput, Failed
-from workers.core.ticks import BUCKET_US, SCHEMA_VERSION, TICK_SCHEMA, to_dt, to_us
+from workers.core.ticks import (
+    BUCKET_US,
+    MARKETS,
+    SCHEMA_VERSION,
+    SYMBOL_PATTERN,
+    TICK_SCHEMA,
+    conform,
+    printable,
+    to_dt,
+    to_us,
+)
 
 PRODUCER = "tickstack-ingest"
 
 
 RAW = "raw/"
+Bucket = tuple[str, str, int]  # (market, symbol, bucket start µs): a bucket's identity
 
 
-def object_key(symbol: str, bucket_us: int) -> str:
+def object_key(market: str, symbol: str, bucket_us: int) -> str:
     t = to_dt(bucket_us)
-    return f"{RAW}{symbol}/{t:%Y-%m-%d}/{t:%H%M}.parquet"
+    return f"{RAW}{market}/{symbol}/{t:%Y-%m-%d}/{t:%H%M}.parquet"
 
 
-def bucket_of_key(key: str) -> tuple[str, int]:
-    """(symbol, bucket µs) of `raw/<SYMBOL>/<YYYY-MM-DD>/<HHMM>.parquet`; ValueError otherwise."""
+def bucket_of_key(key: str) -> Bucket:
+    """(market, symbol, bucket µs) of a landing object key (the layout before markets is spot);
+    ValueError when the key is not one."""
     parts = key.split("/")
-    if len(parts) != 4 or parts[0] != RAW.rstrip("/") or not parts[3].endswith(".parquet"):
-        raise ValueError(f"not a landing object key (raw/<SYMBOL>/<date>/<HHMM>.parquet): {key}")
-    _, symbol, day, name = parts
-    t = datetime.strptime(f"{day} {name.removesuffix('.parquet')}", "%Y-%m-%d %H%M")
-    return symbol, to_us(t)
+    if parts[0] != RAW.rstrip("/") or not parts[-1].endswith(".parquet") or len(parts) not in (
+            4, 5):
+        raise ValueError(f"not a landing object key (raw/<market>/<SYMBOL>/<date>/<HHMM>.parquet):"
+                         f" {printable(key)}")
+    market = parts[1] if len(parts) == 5 else "spot"
+    symbol, day, name = parts[-3:]
+    if market not in MARKETS or not SYMBOL_PATTERN.match(symbol):
+        raise ValueError(f"not a landing object key (market or symbol): {printable(key)}")
+    try:
+        t = datetime.strptime(f"{day} {name.removesuffix('.parquet')}", "%Y-%m-%d %H%M")
+    except ValueError:
+        raise ValueError(f"not a landing object key (date/time): {printable(key)}") from None
+    bucket = to_us(t)
+    if bucket % BUCKET_US:
+        raise ValueError(f"not a landing object key (not a 5-minute boundary): {printable(key)}")
+    return market, symbol, bucket
 
 
 class CorruptObject(BadInput):
     """A landing object whose bytes do not match the checksum that vouches for them."""
+
+
+class ConcurrentWrite(Failed):
+    """Another writer changed a bucket object between this writer's read and its write."""
 
 
 def to_parquet(table: pa.Table) -> bytes:
@@ -69,6 +101,8 @@ class Merge:
 
 def merge(existing: pa.Table | None, incoming: pa.Table) -> Merge:
     """Union deduplicated on trade id; the first seen wins (existing before incoming)."""
+    incoming = conform(incoming)
+    existing = None if existing is None else conform(existing)
     n_old = 0 if existing is None else existing.num_rows
     both = incoming if existing is None else pa.concat_tables([existing, incoming])
     ids = both.column("trade_id").to_numpy()
@@ -116,27 +150,36 @@ def split_by_bucket(table: pa.Table, positions: np.ndarray
 
 
 def bucket_stats(table: pa.Table) -> dict:
-    """OHLCV of one bucket's full content (sorted by trade id, which follows time)."""
-    price = table.column("price")
-    qty = table.column("quantity")
-    mm = pc.min_max(price)
-    taker_buy = pc.filter(qty, pc.invert(table.column("is_buyer_maker")))
+    """What the registry and the aggregate say of one bucket's full content: span, ids and row
+    count of every trade, and the OHLCV of the ordinary ones (`ohlcv` None when there are none:
+    flagged trades — insurance fund, ADL — are not market prices)."""
     t = table.column("event_time")
-    order = pc.sort_indices(table, sort_keys=[("event_time", "ascending"),
-                                              ("trade_id", "ascending")])
-    return {
+    ids = table.column("trade_id")
+    out = {"trade_count": table.num_rows,
+           "first_trade_id": pc.min(ids).as_py(), "last_trade_id": pc.max(ids).as_py(),
+           "span": (pc.min(t).as_py(), pc.max(t).as_py()), "ohlcv": None}
+    ordinary = table.filter(pc.is_null(table.column("trade_kind")))
+    if not ordinary.num_rows:
+        return out
+    price = ordinary.column("price")
+    qty = ordinary.column("quantity")
+    mm = pc.min_max(price)
+    taker_buy = pc.filter(qty, pc.invert(ordinary.column("is_buyer_maker")))
+    order = pc.sort_indices(ordinary, sort_keys=[("event_time", "ascending"),
+                                                 ("trade_id", "ascending")])
+    out["ohlcv"] = {
         "open": price[order[0].as_py()].as_py(),
         "close": price[order[-1].as_py()].as_py(),
         "high": mm["max"].as_py(),
         "low": mm["min"].as_py(),
         "volume": pc.sum(qty).as_py(),
-        "quote_volume": pc.sum(table.column("quote_quantity")).as_py(),
-        "trade_count": table.num_rows,
+        "quote_volume": pc.sum(ordinary.column("quote_quantity")).as_py(),
+        "trade_count": ordinary.num_rows,
         "buy_volume": (pc.sum(taker_buy).as_py() if len(taker_buy) else 0),
-        "first_trade_id": pc.min(table.column("trade_id")).as_py(),
-        "last_trade_id": pc.max(table.column("trade_id")).as_py(),
-        "span": (pc.min(t).as_py(), pc.max(t).as_py()),
+        "first_trade_id": out["first_trade_id"],
+        "last_trade_id": out["last_trade_id"],
     }
+    return out
 
 
 @dataclass(frozen=True)
@@ -148,6 +191,7 @@ class Landed:
     sha256: str
     size: int
     metadata: dict
+    etag: str | None = None
 
     def __iter__(self):
         return iter((self.table, self.sha256, self.metadata))
@@ -166,12 +210,15 @@ class BucketWrite:
     sha256: str  # of the object now
     size: int
     written: bool  # False: the incoming rows were all there already
+    etag: str | None = None  # of the object now, as the store reports it
+    moved_from: str | None = None  # the old-layout key it replaces (delete once registered)
 
 
 class Landing:
-    def __init__(self, s3, bucket: str):
+    def __init__(self, s3, bucket: str, *, conditional_writes: bool = True):
         self.s3 = s3
         self.bucket = bucket
+        self.conditional_writes = conditional_writes
         self._listed: dict[str, set[str]] = {}
 
     def uri(self, key: str) -> str:
@@ -213,8 +260,9 @@ class Landing:
         data = obj["Body"].read()
         # One object is small; Arrow's thread pool buys nothing here and its threads were seen
         # to abort the process at exit (apache/arrow#34314).
-        table = pq.read_table(io.BytesIO(data), use_threads=False).cast(TICK_SCHEMA)
-        return Landed(table, sha256(data), len(data), obj.get("Metadata", {}))
+        table = conform(pq.read_table(io.BytesIO(data), use_threads=False))
+        return Landed(table, sha256(data), len(data), obj.get("Metadata", {}),
+                      obj.get("ETag"))
 
     def read_verified(self, key: str, expected: str | None = None) -> Landed:
         """The object, its SHA-256 checked against `expected` (the registry's) or, when there
@@ -227,46 +275,85 @@ class Landing:
                                 f"object is {obj.sha256}")
         return obj
 
-    def write(self, key: str, table: pa.Table, symbol: str) -> tuple[str, int]:
-        data = to_parquet(table)
+    def read_if_exists(self, key: str) -> Landed | None:
+        try:
+            return self.read_verified(key)
+        except self.s3.exceptions.NoSuchKey:
+            return None
+
+    def write(self, key: str, table: pa.Table, symbol: str, *, market: str = "spot",
+              if_match: str | None = None, if_absent: bool = False) -> tuple[str, int, str]:
+        """Put one object; (sha256, size, etag). `if_match` (an ETag) / `if_absent` make the
+        put conditional: it fails with ConcurrentWrite when someone else wrote the key since."""
+        data = to_parquet(table.cast(TICK_SCHEMA))
         digest = sha256(data)
-        self.s3.put_object(
-            Bucket=self.bucket, Key=key, Body=data, ContentType="application/vnd.apache.parquet",
-            Metadata={"sha256": digest, "rows": str(table.num_rows), "symbol": symbol,
-                      "schema-version": str(SCHEMA_VERSION), "producer": PRODUCER},
-        )
+        cond = {}
+        if self.conditional_writes and if_match:
+            cond["IfMatch"] = if_match
+        elif self.conditional_writes and if_absent:
+            cond["IfNoneMatch"] = "*"
+        try:
+            r = self.s3.put_object(
+                Bucket=self.bucket, Key=key, Body=data,
+                ContentType="application/vnd.apache.parquet",
+                Metadata={"sha256": digest, "rows": str(table.num_rows), "symbol": symbol,
+                          "market": market, "schema-version": str(SCHEMA_VERSION),
+                          "producer": PRODUCER}, **cond)
+        except self.s3.exceptions.ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise ConcurrentWrite(f"{self.uri(key)} was written by someone else while this "
+                                      "writer merged into it; nothing of this write was "
+                                      "stored — run again") from None
+            if cond and code in ("NotImplemented", "InvalidArgument"):
+                # A store without conditional writes: the bucket lock alone serialises.
+                self.conditional_writes = False
+                return self.write(key, table, symbol, market=market)
+            raise
         self._listed.setdefault(key.rsplit("/", 1)[0] + "/", set()).add(key)
-        return digest, len(data)
+        return digest, len(data), r.get("ETag")
 
-    def merge_into(self, symbol: str, bucket_us: int, incoming: pa.Table, *,
-                   trust_listing: bool = True) -> BucketWrite:
+    def merge_into(self, market: str, symbol: str, bucket_us: int, incoming: pa.Table, *,
+                   current_key: str | None = None, trust_listing: bool = True) -> BucketWrite:
         """Read-merge-write of one bucket object: the union deduplicated on trade id (what is
-        there first wins), written only when something is new. The only writer of raw/.
+        there first wins), written only when something is new. The only writer of raw/; call
+        it holding the bucket's lock (workers/db/bucket_locks.py).
 
+        `current_key`: where the registry says the bucket's object is (an old-layout key is
+        read from there, written to the new key, and reported in `moved_from`).
         `trust_listing`: take "no object yet" from this instance's cached day listing (one LIST
         per day for a file); False asks S3 for the key itself (a long-running stream)."""
-        key = object_key(symbol, bucket_us)
+        key = object_key(market, symbol, bucket_us)
+        source = current_key or key
         existing = None
-        if self.exists(key) or not trust_listing:
-            try:
-                existing = self.read_verified(key)
-            except self.s3.exceptions.NoSuchKey:
-                existing = None
+        if source != key or self.exists(key) or not trust_listing:
+            existing = self.read_if_exists(source)
+        moved = source if source != key and existing is not None else None
         m = merge(existing.table if existing else None, incoming)
-        if existing is not None and not m.new_rows.num_rows:
-            return BucketWrite(key, m, existing.sha256, existing.sha256, existing.size, False)
-        digest, size = self.write(key, m.table, symbol)
-        return BucketWrite(key, m, existing.sha256 if existing else None, digest, size, True)
+        if existing is not None and not m.new_rows.num_rows and moved is None:
+            return BucketWrite(key, m, existing.sha256, existing.sha256, existing.size, False,
+                               existing.etag)
+        digest, size, etag = self.write(
+            key, m.table, symbol, market=market,
+            if_match=existing.etag if existing is not None and moved is None else None,
+            if_absent=existing is None or moved is not None)
+        return BucketWrite(key, m, existing.sha256 if existing else None, digest, size, True,
+                           etag, moved)
+
+    def etags(self, prefix: str) -> dict[str, str]:
+        """{key: ETag} of the objects under `prefix` now (one listing): checks that what was
+        registered is what is stored."""
+        return {o["Key"]: o.get("ETag") for o in self.listing(prefix)}
 
     def delete(self, keys: list[str]) -> None:
         for i in range(0, len(keys), 1000):
             self.s3.delete_objects(Bucket=self.bucket, Delete={
                 "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
 
-    def write_quarantine(self, symbol: str, source: str, run_id: str,
+    def write_quarantine(self, market: str, symbol: str, source: str, run_id: str,
                          rows: list[dict]) -> str:
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in source)[-120:]
-        key = f"quarantine/{symbol}/{safe}/{run_id}.jsonl"
+        key = f"quarantine/{market}/{symbol}/{safe}/{run_id}.jsonl"
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=body,
                            ContentType="application/x-ndjson")

@@ -28,7 +28,7 @@ import psycopg
 from workers.core import logs
 from workers.core.errors import Refused
 from workers.core.ticks import to_us
-from workers.db.ingest import replay
+from workers.db.ingest import landing_keys, replay
 from workers.db.stream_commit import compact_all
 from workers.landing.store import RAW, Landing, bucket_of_key
 from workers.ops.backup import BackupError, Tool
@@ -208,10 +208,12 @@ def replay_gap(conn: psycopg.Connection, landing: Landing, target: datetime) -> 
     # bucket closed): compact them first, so every accepted trade is under raw/.
     compact_all(conn, landing)
     since = target - LANDING_MARGIN
-    registry = {(a, to_us(b)) for a, b in conn.execute(
-        "SELECT asset, bucket_5m FROM landing.raw_blobs_5m")}
-    keys = sorted(o["Key"] for o in landing.listing(RAW) if o["Key"].endswith(".parquet")
-                  and (bucket_of_key(o["Key"]) not in registry or o["LastModified"] >= since))
+    registry = {(m, a, to_us(b)) for m, a, b in conn.execute(
+        "SELECT market, asset, bucket_5m FROM landing.raw_blobs_5m")}
+    changed = {o["Key"] for o in landing.listing(RAW) if o["LastModified"] >= since}
+    # Keys that are not bucket objects are skipped and reported (landing_keys), never loaded.
+    keys = [k for k in landing_keys(landing, RAW)
+            if bucket_of_key(k) not in registry or k in changed]
     # The restored registry may predate objects that changed after T: each object is checked
     # against the checksum stored with it, and only what the registry lacks is loaded.
     s = replay(conn, landing, keys, source="restore", registry_is_current=False,

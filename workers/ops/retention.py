@@ -190,14 +190,15 @@ def landed_cutoff(conn: psycopg.Connection, table: str, time_col: str, landed_vi
     such buckets there are. Ticks must match the registry's row count per bucket."""
     if landed_via == "ticks":
         q = sql.SQL(
-            "SELECT min(t.b), count(*) FROM (SELECT symbol, {col} AS b, count(*) AS n FROM {tbl} "
-            "WHERE {col} < %s GROUP BY 1, 2) t LEFT JOIN landing.raw_blobs_5m r "
-            "ON r.asset = t.symbol AND r.bucket_5m = t.b "
+            "SELECT min(t.b), count(*) FROM (SELECT market, symbol, {col} AS b, count(*) AS n "
+            "FROM {tbl} "
+            "WHERE {col} < %s GROUP BY 1, 2, 3) t LEFT JOIN landing.raw_blobs_5m r "
+            "ON r.market = t.market AND r.asset = t.symbol AND r.bucket_5m = t.b "
             "WHERE r.bucket_5m IS NULL OR (r.metadata->>'row_count')::bigint < t.n")
     else:
         q = sql.SQL(
             "SELECT min(t.{col}), count(*) FROM {tbl} t LEFT JOIN landing.raw_blobs_5m r "
-            "ON r.asset = t.symbol AND r.bucket_5m = t.{col} "
+            "ON r.market = t.market AND r.asset = t.symbol AND r.bucket_5m = t.{col} "
             "WHERE t.{col} < %s AND r.bucket_5m IS NULL")
     schema, name = table.split(".")
     first, n = conn.execute(q.format(col=sql.Identifier(time_col),

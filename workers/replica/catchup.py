@@ -26,6 +26,7 @@ from workers.core.errors import Failed
 from workers.core.pg import require_autocommit
 from workers.core.sqlfiles import query
 from workers.core.ticks import iso, to_dt, to_us
+from workers.db.bucket_locks import xact_lock
 from workers.db.load import BucketLoad, advance_offset, load
 from workers.db.stream_commit import insert_ticks
 from workers.landing.parts import read_parts
@@ -34,7 +35,7 @@ from workers.landing.store import Landing, bucket_stats, merge
 log = logs.get("replicate")
 
 
-Key = tuple[str, int]  # (symbol, bucket µs)
+Key = tuple[str, str, int]  # (market, symbol, bucket µs)
 
 
 class ReplicateError(Failed):
@@ -64,7 +65,7 @@ class Comparison:
 
     def describe(self, k: Key) -> str:
         p, r = self.primary.get(k), self.replica.get(k)
-        name = f"{k[0]} {iso(k[1])}"
+        name = f"{k[0]} {k[1]} {iso(k[2])}"
         if r is None:
             return f"{name}: missing on the replica (primary {p[0]} rows)"
         if p is None:
@@ -129,7 +130,7 @@ def checksums(conn: psycopg.Connection, since: datetime | None = None
         conn.execute("SET LOCAL TimeZone = 'UTC'")
         conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
         rows = conn.execute(query(__package__, "bucket_checksums"), {"since": since}).fetchall()
-    return {(s, to_us(b)): (n, h) for s, b, n, h in rows}
+    return {(m, s, to_us(b)): (n, h) for m, s, b, n, h in rows}
 
 
 def compare(primary: psycopg.Connection, replica: psycopg.Connection,
@@ -138,29 +139,33 @@ def compare(primary: psycopg.Connection, replica: psycopg.Connection,
 
 
 def lag_buckets(primary: psycopg.Connection) -> list[Key]:
-    return [(s, to_us(b)) for s, b in primary.execute(
-        "SELECT symbol, bucket_5m FROM ingestion.replica_lag ORDER BY 1, 2")]
+    return [(m, s, to_us(b)) for m, s, b in primary.execute(
+        "SELECT market, symbol, bucket_5m FROM ingestion.replica_lag ORDER BY 1, 2, 3")]
 
 
 def landed_rows(primary: psycopg.Connection, landing: Landing, key: Key
                 ) -> tuple[pa.Table | None, BucketLoad | None]:
-    """The bucket's rows as landed (object + uncompacted stream parts), SHA-256 verified."""
-    symbol, bucket = key
-    reg = primary.execute(
-        "SELECT s3_uri, metadata->>'sha256', object_size_bytes FROM landing.raw_blobs_5m "
-        "WHERE asset = %s AND bucket_5m = %s", [symbol, to_dt(bucket)]).fetchone()
-    tables = []
-    if reg:
-        uri, sha, _ = reg
-        tables.append(landing.read_verified(landing.key_of(uri), sha).table)
-    parts = read_parts(landing, symbol, bucket)
+    """The bucket's rows as landed (object + uncompacted stream parts), SHA-256 verified —
+    read under the bucket's lock (shared), so no writer changes them in between."""
+    market, symbol, bucket = key
+    with primary.transaction():
+        xact_lock(primary, [key], shared=True)
+        reg = primary.execute(
+            "SELECT s3_uri, metadata->>'sha256', object_size_bytes FROM landing.raw_blobs_5m "
+            "WHERE market = %s AND asset = %s AND bucket_5m = %s",
+            [market, symbol, to_dt(bucket)]).fetchone()
+        tables = []
+        if reg:
+            uri, sha, _ = reg
+            tables.append(landing.read_verified(landing.key_of(uri), sha).table)
+        parts = read_parts(landing, market, symbol, bucket)
     tables += [t for _, t in parts]
     if not tables:
         return None, None
     table = tables[0] if len(tables) == 1 else merge(tables[0], pa.concat_tables(tables[1:])
                                                        ).table
     if reg and not parts:
-        return table, BucketLoad(symbol, bucket, table, False, reg[0], reg[1], reg[2],
+        return table, BucketLoad(market, symbol, bucket, table, False, reg[0], reg[1], reg[2],
                                  bucket_stats(table))
     return table, None
 
@@ -171,17 +176,17 @@ def catch_up_bucket(primary: psycopg.Connection, replica: psycopg.Connection, la
     table, bl = landed_rows(primary, landing, key)
     if table is None:
         return None
-    symbol, bucket = key
+    market, symbol, bucket = key
     with replica.transaction():
-        replica.execute("DELETE FROM market_data.btc_ticks WHERE symbol = %s AND bucket_5m = %s",
-                        [symbol, to_dt(bucket)])
+        replica.execute("DELETE FROM market_data.btc_ticks WHERE market = %s AND symbol = %s "
+                        "AND bucket_5m = %s", [market, symbol, to_dt(bucket)])
         if bl is not None:  # a registered, complete bucket: registry and aggregate too
             return load(replica, [bl], source="replicate")
-        return insert_ticks(replica, symbol, table)  # an open stream bucket: ticks only
+        return insert_ticks(replica, market, symbol, table)  # an open stream bucket: ticks
 
 
 def sync_offsets(primary: psycopg.Connection, replica: psycopg.Connection) -> None:
-    rows = primary.execute("SELECT source, symbol, last_trade_id, last_event_time "
+    rows = primary.execute("SELECT source, market, symbol, last_trade_id, last_event_time "
                            "FROM ingestion.stream_offsets").fetchall()
     with replica.transaction():
         for r in rows:
@@ -199,14 +204,15 @@ def run(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landi
     lagging = lag_buckets(primary)
     if not check_only:
         todo = sorted(set(cmp.missing) | set(cmp.different) | {
-            k for k in lagging if since is None or k[1] >= since.timestamp() * 1e6})
+            k for k in lagging if since is None or k[2] >= to_us(since)})
         for key in todo:
             n = catch_up_bucket(primary, replica, landing, key)
             if n is None:
                 continue
             res.caught_up += 1
             res.rows_loaded += n
-            log.info("bucket caught up", symbol=key[0], bucket=iso(key[1]), rows=n)
+            log.info("bucket caught up", market=key[0], symbol=key[1], bucket=iso(key[2]),
+                     rows=n)
         if todo:
             cmp = compare(primary, replica, since)
         sync_offsets(primary, replica)
@@ -215,12 +221,13 @@ def run(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landi
     res.differing = [cmp.describe(k) for k in sorted(bad)]
     if not check_only:
         done = [k for k in lagging if k not in bad
-                and (since is None or k[1] >= since.timestamp() * 1e6)]
+                and (since is None or k[2] >= to_us(since))]
         if done:
             primary.execute(
-                "DELETE FROM ingestion.replica_lag WHERE (symbol, bucket_5m) IN "
-                "(SELECT * FROM unnest(%s::text[], %s::timestamptz[]))",
-                [[s for s, _ in done], [to_dt(b) for _, b in done]])
+                "DELETE FROM ingestion.replica_lag WHERE (market, symbol, bucket_5m) IN "
+                "(SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[]))",
+                [[m for m, _, _ in done], [s for _, s, _ in done],
+                 [to_dt(b) for _, _, b in done]])
         res.lag_cleared = len(done)
     res.lag_open = primary.execute("SELECT count(*) FROM ingestion.replica_lag").fetchone()[0]
     res.seconds = time.monotonic() - t0

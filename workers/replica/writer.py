@@ -38,7 +38,7 @@ from workers.core.ticks import to_dt
 
 log = logs.get("replica")
 
-Bucket = tuple[str, int]  # (symbol, bucket start in µs)
+Bucket = tuple[str, str, int]  # (market, symbol, bucket start in µs)
 
 
 @dataclass
@@ -230,14 +230,16 @@ class ReplicaWriter:
 
     def record_lag(self, buckets: list[Bucket], error: str) -> None:
         uniq = sorted(set(buckets))
-        symbols = [s for s, _ in uniq]
-        times = [to_dt(b) for _, b in uniq]
+        markets = [m for m, _, _ in uniq]
+        symbols = [s for _, s, _ in uniq]
+        times = [to_dt(b) for _, _, b in uniq]
         with self._lag_lock:
             try:
                 if self._lag_conn is None or self._lag_conn.closed:
                     self._lag_conn = psycopg.connect(self.lag_dsn, autocommit=True,
                                                      connect_timeout=10)
-                self._lag_conn.execute(query(__package__, "record_lag"), [error, symbols, times])
+                self._lag_conn.execute(query(__package__, "record_lag"),
+                                       [error, markets, symbols, times])
             except psycopg.Error as e:  # the primary itself is failing: ingest will say so
                 log.error("could not record replica lag", error=str(e), buckets=len(buckets))
                 self._lag_conn = None

@@ -22,7 +22,7 @@ from psycopg import sql
 from workers.core import logs
 from workers.core.pg import require_autocommit
 from workers.core.sqlfiles import query
-from workers.core.ticks import to_us
+from workers.core.ticks import to_dt, to_us
 from workers.signals import features, vector_index
 
 log = logs.get("embed")
@@ -51,7 +51,7 @@ class EmbedSummary:
 
 
 
-def read_ticks(conn: psycopg.Connection, symbol: str, buckets: list) -> pa.Table:
+def read_ticks(conn: psycopg.Connection, market: str, symbol: str, buckets: list) -> pa.Table:
     """Ticks of the given buckets, sorted, as Arrow columns (one COPY, parsed in C++)."""
     buf = io.BytesIO()
     with conn.cursor() as cur:
@@ -59,9 +59,10 @@ def read_ticks(conn: psycopg.Connection, symbol: str, buckets: list) -> pa.Table
             "COPY (SELECT (extract(epoch FROM bucket_5m) * 1000000)::bigint, "
             "(extract(epoch FROM event_time) * 1000000)::bigint, price::float8, "
             "quantity::float8, is_buyer_maker FROM market_data.btc_ticks "
-            "WHERE symbol = {} AND bucket_5m = ANY({}) "
+            "WHERE market = {} AND symbol = {} AND bucket_5m = ANY({}) "
+            "AND trade_kind IS NULL "  # flagged trades (insurance fund, ADL) are no market
             "ORDER BY bucket_5m, event_time, trade_id) TO STDOUT (FORMAT csv)"
-        ).format(sql.Literal(symbol), sql.Literal(buckets))
+        ).format(sql.Literal(market), sql.Literal(symbol), sql.Literal(buckets))
         with cur.copy(query) as cp:
             for chunk in cp:
                 buf.write(chunk)
@@ -75,22 +76,26 @@ def read_ticks(conn: psycopg.Connection, symbol: str, buckets: list) -> pa.Table
             "bm": pa.bool_()}, true_values=["t"], false_values=["f"]))
 
 
-def run(conn: psycopg.Connection, *, symbol: str | None = None, now=None,
-        batch_windows: int = 2000, index_min_rows: int = vector_index.MIN_ROWS) -> EmbedSummary:
+def run(conn: psycopg.Connection, *, symbol: str | None = None, market: str | None = None,
+        now=None, batch_windows: int = 2000, index_min_rows: int = vector_index.MIN_ROWS
+        ) -> EmbedSummary:
     t0 = time.monotonic()
     require_autocommit(conn, "embed")
     register_vector(conn)
     s = EmbedSummary()
-    symbols = [symbol] if symbol else [r[0] for r in conn.execute(
-        "SELECT DISTINCT symbol FROM market_data.btc_ohlcv_5m ORDER BY 1")]
+    series = conn.execute(
+        "SELECT DISTINCT market, symbol FROM market_data.btc_ohlcv_5m WHERE "
+        "(%(m)s::text IS NULL OR market = %(m)s) AND (%(s)s::text IS NULL OR symbol = %(s)s) "
+        "ORDER BY 1, 2", {"m": market, "s": symbol}).fetchall()
     now = now or conn.execute("SELECT now()").fetchone()[0]
-    for sym in symbols:
-        todo = conn.execute(query(__package__, "windows_to_embed"), {"symbol": sym, "now": now,
-                                       "version": features.FEATURE_VERSION}).fetchall()
+    for mkt, sym in series:
+        todo = conn.execute(query(__package__, "windows_to_embed"), {
+            "market": mkt, "symbol": sym, "now": now,
+            "version": features.FEATURE_VERSION}).fetchall()
         s.windows_pending += len(todo)
         for i in range(0, len(todo), batch_windows):
-            _embed_batch(conn, sym, todo[i:i + batch_windows], s)
-        s.labels_updated += _update_labels(conn, sym)
+            _embed_batch(conn, mkt, sym, todo[i:i + batch_windows], s)
+        s.labels_updated += _update_labels(conn, mkt, sym)
     st = vector_index.ensure(conn, min_rows=index_min_rows)
     s.index = (f"{st.action}: {st.index} (lists {st.lists}, built at {st.built_rows} rows; "
                f"{st.rows} rows now)" if st.index else f"{st.action}: {st.rows} rows")
@@ -99,9 +104,10 @@ def run(conn: psycopg.Connection, *, symbol: str | None = None, now=None,
     return s
 
 
-def _embed_batch(conn: psycopg.Connection, symbol: str, todo: list, s: EmbedSummary) -> None:
+def _embed_batch(conn: psycopg.Connection, market: str, symbol: str, todo: list,
+                 s: EmbedSummary) -> None:
     sha = {to_us(b): digest for b, digest in todo}
-    ticks = read_ticks(conn, symbol, [b for b, _ in todo])
+    ticks = read_ticks(conn, market, symbol, [b for b, _ in todo])
     rows = []
     if ticks.num_rows:
         b = ticks.column("b").to_numpy()
@@ -114,46 +120,44 @@ def _embed_batch(conn: psycopg.Connection, symbol: str, todo: list, s: EmbedSumm
             if v is None:
                 s.skipped_few_trades += 1
                 continue
-            rows.append((symbol, pa.scalar(bucket, pa.timestamp("us", tz="UTC")).as_py(), v,
-                         features.FEATURE_VERSION, sha[bucket]))
+            rows.append((market, symbol, to_dt(int(bucket)), v, features.FEATURE_VERSION,
+                         sha[bucket]))
     if not rows:
         return
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute("CREATE TEMP TABLE IF NOT EXISTS emb_stage (symbol text, bucket timestamptz,"
-                    " feature_vector vector(256), feature_version smallint, source_sha256 text)"
-                    " ON COMMIT DELETE ROWS")
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS emb_stage (market text, symbol text, "
+                    "bucket timestamptz, feature_vector vector(256), feature_version smallint, "
+                    "source_sha256 text) ON COMMIT DELETE ROWS")
         with cur.copy("COPY emb_stage FROM STDIN (FORMAT binary)") as cp:
-            cp.set_types(["text", "timestamptz", "vector", "int2", "text"])
+            cp.set_types(["text", "text", "timestamptz", "vector", "int2", "text"])
             for r in rows:
                 cp.write_row(r)
-        cur.execute(
-            "INSERT INTO signals.btc_embeddings AS e (symbol, bucket, feature_vector, "
-            "feature_version, source_sha256) SELECT * FROM emb_stage "
-            "ON CONFLICT (symbol, bucket) DO UPDATE SET feature_vector = EXCLUDED.feature_vector,"
-            " feature_version = EXCLUDED.feature_version, source_sha256 = EXCLUDED.source_sha256,"
-            " updated_at = now()")
+        cur.execute(query(__package__, "upsert_embeddings"))
     s.embedded += len(rows)
 
 
-def _update_labels(conn: psycopg.Connection, symbol: str) -> int:
+def _update_labels(conn: psycopg.Connection, market: str, symbol: str) -> int:
     """Fill label keys whose horizon now has data; write only rows whose labels changed."""
     want = {"fwd_ret_5m", "fwd_ret_15m", "fwd_ret_60m", "fwd_vol_60m"}
     incomplete = conn.execute(
-        "SELECT bucket, label_snapshot FROM signals.btc_embeddings WHERE symbol = %s "
-        "AND NOT (label_snapshot ?& %s)", [symbol, sorted(want)]).fetchall()
+        "SELECT bucket, label_snapshot FROM signals.btc_embeddings WHERE market = %s "
+        "AND symbol = %s AND NOT (label_snapshot ?& %s)",
+        [market, symbol, sorted(want)]).fetchall()
     if not incomplete:
         return 0
     closes = {to_us(b): float(c) for b, c in conn.execute(
-        "SELECT bucket_5m, close FROM market_data.btc_ohlcv_5m WHERE symbol = %s "
-        "AND bucket_5m >= %s", [symbol, min(b for b, _ in incomplete)])}
+        "SELECT bucket_5m, close FROM market_data.btc_ohlcv_5m WHERE market = %s "
+        "AND symbol = %s AND bucket_5m >= %s",
+        [market, symbol, min(b for b, _ in incomplete)])}
     changes = []
     for bucket, current in incomplete:
         new = {**current, **features.labels(closes, to_us(bucket))}
         if new != current:
-            changes.append((json.dumps(new), symbol, bucket))
+            changes.append((json.dumps(new), market, symbol, bucket))
     if changes:
         with conn.transaction(), conn.cursor() as cur:
             cur.executemany("UPDATE signals.btc_embeddings SET label_snapshot = %s, "
-                            "updated_at = now() WHERE symbol = %s AND bucket = %s", changes)
+                            "updated_at = now() WHERE market = %s AND symbol = %s "
+                            "AND bucket = %s", changes)
     return len(changes)
 

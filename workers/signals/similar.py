@@ -42,6 +42,7 @@ class Similar:
     index: str | None
     neighbours: list[dict]
     means: dict
+    market: str = "spot"
     changed = False  # a query changes nothing
 
     def as_dict(self) -> dict:
@@ -62,12 +63,13 @@ def window_of(at: datetime) -> datetime:
     return at - timedelta(minutes=at.minute % 5, seconds=at.second, microseconds=at.microsecond)
 
 
-def latest_window(conn: psycopg.Connection, symbol: str, *, labelled: bool = False
-                  ) -> datetime:
+def latest_window(conn: psycopg.Connection, symbol: str, *, labelled: bool = False,
+                  market: str = "spot") -> datetime:
     """The newest embedded window (`labelled`: the newest whose next hour is known)."""
-    row = conn.execute("SELECT max(bucket) FROM signals.btc_embeddings WHERE symbol = %s "
+    row = conn.execute("SELECT max(bucket) FROM signals.btc_embeddings WHERE market = %s "
+                       "AND symbol = %s "
                        "AND (NOT %s OR label_snapshot ? 'fwd_ret_60m')",
-                       [symbol, labelled]).fetchone()
+                       [market, symbol, labelled]).fetchone()
     if row[0] is None:
         raise NoEmbedding(f"no embedded window{' with a known next hour' if labelled else ''} "
                           f"for {symbol} yet: run `workers embed` first")
@@ -75,11 +77,13 @@ def latest_window(conn: psycopg.Connection, symbol: str, *, labelled: bool = Fal
 
 
 def query(conn: psycopg.Connection, *, symbol: str, at: datetime, k: int = 10,
+          market: str = "spot",
           exclude_minutes: int = 60, probes: int | None = None) -> Similar:
     register_vector(conn)
     bucket = window_of(at)
     row = conn.execute("SELECT feature_vector, label_snapshot FROM signals.btc_embeddings "
-                       "WHERE symbol = %s AND bucket = %s", [symbol, bucket]).fetchone()
+                       "WHERE market = %s AND symbol = %s AND bucket = %s",
+                       [market, symbol, bucket]).fetchone()
     if row is None:
         raise NoEmbedding(f"no embedding for {symbol} at {bucket:%Y-%m-%d %H:%M} UTC (the "
                           "window has no ticks, too few trades, or `embed` has not run yet)")
@@ -99,15 +103,16 @@ def query(conn: psycopg.Connection, *, symbol: str, at: datetime, k: int = 10,
             # relaxed_order may hand rows back slightly out of order: sort them again.
             sql.SQL("WITH nn AS MATERIALIZED (SELECT bucket, feature_vector <=> %s AS distance, "
                     "label_snapshot FROM signals.btc_embeddings "
-                    "WHERE symbol = %s AND bucket {} %s "
+                    "WHERE market = %s AND symbol = %s AND bucket {} %s "
                     "ORDER BY feature_vector <=> %s LIMIT %s) "
                     "SELECT * FROM nn ORDER BY distance, bucket").format(sql.SQL(op)),
-            [vec, symbol, limit, vec, k]).fetchall()
+            [vec, market, symbol, limit, vec, k]).fetchall()
         uncond = conn.execute(
-            sql.SQL("SELECT {} FROM signals.btc_embeddings WHERE symbol = %s").format(
+            sql.SQL("SELECT {} FROM signals.btc_embeddings WHERE market = %s "
+                    "AND symbol = %s").format(
                 sql.SQL(", ").join(
                     sql.SQL("avg((label_snapshot->>{})::float8)").format(sql.Literal(key))
-                    for key in LABEL_KEYS)), [symbol]).fetchone()
+                    for key in LABEL_KEYS)), [market, symbol]).fetchone()
     neighbours = [{"bucket": b.isoformat(), "distance": float(d), "labels": lab}
                   for b, d, lab in rows]
     means = {}
@@ -116,4 +121,4 @@ def query(conn: psycopg.Connection, *, symbol: str, at: datetime, k: int = 10,
         means[key] = {"neighbours": sum(vals) / len(vals) if vals else None, "n": len(vals),
                       "unconditional": uncond[i]}
     return Similar(symbol, bucket.isoformat(), own_labels, k, exclude_minutes, used_probes,
-                   idx[0] if idx else None, neighbours, means)
+                   idx[0] if idx else None, neighbours, means, market)

@@ -5,9 +5,14 @@ is_best_match, no header; futures `trades` — the same first six columns with a
 `aggTrades` — agg_trade_id, price, quantity, first_trade_id, last_trade_id, transact_time,
 is_buyer_maker[, is_best_match], with or without header.
 
-Every column is read as text and converted by `workers.validate`, so one bad value quarantines
-its row instead of failing the file. Batches stream from the (possibly zipped) file: memory stays
-flat however large it is.
+Every column is read as text and converted by `workers.sources.validate`, so one bad value
+quarantines its row instead of failing the file — bytes that are not UTF-8 included. Batches
+stream from the (possibly zipped) file: memory stays flat however large it is, and a zip that
+expands more than `max_ratio` times its size, or beyond `max_bytes`, fails as a likely zip bomb.
+
+The market (spot, USDⓈ-M `um`, COIN-M `cm`) is never guessed from the symbol: it comes from the
+archive path (`.../spot/...`, `.../futures/um/...`, `.../futures/cm/...`) or the caller, with the
+file's columns as a cross-check (spot trades: 7 columns, no header; futures: a header and 6).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from workers.core.errors import BadInput
+from workers.core.ticks import check_market, check_symbol, printable
 
 BLOCK_SIZE = 8 << 20  # bytes per parsed block: ~150k rows, a few tens of MB of Arrow memory
 
@@ -32,9 +38,17 @@ class BadFile(BadInput):
     """The file is not a usable trade file; the message names it and says why (exit 2)."""
 
     def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"{path}: {reason}")
+        super().__init__(f"{printable(str(path))}: {printable(reason)}")
         self.path = str(path)
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what one file may make the reader hold or expand (settings give them)."""
+
+    max_ratio: float = 40.0  # uncompressed / compressed: Binance dumps are ~4-6x
+    max_bytes: int = 64 << 30  # uncompressed bytes of one file
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,7 @@ class Layout:
 
 SPOT_TRADES = Layout("trades", ("id", "price", "qty", "quote_qty", "time", "is_buyer_maker",
                                 "is_best_match"), "id", "qty", "time", "quote_qty")
+# The futures layouts (a header, one column less): what the columns say of the market.
 FUT_TRADES = Layout("trades", SPOT_TRADES.columns[:6], "id", "qty", "time", "quote_qty")
 AGG_COLUMNS = ("agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id",
                "transact_time", "is_buyer_maker", "is_best_match")
@@ -56,7 +71,9 @@ SPOT_AGG = Layout("aggTrades", AGG_COLUMNS, "agg_trade_id", "quantity", "transac
 FUT_AGG = Layout("aggTrades", AGG_COLUMNS[:7], "agg_trade_id", "quantity", "transact_time", None)
 
 _TS = re.compile(rb"^\d{10,19}$")
-_SYMBOL = re.compile(r"^([A-Z0-9]{2,32}?)(?:_PERP)?-(?:trades|aggTrades)-")
+_SYMBOL = re.compile(r"^([A-Z0-9_]{2,32})-(?:trades|aggTrades)-")
+# Where the archive keeps each market's files (data/<market path>/<daily|monthly>/...).
+_MARKET_DIRS = {("spot",): "spot", ("futures", "um"): "um", ("futures", "cm"): "cm"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,9 @@ class RawBatch:
     columns: pa.RecordBatch
     start: int  # index of its first row among all rows read
     invalid: list[InvalidRow]
+    # Rows (index in this batch) whose bytes are not UTF-8, with their text made readable: their
+    # values in `columns` are blanked, the caller quarantines them.
+    bad_utf8: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,6 +104,8 @@ class TradeFile:
     header: bool
     symbol: str
     sha256: str | None  # of the zip when verified against its CHECKSUM file
+    market: str = "spot"
+    limits: Limits = Limits()
     # File lines of the invalid rows seen so far, ascending: for line numbers of later rows.
     _invalid_lines: list[int] = field(default_factory=list, repr=False)
 
@@ -99,24 +121,29 @@ class TradeFile:
             return "skip"
 
         reader = pacsv.open_csv(
-            _open_csv(self.path),
+            _open_csv(self.path, self.limits),
             read_options=pacsv.ReadOptions(
                 column_names=list(self.layout.columns), skip_rows=1 if self.header else 0,
                 block_size=block_size, use_threads=False),
             # No quoting in Binance dumps; empty lines are kept so line numbers stay exact.
             parse_options=pacsv.ParseOptions(quote_char=False, ignore_empty_lines=False,
                                               invalid_row_handler=on_invalid),
+            # UTF-8 is checked per row below: one bad byte is one bad row, not a bad file.
             convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.string() for c in self.layout.columns},
-                strings_can_be_null=False, quoted_strings_can_be_null=False),
+                strings_can_be_null=False, quoted_strings_can_be_null=False,
+                check_utf8=False),
         )
         emitted = 0
         try:
             for batch in reader:
                 invalid, found[:] = list(found), []
                 self._invalid_lines.extend(r.line for r in invalid)
-                yield RawBatch(batch, emitted, invalid)
+                batch, bad_utf8 = _without_bad_utf8(batch)
+                yield RawBatch(batch, emitted, invalid, bad_utf8)
                 emitted += batch.num_rows
+        except BadFile:
+            raise
         except (pa.ArrowInvalid, zipfile.BadZipFile, EOFError, OSError) as e:
             raise BadFile(self.path, f"unreadable after {emitted} rows: {e}") from e
         if found:  # lines reported after the last block
@@ -133,15 +160,20 @@ class TradeFile:
         return line
 
 
-def open_trade_file(path: str | Path, symbol: str | None = None) -> TradeFile:
+def open_trade_file(path: str | Path, symbol: str | None = None, market: str | None = None,
+                    limits: Limits = Limits()) -> TradeFile:
     """Open and identify a dump; raises BadFile with the reason when it is not a trade file."""
     path = Path(path)
     if not path.exists():
         raise BadFile(path, "no such file")
+    if path.is_dir():
+        raise BadFile(path, "a directory, not a trade file")
+    if not path.is_file():
+        raise BadFile(path, "not a regular file")
     if path.stat().st_size == 0:
         raise BadFile(path, "empty file")
     sha = _verify_checksum(path) if path.suffix == ".zip" else None
-    with _open_csv(path) as f:
+    with _open_csv(path, limits) as f:
         head = f.read(64 * 1024)
     if head.startswith(b"\xef\xbb\xbf"):
         head = head[3:]
@@ -157,13 +189,45 @@ def open_trade_file(path: str | Path, symbol: str | None = None) -> TradeFile:
             raise BadFile(path, "header only, no rows")
     else:
         layout = _layout_from_row(path, lines[0].split(b","))
-    sym = symbol or _symbol_from_name(path)
+    named = _symbol_from_name(path)
+    sym = (symbol or named or "").upper()
     if not sym:
         raise BadFile(path, "cannot tell the symbol from the file name; pass --symbol")
-    if symbol and _symbol_from_name(path) and _symbol_from_name(path) != symbol:
-        raise BadFile(path, f"--symbol {symbol} contradicts the file name "
-                            f"({_symbol_from_name(path)})")
-    return TradeFile(path, layout, header, sym.upper(), sha)
+    try:
+        check_symbol(sym)
+    except BadInput as e:
+        raise BadFile(path, str(e)) from None
+    if symbol and named and named != symbol.upper():
+        raise BadFile(path, f"--symbol {symbol} contradicts the file name ({named})")
+    return TradeFile(path, layout, header, sym, sha, _market_of(path, layout, market), limits)
+
+
+def market_from_path(path: Path) -> str | None:
+    """The market an archive path names (`.../data/futures/um/daily/trades/...`), if any."""
+    parts = path.resolve().parts
+    found = {m for dirs, m in _MARKET_DIRS.items()
+             for i in range(len(parts) - len(dirs) + 1) if parts[i:i + len(dirs)] == dirs}
+    return found.pop() if len(found) == 1 else None  # naming two markets names none
+
+
+def _market_of(path: Path, layout: Layout, given: str | None) -> str:
+    """The market from the caller or the archive path, checked against the columns."""
+    from_path = market_from_path(path)
+    if given and from_path and given != from_path:
+        raise BadFile(path, f"--market {given} contradicts the archive path ({from_path})")
+    market = given or from_path
+    futures_layout = layout in (FUT_TRADES, FUT_AGG)
+    if market is None:
+        if futures_layout:
+            raise BadFile(path, "futures columns (a header, no is_best_match), but neither the "
+                                "path nor --market says which futures market: pass --market "
+                                "um or cm")
+        return "spot"
+    check_market(market)
+    if (market == "spot") == futures_layout:
+        raise BadFile(path, f"the columns are a {'futures' if futures_layout else 'spot'} "
+                            f"file's, but the market is {market}: two markets are never mixed")
+    return market
 
 
 def _layout_from_header(path: Path, names: tuple[str, ...]) -> Layout:
@@ -192,7 +256,7 @@ def _symbol_from_name(path: Path) -> str | None:
     return m.group(1) if m else None
 
 
-def _open_csv(path: Path) -> io.BufferedIOBase:
+def _open_csv(path: Path, limits: Limits = Limits()) -> io.BufferedIOBase:
     if path.suffix != ".zip":
         return open(path, "rb")
     try:
@@ -204,7 +268,70 @@ def _open_csv(path: Path) -> io.BufferedIOBase:
     if len(csvs) != 1 or len(members) != 1:
         raise BadFile(path, f"a Binance zip holds exactly one CSV; this one holds "
                             f"{[i.filename for i in members]}")
-    return z.open(csvs[0])
+    info = csvs[0]
+    cap = min(limits.max_bytes, int(max(info.compress_size, 1) * limits.max_ratio))
+    if info.file_size > cap:
+        raise BadFile(path, f"expands to {info.file_size:,} bytes from {info.compress_size:,} "
+                            f"({info.file_size / max(info.compress_size, 1):.0f}x; the limit is "
+                            f"{limits.max_ratio:g}x and {limits.max_bytes:,} bytes): refusing a "
+                            "likely zip bomb (TICKSTACK_INGEST_MAX_ZIP_RATIO / "
+                            "TICKSTACK_INGEST_MAX_FILE_BYTES)")
+    # The header may lie: count what actually comes out.
+    return _Capped(z.open(info), path, max(info.file_size, 0), cap)
+
+
+class _Capped(io.RawIOBase):
+    """A zip member that fails once it yields more than its header declared or the cap."""
+
+    def __init__(self, raw, path: Path, declared: int, cap: int):
+        self.raw, self.path, self.declared, self.cap, self.n = raw, path, declared, cap, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self.raw.read(len(b))
+        self.n += len(data)
+        if self.n > self.declared or self.n > self.cap:
+            raise BadFile(self.path, f"expands past {min(self.declared, self.cap):,} bytes "
+                                     "(more than its zip header declares, or than the limit): "
+                                     "refusing a likely zip bomb")
+        b[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def _without_bad_utf8(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict[int, str]]:
+    """Blank the values of rows whose bytes are not UTF-8 (so later string kernels only see
+    valid text) and return those rows with their text, bad bytes shown as U+FFFD."""
+    bad: set[int] = set()
+    for col in batch.columns:
+        try:
+            col.validate(full=True)
+        except pa.ArrowInvalid:
+            for i, v in enumerate(col.cast(pa.binary()).to_pylist()):
+                try:
+                    v.decode("utf-8")
+                except UnicodeDecodeError:
+                    bad.add(i)
+    if not bad:
+        return batch, {}
+    texts = {i: ",".join(c.cast(pa.binary())[i].as_py().decode("utf-8", "replace")
+                         for c in batch.columns)[:500] for i in sorted(bad)}
+    mask = pa.array([i in bad for i in range(batch.num_rows)])
+    cols = [_blank(c, mask) for c in batch.columns]
+    return pa.RecordBatch.from_arrays(cols, names=batch.schema.names), texts
+
+
+def _blank(col: pa.Array, mask: pa.Array) -> pa.Array:
+    """`col` with the masked values replaced by "" (built from bytes: `col` is not valid UTF-8)."""
+    values = col.cast(pa.binary()).to_pylist()
+    m = mask.to_pylist()
+    return pa.array([b"" if bad else v for v, bad in zip(values, m, strict=True)],
+                    pa.binary()).cast(pa.string())
 
 
 def _verify_checksum(path: Path) -> str:
@@ -219,6 +346,9 @@ def _verify_checksum(path: Path) -> str:
         parts = cs.read_text(errors="replace").split()
         if not parts or not re.fullmatch(r"[0-9a-fA-F]{64}", parts[0]):
             raise BadFile(path, f"{cs.name} is not a `<sha256>  <name>` checksum file")
+        named = parts[1].lstrip("*") if len(parts) > 1 else None
+        if named is not None and Path(named).name != path.name:
+            raise BadFile(path, f"{cs.name} is the checksum of {named}, not of {path.name}")
         if parts[0].lower() != digest:
             raise BadFile(path, f"checksum mismatch: {cs.name} says {parts[0].lower()}, "
                                 f"the file is {digest}")

@@ -2,6 +2,10 @@
 
 Raw (`<symbol>@trade`) and combined (`{"stream": …, "data": …}`) messages; other events are
 reported as "other" (counted, ignored), broken ones as "malformed"/"too_large" (quarantined).
+
+The market comes from the stream's host (or an explicit option), never from the symbol, and
+every message is checked against it: spot trades carry `M` (best match), futures trades carry
+`X` (MARKET, or INSURANCE_FUND / ADL / NA — kept, flagged by `trade_kind`).
 """
 
 from __future__ import annotations
@@ -12,10 +16,37 @@ import time
 
 import pyarrow as pa
 
-from workers.core.ticks import TICK_SCHEMA
+from workers.core.errors import BadInput
+from workers.core.ticks import TICK_SCHEMA, check_market, printable
 from workers.sources.validate import DECIMAL, FUTURE_SLACK_US, MIN_TIME_US, quote_of
 
 _DECIMAL = re.compile(DECIMAL)
+# Binance's trade stream hosts and the market each serves.
+STREAM_HOSTS = {
+    "stream.binance.com": "spot",
+    "data-stream.binance.vision": "spot",
+    "fstream.binance.com": "um",
+    "dstream.binance.com": "cm",
+}
+
+
+def market_of_url(url: str, given: str | None = None) -> str:
+    """The market a stream URL serves (its host), checked against an explicit `given` one;
+    BadInput when neither says, or they disagree."""
+    from urllib.parse import urlparse
+
+    host = (urlparse(url).hostname or "").lower()
+    from_host = STREAM_HOSTS.get(host)
+    if given is not None:
+        check_market(given)
+        if from_host and from_host != given:
+            raise BadInput(f"--market {given} contradicts the stream host {host} "
+                           f"({from_host})")
+        return given
+    if from_host is None:
+        raise BadInput(f"cannot tell the market from the host {printable(host)!r}: pass "
+                       "--market spot|um|cm")
+    return from_host
 HARD_FRAME_LIMIT = 16 << 20  # the websocket library closes the connection above this
 
 
@@ -28,12 +59,14 @@ class Reject(Exception):
         self.reason = reason
 
 
-def parse(raw: str | bytes, symbol: str, max_bytes: int, now_us: int | None = None
-          ) -> tuple[int, str, str, int, bool]:
-    """One websocket message -> (trade id, price text, qty text, trade time µs, buyer is maker).
+def parse(raw: str | bytes, symbol: str, max_bytes: int, now_us: int | None = None, *,
+          market: str = "spot") -> tuple[int, str, str, int, bool, str | None]:
+    """One websocket message -> (trade id, price text, qty text, trade time µs, buyer is maker,
+    trade kind: None for an ordinary trade).
 
     Raises Reject("other", …) for messages that are not trades of this symbol (ignored, counted)
-    and Reject("malformed"|"too_large", …) for broken ones (quarantined, counted)."""
+    and Reject("malformed"|"too_large"|"wrong_market", …) for broken ones (quarantined,
+    counted)."""
     if len(raw) > max_bytes:
         raise Reject("too_large", f"message of {len(raw)} bytes (limit {max_bytes})")
     try:
@@ -75,11 +108,21 @@ def parse(raw: str | bytes, symbol: str, max_bytes: int, now_us: int | None = No
     now = now_us or int(time.time() * 1_000_000)
     if us < MIN_TIME_US or us > now + FUTURE_SLACK_US:
         raise Reject("malformed", "trade time outside 2017-07-01 .. now+1 day")
-    return t, p, q, us, m
+    kind = data.get("X")
+    if market == "spot":
+        if kind is not None:
+            raise Reject("wrong_market", f"a futures trade (X={printable(str(kind))[:20]!r}) "
+                                         "on a spot stream")
+        return t, p, q, us, m, None
+    if "M" in data:
+        raise Reject("wrong_market", f"a spot trade (field M) on a {market} stream")
+    if not isinstance(kind, str) or not re.fullmatch(r"[A-Z_]{1,32}", kind):
+        raise Reject("malformed", "futures trade without a valid 'X' (trade type)")
+    return t, p, q, us, m, None if kind == "MARKET" else kind
 
 
 def trades_table(ids: list[int], prices: list[str], qtys: list[str], times_us: list[int],
-                 makers: list[bool]) -> pa.Table:
+                 makers: list[bool], kinds: list[str | None] | None = None) -> pa.Table:
     """Parsed trades as typed tick columns (what `parse` accepted needs no second validation)."""
     price = pa.array(prices, pa.string()).cast(pa.decimal128(24, 8))
     qty = pa.array(qtys, pa.string()).cast(pa.decimal128(24, 8))
@@ -90,4 +133,5 @@ def trades_table(ids: list[int], prices: list[str], qtys: list[str], times_us: l
         "quantity": qty,
         "quote_quantity": quote_of(price, qty),
         "is_buyer_maker": pa.array(makers, pa.bool_()),
+        "trade_kind": pa.array(kinds if kinds is not None else [None] * len(ids), pa.string()),
     }, schema=TICK_SCHEMA)

@@ -44,10 +44,14 @@ def quote_of(price: pa.Array, qty: pa.Array) -> pa.Array:
 
 
 def validate(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | None = None,
-             now_us: int | None = None) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
-    """Returns (accepted ticks, their row positions in the input, [(position, reason)])."""
+             now_us: int | None = None, flagged: dict[int, str] | None = None
+             ) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
+    """Returns (accepted ticks, their row positions in the input, [(position, reason)]).
+    `flagged`: rows the reader already knows are bad, with their reason."""
     n = len(cols["trade_id"])
     reason = np.full(n, None, dtype=object)
+    for i, why in (flagged or {}).items():
+        reason[i] = why
 
     def flag(mask: np.ndarray, why: str) -> None:
         sel = mask & (reason == None)  # noqa: E711 - elementwise comparison on an object array
@@ -135,6 +139,7 @@ def validate(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | None 
         "quantity": pc.take(qty, keep),
         "quote_quantity": pc.take(quote, keep),
         "is_buyer_maker": pc.take(pc.equal(pc.take(bm_l, idx), "true"), keep),
+        "trade_kind": pa.nulls(len(keep), pa.string()),
     }, schema=TICK_SCHEMA)
     bad = [(int(i), str(reason[i])) for i in np.flatnonzero(reason != None)]  # noqa: E711
     return table, positions[sub_ok], bad

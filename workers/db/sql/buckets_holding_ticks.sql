@@ -1,3 +1,4 @@
--- Which of these buckets of one symbol already hold ticks.
+-- Which of these buckets of one market's symbol already hold ticks.
 SELECT b FROM unnest(%s::timestamptz[]) b
-WHERE EXISTS (SELECT 1 FROM market_data.btc_ticks t WHERE t.bucket_5m = b AND t.symbol = %s)
+WHERE EXISTS (SELECT 1 FROM market_data.btc_ticks t
+              WHERE t.bucket_5m = b AND t.market = %s AND t.symbol = %s)

@@ -1,3 +1,3 @@
--- bucket -> registered SHA-256, for the given buckets of one symbol.
+-- bucket -> registered SHA-256, for the given buckets of one market's symbol.
 SELECT bucket_5m, metadata->>'sha256' FROM landing.raw_blobs_5m
-WHERE asset = %s AND bucket_5m = ANY(%s)
+WHERE market = %s AND asset = %s AND bucket_5m = ANY(%s)
