@@ -134,6 +134,7 @@ class Pipeline:
         self._lock_conn = sibling(conn)
         self.locks = SessionLocks(self._lock_conn)
         self._ranges: dict[int, tuple[int, int]] = {}  # trade ids of buckets landed this run
+        self._stored: dict[str, str | None] = {}  # key -> ETag of this run's newest write
 
     def flush(self, buckets: Pending, describe: Callable[[int], dict]) -> None:
         """Land, then load, the given buckets: {bucket µs: [(rows, their input positions)]}."""
@@ -149,6 +150,7 @@ class Pipeline:
         merged = {b: (pa.concat_tables([t for t, _ in buckets[b]]),
                       np.concatenate([p for _, p in buckets[b]])) for b in keys}
         merged = self._drop_conflicts(merged, describe)
+        keys = sorted(merged)  # a bucket whose every row was a conflict is gone
         moved = self._old_layout_keys(keys)
         landed = list(self._pool.map(
             lambda b: self._land(b, *merged[b], describe, moved.get(b)), keys))
@@ -185,6 +187,8 @@ class Pipeline:
             for pos, reason in w.merge.conflicts:
                 self.quarantine_row(describe(int(positions[pos])), reason)
             self.summary.buckets_landed += w.written
+            if w.written:
+                self._stored[w.key] = w.etag
         ids = w.merge.table.column("trade_id")
         self._ranges[bucket] = (ids[0].as_py(), ids[-1].as_py())  # sorted by trade id
         return bucket, w
@@ -221,8 +225,8 @@ class Pipeline:
         written = [w for w in writes if w.written and w.etag]
         for prefix in sorted({w.key.rsplit("/", 1)[0] + "/" for w in written}):
             now = self.landing.etags(prefix)
-            for w in written:
-                if w.key.startswith(prefix) and now.get(w.key) != w.etag:
+            for w in written:  # a later flush of this run may have rewritten it since
+                if w.key.startswith(prefix) and now.get(w.key) != self._stored.get(w.key):
                     raise Failed(f"{self.landing.uri(w.key)} changed after this ingest stored "
                                  "and registered it (a writer outside tickstack's bucket "
                                  "locks?): run the ingest again to reconcile")

@@ -48,8 +48,14 @@ def insert_ticks(conn: psycopg.Connection, market: str, symbol: str, table: pa.T
 
 def commit_batch(conn: psycopg.Connection, market: str, symbol: str, source: str,
                  table: pa.Table, gaps: list[Gap]) -> int:
-    """One transaction: the batch's ticks, the offset (forward only) and the gaps it saw."""
+    """One transaction: the batch's ticks, the offset (forward only) and the gaps it saw.
+    Its buckets' locks are taken shared: stream batches never wait for each other, but not
+    while a file ingest or a compaction rewrites one of those buckets."""
     with conn.transaction():
+        if table.num_rows:
+            us = table.column("event_time").cast(pa.int64()).to_numpy()
+            xact_lock(conn, [(market, symbol, int(b)) for b in set(us - us % BUCKET_US)],
+                      shared=True)
         n = insert_ticks(conn, market, symbol, table)
         if table.num_rows:
             i = table.column("trade_id").to_pylist()
