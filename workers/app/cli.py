@@ -145,6 +145,151 @@ def ingest(
                     f"{k} {v}" for k, v in sorted(replica.stats.items())), err=True)
 
 
+@app.command()
+def fetch(
+    symbol: str = typer.Option(..., "--symbol", help="Binance symbol: BTCUSDT; on COIN-M "
+                               "BTCUSD_PERP."),
+    market: str = typer.Option("spot", "--market",
+                               help="spot | um (USDⓈ-M futures) | cm (COIN-M futures)."),
+    kind: str = typer.Option("trades", "--kind", help="trades | aggTrades"),
+    since: str = typer.Option(..., "--since", help="First day: YYYY-MM-DD, or YYYY-MM (the "
+                              "month's first day)."),
+    until: str | None = typer.Option(None, "--until", help="Last day, inclusive: YYYY-MM-DD, "
+                                     "or YYYY-MM (the month's last day). Default: yesterday, "
+                                     "UTC (the newest day the archive can have)."),
+    ingest: bool = typer.Option(False, "--ingest", help="Hand each file, once verified, to "
+                                "the `workers ingest` pipeline while the others download."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Resolve and list the files (cached "
+                                 "or to download, sizes); download nothing."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Files the archive "
+                                       "does not have (404) are listed but do not fail the "
+                                       "run (known gaps)."),
+    verify: bool = typer.Option(False, "--verify", help="Re-hash cached files against their "
+                                "CHECKSUM first; fetch again what no longer matches."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Binance public archive -> verified local cache (TICKSTACK_ARCHIVE_CACHE_DIR).
+
+    Monthly files for the months the range covers whole, daily files for the rest; up to
+    TICKSTACK_ARCHIVE_PARALLEL downloads at once, each resumed where it stopped (HTTP Range) and
+    verified against its .CHECKSUM; what the cache holds verified is not fetched again. The cache
+    is laid out like the archive (data/<spot|futures/um|futures/cm>/<daily|monthly>/<kind>/…).
+    Exit 0: every file verified (and ingested); 1: a file failed or is missing (the message
+    says which; a rerun completes it); 2: bad options, or a symbol the archive has no file of.
+    """
+    import json
+    import time
+
+    from workers.sources import binance_archive as ar
+
+    s = _settings()
+    try:
+        req = ar.Request.parse(symbol, market, kind, since, until)
+    except ar.BadRequest as e:
+        typer.echo(f"fetch: {e}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    cfg = ar.ArchiveConfig.from_settings(s)
+    t0 = time.monotonic()
+    results: list = []
+    with ar.Fetcher(cfg, None if dry_run or json_out else ar.progress_for(),
+                    verify_cached=verify) as fetcher:
+        files = fetcher.plan(req)
+        if dry_run:
+            _fetch_dry_run(fetcher, files, req, json_out)
+            return
+        with _archive_ingest(s, ingest, json_out) as load:
+            for r in fetcher.fetch(files):
+                results.append(r)
+                if load is not None and r.ok:
+                    load(r.path)
+    report = ar.Report(req.describe(), cfg.cache_dir, results, time.monotonic() - t0)
+    code = report.exit_code(allow_missing)
+    if json_out:
+        typer.echo(json.dumps({**report.as_dict(), "exit": code}))
+    else:
+        for r in sorted(results, key=lambda r: r.file.sort_key()):
+            if not r.ok:
+                typer.echo(f"fetch: {r.line()}", err=True)
+        typer.echo(report.summary())
+    if code:
+        raise typer.Exit(code)
+
+
+def _fetch_dry_run(fetcher, files, req, json_out: bool) -> None:
+    import json
+
+    from workers.sources.binance_archive import Planned, human_size
+
+    rows = []
+    for out in fetcher.survey(files):
+        if isinstance(out, Planned):
+            rows.append({"path": out.file.path, "status": "to fetch", "size": out.size,
+                         "partial": out.partial, "key": out.file.sort_key()})
+        else:
+            rows.append({"path": out.file.path, "status": out.status, "size": out.size,
+                         "reason": out.reason, "key": out.file.sort_key()})
+    rows.sort(key=lambda r: r.pop("key"))
+    if json_out:
+        typer.echo(json.dumps({"request": req.describe(), "files": rows}))
+        return
+    for r in rows:
+        size = f"{human_size(r['size']):>10}" if r.get("size") else " " * 10
+        extra = (f"  ({r['partial']:,} bytes already here)" if r.get("partial")
+                 else f"  ({r['reason']})" if r.get("reason") else "")
+        typer.echo(f"{r['status']:>9} {size}  {r['path']}{extra}")
+    todo = [r for r in rows if r["status"] == "to fetch"]
+    typer.echo(f"{req.describe()}: {len(rows)} file(s), {len(todo)} to fetch "
+               f"({human_size(sum(r['size'] or 0 for r in todo))}), "
+               f"{sum(r['status'] == 'cached' for r in rows)} cached, "
+               f"{sum(r['status'] == 'missing' for r in rows)} missing")
+
+
+def _archive_ingest(s: Settings, enabled: bool, json_out: bool):
+    """`fetch --ingest`: a loader that runs each verified file through the same pipeline, with
+    the same settings, as `workers ingest` (landing first, then the primary, replica dual-write),
+    on one connection in this thread while the downloads go on in theirs."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def loader():
+        if not enabled:
+            yield None
+            return
+        from workers.core.memory import limit_allocator_retention
+
+        limit_allocator_retention()
+        from workers.core.s3 import client
+        from workers.db import ingest as ing
+        from workers.landing.store import Landing
+        from workers.replica.writer import ReplicaWriter
+
+        log = logs.get("fetch")
+        landing = Landing(client(s), s.landing_bucket)
+        replica = ReplicaWriter.from_settings(s)
+        try:
+            with _connect(s.dsn_for("ingest")) as conn:
+                def load(path) -> None:
+                    log.info("ingesting", file=str(path))
+                    r = ing.ingest_file(conn, landing, str(path),
+                                        block_bytes=s.ingest_block_bytes,
+                                        flush_rows=s.ingest_flush_rows, replica=replica)
+                    log.info("ingested", file=str(path), rows=r.rows_read, inserted=r.inserted)
+                    if not json_out:
+                        _print_summary(r, False)
+                yield load
+        except ing.BadFile as e:
+            typer.echo(f"fetch --ingest: {e}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        except psycopg_errors() as e:
+            typer.echo(f"fetch --ingest: database error: {e}", err=True)
+            raise typer.Exit(EXIT_FAILED) from None
+        finally:
+            if replica is not None:
+                replica.close()
+
+    return loader()
+
+
 def _us(value: str | None) -> int | None:
     if not value:
         return None
@@ -670,8 +815,12 @@ def _replay(s: Settings, rs, report, target) -> None:
 @app.command()
 def up(
     paths: list[str] = typer.Argument(
-        ..., help="Binance trade dumps to ingest (make up passes the real day in ../shared/data; "
+        None, help="Binance trade dumps to ingest (make up passes the real day in ../shared/data; "
         "`make up DATA=…` other files)."),
+    fetch_day: str | None = typer.Option(
+        None, "--fetch-day", help="Also fetch this day (YYYY-MM-DD) of BTCUSDT spot trades from "
+        "Binance's public archive (cached, verified) and ingest it: make up on a clone without "
+        "../shared/data."),
     report_dir: str | None = typer.Option(
         None, "--report-dir", help="Where the HTML report goes (default TICKSTACK_REPORT_DIR)."),
     force_backup: bool = typer.Option(
@@ -693,6 +842,9 @@ def up(
 
     limit_allocator_retention()
     s = _settings()
+    if not paths and not fetch_day:
+        typer.echo("up: give dump files to ingest, or --fetch-day", err=True)
+        raise typer.Exit(EXIT_USAGE)
     if "log_level" not in s.model_fields_set:
         # The progress lines and the summary say what happened; logs only for trouble
         # (TICKSTACK_LOG_LEVEL=info brings every worker's log lines back).
@@ -704,7 +856,8 @@ def up(
                 "[green]done[/]" if st.changed else "[dim]same[/]")
         console.print(f"{mark} {st.name} ({st.seconds:.1f} s): {escape(st.did)}", highlight=False)
 
-    run, failure = mj.run_all(s, paths, on_stage=progress, force_backup=force_backup)
+    run, failure = mj.run_all(s, paths or [], on_stage=progress, force_backup=force_backup,
+                              fetch=fetch_day)
     try:
         from workers.app import report
 

@@ -91,6 +91,25 @@ class Run:
 
 # --- stages ---------------------------------------------------------------------------------
 
+def fetch_day(run: Run, s: Settings, day: str, symbol: str = "BTCUSDT") -> list[str]:
+    """One spot trades day from Binance's public archive into the cache (make up without
+    ../shared/data): the verified zip to ingest."""
+    from workers.sources import binance_archive as ar
+
+    with run.stage("fetch") as st:
+        [f] = ar.resolve(ar.Request.parse(symbol, "spot", "trades", day, day))
+        with ar.Fetcher(ar.ArchiveConfig.from_settings(s)) as fetcher:
+            r = fetcher.run([f]).results[0]
+        if not r.ok:
+            raise StageFailed("fetch", f"{f.name} from {s.archive_base_url}: {r.reason}")
+        st.changed = r.status == "downloaded"
+        st.data = r.as_dict()
+        st.did = (f"{f.name} from the Binance archive: " + (
+            f"downloaded {ar.human_size(r.size or 0)}, verified against its CHECKSUM"
+            if st.changed else "already in the cache, verified") + f" ({r.path})")
+        return [str(r.path)]
+
+
 def migrate(run: Run, s: Settings) -> None:
     from workers.db import migrate as m
 
@@ -261,9 +280,14 @@ def _pct(x) -> str:
 
 
 def run_all(s: Settings, paths: list[str], *, on_stage: Callable[[Stage], None] | None = None,
-            force_backup: bool = False) -> tuple[Run, StageFailed | None]:
+            force_backup: bool = False, fetch: str | None = None
+            ) -> tuple[Run, StageFailed | None]:
+    """`fetch`: a day (YYYY-MM-DD) of BTCUSDT spot trades to fetch from the archive and ingest
+    besides `paths` (make up on a clone without ../shared/data)."""
     run = Run()
-    steps = [lambda: migrate(run, s), lambda: ingest(run, s, paths), lambda: replicate(run, s),
+    paths = list(paths)
+    steps = [lambda: paths.extend(fetch_day(run, s, fetch))] if fetch else []
+    steps += [lambda: migrate(run, s), lambda: ingest(run, s, paths), lambda: replicate(run, s),
              lambda: embed(run, s), lambda: retention(run, s),
              lambda: backup(run, s, force=force_backup), lambda: similar_example(run, s)]
     failure = None
