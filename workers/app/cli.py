@@ -204,13 +204,10 @@ def fetch(
                     load(r.path)
     report = ar.Report(req.describe(), cfg.cache_dir, results, time.monotonic() - t0)
     code = report.exit_code(allow_missing)
-    if json_out:
-        typer.echo(json.dumps({**report.as_dict(), "exit": code}))
-    else:
-        for r in sorted(results, key=lambda r: r.file.sort_key()):
-            if not r.ok:
-                typer.echo(f"fetch: {r.line()}", err=True)
-        typer.echo(report.summary())
+    for r in sorted(results, key=lambda r: r.file.sort_key()):
+        if not r.ok:
+            typer.echo(f"fetch: {r.line()}", err=True)
+    typer.echo(json.dumps({**report.as_dict(), "exit": code}) if json_out else report.summary())
     if code:
         raise typer.Exit(code)
 

@@ -22,6 +22,7 @@ import email.utils
 import fcntl
 import hashlib
 import os
+import random
 import re
 import sys
 import threading
@@ -33,7 +34,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from workers.core import logs
 
@@ -46,7 +47,6 @@ KINDS = ("trades", "aggTrades")
 _SYMBOL = re.compile(r"^[A-Z0-9]{2,20}(?:_PERP|_\d{6})?$")
 _PATH = re.compile(r"(?:^|/)data/(spot|futures/um|futures/cm)/(daily|monthly)/(trades|aggTrades)/"
                    r"([A-Z0-9_]+)/\4-\3-(\d{4}-\d{2}(?:-\d{2})?)\.zip$")
-CHUNK = 256 << 10
 
 
 class ArchiveError(Exception):
@@ -249,7 +249,8 @@ class Result:
             return f"cached {f.name} (verified earlier)"
         if self.status == "missing":
             return f"missing {f.path}: {self.reason}"
-        return f"failed {f.name}: {self.reason}"
+        return f"failed {self.reason}" if self.reason.startswith(f.name) else \
+            f"failed {f.name}: {self.reason}"
 
 
 @dataclass
@@ -416,7 +417,6 @@ class Fetcher:
             follow_redirects=True)
         self.pool = ThreadPoolExecutor(cfg.parallel, thread_name_prefix="fetch")
         self.stop = threading.Event()
-        self._backoff = wait_exponential_jitter(initial=cfg.backoff, max=30)
 
     def __enter__(self) -> Fetcher:
         return self
@@ -615,6 +615,17 @@ class Fetcher:
         if size and offset == size:
             return  # complete: the checksum decides
         headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            self._stream_into(f, part, offset, headers, got)
+        except Retryable as e:
+            if e.reason.startswith("connection cut"):  # say where: the rerun resumes there
+                have = part.stat().st_size if part.exists() else 0
+                raise Retryable(f"connection cut at byte {have:,} of "
+                                f"{f'{size:,}' if size else '?'}") from None
+            raise
+
+    def _stream_into(self, f: ArchiveFile, part: Path, offset: int, headers: dict,
+                     got: list[int]) -> None:
         with _net_errors(self.cfg), self.client.stream("GET", self.url(f),
                                                         headers=headers) as r:
             if r.status_code == 404:
@@ -630,7 +641,9 @@ class Fetcher:
                     raise Retryable(f"server answered a Range for {offset} with {start}")
                 mode = "ab"
             with open(part, mode) as out:
-                for chunk in r.iter_raw(CHUNK):
+                # Unchunked: every byte received is on disk before a cut connection raises
+                # (a chunk size would hold back a partial chunk and lose it).
+                for chunk in r.iter_raw():
                     if self.stop.is_set():
                         raise ArchiveError(f"{f.name}: stopped (the partial download is kept)")
                     out.write(chunk)
@@ -667,11 +680,19 @@ class Fetcher:
             last[0] = now
             return stuck[0] >= self.cfg.attempts or rs.attempt_number >= 10 * self.cfg.attempts
 
+        def wait_for(rs: RetryCallState) -> float:
+            e = rs.outcome.exception() if rs.outcome else None
+            if isinstance(e, Retryable) and e.retry_after is not None:
+                return e.retry_after
+            # Backoff grows with the attempts that got nothing, and restarts after progress.
+            return min(30.0, self.cfg.backoff * 2 ** max(0, stuck[0] - 1)) \
+                + random.uniform(0, self.cfg.backoff)
+
         def sleep(seconds: float) -> None:
             if self.stop.wait(seconds):
                 raise ArchiveError(f"{what}: stopped")
 
-        attempts = Retrying(stop=stop, wait=self._wait, sleep=sleep, reraise=True,
+        attempts = Retrying(stop=stop, wait=wait_for, sleep=sleep, reraise=True,
                             retry=retry_if_exception_type(Retryable),
                             before_sleep=lambda rs: log.info(
                                 "retrying", what=what, attempt=rs.attempt_number,
@@ -685,12 +706,6 @@ class Fetcher:
             raise ArchiveError(f"{what}: {e.reason} (gave up after "
                                f"{attempts.statistics.get('attempt_number', '?')} attempts)"
                                ) from None
-
-    def _wait(self, rs: RetryCallState) -> float:
-        e = rs.outcome.exception() if rs.outcome else None
-        if isinstance(e, Retryable) and e.retry_after is not None:
-            return e.retry_after
-        return self._backoff(rs)
 
     @contextlib.contextmanager
     def _lock(self, f: ArchiveFile):
