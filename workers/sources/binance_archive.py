@@ -519,8 +519,11 @@ class Fetcher:
         if not self.verify_cached:
             return True
         d = self.dest(f)
-        want = _parse_checksum(f, _checksum_path(d).read_text(errors="replace"))
-        if sha256_file(d) == want:
+        try:
+            want = _parse_checksum(f, _checksum_path(d).read_text(errors="replace"))
+        except ArchiveError:
+            want = None  # a damaged CHECKSUM: fetch both again
+        if want is not None and sha256_file(d) == want:
             return True
         log.warning("cached file no longer matches its CHECKSUM: fetching it again", file=f.path)
         d.unlink()
