@@ -7,14 +7,22 @@ PY    := $(VENV)/bin/python
 
 .PHONY: up test down clean install install-system install-python lint status env
 
-# The real Binance day bundled in ../shared/data; DATA=path/to/files.zip overrides it.
-DATA ?= ../shared/data/BTCUSDT-trades-2019-04-01.zip
+# The real Binance day: ../shared/data's copy where it exists (the project's machines, CI), else
+# the same day fetched from Binance's public archive into the download cache (a user's clone).
+# DATA=path/to/files.zip overrides both.
+DAY        := 2019-04-01
+SHARED_DAY := ../shared/data/BTCUSDT-trades-$(DAY).zip
+DATA       ?=
+UP_INPUT    = $(or $(DATA),$(if $(wildcard $(SHARED_DAY)),$(SHARED_DAY),--fetch-day $(DAY)))
 
 # The main job: start the local environment, then every stage (migrate, ingest, replicate, embed,
 # retention dry-run + real, full backup, archive check), a summary table and the HTML report.
 up: install
 	@$(PY) -m infra.local up
-	@eval "$$($(PY) -m infra.local env)" && $(PY) -m workers up $(DATA)
+	@$(if $(DATA),echo "make up: ingesting DATA=$(DATA)",$(if $(wildcard $(SHARED_DAY)),\
+	  echo "make up: ingesting $(SHARED_DAY) (the real day in ../shared/data)",\
+	  echo "make up: no $(SHARED_DAY): fetching BTCUSDT spot trades $(DAY) from Binance's public archive (cached)"))
+	@eval "$$($(PY) -m infra.local env)" && $(PY) -m workers up $(UP_INPUT)
 
 test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)

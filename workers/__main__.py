@@ -1,3 +1,27 @@
-from workers.app.cli import main
+"""`python -m workers <command>` (the commands: workers/app/cli.py)."""
+
+def main() -> None:
+    """Run the command, then leave without C++ static destructors: Arrow's worker threads were
+    seen to abort an otherwise finished process at interpreter exit now and then
+    ("terminate called without an active exception", apache/arrow#34314), turning exit 0 or 2
+    into -6. Everything of ours is committed or flushed by then."""
+    import os
+    import sys
+
+    code = 0
+    try:
+        from workers.app.cli import app
+
+        app()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            code = 1
+        else:
+            code = e.code or 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
 
 main()

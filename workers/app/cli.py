@@ -128,6 +128,56 @@ def ingest(
 
 
 @command
+def fetch(
+    symbol: str = typer.Option(..., "--symbol", help="BTCUSDT; on COIN-M BTCUSD_PERP."),
+    market: str = typer.Option("spot", "--market",
+                               help="spot | um (USDⓈ-M futures) | cm (COIN-M futures)."),
+    kind: str = typer.Option("trades", "--kind", help="trades | aggTrades"),
+    since: str = typer.Option(..., "--since", help="First day: YYYY-MM-DD, or YYYY-MM."),
+    until: str | None = typer.Option(None, "--until", help="Last day, inclusive (YYYY-MM-DD or "
+                                     "YYYY-MM). Default: yesterday, UTC."),
+    ingest: bool = typer.Option(False, "--ingest", help="Hand each file, once verified, to "
+                                "the `workers ingest` pipeline while the others download."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the files (cached or to "
+                                 "download, sizes); download nothing."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Files the archive "
+                                       "does not have (404) do not fail the run."),
+    verify: bool = typer.Option(False, "--verify", help="Re-hash cached files against their "
+                                "CHECKSUM first; fetch again what no longer matches."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Binance public archive -> verified local cache (TICKSTACK_ARCHIVE_CACHE_DIR).
+
+    Monthly files for whole months, daily files for the rest; TICKSTACK_ARCHIVE_PARALLEL
+    downloads at once, resumed (HTTP Range) and verified against their .CHECKSUM; what the cache
+    holds verified is not fetched again. Exit 0: every file verified (and ingested); 1: a file
+    failed or is missing (a rerun completes it); 2: bad options, or an unknown symbol.
+    """
+    from workers.app import fetching
+    from workers.sources import binance_archive as archive
+
+    ctx = _context("fetch")
+    req = archive.Request.parse(symbol, market, kind, since, until)
+    if dry_run:
+        rows = fetching.dry_run(ctx, req)
+        if json_out:
+            typer.echo(json.dumps({"request": req.describe(), "files": rows}))
+        for line in ([] if json_out else fetching.dry_run_lines(req, rows)):
+            typer.echo(line)
+        return
+    report = fetching.fetch(ctx, req, ingest=ingest, verify=verify,
+                            progress=None if json_out else archive.progress_for(),
+                            on_file=None if json_out else lambda r: _show(r, False))
+    code = report.exit_code(allow_missing)
+    for r in sorted(report.results, key=lambda r: r.file.sort_key()):
+        if not r.ok:
+            typer.echo(f"fetch: {r.line()}", err=True)
+    typer.echo(json.dumps({**report.as_dict(), "exit": code}) if json_out else report.summary())
+    if code:
+        raise typer.Exit(code)
+
+
+@command
 def stream(
     url: str = typer.Option(None, "--url", help="Binance websocket URL (wss://…), raw "
                             "(/ws/btcusdt@trade) or combined (/stream?streams=btcusdt@trade)."),
@@ -225,22 +275,8 @@ def similar(
         typer.echo(json.dumps(r.as_dict()))
         return
     from rich.console import Console
-    from rich.table import Table
 
-    from workers.signals.similar import LABEL_KEYS, pct
-
-    t = Table(title=f"{r.symbol} windows most like {r.window} "
-                    f"(k={r.k}, probes={r.probes or 'exact'})")
-    for col in ("window", "distance", "+5m", "+15m", "+60m", "vol 60m"):
-        t.add_column(col, justify="right")
-    for n in r.neighbours:
-        t.add_row(n["bucket"][:16], f"{n['distance']:.4f}",
-                  *(pct(n["labels"].get(key)) for key in LABEL_KEYS))
-    t.add_section()
-    t.add_row("neighbours' mean", "", *(pct(r.means[key]["neighbours"]) for key in LABEL_KEYS))
-    t.add_row("all windows' mean", "",
-              *(pct(r.means[key]["unconditional"]) for key in LABEL_KEYS))
-    Console().print(t)
+    Console().print(r.table())
 
 
 @command
@@ -327,8 +363,12 @@ def restore(
 @command
 def up(
     paths: list[str] = typer.Argument(
-        ..., help="Binance trade dumps to ingest (make up passes the real day in ../shared/data; "
+        None, help="Binance trade dumps to ingest (make up passes the real day in ../shared/data; "
         "`make up DATA=…` other files)."),
+    fetch_day: str | None = typer.Option(
+        None, "--fetch-day", help="Also fetch this day (YYYY-MM-DD) of BTCUSDT spot trades from "
+        "Binance's public archive (cached, verified) and ingest it: make up without "
+        "../shared/data."),
     report_dir: str | None = typer.Option(
         None, "--report-dir", help="Where the HTML report goes (default TICKSTACK_REPORT_DIR)."),
     force_backup: bool = typer.Option(
@@ -344,33 +384,14 @@ def up(
     from workers.app import up as main_job
 
     ctx = _context("up")
+    if not paths and not fetch_day:
+        typer.echo("up: give dump files to ingest, or --fetch-day", err=True)
+        raise typer.Exit(2)
     if "log_level" not in ctx.settings.model_fields_set:
         # The progress lines and the summary say what happened; logs only for trouble
         # (TICKSTACK_LOG_LEVEL=info brings every worker's log lines back).
         logs.configure(ctx.settings.log_format, "warning")
-    ok = main_job.main(ctx, paths, report_dir=report_dir or ctx.settings.report_dir,
-                       force_backup=force_backup)
+    ok = main_job.main(ctx, paths or [], report_dir=report_dir or ctx.settings.report_dir,
+                       force_backup=force_backup, fetch_day=fetch_day)
     if not ok:
         raise typer.Exit(EXIT_FAILED)
-
-
-def main() -> None:
-    """Run the command, then leave without C++ static destructors: Arrow's worker threads were
-    seen to abort an otherwise finished process at interpreter exit now and then
-    ("terminate called without an active exception", apache/arrow#34314), turning exit 0 or 2
-    into -6. Everything of ours is committed or flushed by then."""
-    import os
-    import sys
-
-    code = 0
-    try:
-        app()
-    except SystemExit as e:
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-            code = 1
-        else:
-            code = e.code or 0
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)

@@ -84,10 +84,21 @@ def _similar(ctx: Context, run: Run):
     return r
 
 
-def stages(paths: list[str], force_backup: bool
+def stages(paths: list[str], force_backup: bool, fetch_day: str | None = None
            ) -> list[tuple[str, Callable[[Context, Run], object]]]:
-    """The main job, in order: (stage name, what it runs)."""
-    return [
+    """The main job, in order: (stage name, what it runs). `fetch_day`: a day of BTCUSDT spot
+    trades fetched from the archive first and ingested with `paths` (a clone without
+    ../shared/data)."""
+    paths = list(paths)
+
+    def fetch(ctx: Context, run: Run):
+        from workers.app.fetching import fetch_day as fetch_one
+
+        got = fetch_one(ctx, fetch_day)
+        paths.append(got.path)
+        return got
+
+    return [("fetch", fetch)] * bool(fetch_day) + [
         ("migrate", lambda ctx, run: operations.migrate(ctx)),
         ("ingest", lambda ctx, run: operations.ingest(ctx, paths)),
         ("replicate", _replicate),
@@ -101,9 +112,10 @@ def stages(paths: list[str], force_backup: bool
 
 
 def run_all(ctx: Context, paths: list[str], *, on_stage: Callable[[Stage], None] | None = None,
-            force_backup: bool = False) -> tuple[Run, StageFailed | None]:
+            force_backup: bool = False, fetch_day: str | None = None
+            ) -> tuple[Run, StageFailed | None]:
     run = Run()
-    for name, fn in stages(paths, force_backup):
+    for name, fn in stages(paths, force_backup, fetch_day):
         st = Stage(name)
         run.stages.append(st)
         t0 = time.monotonic()
@@ -130,8 +142,8 @@ def run_all(ctx: Context, paths: list[str], *, on_stage: Callable[[Stage], None]
     return run, None
 
 
-def main(ctx: Context, paths: list[str], *, report_dir: str, force_backup: bool = False
-         ) -> bool:
+def main(ctx: Context, paths: list[str], *, report_dir: str, force_backup: bool = False,
+         fetch_day: str | None = None) -> bool:
     """Run every stage, print progress lines and the summary table, write the report."""
     from rich.console import Console
     from rich.markup import escape
@@ -144,7 +156,8 @@ def main(ctx: Context, paths: list[str], *, report_dir: str, force_backup: bool 
                 "[green]done[/]" if st.changed else "[dim]same[/]")
         console.print(f"{mark} {st.name} ({st.seconds:.1f} s): {escape(st.did)}", highlight=False)
 
-    run, failure = run_all(ctx, paths, on_stage=progress, force_backup=force_backup)
+    run, failure = run_all(ctx, paths, on_stage=progress, force_backup=force_backup,
+                           fetch_day=fetch_day)
     try:
         from workers.app import report
 

@@ -5,6 +5,7 @@ Read once at the command boundary and passed down; deep code never reads the env
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -108,6 +109,29 @@ class Settings(BaseSettings):
         "after: one trial write).")
     replica_queue: int = Field(
         8, ge=1, description="Replica writes waiting behind a slow one; beyond, recorded as lag.")
+    # --- Binance public archive (`workers fetch`) --------------------------------------------
+    archive_base_url: str = Field(
+        "https://data.binance.vision", description="Root of Binance's public archive (or a "
+        "mirror laid out like it): files are under <root>/data/<market>/<daily|monthly>/….")
+    archive_cache_dir: str = Field(
+        default_factory=lambda: _user_cache("binance"),
+        description="Verified downloads, laid out like the archive (default: "
+        "$XDG_CACHE_HOME/tickstack/binance, else ~/.cache/tickstack/binance; kept by "
+        "`make clean`).")
+    archive_parallel: int = Field(4, ge=1, le=32, description="Downloads at once.")
+    archive_connect_timeout_seconds: float = Field(10.0, gt=0)
+    archive_read_timeout_seconds: float = Field(
+        30.0, gt=0, description="No byte for this long: the download is stalled (retried, "
+        "resuming where it stopped).")
+    archive_attempts: int = Field(
+        5, ge=1, le=100, description="Attempts per request that receive nothing before a file "
+        "fails (attempts that received bytes do not count).")
+    archive_retry_after_max_seconds: float = Field(
+        120.0, ge=0, description="A 429/5xx whose Retry-After asks for longer fails the file "
+        "at once (run again later) instead of waiting.")
+    archive_backoff_seconds: float = Field(
+        0.5, gt=0, description="First wait between attempts without Retry-After (doubling, "
+        "jittered, up to 30 s).")
     crash_at: str = Field(
         "", description="TESTS ONLY: `point:N` kills the process with SIGKILL the Nth time it "
         "reaches a named crash point (see workers/crashpoint.py).")
@@ -136,3 +160,8 @@ class Settings(BaseSettings):
             out.append(("replica", self.replica_retention_dsn.get_secret_value().strip()
                         or self.replica_dsn.get_secret_value()))
         return out
+
+
+def _user_cache(name: str) -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tickstack", name)

@@ -51,6 +51,24 @@ class Similar:
     def __getitem__(self, key: str):  # read like the JSON it prints
         return self.as_dict()[key]
 
+    def table(self):
+        """The neighbours and what followed each, as `workers similar` shows them (rich)."""
+        from rich.table import Table
+
+        t = Table(title=f"{self.symbol} windows most like {self.window} "
+                        f"(k={self.k}, probes={self.probes or 'exact'})")
+        for col in ("window", "distance", "+5m", "+15m", "+60m", "vol 60m"):
+            t.add_column(col, justify="right")
+        for n in self.neighbours:
+            t.add_row(n["bucket"][:16], f"{n['distance']:.4f}",
+                      *(pct(n["labels"].get(key)) for key in LABEL_KEYS))
+        t.add_section()
+        t.add_row("neighbours' mean", "",
+                  *(pct(self.means[key]["neighbours"]) for key in LABEL_KEYS))
+        t.add_row("all windows' mean", "",
+                  *(pct(self.means[key]["unconditional"]) for key in LABEL_KEYS))
+        return t
+
     def summary(self) -> str:
         m = self.means["fwd_ret_60m"]
         return (f"{len(self.neighbours)} windows most like {self.window[:16]} (probes "

@@ -1,0 +1,138 @@
+"""`workers fetch` and the main job's fetch stage over the archive client
+(workers/sources/binance_archive.py): the same Context, the same ingest pipeline as
+`workers ingest` for `--ingest`, typed results with summary()."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from workers.app.context import Context
+from workers.core import logs
+
+
+@contextlib.contextmanager
+def archive_loader(ctx: Context, on_file: Callable | None = None) -> Iterator[Callable]:
+    """A loader that runs each verified file through the pipeline `workers ingest` uses
+    (landing first, then the primary, replica dual-write), on one connection in this thread
+    while the downloads go on in theirs."""
+    from workers.core.memory import limit_allocator_retention
+    from workers.db import ingest as pipeline
+    from workers.sources.binance_files import Limits
+
+    limit_allocator_retention()
+    s = ctx.settings
+    log = logs.get("fetch")
+    writer = ctx.replica_writer()
+    try:
+        with ctx.connect("ingest") as conn:
+            def load(path) -> None:
+                log.info("ingesting", file=str(path))
+                r = pipeline.ingest_file(
+                    conn, ctx.landing, str(path), block_bytes=s.ingest_block_bytes,
+                    flush_rows=s.ingest_flush_rows, replica=writer,
+                    max_bucket_rows=s.ingest_max_bucket_rows,
+                    limits=Limits(s.ingest_max_zip_ratio, s.ingest_max_file_bytes))
+                log.info("ingested", file=str(path), rows=r.rows_read, inserted=r.inserted)
+                if on_file:
+                    on_file(r)
+            yield load
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def fetch(ctx: Context, req, *, ingest: bool = False, verify: bool = False,
+          progress=None, on_file: Callable | None = None):
+    """Fetch the request's files into the cache (and ingest each as soon as it is verified);
+    the archive client's Report."""
+    from workers.sources import binance_archive as archive
+
+    cfg = archive.ArchiveConfig.from_settings(ctx.settings)
+    t0 = time.monotonic()
+    results: list = []
+    with archive.Fetcher(cfg, progress, verify_cached=verify) as fetcher:
+        files = fetcher.plan(req)
+        loader = archive_loader(ctx, on_file) if ingest else contextlib.nullcontext()
+        with loader as load:
+            for r in fetcher.fetch(files):
+                results.append(r)
+                if load is not None and r.ok:
+                    load(r.path)
+    return archive.Report(req.describe(), cfg.cache_dir, results, time.monotonic() - t0)
+
+
+def dry_run(ctx: Context, req) -> list[dict]:
+    """What a fetch would do, file by file, downloading nothing."""
+    from workers.sources import binance_archive as archive
+
+    rows = []
+    with archive.Fetcher(archive.ArchiveConfig.from_settings(ctx.settings)) as fetcher:
+        for out in fetcher.survey(fetcher.plan(req)):
+            if isinstance(out, archive.Planned):
+                rows.append({"path": out.file.path, "status": "to fetch", "size": out.size,
+                             "partial": out.partial, "key": out.file.sort_key()})
+            else:
+                rows.append({"path": out.file.path, "status": out.status, "size": out.size,
+                             "reason": out.reason, "key": out.file.sort_key()})
+    rows.sort(key=lambda r: r.pop("key"))
+    return rows
+
+
+def dry_run_lines(req, rows: list[dict]) -> list[str]:
+    from workers.sources.binance_archive import human_size
+
+    out = []
+    for r in rows:
+        size = f"{human_size(r['size']):>10}" if r.get("size") else " " * 10
+        extra = (f"  ({r['partial']:,} bytes already here)" if r.get("partial")
+                 else f"  ({r['reason']})" if r.get("reason") else "")
+        out.append(f"{r['status']:>9} {size}  {r['path']}{extra}")
+    todo = [r for r in rows if r["status"] == "to fetch"]
+    out.append(f"{req.describe()}: {len(rows)} file(s), {len(todo)} to fetch "
+               f"({human_size(sum(r['size'] or 0 for r in todo))}), "
+               f"{sum(r['status'] == 'cached' for r in rows)} cached, "
+               f"{sum(r['status'] == 'missing' for r in rows)} missing")
+    return out
+
+
+@dataclass
+class FetchedDay:
+    """The main job's fetch stage: one day, from the archive or already in the cache."""
+
+    name: str
+    path: str
+    downloaded: bool
+    size: int
+    base_url: str
+
+    @property
+    def changed(self) -> bool:
+        return self.downloaded
+
+    def summary(self) -> str:
+        from workers.sources.binance_archive import human_size
+
+        how = (f"downloaded {human_size(self.size)}, verified against its CHECKSUM"
+               if self.downloaded else "already in the cache, verified")
+        return f"{self.name} from the Binance archive: {how} ({self.path})"
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def fetch_day(ctx: Context, day: str, symbol: str = "BTCUSDT") -> FetchedDay:
+    """One spot trades day into the cache (make up without ../shared/data)."""
+    from workers.core.errors import Failed
+    from workers.sources import binance_archive as archive
+
+    s = ctx.settings
+    [f] = archive.resolve(archive.Request.parse(symbol, "spot", "trades", day, day))
+    with archive.Fetcher(archive.ArchiveConfig.from_settings(s)) as fetcher:
+        r = fetcher.run([f]).results[0]
+    if not r.ok:
+        raise Failed(f"{f.name} from {s.archive_base_url}: {r.reason}")
+    return FetchedDay(f.name, str(r.path), r.status == "downloaded", r.size or 0,
+                      s.archive_base_url)
