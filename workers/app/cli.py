@@ -534,6 +534,10 @@ def backup(
         False, "--check", help="Only report: WAL archiving (pg_stat_archiver, waiting segments, "
         "a fresh archived WAL switch) and the repository's backups. Exit 1 when archiving is "
         "failing or stalled."),
+    stanza_create: bool = typer.Option(
+        False, "--stanza-create", help="Only create the stanza if missing (idempotent) and run "
+        "`pgbackrest check` (a WAL switch must reach the repository); exit 1 otherwise. The "
+        "cloud's stanza Job runs this at every deploy, where a failure fails the deploy."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """pgBackRest backup of the primary into the backup bucket (stanza created if missing).
@@ -551,8 +555,14 @@ def backup(
         typer.echo(f"backup: --type must be full, diff or incr, not {type_!r}", err=True)
         raise typer.Exit(EXIT_USAGE)
     try:
+        if stanza_create:
+            bk.ensure_stanza(tool)
+            tool.ok("check", "--archive-timeout=60", timeout=300)
+            typer.echo(f"backup: stanza {s.stanza} exists and WAL archiving reaches the "
+                       "repository")
+            return
         if check:
-            with _connect(s.primary_dsn.get_secret_value()) as conn:
+            with _connect(s.dsn_for("backup")) as conn:
                 r = bk.check(conn, tool, stall_seconds=s.archive_stall_seconds).as_dict()
         else:
             r = bk.backup(tool, type_)
@@ -626,7 +636,12 @@ def restore(
             if timeline not in ("latest", "current"):
                 typer.echo("restore: --timeline must be latest or current", err=True)
                 raise typer.Exit(EXIT_USAGE)
-            rs.pitr(_tool(s, "restore"), s.pg_bindir, target, force=force, admin_dsn=admin,
+            import dataclasses
+
+            tool = _tool(s, "restore")
+            if s.pgbackrest_pg_config:  # restore runs on the database host, with its file
+                tool = dataclasses.replace(tool, config=s.pgbackrest_pg_config)
+            rs.pitr(tool, s.pg_bindir, target, force=force, admin_dsn=admin,
                     report=report, timeline=timeline)
         with _connect(admin) as conn:
             report.timed("verify extensions and migration ledger",

@@ -236,7 +236,7 @@ def run_from_settings(s, *, check_only: bool = False, since: datetime | None = N
         raise ReplicateError("TICKSTACK_REPLICA_DSN is empty: no replica to replicate to")
     landing = Landing(client(s), s.landing_bucket)
     with psycopg.connect(s.dsn_for("ingest"), autocommit=True) as p, \
-            psycopg.connect(s.replica_dsn.get_secret_value(), autocommit=True,
+            psycopg.connect(s.replica_dsn_for("replicate"), autocommit=True,
                             connect_timeout=10) as r:
         return run(p, r, landing, check_only=check_only, since=since)
 
