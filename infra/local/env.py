@@ -62,7 +62,11 @@ class PartStatus:
 
 
 class LocalEnv:
-    def __init__(self, state_dir: Path = DEFAULT_STATE):
+    def __init__(self, state_dir: Path = DEFAULT_STATE, *, landing_bucket: str = LANDING_BUCKET,
+                 backup_bucket: str = BACKUP_BUCKET):
+        """`landing_bucket`/`backup_bucket`: the buckets' names (a test that runs a rendered
+        stack's workloads gives the stack's)."""
+        self.landing_bucket, self.backup_bucket = landing_bucket, backup_bucket
         self.state = Path(state_dir).absolute()
         self.state.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state, 0o755)  # postgres must traverse it to reach its own dirs
@@ -142,7 +146,8 @@ class LocalEnv:
 
     def backup_repo(self) -> configs.BackupRepo:
         return configs.BackupRepo(
-            bucket=BACKUP_BUCKET, region=REGION, endpoint="127.0.0.1", port=self.ports["s3_tls"],
+            bucket=self.backup_bucket, region=REGION, endpoint="127.0.0.1",
+            port=self.ports["s3_tls"],
             uri_style="path", verify_tls=False, key_type="shared",
         )
 
@@ -278,7 +283,7 @@ class LocalEnv:
             n = self.moto.restore()
             if n:
                 started.append(f"s3 restored {n} object versions")
-        self.moto.ensure_buckets([LANDING_BUCKET, BACKUP_BUCKET])
+        self.moto.ensure_buckets([self.landing_bucket, self.backup_bucket])
         if not self.stunnel.healthy():
             self.stunnel.start()
             started.append("s3-tls")
@@ -374,14 +379,15 @@ class LocalEnv:
         _write_private(p, "\n".join(lines) + "\n")
         return p
 
-    def env(self, *, database: str = DATABASE, landing_bucket: str = LANDING_BUCKET,
+    def env(self, *, database: str = DATABASE, landing_bucket: str | None = None,
             replica: bool = True) -> dict[str, str]:
         """Every TICKSTACK_ setting and AWS variable the workers need, for `eval $(… env)`.
 
         `database`, `landing_bucket` and `replica=False` point the same settings at another
         database / bucket of this environment (tests and benchmarks use their own)."""
         env = configs.worker_env(configs.WorkerEnv(
-            landing_bucket=landing_bucket, backup_bucket=BACKUP_BUCKET, aws_region=REGION,
+            landing_bucket=landing_bucket or self.landing_bucket,
+            backup_bucket=self.backup_bucket, aws_region=REGION,
             s3_endpoint_url=self.moto.endpoint, log_format="console",
         ))
         env.update({

@@ -58,7 +58,8 @@ def mock_digest(ref: str) -> str:
     return "sha256:" + hashlib.sha256(f"image/{ref}".encode()).hexdigest()
 
 
-def _pem(kind: str, name: str) -> str:
+def mock_pem(kind: str, name: str) -> str:
+    """What the mocks answer for a generated key or certificate (a placeholder PEM)."""
     body = hashlib.sha256(f"{kind}/{name}".encode()).hexdigest()
     return f"-----BEGIN MOCK {kind}-----\n{body}\n-----END MOCK {kind}-----\n"
 
@@ -260,12 +261,12 @@ class TickstackMocks(pulumi.runtime.Mocks):
             # Stand-ins: the PEM texts are placeholders (a real deploy computes them).
             kind = t.split(":")[-1]
             if kind == "PrivateKey":
-                state.update(privateKeyPem=_pem("PRIVATE KEY", name),
-                             publicKeyPem=_pem("PUBLIC KEY", name))
+                state.update(privateKeyPem=mock_pem("PRIVATE KEY", name),
+                             publicKeyPem=mock_pem("PUBLIC KEY", name))
             elif kind == "CertRequest":
-                state["certRequestPem"] = _pem("CERTIFICATE REQUEST", name)
+                state["certRequestPem"] = mock_pem("CERTIFICATE REQUEST", name)
             elif kind in ("SelfSignedCert", "LocallySignedCert"):
-                state.update(certPem=_pem("CERTIFICATE", name), readyForRenewal=False)
+                state.update(certPem=mock_pem("CERTIFICATE", name), readyForRenewal=False)
         elif t.startswith("kubernetes:") and isinstance(state.get("metadata"), dict):
             meta = dict(state["metadata"])
             meta.setdefault("name", rid)  # the provider auto-names objects without a name
