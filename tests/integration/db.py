@@ -17,8 +17,8 @@ def admin_password(env, cluster: str) -> str:
     return env.secrets["postgres_password" if cluster == "primary" else configs.REPLICA_ADMIN]
 
 
-def connect(env, cluster: str = "primary", dbname: str = "tickstack", **kw) -> psycopg.Connection:
-    """The server's superuser (set-up and inspection in tests only)."""
+def connect(env, cluster: str = "primary", dbname: str = "postgres", **kw) -> psycopg.Connection:
+    """The server's superuser, to its maintenance database (tests of the server itself)."""
     c = env.primary if cluster == "primary" else env.replica
     return psycopg.connect(c.dsn(dbname), password=env.secrets["postgres_password"], **kw)
 
