@@ -141,8 +141,9 @@ class StackConfig(_Model):
 
     # -- the Kubernetes cluster and its network: an input, not created here ------------------
     cluster_stack: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$",
-        description="Stack reference org/project/stack whose outputs describe the cluster.")
+        None, pattern=r"^organization/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$",
+        description="Stack reference organization/project/stack whose outputs describe the "
+        "cluster (the S3 state backend names every stack's organization `organization`).")
     oidc_provider_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:"
                                                         r"oidc-provider/.+$")
     oidc_provider_url: str | None = Field(None, pattern=r"^(https://)?oidc\.eks\.[a-z0-9-]+\."
