@@ -72,6 +72,11 @@ def test_dockerfile_entrypoint_user_and_stages() -> None:
     # The entry point is the program's; the workload's command is the pod's args.
     assert [json.loads(r) for w, r in ins if w == "ENTRYPOINT"] == [wk.ENTRYPOINT]
     assert not [r for w, r in ins if w == "CMD"]
+    # The RDS CA bundle the replica DSNs verify with is where the program says it is, and
+    # pgBackRest (the backup workers') is installed at a pinned version.
+    add = [r for w, r in ins if w == "ADD"]
+    assert any(r.split()[-1] == wk.RDS_CA_BUNDLE for r in add), add
+    assert re.search(r'"pgbackrest=\$\{PGBACKREST_VERSION\}-\*"', DOCKERFILE.read_text())
     users = [r for w, r in ins if w == "USER"]
     assert users == [f"{kx.WORKER_UID}:{kx.WORKER_UID}"]
     # Only runtime dependencies: base + the workers extra, never Pulumi or dev tooling.
