@@ -258,9 +258,18 @@ class LocalEnv:
         # What RDS's rds_superuser holds of the predefined roles.
         c.psql(f"GRANT pg_monitor, pg_signal_backend TO {ident}")
         c.psql("CREATE EXTENSION IF NOT EXISTS vector", db="template1")
-        if c.psql(f"SELECT 1 FROM pg_database WHERE datname = "
-                  f"{sql.Literal(db_name).as_string(None)}") != "1":
-            c.psql(f"CREATE DATABASE {sql.Identifier(db_name).as_string(None)} OWNER {ident}")
+        dbl, dbi = sql.Literal(db_name).as_string(None), sql.Identifier(db_name).as_string(None)
+        owner = c.psql(f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {dbl}")
+        if not owner:
+            c.psql(f"CREATE DATABASE {dbi} OWNER {ident}")
+        elif owner != master_user:
+            # State from before the replica had its own admin: the database and the migration
+            # ledger were the superuser's. Hand them to the master, as RDS would have them.
+            c.psql(f"ALTER DATABASE {dbi} OWNER TO {ident}")
+            c.psql("DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
+                   f"'tickstack_migrator') THEN GRANT tickstack_migrator TO {ident}; END IF; "
+                   "END $$", db=db_name)
+            c.psql(f"ALTER TABLE IF EXISTS ops.schema_migrations OWNER TO {ident}", db=db_name)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -295,6 +304,8 @@ class LocalEnv:
             if not c.running():
                 c.start(env=self.pgbackrest_env() if c is self.primary else None)
                 started.append(c.name)
+            else:  # a running server gets what was just rendered (TLS, pg_hba.conf)
+                c.reload()
         self.bootstrap_replica(configs.REPLICA_ADMIN, self.secrets[configs.REPLICA_ADMIN],
                                DATABASE)
         if not self.pgbr_server_healthy():

@@ -106,6 +106,11 @@ class Cluster:
         if r.returncode != 0 or not self.healthy():
             raise PartError(self.name, f"PostgreSQL did not start ({r.stderr.strip()})", self.log)
 
+    def reload(self) -> None:
+        """Re-read the configuration (TLS files, pg_hba.conf) without a restart."""
+        if self.running():
+            run_db([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "reload"], check=False)
+
     def stop(self) -> None:
         """Fast stop, bounded; immediate if fast does not finish (an archiver can hang it)."""
         if not self.running():
