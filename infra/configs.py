@@ -7,10 +7,26 @@ in both places. Pure functions: no I/O, no Pulumi, no environment reads.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
+
+T = TypeVar("T")
 
 STANZA = "tickstack"
+DATABASE = "tickstack"
+# Who migrates: the primary's superuser, and the replica's admin (the RDS master user; the
+# local replica is given the same login with the same powers: infra/local/env.py).
+PRIMARY_ADMIN = "postgres"
+REPLICA_ADMIN = "tickstack_admin"
+# pgBackRest's TLS server in the primary's pod (the local environment runs one too): backups
+# are taken through it by the backup workers, which authenticate with a client certificate
+# whose CN the server authorises for the stanza (docs/backups.md: why not pods/exec).
+PGBACKREST_TLS_PORT = 8432
+PGBACKREST_CLIENT_CN = "tickstack-pgbackrest-client"
+# Workers verify the server's certificate and name (libpq sslmode); nothing weaker is rendered.
+SSLMODE = "verify-full"
+TLS_MIN_VERSION = "TLSv1.2"
 # pgBackRest's S3 key types: "shared" reads keys from PGBACKREST_REPO1_S3_KEY[_SECRET] in the
 # environment (never written into the file); "web-id" is IRSA in the cloud.
 S3KeyType = Literal["shared", "web-id", "auto"]
@@ -42,6 +58,35 @@ class PgBackRestPaths:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """A certificate, its key and the CA that signed it, as paths on the host that uses them."""
+
+    cert: str
+    key: str
+    ca: str
+
+
+@dataclass(frozen=True)
+class PgBackRestServer:
+    """pgBackRest's TLS server on the database host (`pgbackrest server`)."""
+
+    address: str
+    tls: TlsFiles
+    port: int = PGBACKREST_TLS_PORT
+    client_cn: str = PGBACKREST_CLIENT_CN
+
+
+@dataclass(frozen=True)
+class PgBackRestRemote:
+    """How a backup worker (the repository host) reaches that server: host, port, its client
+    certificate and the CA that signed the server's."""
+
+    host: str
+    tls: TlsFiles
+    port: int = PGBACKREST_TLS_PORT
+
+
+@dataclass(frozen=True)
 class PrimaryPg:
     """How pgBackRest reaches the primary it backs up (from the database host)."""
 
@@ -58,8 +103,17 @@ def pgbackrest_conf(
     *,
     stanza: str = STANZA,
     process_max: int = 2,
+    server: PgBackRestServer | None = None,
+    remote: PgBackRestRemote | None = None,
 ) -> str:
-    """Render pgbackrest.conf. zst + 2 processes halved full-backup time here (DESIGN.md)."""
+    """Render pgbackrest.conf. zst + 2 processes halved full-backup time here (DESIGN.md).
+
+    Two roles, one renderer: the database host's file (`server`: archive-push, restore and the
+    TLS server backups go through) and the backup worker's (`remote`: the database is reached
+    through that server; `pg` then names the paths on the database host).
+    """
+    if server and remote:
+        raise ValueError("a pgbackrest.conf is either the database host's or a backup worker's")
     glob = {
         "repo1-type": "s3",
         "repo1-path": repo.path,
@@ -76,7 +130,9 @@ def pgbackrest_conf(
         "start-fast": "y",
         "archive-timeout": "60",
         "log-level-console": "info",
-        "log-level-file": "detail",
+        # Files only get what needs attention: `detail` filled the log volume of a busy
+        # primary (archive-push runs once per WAL segment).
+        "log-level-file": "warn",
         "log-path": paths.log,
         "lock-path": paths.lock,
         "spool-path": paths.spool,
@@ -85,12 +141,32 @@ def pgbackrest_conf(
         glob["repo1-storage-port"] = str(repo.port)
     if repo.kms_key_id:
         glob["repo1-s3-kms-key-id"] = repo.kms_key_id
-    stanza_opts = {
+    if server is not None:
+        glob.update({
+            "tls-server-address": server.address,
+            "tls-server-port": str(server.port),
+            "tls-server-cert-file": server.tls.cert,
+            "tls-server-key-file": server.tls.key,
+            "tls-server-ca-file": server.tls.ca,
+            # Only the backup workers' certificate, and only for this stanza.
+            "tls-server-auth": f"{server.client_cn}={stanza}",
+        })
+    stanza_opts = {}
+    if remote is not None:
+        stanza_opts.update({
+            "pg1-host": remote.host,
+            "pg1-host-type": "tls",
+            "pg1-host-port": str(remote.port),
+            "pg1-host-cert-file": remote.tls.cert,
+            "pg1-host-key-file": remote.tls.key,
+            "pg1-host-ca-file": remote.tls.ca,
+        })
+    stanza_opts.update({
         "pg1-path": pg.data_dir,
         "pg1-port": str(pg.port),
         "pg1-socket-path": pg.socket_dir,
         "pg1-user": pg.user,
-    }
+    })
     return _ini({"global": glob, stanza: stanza_opts})
 
 
@@ -118,6 +194,7 @@ def postgres_conf(
     listen_addresses: str | None = None,
     port: int | None = None,
     socket_dir: str | None = None,
+    tls: TlsFiles | None = None,
 ) -> dict[str, str]:
     """PostgreSQL settings for a tickstack server, as name -> value (already SQL-quoted).
 
@@ -152,6 +229,14 @@ def postgres_conf(
                 "archive_timeout": _q("60s"),
             }
         )
+    if tls is None:
+        raise ValueError("a tickstack server serves TLS: tls (certificate, key, CA) is required")
+    s.update({
+        "ssl": "on",
+        "ssl_cert_file": _q(tls.cert),
+        "ssl_key_file": _q(tls.key),
+        "ssl_min_protocol_version": _q(TLS_MIN_VERSION),
+    })
     if listen_addresses is not None:
         s["listen_addresses"] = _q(listen_addresses)
     if port is not None:
@@ -161,6 +246,17 @@ def postgres_conf(
     for k, v in tuning.extra.items():
         s[k] = _q(v)
     return s
+
+
+def pg_hba(tcp_from: list[str]) -> str:
+    """Who may connect how, on both environments: peer on the socket for the postgres OS user
+    (pgBackRest, probes), passwords on the socket, and over TCP TLS only (`hostssl`: a client
+    without TLS finds no line and is refused) with scram, from the given networks."""
+    lines = ["# Rendered by tickstack (infra/configs.py). Do not edit: re-render.",
+             "local all postgres peer",
+             "local all all scram-sha-256"]
+    lines += [f"hostssl all all {cidr} scram-sha-256" for cidr in tcp_from]
+    return "\n".join(lines) + "\n"
 
 
 def postgres_conf_text(settings: dict[str, str]) -> str:
@@ -216,27 +312,66 @@ def _ini(sections: dict[str, dict[str, str]]) -> str:
 
 # --- database logins (both environments; `workers migrate` creates them) ----------------------
 
-# Least-privilege logins per worker: group role (sql/002_roles.sql) -> login user.
+# Least-privilege logins per worker: group role (sql/002_roles.sql, 014) -> login user. The
+# same logins exist on both servers and in both environments (`workers migrate` creates them).
 WORKER_LOGINS: dict[str, str] = {
     "tickstack_ingest": "ingest_worker",
     "tickstack_embed": "embed_worker",
     "tickstack_retention": "retention_worker",
     "tickstack_reader": "reader",
+    # replicate rebuilds differing buckets on the replica: ingest's rights plus DELETE there.
+    "tickstack_replicate": "replicate_worker",
+    # backup --check reads the archiver's state (pg_monitor), nothing else.
+    "tickstack_backup": "backup_worker",
 }
+Server = Literal["primary", "replica"]
 
 
-def dsn_env_key(group: str) -> str:
-    """The worker setting that carries a group's login DSN: tickstack_ingest -> ..._INGEST_DSN."""
-    return "TICKSTACK_" + group.removeprefix("tickstack_").upper() + "_DSN"
+def dsn_env_key(group: str, server: Server = "primary") -> str:
+    """The worker setting that carries a group's login DSN on a server:
+    tickstack_ingest -> TICKSTACK_INGEST_DSN (primary), TICKSTACK_REPLICA_INGEST_DSN (replica)."""
+    name = group.removeprefix("tickstack_").upper()
+    return f"TICKSTACK_{name}_DSN" if server == "primary" else f"TICKSTACK_REPLICA_{name}_DSN"
 
 
-def postgres_dsn(*, user: str, password: str, host: str, port: int = 5432,
-                 database: str = "tickstack", sslmode: str = "prefer") -> str:
-    """A libpq URI; user and password are percent-encoded."""
+def admin_env_key(server: Server) -> str:
+    """The setting of a server's admin DSN (migrations): TICKSTACK_PRIMARY_DSN / _REPLICA_DSN."""
+    return f"TICKSTACK_{server.upper()}_DSN"
+
+
+def workload_dsn_env(primary: str | None, replica: str | None,
+                     dsn: Callable[[Server, str | None], T]) -> dict[str, T]:
+    """The DSN settings one workload gets, for both environments: `primary`/`replica` are the
+    group role it connects as on each server ("admin": the server's admin; None: not at all),
+    `dsn(server, group)` the DSN of that login (group None: the admin).
+
+    A workload's own login is also its server's default DSN (TICKSTACK_PRIMARY_DSN /
+    TICKSTACK_REPLICA_DSN), so a command that falls back to the default uses it too.
+    """
+    out: dict[str, T] = {}
+    for server, group in (("primary", primary), ("replica", replica)):
+        if group is None:
+            continue
+        value = dsn(server, None if group == "admin" else group)
+        out[admin_env_key(server)] = value
+        if group != "admin":
+            out[dsn_env_key(group, server)] = value
+    return out
+
+
+def postgres_dsn(*, user: str, password: str | None, host: str, port: int = 5432,
+                 database: str = DATABASE, sslmode: str = SSLMODE,
+                 sslrootcert: str | None = None) -> str:
+    """A libpq URI; user and password are percent-encoded. Without a password, libpq finds it
+    in its password file (the local environment). `verify-full` needs the CA (`sslrootcert`)."""
     from urllib.parse import quote
 
-    return (f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/"
-            f"{quote(database, safe='')}?sslmode={sslmode}")
+    if sslmode == "verify-full" and not sslrootcert:
+        raise ValueError("sslmode=verify-full needs sslrootcert (the CA of the server)")
+    auth = quote(user, safe="") + ("" if password is None else ":" + quote(password, safe=""))
+    query = f"sslmode={sslmode}" + (f"&sslrootcert={quote(sslrootcert)}" if sslrootcert
+                                    else "")
+    return f"postgresql://{auth}@{host}:{port}/{quote(database, safe='')}?{query}"
 
 
 def worker_logins_json(passwords: dict[str, str]) -> str:

@@ -9,13 +9,13 @@ both call the one renderer, infra/configs.py.
 from __future__ import annotations
 
 import pulumi
+import pulumi_aws as aws
 
 from infra import configs
 from infra import stack_config as sc
 from infra.components import access as acc
 from infra.components.access import Access, AccessArgs
 from infra.components.cluster import Cluster, ClusterArgs
-from infra.components.database import POD as DB_POD
 from infra.components.database import Primary, PrimaryArgs
 from infra.components.network import NetworkArgs, NetworkPolicies
 from infra.components.replica import MASTER_USER, Replica, ReplicaArgs
@@ -32,7 +32,7 @@ def build(cfg: sc.StackConfig, region: str,
         namespace=cfg.namespace, cluster_stack=cfg.cluster_stack, kubeconfig=kubeconfig,
         oidc_provider_arn=cfg.oidc_provider_arn, oidc_provider_url=cfg.oidc_provider_url,
         vpc_id=cfg.vpc_id, vpc_cidr=cfg.vpc_cidr, private_subnet_ids=cfg.private_subnet_ids,
-        cluster_security_group_id=cfg.cluster_security_group_id,
+        cluster_security_group_id=cfg.cluster_security_group_id, protect=cfg.protect_data,
     ))
     on_cluster = pulumi.ResourceOptions(providers={"kubernetes": cluster.provider})
     ns = cluster.namespace
@@ -48,7 +48,7 @@ def build(cfg: sc.StackConfig, region: str,
         namespace=ns, oidc_provider_arn=cluster.oidc_provider_arn,
         oidc_issuer=cluster.oidc_issuer, kms_key_arn=storage.kms_key_arn,
         landing_bucket_arn=storage.landing_bucket_arn,
-        backup_bucket_arn=storage.backup_bucket_arn, db_pod_name=DB_POD,
+        backup_bucket_arn=storage.backup_bucket_arn,
     ), opts=on_cluster)
     network = NetworkPolicies("network", NetworkArgs(
         namespace=ns, vpc_cidr=cluster.vpc_cidr, stream_port=cfg.stream_port,
@@ -63,10 +63,13 @@ def build(cfg: sc.StackConfig, region: str,
         retention_full=cfg.backup_retention_full, retention_diff=cfg.backup_retention_diff,
         max_unavailable=cfg.primary_max_unavailable,
         startup_seconds=cfg.primary_startup_seconds, restore=cfg.restore,
+        pgbackrest_resources=cfg.pgbackrest_resources, protect=cfg.protect_data,
+        await_margin_seconds=cfg.await_margin_seconds,
     ), opts=on_cluster)
     replica = Replica("replica", ReplicaArgs(
         vpc_id=cluster.vpc_id, subnet_ids=cluster.private_subnet_ids,
-        cluster_security_group_id=cluster.cluster_security_group_id,
+        source_security_group_ids=[cluster.cluster_security_group_id,
+                                   *cfg.replica_source_security_group_ids],
         kms_key_arn=storage.kms_key_arn, instance_class=cfg.replica_instance_class,
         engine_version=cfg.replica_engine_version,
         allocated_storage_gb=cfg.replica_allocated_storage_gb,
@@ -76,7 +79,7 @@ def build(cfg: sc.StackConfig, region: str,
         skip_final_snapshot=cfg.replica_skip_final_snapshot, protect=cfg.protect_data,
         final_snapshot_name=f"tickstack-{stack}-replica-final",
     ))
-    image = pulumi.Output.concat(storage.repository_url, ":", cfg.worker_image_tag)
+    image = worker_image(storage, cfg)
     worker_env = pulumi.Output.all(storage.landing_bucket, storage.backup_bucket).apply(
         lambda b: configs.worker_env(configs.WorkerEnv(
             landing_bucket=b[0], backup_bucket=b[1], aws_region=region,
@@ -87,8 +90,15 @@ def build(cfg: sc.StackConfig, region: str,
         replica_host=replica.address, replica_port=REPLICA_PORT,
         replica_master_user=MASTER_USER, replica_master_password=replica.master_password,
         schedules=cfg.schedules, stream_url=cfg.stream_url, stream_symbol=cfg.stream_symbol,
+        stream_market=cfg.stream_market,
         ingest_grace_period_seconds=cfg.ingest_grace_period_seconds,
         ingest_resources=cfg.ingest_resources, job_resources=cfg.job_resources,
+        ca_config_map=primary.ca_config_map,
+        pgbackrest_client_config_map=primary.client_config_map,
+        pgbackrest_client_tls_secret=primary.client_tls_secret,
+        migrate_timeout_seconds=cfg.migrate_timeout_seconds,
+        restore_timeout_seconds=cfg.restore_timeout_seconds,
+        await_margin_seconds=cfg.await_margin_seconds,
         restore_target=cfg.restore.target_iso if cfg.restore else None,
         depends_on=[primary.statefulset, replica.instance, network],
     ), opts=on_cluster)
@@ -105,9 +115,23 @@ def build(cfg: sc.StackConfig, region: str,
         "replicaAddress": replica.address,
         "dbRoleArn": access.db_role_arn,
         "landingRoleArn": access.landing_role_arn,
+        "backupRoleArn": access.backup_role_arn,
+        "caCert": primary.ca_cert,
         "restoreTarget": pulumi.Output.from_input(
             cfg.restore.target_iso if cfg.restore else ""),
     }
+
+
+def worker_image(storage: Storage, cfg: sc.StackConfig) -> pulumi.Output[str]:
+    """`<repository>:<git sha>@<digest>`: pods pull the digest, so a tag can never be moved
+    under a running stack, and prod runs the very image dev ran (CI gives prod dev's digest).
+    Without a configured digest, ECR's for the tag (the image must be pushed before `up`)."""
+    if cfg.worker_image_digest:
+        digest: pulumi.Output[str] = pulumi.Output.from_input(cfg.worker_image_digest)
+    else:
+        digest = aws.ecr.get_image_output(repository_name=storage.repository_name,
+                                          image_tag=cfg.worker_image_tag).image_digest
+    return pulumi.Output.concat(storage.repository_url, ":", cfg.worker_image_tag, "@", digest)
 
 
 def main() -> dict[str, pulumi.Output]:

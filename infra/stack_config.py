@@ -103,6 +103,8 @@ class Schedules(_Model):
     retention: Cron = "30 2 * * *"
     backup_full: Cron = "0 3 * * 0"
     backup_diff: Cron = "0 3 * * 1-6"
+    # `backup --check`: archiving failing or stalled -> a failed Job, which alerting watches.
+    backup_check: Cron = "*/15 * * * *"
 
     @model_validator(mode="after")
     def _distinct_backups(self) -> Schedules:
@@ -139,8 +141,9 @@ class StackConfig(_Model):
 
     # -- the Kubernetes cluster and its network: an input, not created here ------------------
     cluster_stack: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$",
-        description="Stack reference org/project/stack whose outputs describe the cluster.")
+        None, pattern=r"^organization/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$",
+        description="Stack reference organization/project/stack whose outputs describe the "
+        "cluster (the S3 state backend names every stack's organization `organization`).")
     oidc_provider_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:"
                                                         r"oidc-provider/.+$")
     oidc_provider_url: str | None = Field(None, pattern=r"^(https://)?oidc\.eks\.[a-z0-9-]+\."
@@ -153,13 +156,24 @@ class StackConfig(_Model):
     namespace: str = "tickstack"
 
     # -- images -----------------------------------------------------------------------------
-    worker_image_tag: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+    worker_image_tag: str = Field(
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+        description="The worker image's tag in the stack's ECR repository: the git commit SHA "
+        "CI built it from (CI sets it on every deploy).")
+    worker_image_digest: str | None = Field(
+        None, pattern=r"^sha256:[0-9a-f]{64}$",
+        description="The image's digest as pushed (CI sets it; prod gets dev's: the exact "
+        "image dev ran). Unset: looked up in ECR by the tag. Pods always run it by digest.")
     primary_image: str = Field("timescale/timescaledb-ha:pg16-ts2.17",
                                pattern=r"^[a-z0-9./_-]+(:[A-Za-z0-9_.-]+)?(@sha256:[0-9a-f]{64})?$")
 
     # -- primary (TimescaleDB StatefulSet) ----------------------------------------------------
-    primary_storage_size: Quantity = "20Gi"
-    primary_storage_class: str | None = None
+    primary_storage_size: Quantity = Field(
+        "20Gi", description="The primary's volume; a bigger value grows the volume in place.")
+    primary_storage_class: str | None = Field(
+        None, description="An existing StorageClass for the primary's volume instead of the "
+        "one tickstack creates (EBS gp3, encrypted, reclaimPolicy Retain, expansion allowed); "
+        "it must keep volumes and allow expansion too.")
     primary_resources: Resources = Resources(cpu="500m", memory="2Gi")
     primary_shared_buffers: str = Field("512MB", pattern=r"^[0-9]+(kB|MB|GB)$")
     primary_max_connections: int = Field(100, ge=20, le=5000)
@@ -168,7 +182,19 @@ class StackConfig(_Model):
         description="PodDisruptionBudget: 0 blocks voluntary evictions of the primary.")
     primary_startup_seconds: int = Field(
         1800, ge=60, le=86400,
-        description="How long Postgres may take to start (WAL replay after a restore).")
+        description="How long Postgres may take to start (WAL replay after a restore); "
+        "Pulumi waits that long (plus awaitMarginSeconds) for the StatefulSet.")
+    pgbackrest_resources: Resources = Resources(cpu="250m", memory="256Mi", memoryLimit="1Gi")
+    migrate_timeout_seconds: int = Field(
+        3600, ge=300, le=86400,
+        description="Deadline of the migrations Job (and the stanza Job); Pulumi waits as long.")
+    restore_timeout_seconds: int = Field(
+        6 * 3600, ge=600, le=7 * 86400,
+        description="Deadline of the DR landing-replay Job; Pulumi waits as long.")
+    await_margin_seconds: int = Field(
+        600, ge=60, le=7200,
+        description="Added to each deadline for scheduling and image pulls before Pulumi "
+        "gives up waiting.")
 
     # -- replica (RDS for PostgreSQL + pgvector) ----------------------------------------------
     replica_instance_class: str = Field("db.t4g.medium")
@@ -178,11 +204,16 @@ class StackConfig(_Model):
     replica_multi_az: bool = False
     replica_backup_retention_days: int = Field(7, ge=1, le=35)
     replica_skip_final_snapshot: bool = False
+    replica_source_security_group_ids: list[Annotated[str, Field(pattern=r"^sg-[0-9a-f]+$")]] = \
+        Field(default_factory=list, description="Security groups admitted to the replica on "
+              "5432 besides the cluster's (node groups, security groups for pods).")
 
     # -- safety ------------------------------------------------------------------------------
     deletion_protection: bool = True
     protect_data: bool = Field(
-        True, description="Pulumi `protect` on the key, buckets and RDS: `pulumi destroy` refuses.")
+        True, description="Pulumi `protect` on everything that holds data (the KMS key, the "
+        "buckets, RDS, the namespace, the primary's StatefulSet and StorageClass): `pulumi "
+        "destroy` and replacements refuse.")
 
     # -- storage lifecycle ---------------------------------------------------------------------
     landing_ia_after_days: int = Field(30, ge=30)
@@ -196,6 +227,8 @@ class StackConfig(_Model):
     schedules: Schedules = Schedules()
     stream_url: str = "wss://stream.binance.com:9443/ws/btcusdt@trade"
     stream_symbol: str = Field("BTCUSDT", pattern=r"^[A-Z0-9]{5,20}$")
+    # Named, not guessed: the stream worker checks it against the URL's host at start.
+    stream_market: Literal["spot", "um", "cm"] = "spot"
     ingest_grace_period_seconds: int = Field(60, ge=10, le=600)
     ingest_resources: Resources = Resources(cpu="250m", memory="512Mi", memoryLimit="1Gi")
     job_resources: Resources = Resources(cpu="250m", memory="512Mi", memoryLimit="2Gi")

@@ -6,8 +6,10 @@ Each IAM role trusts the cluster's OIDC provider for exactly one namespace/servi
   tickstack-db       the primary's pod: read/write the backup bucket (pgBackRest, WAL archive)
   tickstack-landing  ingest, replicate, restore: read/write the landing bucket (no delete)
   tickstack-worker   migrate, embed, retention: no AWS access at all
-  tickstack-backup   backup CronJobs: no AWS access; may exec into the primary's pod only, to run
-                     pgBackRest where the data directory is (Kubernetes RBAC, one pod by name)
+  tickstack-backup   the backup Jobs: read/write/delete the backup bucket (they are pgBackRest's
+                     repository host: files come from the TLS server in the primary's pod and go
+                     to S3 from here; expiring old backups deletes). No Kubernetes API access:
+                     backups no longer run over `pods/exec`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ class AccessArgs:
     kms_key_arn: pulumi.Input[str]
     landing_bucket_arn: pulumi.Input[str]
     backup_bucket_arn: pulumi.Input[str]
-    db_pod_name: str  # the primary's pod, the only one the backup account may exec into
 
 
 def trust_policy(provider_arn: str, issuer: str, namespace: str, service_account: str) -> str:
@@ -78,6 +79,7 @@ class Access(pulumi.ComponentResource):
 
     db_role_arn: pulumi.Output[str]
     landing_role_arn: pulumi.Output[str]
+    backup_role_arn: pulumi.Output[str]
     service_accounts: dict[str, pulumi.Output[str]]
 
     def __init__(self, name: str, args: AccessArgs,
@@ -100,46 +102,29 @@ class Access(pulumi.ComponentResource):
         landing_role = irsa_role("landing", LANDING_SA, bucket_policy(
             args.landing_bucket_arn, args.kms_key_arn, delete=False),
             "workers: the landing bucket")
+        backup_role = irsa_role("backup", BACKUP_SA, bucket_policy(
+            args.backup_bucket_arn, args.kms_key_arn, delete=True),
+            "backup Jobs: pgBackRest's repository in the backup bucket")
         self.db_role_arn = db_role.arn
         self.landing_role_arn = landing_role.arn
+        self.backup_role_arn = backup_role.arn
 
-        def service_account(sa: str, role: aws.iam.Role | None,
-                            automount: bool = False) -> pulumi.Output[str]:
+        def service_account(sa: str, role: aws.iam.Role | None) -> pulumi.Output[str]:
             meta: dict = {"name": sa, "namespace": args.namespace,
                           "labels": {"app.kubernetes.io/part-of": "tickstack"}}
             if role is not None:
                 meta["annotations"] = {IRSA_ANNOTATION: role.arn}
             acct = k8s.core.v1.ServiceAccount(
                 f"{name}-sa-{sa}", metadata=meta,
-                automount_service_account_token=automount, opts=child)
+                automount_service_account_token=False, opts=child)
             return name_of(acct)
 
         self.service_accounts = {
             DB_SA: service_account(DB_SA, db_role),
             LANDING_SA: service_account(LANDING_SA, landing_role),
             WORKER_SA: service_account(WORKER_SA, None),
-            # The only account with an API token: it execs pgBackRest in the primary's pod.
-            BACKUP_SA: service_account(BACKUP_SA, None, automount=True),
+            BACKUP_SA: service_account(BACKUP_SA, backup_role),
         }
-        exec_role = k8s.rbac.v1.Role(
-            f"{name}-backup-exec",
-            metadata={"name": "tickstack-backup-exec", "namespace": args.namespace},
-            rules=[
-                {"api_groups": [""], "resources": ["pods"], "verbs": ["get"],
-                 "resource_names": [args.db_pod_name]},
-                {"api_groups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"],
-                 "resource_names": [args.db_pod_name]},
-            ],
-            opts=child,
-        )
-        k8s.rbac.v1.RoleBinding(
-            f"{name}-backup-exec",
-            metadata={"name": "tickstack-backup-exec", "namespace": args.namespace},
-            role_ref={"api_group": "rbac.authorization.k8s.io", "kind": "Role",
-                      "name": name_of(exec_role)},
-            subjects=[{"kind": "ServiceAccount", "name": self.service_accounts[BACKUP_SA],
-                       "namespace": args.namespace}],
-            opts=child,
-        )
         self.register_outputs({"dbRoleArn": self.db_role_arn,
-                               "landingRoleArn": self.landing_role_arn})
+                               "landingRoleArn": self.landing_role_arn,
+                               "backupRoleArn": self.backup_role_arn})

@@ -29,6 +29,9 @@ class ClusterArgs:
     vpc_cidr: str | None = None
     private_subnet_ids: list[str] | None = None
     cluster_security_group_id: str | None = None
+    # protectData: the namespace holds the primary's volume claim; renaming or deleting it
+    # would delete the claim, so it is protected and kept if Pulumi ever deletes it.
+    protect: bool = False
 
 
 class Cluster(pulumi.ComponentResource):
@@ -77,7 +80,8 @@ class Cluster(pulumi.ComponentResource):
                     "pod-security.kubernetes.io/warn": restricted,
                 },
             },
-            opts=pulumi.ResourceOptions(parent=self, provider=self.provider),
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider,
+                                        protect=args.protect, retain_on_delete=True),
         )
         # Everything namespaced uses this output, so it is created after the namespace.
         self.namespace = name_of(ns)

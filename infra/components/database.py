@@ -1,11 +1,26 @@
-"""The primary database (Kubernetes): timescale/timescaledb-ha as a one-pod StatefulSet.
+"""The primary database (Kubernetes): the primary image as a one-pod StatefulSet.
 
 Its configuration comes from the one renderer the local environment also uses
-(infra/configs.py): `tickstack.conf` (postgres_conf(role="primary")) and `pgbackrest.conf`
-(pgbackrest_conf with the cloud's BackupRepo: IRSA web identity, the real S3 endpoint, the
-stack's KMS key). WAL is archived to the backup bucket by pgBackRest inside the pod, with the
-pod's IRSA role. The superuser password is a generated secret (Kubernetes Secret, never a
+(infra/configs.py): `tickstack.conf` (postgres_conf(role="primary")), `pg_hba.conf` (TLS only
+over TCP) and `pgbackrest.conf` (pgbackrest_conf with the cloud's BackupRepo: IRSA web
+identity, the real S3 endpoint, the stack's KMS key). WAL is archived to the backup bucket by
+pgBackRest inside the pod, with the pod's IRSA role. The superuser password is a generated
+secret (Kubernetes Secret, never a ConfigMap).
+
+TLS: the stack's own CA (pulumi_tls, kept in the state, which the secrets provider encrypts)
+signs the server's certificate (the Service's names) and the backup workers' client
+certificate, as CloudNativePG and Crunchy PGO do by default. Postgres serves TLS only
+(`hostssl`); workers verify it (`sslmode=verify-full`, the CA from the `tickstack-ca`
 ConfigMap).
+
+Backups: pgBackRest's TLS server runs as a sidecar in the pod (own resources; Crunchy PGO's
+design), and the backup CronJobs take backups through it with their client certificate — no
+`pods/exec`, no backup streamed through the API server (docs/backups.md).
+
+Data protection (`protectData`): the StatefulSet is protected and retained on delete, its
+volume claim template is never changed in place (`ignoreChanges`: a change would replace the
+StatefulSet), the volume's StorageClass keeps volumes (`reclaimPolicy: Retain`) and allows
+expansion, and a size change grows the existing claim (a PVC patch).
 
 Disaster recovery: with `restore` set, an init container restores the data directory from the
 backup bucket to the target time before Postgres starts (only when the volume is empty: it
@@ -21,6 +36,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
+import pulumi_tls as tls
 
 from infra import configs
 from infra.components import k8s as kx
@@ -29,9 +45,12 @@ from infra.stack_config import Resources, Restore
 NAME = "tickstack-db"
 POD = f"{NAME}-0"  # StatefulSet pod name: the single primary
 CONTAINER = "postgres"
+SIDECAR = "pgbackrest"
 PORT = 5432
-DATABASE = "tickstack"
-SUPERUSER = "postgres"
+PGBACKREST_PORT = configs.PGBACKREST_TLS_PORT
+DATABASE = configs.DATABASE
+SUPERUSER = configs.PRIMARY_ADMIN
+PVC = f"data-{POD}"  # the claim the StatefulSet makes from its volume claim template
 
 PGDATA_MOUNT = "/home/postgres/pgdata"
 PGDATA = f"{PGDATA_MOUNT}/data"
@@ -39,9 +58,36 @@ SOCKET_DIR = "/var/run/postgresql"
 PG_CONFIG_DIR = "/etc/tickstack/postgres"
 PGBACKREST_DIR = "/etc/pgbackrest"
 PGBACKREST_CONF = f"{PGBACKREST_DIR}/pgbackrest.conf"
+TLS_DIR = "/etc/tickstack/tls"  # the server's certificate, key and CA (Secret)
+SERVER_TLS = configs.TlsFiles(cert=f"{TLS_DIR}/tls.crt", key=f"{TLS_DIR}/tls.key",
+                              ca=f"{TLS_DIR}/ca.crt")
 CLOUD_PATHS = configs.PgBackRestPaths(log="/var/log/pgbackrest", lock="/tmp/pgbackrest",
                                       spool="/var/spool/pgbackrest")
 CLOUD_PG = configs.PrimaryPg(data_dir=PGDATA, port=PORT, socket_dir=SOCKET_DIR, user=SUPERUSER)
+CLOUD_SERVER = configs.PgBackRestServer(address="0.0.0.0", tls=SERVER_TLS, port=PGBACKREST_PORT)
+# The backup workers' side (workers.py mounts these): client certificate and their own file.
+CLIENT_DIR = "/etc/tickstack/pgbackrest-client"
+CLIENT_CONF = f"{CLIENT_DIR}/pgbackrest.conf"
+CLIENT_TLS_DIR = "/etc/tickstack/pgbackrest-client-tls"
+CLIENT_TLS = configs.TlsFiles(cert=f"{CLIENT_TLS_DIR}/tls.crt", key=f"{CLIENT_TLS_DIR}/tls.key",
+                              ca=f"{CLIENT_TLS_DIR}/ca.crt")
+CLIENT_PATHS = configs.PgBackRestPaths(log="/tmp/pgbackrest/log", lock="/tmp/pgbackrest/lock",
+                                       spool="/tmp/pgbackrest/spool")
+# Server certificate validity; `pulumi up` re-issues it within the renewal window (every
+# deploy runs `up`), and the pod rolls (the certificate's hash is a pod annotation).
+CERT_VALIDITY_HOURS = 365 * 24
+CERT_RENEW_HOURS = 60 * 24
+CA_VALIDITY_HOURS = 10 * 365 * 24
+
+
+def service_host(namespace: str) -> str:
+    """The name workers connect to (the ClusterIP Service); in the server certificate."""
+    return f"{NAME}.{namespace}.svc.cluster.local"
+
+
+def server_dns_names(namespace: str) -> list[str]:
+    return [NAME, f"{NAME}.{namespace}", f"{NAME}.{namespace}.svc", service_host(namespace),
+            f"{POD}.{NAME}-headless.{namespace}.svc.cluster.local"]
 
 
 @dataclass(frozen=True)
@@ -63,12 +109,20 @@ def cloud_backup_repo(t: BackupTarget) -> configs.BackupRepo:
     )
 
 
-def render_primary_files(t: BackupTarget, tuning: configs.PgTuning) -> dict[str, str]:
-    """Every file the primary's pod reads, rendered through infra/configs.py. Pure."""
+def render_primary_files(t: BackupTarget, tuning: configs.PgTuning,
+                         namespace: str) -> dict[str, str]:
+    """Every file the primary's pod and the backup workers read, rendered through
+    infra/configs.py. Pure."""
     settings = configs.postgres_conf(role="primary", pgbackrest_config=PGBACKREST_CONF,
-                                     tuning=tuning)
+                                     tuning=tuning, tls=SERVER_TLS)
+    repo = cloud_backup_repo(t)
     return {
-        "pgbackrest.conf": configs.pgbackrest_conf(cloud_backup_repo(t), CLOUD_PG, CLOUD_PATHS),
+        "pgbackrest.conf": configs.pgbackrest_conf(repo, CLOUD_PG, CLOUD_PATHS,
+                                                   server=CLOUD_SERVER),
+        "pgbackrest-client.conf": configs.pgbackrest_conf(
+            repo, CLOUD_PG, CLIENT_PATHS,
+            remote=configs.PgBackRestRemote(host=service_host(namespace), tls=CLIENT_TLS,
+                                            port=PGBACKREST_PORT)),
         # The renderer's settings, byte for byte what the local environment writes.
         "tickstack.conf": configs.postgres_conf_text(settings),
         # Cloud-only bootstrap: where to listen, which hba, then the shared settings.
@@ -80,16 +134,8 @@ def render_primary_files(t: BackupTarget, tuning: configs.PgTuning) -> dict[str,
             "include = 'tickstack.conf'",
             "",
         ]),
-        # Peer on the socket for the postgres OS user (pgBackRest, probes); scram over TCP,
-        # which the NetworkPolicies already limit to tickstack's own pods.
-        "pg_hba.conf": "\n".join([
-            "# Rendered by tickstack (infra/components/database.py). Do not edit.",
-            "local all postgres peer",
-            "local all all scram-sha-256",
-            "host all all 0.0.0.0/0 scram-sha-256",
-            "host all all ::/0 scram-sha-256",
-            "",
-        ]),
+        # TLS only over TCP, which the NetworkPolicies also limit to tickstack's own pods.
+        "pg_hba.conf": configs.pg_hba(["0.0.0.0/0", "::/0"]),
     }
 
 
@@ -110,15 +156,6 @@ RESTORE_SCRIPT = (
     'mkdir -p "$PGDATA"; chmod 700 "$PGDATA"; '
     'echo "tickstack restore: pgbackrest $*"; exec pgbackrest "$@"'
 )
-# postStart: once Postgres answers, make sure the stanza exists (idempotent), so WAL archiving
-# works from the first boot; bounded, and never fails the container.
-STANZA_SCRIPT = (
-    f"for i in $(seq 1 90); do pg_isready -q -h {SOCKET_DIR} -p {PORT} && break; sleep 2; "
-    f"done; pgbackrest --config={PGBACKREST_CONF} --stanza={configs.STANZA} stanza-create "
-    f"> /tmp/stanza-create.log 2>&1 || true"
-)
-
-
 @dataclass(frozen=True)
 class PrimaryArgs:
     namespace: pulumi.Input[str]
@@ -135,7 +172,11 @@ class PrimaryArgs:
     retention_diff: int
     max_unavailable: int
     startup_seconds: int
+    pgbackrest_resources: Resources
+    protect: bool
     restore: Restore | None = None
+    # Pulumi waits this long beyond the start-up budget for the StatefulSet to be ready.
+    await_margin_seconds: int = 600
 
 
 class Primary(pulumi.ComponentResource):
@@ -145,11 +186,18 @@ class Primary(pulumi.ComponentResource):
     superuser_password: pulumi.Output[str]
     statefulset: k8s.apps.v1.StatefulSet
     files: pulumi.Output[dict]
+    ca_config_map: pulumi.Output[str]  # ConfigMap with ca.crt: what workers verify with
+    client_config_map: pulumi.Output[str]  # ConfigMap with the backup workers' pgbackrest.conf
+    client_tls_secret: pulumi.Output[str]  # Secret with their client certificate
+    ca_cert: pulumi.Output[str]
 
     def __init__(self, name: str, args: PrimaryArgs,
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("tickstack:database:Primary", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        # The data and what holds it: protected (`pulumi destroy` refuses) and kept in the
+        # cluster if Pulumi ever deletes them (retainOnDelete).
+        keep = pulumi.ResourceOptions(parent=self, protect=args.protect, retain_on_delete=True)
         ns = args.namespace
         lbl = kx.labels("database", name=NAME)
         sel = kx.selector("database", name=NAME)
@@ -162,12 +210,14 @@ class Primary(pulumi.ComponentResource):
             metadata={"name": f"{NAME}-superuser", "namespace": ns, "labels": lbl},
             type="Opaque", string_data={"POSTGRES_PASSWORD": password.result}, opts=child)
 
-        self.files = pulumi.Output.all(args.backup_bucket, args.kms_key_arn).apply(
+        tls_objects = self._tls(name, args, lbl, child)
+
+        self.files = pulumi.Output.all(args.backup_bucket, args.kms_key_arn, ns).apply(
             lambda a: render_primary_files(
                 BackupTarget(bucket=a[0], region=args.region, kms_key_arn=a[1],
                              retention_full=args.retention_full,
                              retention_diff=args.retention_diff),
-                args.tuning))
+                args.tuning, a[2]))
         pg_conf = k8s.core.v1.ConfigMap(
             f"{name}-postgres-config",
             metadata={"name": f"{NAME}-postgres", "namespace": ns, "labels": lbl},
@@ -179,21 +229,30 @@ class Primary(pulumi.ComponentResource):
             metadata={"name": f"{NAME}-pgbackrest", "namespace": ns, "labels": lbl},
             data=self.files.apply(lambda f: {"pgbackrest.conf": f["pgbackrest.conf"]}),
             opts=child)
-        # A config change rolls the pod (ConfigMaps are not re-read by a running Postgres).
-        config_hash = self.files.apply(lambda f: hashlib.sha256(
-            "\0".join(f"{k}={v}" for k, v in sorted(f.items())).encode()).hexdigest())
+        client_conf = k8s.core.v1.ConfigMap(
+            f"{name}-pgbackrest-client-config",
+            metadata={"name": "tickstack-pgbackrest-client", "namespace": ns,
+                      "labels": {"app.kubernetes.io/part-of": kx.PART_OF}},
+            data=self.files.apply(lambda f: {"pgbackrest.conf": f["pgbackrest-client.conf"]}),
+            opts=child)
+        self.client_config_map = kx.name_of(client_conf)
+        # A config or certificate change rolls the pod (Postgres reads them at start).
+        config_hash = pulumi.Output.all(self.files, tls_objects["server_cert"]).apply(
+            lambda a: hashlib.sha256(("\0".join(f"{k}={v}" for k, v in sorted(a[0].items()))
+                                      + "\0" + a[1]).encode()).hexdigest())
 
+        ports = [{"name": "postgres", "port": PORT, "target_port": "postgres"},
+                 {"name": "pgbackrest", "port": PGBACKREST_PORT, "target_port": "pgbackrest"}]
         headless = k8s.core.v1.Service(
             f"{name}-headless",
             metadata={"name": f"{NAME}-headless", "namespace": ns, "labels": lbl},
             spec={"cluster_ip": "None", "selector": sel, "publish_not_ready_addresses": True,
-                  "ports": [{"name": "postgres", "port": PORT, "target_port": "postgres"}]},
+                  "ports": ports},
             opts=child)
         service = k8s.core.v1.Service(
             f"{name}-service",
             metadata={"name": NAME, "namespace": ns, "labels": lbl},
-            spec={"type": "ClusterIP", "selector": sel,
-                  "ports": [{"name": "postgres", "port": PORT, "target_port": "postgres"}]},
+            spec={"type": "ClusterIP", "selector": sel, "ports": ports},
             opts=child)
         self.host = pulumi.Output.concat(kx.name_of(service), ".", ns, ".svc.cluster.local")
 
@@ -225,7 +284,23 @@ class Primary(pulumi.ComponentResource):
                                 "timeout_seconds": 5, "failure_threshold": 3},
             "liveness_probe": {"exec": {"command": pg_isready}, "period_seconds": 20,
                                "timeout_seconds": 5, "failure_threshold": 6},
-            "lifecycle": {"post_start": {"exec": {"command": ["sh", "-c", STANZA_SCRIPT]}}},
+        }
+        # pgBackRest's TLS server: backups are taken through it (no pods/exec), with their own
+        # CPU and memory, never inside the database container's limits.
+        sidecar = {
+            "name": SIDECAR,
+            "image": args.image,
+            "image_pull_policy": "IfNotPresent",
+            "command": ["pgbackrest", f"--config={PGBACKREST_CONF}", "server"],
+            "env": [{"name": "PGDATA", "value": PGDATA}],
+            "ports": [{"name": "pgbackrest", "container_port": PGBACKREST_PORT,
+                       "protocol": "TCP"}],
+            "resources": args.pgbackrest_resources.k8s(),
+            "security_context": security,
+            "volume_mounts": mounts,
+            "readiness_probe": {"tcp_socket": {"port": "pgbackrest"}, "period_seconds": 10},
+            "liveness_probe": {"tcp_socket": {"port": "pgbackrest"}, "period_seconds": 20,
+                               "failure_threshold": 6},
         }
         init_containers = []
         if args.restore is not None:
@@ -242,10 +317,10 @@ class Primary(pulumi.ComponentResource):
         pod_annotations = {"tickstack.io/config-sha256": config_hash}
         if args.restore is not None:
             pod_annotations["tickstack.io/restore-target"] = args.restore.target_iso
-        pvc_spec: dict = {"access_modes": ["ReadWriteOnce"],
+        storage_class = args.storage_class or self._storage_class(name, args, keep)
+        pvc_spec: dict = {"access_modes": ["ReadWriteOnce"], "storage_class_name": storage_class,
                           "resources": {"requests": {"storage": args.storage_size}}}
-        if args.storage_class:
-            pvc_spec["storage_class_name"] = args.storage_class
+        wait = f"{args.startup_seconds + args.await_margin_seconds}s"
         self.statefulset = k8s.apps.v1.StatefulSet(
             f"{name}-statefulset",
             metadata={"name": NAME, "namespace": ns, "labels": lbl},
@@ -268,24 +343,110 @@ class Primary(pulumi.ComponentResource):
                         # Fast shutdown and the last WAL segment archived.
                         "termination_grace_period_seconds": 120,
                         "init_containers": init_containers,
-                        "containers": [container],
+                        "containers": [container, sidecar],
                         "volumes": [*volumes,
                                     {"name": "postgres-config",
                                      "config_map": {"name": kx.name_of(pg_conf)}},
                                     {"name": "pgbackrest-config",
-                                     "config_map": {"name": kx.name_of(br_conf)}}],
+                                     "config_map": {"name": kx.name_of(br_conf)}},
+                                    {"name": "tls", "secret": {
+                                        "secret_name": tls_objects["server_secret"],
+                                        "default_mode": 0o440}}],
                     },
                 },
                 "volume_claim_templates": [{"metadata": {"name": "data", "labels": lbl},
                                             "spec": pvc_spec}],
             },
-            opts=child)
+            # volumeClaimTemplates cannot change in place: a change would replace the
+            # StatefulSet. Growth goes through the claim below; anything else is an
+            # operator's job (docs/pulumi.md). Pulumi waits as long as start-up may take.
+            opts=pulumi.ResourceOptions.merge(keep, pulumi.ResourceOptions(
+                ignore_changes=["spec.volumeClaimTemplates"],
+                custom_timeouts=pulumi.CustomTimeouts(create=wait, update=wait))))
+        # A bigger primaryStorageSize grows the existing volume (the StorageClass allows
+        # expansion), as CloudNativePG resizes its PVCs; shrinking is refused by Kubernetes.
+        k8s.core.v1.PersistentVolumeClaimPatch(
+            f"{name}-data-size",
+            metadata={"name": PVC, "namespace": ns,
+                      "annotations": {"pulumi.com/patchForce": "true"}},
+            spec={"resources": {"requests": {"storage": args.storage_size}}},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.statefulset],
+                                        retain_on_delete=True))
         k8s.policy.v1.PodDisruptionBudget(
             f"{name}-pdb",
             metadata={"name": NAME, "namespace": ns, "labels": lbl},
             spec={"max_unavailable": args.max_unavailable, "selector": {"match_labels": sel}},
             opts=child)
-        self.register_outputs({"host": self.host, "pod": POD})
+        self.register_outputs({"host": self.host, "pod": POD, "caCert": self.ca_cert})
+
+    def _storage_class(self, name: str, args: PrimaryArgs,
+                       keep: pulumi.ResourceOptions) -> pulumi.Output[str]:
+        """The primary's StorageClass: EBS gp3, encrypted, volumes kept when their claim goes
+        (Retain) and growable in place; bound where the pod is scheduled."""
+        sc = k8s.storage.v1.StorageClass(
+            f"{name}-storage-class",
+            metadata={"name": pulumi.Output.concat(args.namespace, "-primary-data"),
+                      "labels": {"app.kubernetes.io/part-of": kx.PART_OF}},
+            provisioner="ebs.csi.aws.com",
+            parameters={"type": "gp3", "encrypted": "true", "csi.storage.k8s.io/fstype": "ext4"},
+            reclaim_policy="Retain",
+            allow_volume_expansion=True,
+            volume_binding_mode="WaitForFirstConsumer",
+            opts=keep)
+        return kx.name_of(sc)
+
+    def _tls(self, name: str, args: PrimaryArgs, lbl: dict,
+             child: pulumi.ResourceOptions) -> dict:
+        """The stack's CA, the server's certificate and the backup workers' client
+        certificate; Secrets for the keys, a ConfigMap for the CA."""
+        ns = args.namespace
+        ca_key = tls.PrivateKey(f"{name}-ca-key", algorithm="ECDSA", ecdsa_curve="P256",
+                                opts=child)
+        ca = tls.SelfSignedCert(
+            f"{name}-ca", private_key_pem=ca_key.private_key_pem, is_ca_certificate=True,
+            subject={"common_name": "tickstack primary CA", "organization": "tickstack"},
+            validity_period_hours=CA_VALIDITY_HOURS,
+            allowed_uses=["cert_signing", "crl_signing", "digital_signature"], opts=child)
+        self.ca_cert = ca.cert_pem
+
+        def leaf(key: str, cn: str, uses: list[str], dns_names=None) -> tuple:
+            k = tls.PrivateKey(f"{name}-{key}-key", algorithm="ECDSA", ecdsa_curve="P256",
+                               opts=child)
+            req = tls.CertRequest(f"{name}-{key}-csr", private_key_pem=k.private_key_pem,
+                                  subject={"common_name": cn, "organization": "tickstack"},
+                                  dns_names=dns_names, opts=child)
+            cert = tls.LocallySignedCert(
+                f"{name}-{key}-cert", cert_request_pem=req.cert_request_pem,
+                ca_private_key_pem=ca_key.private_key_pem, ca_cert_pem=ca.cert_pem,
+                validity_period_hours=CERT_VALIDITY_HOURS, early_renewal_hours=CERT_RENEW_HOURS,
+                allowed_uses=["digital_signature", "key_encipherment", *uses], opts=child)
+            return k, cert
+
+        server_key, server_cert = leaf(
+            "server", NAME, ["server_auth"],
+            dns_names=pulumi.Output.from_input(ns).apply(server_dns_names))
+        client_key, client_cert = leaf("pgbackrest-client", configs.PGBACKREST_CLIENT_CN,
+                                       ["client_auth"])
+
+        def tls_secret(key: str, meta_name: str, k, cert, labels: dict):
+            return k8s.core.v1.Secret(
+                f"{name}-{key}", metadata={"name": meta_name, "namespace": ns,
+                                           "labels": labels},
+                type="kubernetes.io/tls",
+                string_data={"tls.crt": cert.cert_pem,
+                             "tls.key": pulumi.Output.secret(k.private_key_pem),
+                             "ca.crt": ca.cert_pem}, opts=child)
+
+        server = tls_secret("tls", f"{NAME}-tls", server_key, server_cert, lbl)
+        client = tls_secret("pgbackrest-client-tls", "tickstack-pgbackrest-client-tls",
+                            client_key, client_cert, {"app.kubernetes.io/part-of": kx.PART_OF})
+        self.client_tls_secret = kx.name_of(client)
+        ca_map = k8s.core.v1.ConfigMap(
+            f"{name}-ca", metadata={"name": "tickstack-ca", "namespace": ns,
+                                    "labels": {"app.kubernetes.io/part-of": kx.PART_OF}},
+            data={"ca.crt": ca.cert_pem}, opts=child)
+        self.ca_config_map = kx.name_of(ca_map)
+        return {"server_secret": kx.name_of(server), "server_cert": server_cert.cert_pem}
 
     @staticmethod
     def _volumes() -> tuple[list[dict], list[dict]]:
@@ -293,6 +454,7 @@ class Primary(pulumi.ComponentResource):
             {"name": "data", "mount_path": PGDATA_MOUNT},
             {"name": "postgres-config", "mount_path": PG_CONFIG_DIR, "read_only": True},
             {"name": "pgbackrest-config", "mount_path": PGBACKREST_DIR, "read_only": True},
+            {"name": "tls", "mount_path": TLS_DIR, "read_only": True},
         ]
         for v, m in (kx.scratch("tmp", "/tmp", "1Gi"),
                      kx.scratch("run", SOCKET_DIR, "16Mi"),

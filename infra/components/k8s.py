@@ -15,7 +15,8 @@ COMPONENT = "app.kubernetes.io/component"
 # Labels the NetworkPolicies select on (network.py): what a pod may talk to.
 DB_CLIENT = "tickstack.io/db-client"  # may reach the primary on 5432
 REPLICA_CLIENT = "tickstack.io/replica-client"  # may reach RDS on 5432 (VPC CIDR)
-HTTPS_EGRESS = "tickstack.io/https-egress"  # may reach S3/STS/Binance/API server on 443
+HTTPS_EGRESS = "tickstack.io/https-egress"  # may reach S3/STS/Binance on 443
+BACKUP_CLIENT = "tickstack.io/backup-client"  # may reach pgBackRest's TLS server (8432)
 
 DB_UID = 1000  # the `postgres` user of timescale/timescaledb-ha
 WORKER_UID = 10001  # the worker image's user (workers/Dockerfile)
@@ -28,7 +29,7 @@ def labels(component: str, *, name: str = "tickstack-worker", **flags: bool) -> 
         COMPONENT: component,
     }
     flag_labels = {"db_client": DB_CLIENT, "replica_client": REPLICA_CLIENT,
-                   "https_egress": HTTPS_EGRESS}
+                   "https_egress": HTTPS_EGRESS, "backup_client": BACKUP_CLIENT}
     for k, v in flags.items():
         if v:
             out[flag_labels[k]] = "true"

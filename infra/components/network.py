@@ -2,6 +2,7 @@
 
   every pod            -> cluster DNS (kube-system/kube-dns, 53 UDP/TCP)
   db clients           -> the primary, 5432 (and the primary admits only them)
+  backup clients       -> pgBackRest's TLS server in the primary's pod, 8432
   replica clients      -> the VPC (RDS), 5432
   the primary          -> 443 outside the cluster (S3 for pgBackRest, STS for IRSA)
   https-egress workers -> 443 outside the cluster (S3 landing, STS, the API server for backups)
@@ -18,6 +19,7 @@ import pulumi_kubernetes as k8s
 
 from infra.components import k8s as kx
 from infra.components.database import NAME as DB_NAME
+from infra.components.database import PGBACKREST_PORT
 from infra.components.database import PORT as DB_PORT
 
 METADATA_CIDR = "169.254.169.254/32"
@@ -65,6 +67,9 @@ class NetworkPolicies(pulumi.ComponentResource):
         policy("database-ingress", {"match_labels": db}, ingress=[{
             "from_": [{"pod_selector": {"match_labels": {kx.DB_CLIENT: "true"}}}],
             "ports": [{"protocol": "TCP", "port": DB_PORT}],
+        }, {
+            "from_": [{"pod_selector": {"match_labels": {kx.BACKUP_CLIENT: "true"}}}],
+            "ports": [{"protocol": "TCP", "port": PGBACKREST_PORT}],
         }])
         policy("database-egress-s3", {"match_labels": db}, egress=[{
             "to": [ANYWHERE], "ports": [{"protocol": "TCP", "port": 443}],
@@ -72,6 +77,10 @@ class NetworkPolicies(pulumi.ComponentResource):
         policy("db-clients-egress", {"match_labels": {kx.DB_CLIENT: "true"}}, egress=[{
             "to": [{"pod_selector": {"match_labels": db}}],
             "ports": [{"protocol": "TCP", "port": DB_PORT}],
+        }])
+        policy("backup-clients-egress", {"match_labels": {kx.BACKUP_CLIENT: "true"}}, egress=[{
+            "to": [{"pod_selector": {"match_labels": db}}],
+            "ports": [{"protocol": "TCP", "port": PGBACKREST_PORT}],
         }])
         policy("replica-clients-egress", {"match_labels": {kx.REPLICA_CLIENT: "true"}},
                egress=[{"to": [{"ip_block": {"cidr": args.vpc_cidr}}],

@@ -1,10 +1,11 @@
 """The dual-write replica (AWS): RDS for PostgreSQL with pgvector, private and encrypted.
 
-Not publicly accessible; in the cluster's private subnets; its security group admits only the
-cluster's security group on 5432; storage encrypted with the stack's KMS key; TLS forced
-(`rds.force_ssl`); automated backups retained; deletion protection and a final snapshot as
-config says (on in prod). The master password is generated (pulumi_random, a secret); workers
-get their own least-privilege logins, created by `workers migrate`.
+Not publicly accessible; in the cluster's private subnets; its security group admits on 5432
+only the listed source security groups (the cluster's, plus node groups' or pods' security
+groups as configured: `replicaSourceSecurityGroupIds`); storage encrypted with the stack's KMS
+key; TLS forced (`rds.force_ssl`); automated backups retained; deletion protection and a final
+snapshot as config says (on in prod). The master password is generated (pulumi_random, a
+secret); workers get their own least-privilege logins, created by `workers migrate`.
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
+from infra import configs
+
 PORT = 5432
-DATABASE = "tickstack"
-MASTER_USER = "tickstack_admin"
+DATABASE = configs.DATABASE
+MASTER_USER = configs.REPLICA_ADMIN
 
 
 @dataclass(frozen=True)
 class ReplicaArgs:
     vpc_id: pulumi.Input[str]
     subnet_ids: pulumi.Input[list[str]]
-    cluster_security_group_id: pulumi.Input[str]
+    source_security_group_ids: list[pulumi.Input[str]]
     kms_key_arn: pulumi.Input[str]
     instance_class: str
     engine_version: str
@@ -56,11 +59,15 @@ class Replica(pulumi.ComponentResource):
         sg = aws.ec2.SecurityGroup(
             f"{name}-sg", vpc_id=args.vpc_id,
             description="tickstack replica: PostgreSQL from the cluster only", opts=child)
-        aws.vpc.SecurityGroupIngressRule(
-            f"{name}-from-cluster", security_group_id=sg.id,
-            referenced_security_group_id=args.cluster_security_group_id,
-            ip_protocol="tcp", from_port=PORT, to_port=PORT,
-            description="PostgreSQL from the cluster's pods and nodes", opts=child)
+        # One rule per source group, each its own resource (named by position, so adding a
+        # group adds a rule and changes none).
+        for i, group in enumerate(args.source_security_group_ids):
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-from-{i}" if i else f"{name}-from-cluster", security_group_id=sg.id,
+                referenced_security_group_id=group,
+                ip_protocol="tcp", from_port=PORT, to_port=PORT,
+                description="PostgreSQL from tickstack's pods" if i else
+                "PostgreSQL from the cluster's pods and nodes", opts=child)
         params = aws.rds.ParameterGroup(
             f"{name}-params", family=f"postgres{major}",
             description="tickstack replica: TLS only",

@@ -37,6 +37,7 @@ class Storage(pulumi.ComponentResource):
     backup_bucket: pulumi.Output[str]
     backup_bucket_arn: pulumi.Output[str]
     repository_url: pulumi.Output[str]
+    repository_name: pulumi.Output[str]
 
     def __init__(self, name: str, args: StorageArgs,
                  opts: pulumi.ResourceOptions | None = None) -> None:
@@ -109,6 +110,7 @@ class Storage(pulumi.ComponentResource):
             opts=child,
         )
         self.repository_url = repo.repository_url
+        self.repository_name = repo.name
 
         self.register_outputs({
             "kmsKeyArn": self.kms_key_arn,

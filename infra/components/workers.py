@@ -1,9 +1,19 @@
 """The workers (Kubernetes): one image, `python -m workers <command>` per workload.
 
-  migrate      Job, first: primary and replica (everything else depends on it)
+  migrate      Job, first: primary and replica (everything else depends on it); creates the
+               databases it migrates when missing (the primary's image creates none of ours)
+  stanza       Job, after migrate: pgBackRest's stanza, created and checked where a failure
+               fails `pulumi up` (a WAL archive that cannot work is never silent)
   restore      Job, only for a disaster-recovery rebuild: landing replay after the PITR
   ingest       Deployment: the live trade stream (one consumer; Recreate; SIGTERM grace period)
-  embed, replicate, retention, backup-full (weekly), backup-diff (daily)   CronJobs
+  embed, replicate, retention, backup-full (weekly), backup-diff (daily),
+  backup-check (archive health: a failed Job is the alert)   CronJobs
+
+Jobs are replaced (new name) when their pod changes and carry `pulumi.com/replaceUnready`, so
+a Job that failed is re-run by the next `up`; Pulumi waits for them as long as their deadline
+allows (custom timeouts from the stack config). The image is the stack's ECR repository's, by
+digest. Every DSN verifies the server (`sslmode=verify-full`): the primary with the stack's CA
+(the `tickstack-ca` ConfigMap), RDS with Amazon's CA bundle, which the worker image carries.
 
 Least privilege: every workload connects as its own login (sql/002_roles.sql groups, logins
 `workers migrate` creates from the logins Secret), gets its DSNs from its own Secret (never a
@@ -22,10 +32,8 @@ import pulumi_random as random
 
 from infra import configs
 from infra.components import access
+from infra.components import database as db
 from infra.components import k8s as kx
-from infra.components.database import CONTAINER as DB_CONTAINER
-from infra.components.database import PGBACKREST_CONF
-from infra.components.database import POD as DB_POD
 from infra.stack_config import Resources, Schedules
 
 # The stream worker's HTTP endpoint (TICKSTACK_HEALTH_PORT, the worker's default): /healthz
@@ -33,11 +41,17 @@ from infra.stack_config import Resources, Schedules
 HEALTH_PORT = 9108
 LOGINS_DIR = "/etc/tickstack/logins"
 ENTRYPOINT = ["python", "-m", "workers"]
+CA_DIR = "/etc/tickstack/ca"  # the stack's CA (ConfigMap): the primary's certificate's issuer
+PRIMARY_CA = f"{CA_DIR}/ca.crt"
+# Amazon RDS's CA bundle, in the worker image (workers/Dockerfile).
+RDS_CA_BUNDLE = "/usr/local/share/tickstack/rds-global-bundle.pem"
+REPLACE_UNREADY = "pulumi.com/replaceUnready"
+RESTORE_TARGET_ANNOTATION = "tickstack.io/restore-target"
 
 # Who a workload connects as: the primary's superuser / the replica's master (migrations and
 # the DR rebuild only), or a worker group's login.
 Login = Literal["admin", "tickstack_ingest", "tickstack_embed", "tickstack_retention",
-                "tickstack_reader"]
+                "tickstack_reader", "tickstack_replicate", "tickstack_backup"]
 
 
 @dataclass(frozen=True)
@@ -46,8 +60,9 @@ class Workload:
     service_account: str
     primary: Login
     replica: Login | None = None
-    https: bool = False  # S3 landing / STS / API server
+    https: bool = False  # S3 landing / STS
     logins_file: bool = False
+    backup_client: bool = False  # talks to pgBackRest's TLS server with the client certificate
     secret: str = ""  # which DSN Secret (default: the workload's name)
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -66,37 +81,51 @@ class WorkersArgs:
     schedules: Schedules
     stream_url: str
     stream_symbol: str
+    stream_market: str
     ingest_grace_period_seconds: int
     ingest_resources: Resources
     job_resources: Resources
+    ca_config_map: pulumi.Input[str]
+    pgbackrest_client_config_map: pulumi.Input[str]
+    pgbackrest_client_tls_secret: pulumi.Input[str]
+    migrate_timeout_seconds: int = 3600
+    restore_timeout_seconds: int = 6 * 3600
+    await_margin_seconds: int = 600
     restore_target: str | None = None
     # Resources that must be ready before the migrations run (primary, replica, policies).
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
 def workloads(a: WorkersArgs) -> dict[str, Workload]:
-    backup_env = {
-        # The backup CronJob runs pgBackRest inside the primary's pod (where the data is).
-        "TICKSTACK_PGBACKREST_CONFIG": PGBACKREST_CONF,
-        "TICKSTACK_PGBACKREST_EXEC_POD": DB_POD,
-        "TICKSTACK_PGBACKREST_EXEC_CONTAINER": DB_CONTAINER,
-    }
+    # Backups go through pgBackRest's TLS server in the primary's pod (database.py), with
+    # the client certificate; the repository (S3) is written from the backup pod (IRSA).
+    backup_env = {"TICKSTACK_PGBACKREST_CONFIG": db.CLIENT_CONF}
+    migrate_env = {"TICKSTACK_RESTORE_TARGET": a.restore_target} if a.restore_target else {}
+
+    def backup(*args: str) -> Workload:
+        return Workload(("backup", *args), access.BACKUP_SA, "tickstack_backup", https=True,
+                        secret="backup", backup_client=True, extra_env=backup_env)
+
     w = {
-        "migrate": Workload(("migrate",), access.WORKER_SA, "admin", "admin", logins_file=True),
-        "ingest": Workload(("stream", "--url", a.stream_url, "--symbol", a.stream_symbol),
+        # The restore target is part of the migrate Job's pod: a rebuild replaces the Job, so
+        # migrations run again on the restored database.
+        "migrate": Workload(("migrate",), access.WORKER_SA, "admin", "admin", logins_file=True,
+                            extra_env=migrate_env),
+        "stanza": backup("--stanza-create"),
+        "ingest": Workload(("stream", "--url", a.stream_url, "--symbol", a.stream_symbol,
+                            "--market", a.stream_market),
                            access.LANDING_SA, "tickstack_ingest", "tickstack_ingest", https=True,
                            extra_env={"TICKSTACK_HEALTH_PORT": str(HEALTH_PORT)}),
+        # Reads the primary as ingest does; rebuilds differing buckets on the replica with
+        # its own login, which may delete ticks there (sql/015).
         "replicate": Workload(("replicate",), access.LANDING_SA, "tickstack_ingest",
-                              "tickstack_ingest", https=True),
+                              "tickstack_replicate", https=True),
         "embed": Workload(("embed",), access.WORKER_SA, "tickstack_embed"),
         "retention": Workload(("retention",), access.WORKER_SA, "tickstack_retention",
                               "tickstack_retention"),
-        "backup-full": Workload(("backup", "--type", "full"), access.BACKUP_SA,
-                                "tickstack_reader", https=True, secret="backup",
-                                extra_env=backup_env),
-        "backup-diff": Workload(("backup", "--type", "diff"), access.BACKUP_SA,
-                                "tickstack_reader", https=True, secret="backup",
-                                extra_env=backup_env),
+        "backup-full": backup("--type", "full"),
+        "backup-diff": backup("--type", "diff"),
+        "backup-check": backup("--check"),
     }
     if a.restore_target:
         # The primary was restored to the target by its init container (database.py); this
@@ -149,14 +178,15 @@ class Workers(pulumi.ComponentResource):
 
         after_db = pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on))
         self.migrate_job = self._job("migrate", table["migrate"], after_db,
-                                     active_deadline=3600)
-        ready: list[pulumi.Resource] = [self.migrate_job]
+                                     active_deadline=args.migrate_timeout_seconds)
+        after_migrate = pulumi.ResourceOptions(parent=self, depends_on=[self.migrate_job])
+        self.stanza_job = self._job("stanza", table["stanza"], after_migrate,
+                                    active_deadline=args.migrate_timeout_seconds)
+        ready: list[pulumi.Resource] = [self.migrate_job, self.stanza_job]
         self.restore_job = None
         if "restore" in table:
-            self.restore_job = self._job(
-                "restore", table["restore"],
-                pulumi.ResourceOptions(parent=self, depends_on=[self.migrate_job]),
-                active_deadline=6 * 3600)
+            self.restore_job = self._job("restore", table["restore"], after_migrate,
+                                         active_deadline=args.restore_timeout_seconds)
             ready.append(self.restore_job)
         after = pulumi.ResourceOptions(parent=self, depends_on=ready)
 
@@ -164,7 +194,7 @@ class Workers(pulumi.ComponentResource):
         s = args.schedules
         for key, schedule in (("embed", s.embed), ("replicate", s.replicate),
                               ("retention", s.retention), ("backup-full", s.backup_full),
-                              ("backup-diff", s.backup_diff)):
+                              ("backup-diff", s.backup_diff), ("backup-check", s.backup_check)):
             self._cronjob(key, table[key], schedule, after)
         self.register_outputs({"migrateJob": kx.name_of(self.migrate_job)})
 
@@ -174,28 +204,22 @@ class Workers(pulumi.ComponentResource):
                     passwords: dict[str, pulumi.Output[str]]) -> pulumi.Output[str]:
         a = self._args
 
-        def primary(login: Login) -> pulumi.Output[str]:
-            user = "postgres" if login == "admin" else configs.WORKER_LOGINS[login]
-            pw = a.primary_password if login == "admin" else passwords[user]
-            return pulumi.Output.all(pw, a.primary_host).apply(
-                lambda v: configs.postgres_dsn(user=user, password=v[0], host=v[1],
-                                               sslmode="prefer"))
+        def dsn_output(server: configs.Server, group: str | None) -> pulumi.Output[str]:
+            if server == "primary":
+                user = group and configs.WORKER_LOGINS[group] or configs.PRIMARY_ADMIN
+                pw = passwords[user] if group else a.primary_password
+                host, port, ca = a.primary_host, db.PORT, PRIMARY_CA
+            else:
+                user = group and configs.WORKER_LOGINS[group] or a.replica_master_user
+                pw = passwords[user] if group else a.replica_master_password
+                host, port, ca = a.replica_host, a.replica_port, RDS_CA_BUNDLE
+            return pulumi.Output.all(pw, host).apply(
+                lambda v: configs.postgres_dsn(user=user, password=v[0], host=v[1], port=port,
+                                               sslrootcert=ca))
 
-        def replica(login: Login) -> pulumi.Output[str]:
-            user = a.replica_master_user if login == "admin" else configs.WORKER_LOGINS[login]
-            pw = a.replica_master_password if login == "admin" else passwords[user]
-            # rds.force_ssl: TLS is required by the server too.
-            return pulumi.Output.all(pw, a.replica_host).apply(
-                lambda v: configs.postgres_dsn(user=user, password=v[0], host=v[1],
-                                               port=a.replica_port, sslmode="require"))
-
-        data: dict[str, pulumi.Output[str]] = {"TICKSTACK_PRIMARY_DSN": primary(wl.primary)}
-        if wl.primary != "admin":
-            data[configs.dsn_env_key(wl.primary)] = data["TICKSTACK_PRIMARY_DSN"]
-        if wl.replica is not None:
-            data["TICKSTACK_REPLICA_DSN"] = replica(wl.replica)
-            if wl.replica == "tickstack_retention":
-                data["TICKSTACK_REPLICA_RETENTION_DSN"] = data["TICKSTACK_REPLICA_DSN"]
+        # Which setting gets which login: the one function the local environment's settings
+        # follow too (configs.workload_dsn_env).
+        data = configs.workload_dsn_env(wl.primary, wl.replica, dsn_output)
         secret = k8s.core.v1.Secret(
             f"{self._name}-dsn-{key}",
             metadata={"name": f"tickstack-dsn-{key}", "namespace": a.namespace,
@@ -212,8 +236,20 @@ class Workers(pulumi.ComponentResource):
         a = self._args
         component = component or key
         tmp_vol, tmp_mount = kx.scratch("tmp", "/tmp", "1Gi")
-        volumes, mounts = [tmp_vol], [tmp_mount]
+        # Every worker verifies the primary's certificate against the stack's CA.
+        volumes = [tmp_vol, {"name": "ca", "config_map": {"name": a.ca_config_map}}]
+        mounts = [tmp_mount, {"name": "ca", "mount_path": CA_DIR, "read_only": True}]
         env = {"HOME": "/tmp", "TMPDIR": "/tmp", **wl.extra_env}
+        if wl.backup_client:
+            volumes += [{"name": "pgbackrest-client", "config_map": {
+                            "name": a.pgbackrest_client_config_map}},
+                        {"name": "pgbackrest-client-tls", "secret": {
+                            "secret_name": a.pgbackrest_client_tls_secret,
+                            "default_mode": 0o440}}]
+            mounts += [{"name": "pgbackrest-client", "mount_path": db.CLIENT_DIR,
+                        "read_only": True},
+                       {"name": "pgbackrest-client-tls", "mount_path": db.CLIENT_TLS_DIR,
+                        "read_only": True}]
         if wl.logins_file:
             volumes.append({"name": "logins", "secret": {
                 "secret_name": self._logins_secret, "default_mode": 0o440}})
@@ -246,8 +282,8 @@ class Workers(pulumi.ComponentResource):
                 "period_seconds": 5, "timeout_seconds": 3, "failure_threshold": 3}
         spec: dict = {
             "service_account_name": wl.service_account,
-            # Only the backup account needs an API token (exec into the primary's pod).
-            "automount_service_account_token": wl.service_account == access.BACKUP_SA,
+            # No workload talks to the Kubernetes API (IRSA projects its own token).
+            "automount_service_account_token": False,
             "enable_service_links": False,
             "restart_policy": restart_policy,
             "security_context": kx.pod_security_context(kx.WORKER_UID),
@@ -256,24 +292,32 @@ class Workers(pulumi.ComponentResource):
         }
         meta: dict = {"labels": kx.labels(
             component, db_client=True, replica_client=wl.replica is not None,
-            https_egress=wl.https)}
+            https_egress=wl.https, backup_client=wl.backup_client)}
         if key == "ingest":
             meta["annotations"] = {"prometheus.io/scrape": "true",
                                    "prometheus.io/port": str(HEALTH_PORT),
                                    "prometheus.io/path": "/metrics"}
+        if "TICKSTACK_RESTORE_TARGET" in wl.extra_env:
+            meta["annotations"] = {RESTORE_TARGET_ANNOTATION:
+                                   wl.extra_env["TICKSTACK_RESTORE_TARGET"]}
         return {"metadata": meta, "spec": spec}
 
     def _job(self, key: str, wl: Workload, opts: pulumi.ResourceOptions, *,
              active_deadline: int) -> k8s.batch.v1.Job:
         a = self._args
         # No fixed name: a new image (or command) replaces the Job with a fresh one, and
-        # Pulumi waits for it to complete before anything that depends on it.
+        # Pulumi waits for it to complete before anything that depends on it — as long as
+        # its deadline allows, not the provider's default 10 minutes. replaceUnready: a Job
+        # that failed is replaced (re-run) by the next `up` instead of being left failed.
+        wait = f"{active_deadline + a.await_margin_seconds}s"
         return k8s.batch.v1.Job(
             f"{self._name}-{key}",
-            metadata={"namespace": a.namespace, "labels": kx.labels(key)},
+            metadata={"namespace": a.namespace, "labels": kx.labels(key),
+                      "annotations": {REPLACE_UNREADY: "true"}},
             spec={"backoff_limit": 3, "active_deadline_seconds": active_deadline,
                   "template": self._pod(key, wl, a.job_resources, restart_policy="Never")},
-            opts=opts)
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
+                custom_timeouts=pulumi.CustomTimeouts(create=wait, update=wait))))
 
     def _deployment(self, key: str, wl: Workload, opts: pulumi.ResourceOptions) -> None:
         a = self._args

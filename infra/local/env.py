@@ -8,7 +8,16 @@ State lives under one directory (`.tickstack/` at the repository root by default
     primary/ replica/ cluster data, logs
     s3/               moto log, pid, snapshot of all buckets (moto keeps objects in memory)
     stunnel/          TLS terminator config, cert, log
-    pgbackrest/       rendered pgbackrest.conf, log/lock/spool dirs
+    tls/              the local CA, the servers' and the backup client's certificates
+    pgbackrest/       rendered pgbackrest.conf (the database host's: archive-push, restore and
+                      the TLS server) and pgbackrest-client.conf (backups through that server,
+                      as the cloud's backup workers take them), log/lock/spool dirs
+
+The servers are bootstrapped as the cloud's are, by the same steps: the primary as its image's
+entry point does from the StatefulSet's env (the superuser and its password, no database of
+ours), the replica as RDS does from the instance's inputs (the master login `tickstack_admin`,
+not a superuser, and the database `db_name`). `workers migrate` creates the primary's database,
+as in the cloud: there is no local-only CREATE DATABASE.
 """
 
 from __future__ import annotations
@@ -22,15 +31,26 @@ from pathlib import Path
 
 from infra import configs
 from infra.local.postgres import DATABASE, PG_BIN, Cluster
-from infra.local.procs import PartError, blocking_dir, db_user, make_db_dir, run_db
+from infra.local.procs import (
+    PartError,
+    blocking_dir,
+    db_user,
+    make_db_dir,
+    port_open,
+    read_pid,
+    run_db,
+    stop_pid,
+    wait_until,
+)
 from infra.local.s3 import MOTO_KEY, MOTO_SECRET, Moto, Stunnel
+from infra.local.tls import LocalCa
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATE = REPO_ROOT / ".tickstack"
 LANDING_BUCKET = "tickstack-landing"
 BACKUP_BUCKET = "tickstack-backup"
 REGION = "us-east-1"
-PARTS = ("s3", "s3-tls", "primary", "pgbackrest", "replica")
+PARTS = ("s3", "s3-tls", "primary", "pgbackrest", "pgbackrest-server", "replica")
 
 
 @dataclass
@@ -42,22 +62,34 @@ class PartStatus:
 
 
 class LocalEnv:
-    def __init__(self, state_dir: Path = DEFAULT_STATE):
+    def __init__(self, state_dir: Path = DEFAULT_STATE, *, landing_bucket: str = LANDING_BUCKET,
+                 backup_bucket: str = BACKUP_BUCKET):
+        """`landing_bucket`/`backup_bucket`: the buckets' names (a test that runs a rendered
+        stack's workloads gives the stack's)."""
+        self.landing_bucket, self.backup_bucket = landing_bucket, backup_bucket
         self.state = Path(state_dir).absolute()
         self.state.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state, 0o755)  # postgres must traverse it to reach its own dirs
         self.ports = self._load_or_make("ports.json", self._new_ports)
+        if "pgbackrest" not in self.ports:  # state from an older version
+            from infra.local.procs import free_port
+
+            self.ports["pgbackrest"] = free_port()
+            _write_private(self.state / "ports.json", json.dumps(self.ports, indent=1), 0o644)
         self.secrets = self._load_or_make("secrets.json", self._new_secrets, mode=0o600)
         if set(self._new_secrets()) - set(self.secrets):  # state from an older version
             self.secrets = {**self._new_secrets(), **self.secrets}
             _write_private(self.state / "secrets.json", json.dumps(self.secrets, indent=1))
         sock = self._socket_root()
+        self.tls = LocalCa(self.state / "tls")
         self.moto = Moto(self.state / "s3", self.ports["s3"])
         self.stunnel = Stunnel(self.state / "stunnel", self.ports["s3_tls"], self.ports["s3"])
         self.primary = Cluster("primary", self.state / "primary", self.ports["primary"],
-                               sock / "primary", self.secrets["postgres_password"])
+                               sock / "primary", self.secrets["postgres_password"],
+                               ca_file=self.tls.ca)
         self.replica = Cluster("replica", self.state / "replica", self.ports["replica"],
-                               sock / "replica", self.secrets["postgres_password"])
+                               sock / "replica", self.secrets["postgres_password"],
+                               ca_file=self.tls.ca)
         self.pgbr_dir = self.state / "pgbackrest"
 
     # --- state files -----------------------------------------------------------------------
@@ -75,14 +107,16 @@ class LocalEnv:
         from infra.local.procs import free_port
 
         ports: set[int] = set()
-        while len(ports) < 4:
+        while len(ports) < 5:
             ports.add(free_port())
-        s3, s3_tls, primary, replica = sorted(ports)
-        return {"s3": s3, "s3_tls": s3_tls, "primary": primary, "replica": replica}
+        s3, s3_tls, primary, replica, pgbackrest = sorted(ports)
+        return {"s3": s3, "s3_tls": s3_tls, "primary": primary, "replica": replica,
+                "pgbackrest": pgbackrest}
 
     @staticmethod
     def _new_secrets() -> dict[str, str]:
-        pw = {"postgres_password": secrets.token_urlsafe(24)}
+        pw = {"postgres_password": secrets.token_urlsafe(24),
+              configs.REPLICA_ADMIN: secrets.token_urlsafe(24)}
         pw.update({user: secrets.token_urlsafe(24) for user in configs.WORKER_LOGINS.values()})
         return pw
 
@@ -98,47 +132,144 @@ class LocalEnv:
 
     @property
     def pgbackrest_conf_path(self) -> Path:
+        """The database host's pgbackrest.conf (archive-push, restore, the TLS server)."""
         return self.pgbr_dir / "pgbackrest.conf"
+
+    @property
+    def pgbackrest_client_conf_path(self) -> Path:
+        """The backup workers' pgbackrest.conf: the database through the TLS server."""
+        return self.pgbr_dir / "pgbackrest-client.conf"
+
+    def primary_pg(self) -> configs.PrimaryPg:
+        return configs.PrimaryPg(data_dir=str(self.primary.data), port=self.primary.port,
+                                 socket_dir=str(self.primary.socket_dir))
 
     def backup_repo(self) -> configs.BackupRepo:
         return configs.BackupRepo(
-            bucket=BACKUP_BUCKET, region=REGION, endpoint="127.0.0.1", port=self.ports["s3_tls"],
+            bucket=self.backup_bucket, region=REGION, endpoint="127.0.0.1",
+            port=self.ports["s3_tls"],
             uri_style="path", verify_tls=False, key_type="shared",
         )
 
     def render(self) -> None:
         make_db_dir(self.pgbr_dir, 0o755)
-        for sub in ("log", "lock", "spool"):
+        for sub in ("log", "lock", "spool", "client-log", "client-lock", "client-spool"):
             make_db_dir(self.pgbr_dir / sub, 0o700)
         conf = configs.pgbackrest_conf(
-            self.backup_repo(),
-            configs.PrimaryPg(data_dir=str(self.primary.data), port=self.primary.port,
-                              socket_dir=str(self.primary.socket_dir)),
+            self.backup_repo(), self.primary_pg(),
             configs.PgBackRestPaths(log=str(self.pgbr_dir / "log"),
                                     lock=str(self.pgbr_dir / "lock"),
                                     spool=str(self.pgbr_dir / "spool")),
+            server=configs.PgBackRestServer(address="localhost", tls=self.tls.server(),
+                                            port=self.ports["pgbackrest"]),
         )
         self.pgbackrest_conf_path.write_text(conf)
         os.chmod(self.pgbackrest_conf_path, 0o644)
+        client = configs.pgbackrest_conf(
+            self.backup_repo(), self.primary_pg(),
+            configs.PgBackRestPaths(log=str(self.pgbr_dir / "client-log"),
+                                    lock=str(self.pgbr_dir / "client-lock"),
+                                    spool=str(self.pgbr_dir / "client-spool")),
+            # The server's certificate names localhost (and 127.0.0.1): pgBackRest checks it.
+            remote=configs.PgBackRestRemote(host="localhost", tls=self.tls.client(),
+                                            port=self.ports["pgbackrest"]),
+        )
+        self.pgbackrest_client_conf_path.write_text(client)
+        os.chmod(self.pgbackrest_client_conf_path, 0o644)
         for cluster, role in ((self.primary, "primary"), (self.replica, "replica")):
             settings = configs.postgres_conf(
                 role=role,
                 pgbackrest_config=str(self.pgbackrest_conf_path) if role == "primary" else None,
                 listen_addresses="127.0.0.1", port=cluster.port,
-                socket_dir=str(cluster.socket_dir),
+                socket_dir=str(cluster.socket_dir), tls=self.tls.server(),
             )
             cluster.write_conf(configs.postgres_conf_text(settings))
+            cluster.write_hba(configs.pg_hba(["127.0.0.1/32"]))
 
     def pgbackrest_env(self) -> dict[str, str]:
         """S3 keys for pgBackRest come from the environment, never from its config file."""
         return {"PGBACKREST_REPO1_S3_KEY": MOTO_KEY, "PGBACKREST_REPO1_S3_KEY_SECRET": MOTO_SECRET}
 
-    def pgbackrest(self, *args: str, timeout: float = 300):
+    def pgbackrest(self, *args: str, timeout: float = 300, client: bool = False):
+        conf = self.pgbackrest_client_conf_path if client else self.pgbackrest_conf_path
         return run_db(
-            ["pgbackrest", f"--config={self.pgbackrest_conf_path}", "--stanza=" + configs.STANZA,
-             *args],
+            ["pgbackrest", f"--config={conf}", "--stanza=" + configs.STANZA, *args],
             env={**os.environ, **self.pgbackrest_env()}, check=False, timeout=timeout,
         )
+
+    # --- pgBackRest's TLS server (the cloud's sidecar in the primary's pod) -----------------
+
+    @property
+    def pgbr_server_pidfile(self) -> Path:
+        return self.pgbr_dir / "server.pid"
+
+    def pgbr_server_healthy(self) -> bool:
+        return read_pid(self.pgbr_server_pidfile) is not None and port_open(
+            self.ports["pgbackrest"])
+
+    def start_pgbackrest_server(self) -> None:
+        import subprocess
+
+        if self.pgbr_server_healthy():
+            return
+        if port_open(self.ports["pgbackrest"]):
+            raise PartError("pgbackrest-server",
+                            f"port {self.ports['pgbackrest']} is already in use by another program")
+        u = db_user()
+        log = self.pgbr_dir / "server.log"
+        kw: dict = {}
+        env = {**os.environ, **self.pgbackrest_env()}
+        if u is not None:
+            kw = {"user": u.pw_uid, "group": u.pw_gid, "extra_groups": []}
+            env.update(HOME=u.pw_dir, USER="postgres", LOGNAME="postgres")
+        with open(log, "ab") as out:
+            p = subprocess.Popen(
+                ["pgbackrest", f"--config={self.pgbackrest_conf_path}", "server"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, env=env, close_fds=True, cwd="/", **kw)
+        self.pgbr_server_pidfile.write_text(str(p.pid))
+        if not wait_until(lambda: port_open(self.ports["pgbackrest"]), 15) or \
+                read_pid(self.pgbr_server_pidfile) is None:
+            raise PartError("pgbackrest-server", "pgbackrest server did not start", log)
+
+    def stop_pgbackrest_server(self) -> None:
+        pid = read_pid(self.pgbr_server_pidfile)
+        if pid:
+            stop_pid(pid)
+        self.pgbr_server_pidfile.unlink(missing_ok=True)
+
+    # --- the replica's bootstrap: what RDS does from the instance's inputs ----------------------
+
+    def bootstrap_replica(self, master_user: str, password: str, db_name: str) -> None:
+        """As RDS creates an instance: a master login that is not a superuser (RDS's
+        rds_superuser: CREATEDB, CREATEROLE, the allow-listed extensions), and `db_name`
+        owned by it. pgvector is allow-listed on RDS; here only a superuser may create an
+        untrusted extension, so it is made available in template1, as RDS makes it
+        available to its master user. Idempotent; the password is set every time."""
+        from psycopg import sql
+
+        c = self.replica
+        ident = sql.Identifier(master_user).as_string(None)
+        lit = sql.Literal(password).as_string(None)
+        exists = c.psql("SELECT 1 FROM pg_roles WHERE rolname = "
+                        + sql.Literal(master_user).as_string(None))
+        verb = "ALTER" if exists == "1" else "CREATE"
+        c.psql(f"{verb} ROLE {ident} LOGIN NOSUPERUSER CREATEDB CREATEROLE PASSWORD {lit}")
+        # What RDS's rds_superuser holds of the predefined roles.
+        c.psql(f"GRANT pg_monitor, pg_signal_backend TO {ident}")
+        c.psql("CREATE EXTENSION IF NOT EXISTS vector", db="template1")
+        dbl, dbi = sql.Literal(db_name).as_string(None), sql.Identifier(db_name).as_string(None)
+        owner = c.psql(f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {dbl}")
+        if not owner:
+            c.psql(f"CREATE DATABASE {dbi} OWNER {ident}")
+        elif owner != master_user:
+            # State from before the replica had its own admin: the database and the migration
+            # ledger were the superuser's. Hand them to the master, as RDS would have them.
+            c.psql(f"ALTER DATABASE {dbi} OWNER TO {ident}")
+            c.psql("DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
+                   f"'tickstack_migrator') THEN GRANT tickstack_migrator TO {ident}; END IF; "
+                   "END $$", db=db_name)
+            c.psql(f"ALTER TABLE IF EXISTS ops.schema_migrations OWNER TO {ident}", db=db_name)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -161,10 +292,11 @@ class LocalEnv:
             n = self.moto.restore()
             if n:
                 started.append(f"s3 restored {n} object versions")
-        self.moto.ensure_buckets([LANDING_BUCKET, BACKUP_BUCKET])
+        self.moto.ensure_buckets([self.landing_bucket, self.backup_bucket])
         if not self.stunnel.healthy():
             self.stunnel.start()
             started.append("s3-tls")
+        self.tls.ensure()
         for c in (self.primary, self.replica):
             c.init()
         self.render()
@@ -172,7 +304,13 @@ class LocalEnv:
             if not c.running():
                 c.start(env=self.pgbackrest_env() if c is self.primary else None)
                 started.append(c.name)
-            c.ensure_database()
+            else:  # a running server gets what was just rendered (TLS, pg_hba.conf)
+                c.reload()
+        self.bootstrap_replica(configs.REPLICA_ADMIN, self.secrets[configs.REPLICA_ADMIN],
+                               DATABASE)
+        if not self.pgbr_server_healthy():
+            self.start_pgbackrest_server()
+            started.append("pgbackrest-server")
         self.ensure_stanza()
         return started
 
@@ -189,6 +327,9 @@ class LocalEnv:
         `save_s3=False` skips the S3 snapshot: for throwaway environments deleted right after.
         """
         stopped: list[str] = []
+        if read_pid(self.pgbr_server_pidfile):
+            self.stop_pgbackrest_server()
+            stopped.append("pgbackrest-server")
         for c in (self.primary, self.replica):
             if c.exists() and c.running():
                 c.stop()
@@ -215,6 +356,9 @@ class LocalEnv:
             out.append(PartStatus(c.name, c.port, ok, "accepting connections" if ok else
                                   ("stopped" if c.exists() else "not initialised")))
         out.append(self._archiver_status())
+        ok = self.pgbr_server_healthy()
+        out.append(PartStatus("pgbackrest-server", self.ports["pgbackrest"], ok,
+                              "TLS, client certificate" if ok else "stopped"))
         return out
 
     def _archiver_status(self) -> PartStatus:
@@ -233,33 +377,38 @@ class LocalEnv:
                           + (" — archiving is FAILING" if failing else ""))
 
     def dsns(self) -> dict[str, str]:
-        return {"primary": self.primary.dsn(), "replica": self.replica.dsn()}
+        return {"primary": self.primary.dsn(),
+                "replica": self.replica.dsn(user=configs.REPLICA_ADMIN)}
 
     def write_pgpass(self) -> Path:
         p = self.state / "pgpass"
-        users = {"postgres": self.secrets["postgres_password"]}
+        users = {"postgres": self.secrets["postgres_password"],
+                 configs.REPLICA_ADMIN: self.secrets[configs.REPLICA_ADMIN]}
         users.update({u: self.secrets[u] for u in configs.WORKER_LOGINS.values()})
         lines = [f"127.0.0.1:{c.port}:*:{u}:{_pgpass_escape(pw)}"
                  for c in (self.primary, self.replica) for u, pw in users.items()]
         _write_private(p, "\n".join(lines) + "\n")
         return p
 
-    def env(self, *, database: str = DATABASE, landing_bucket: str = LANDING_BUCKET,
-            replica: bool = True, primary: str = "primary") -> dict[str, str]:
+    def env(self, *, database: str = DATABASE, landing_bucket: str | None = None,
+            replica: bool = True) -> dict[str, str]:
         """Every TICKSTACK_ setting and AWS variable the workers need, for `eval $(… env)`.
 
-        `database`, `landing_bucket`, `replica=False` and `primary="replica"` (the replica's
-        cluster standing in for a primary: plain PostgreSQL) point the same settings at another
-        database / bucket / cluster of this environment (tests and benchmarks use their own)."""
-        main = self.primary if primary == "primary" else self.replica
+        `database`, `landing_bucket` and `replica=False` point the same settings at another
+        database / bucket of this environment (tests and benchmarks use their own)."""
         env = configs.worker_env(configs.WorkerEnv(
-            landing_bucket=landing_bucket, backup_bucket=BACKUP_BUCKET, aws_region=REGION,
+            landing_bucket=landing_bucket or self.landing_bucket,
+            backup_bucket=self.backup_bucket, aws_region=REGION,
             s3_endpoint_url=self.moto.endpoint, log_format="console",
         ))
         env.update({
-            "TICKSTACK_PRIMARY_DSN": main.dsn(database),
-            "TICKSTACK_REPLICA_DSN": self.replica.dsn(database) if replica else "",
-            "TICKSTACK_PGBACKREST_CONFIG": str(self.pgbackrest_conf_path),
+            "TICKSTACK_PRIMARY_DSN": self.primary.dsn(database),
+            "TICKSTACK_REPLICA_DSN": self.replica.dsn(database, user=configs.REPLICA_ADMIN)
+            if replica else "",
+            # Backups through pgBackRest's TLS server, as the cloud's backup workers take them;
+            # restore runs on the database host, with its own file.
+            "TICKSTACK_PGBACKREST_CONFIG": str(self.pgbackrest_client_conf_path),
+            "TICKSTACK_PGBACKREST_PG_CONFIG": str(self.pgbackrest_conf_path),
             "TICKSTACK_PG_BINDIR": str(PG_BIN),
             "TICKSTACK_REPORT_DIR": str(self.state / "report"),
             "TICKSTACK_WORKER_LOGINS_FILE": str(self.write_worker_logins()),
@@ -268,11 +417,12 @@ class LocalEnv:
             "AWS_ACCESS_KEY_ID": MOTO_KEY,
             "AWS_SECRET_ACCESS_KEY": MOTO_SECRET,
         })
+        # Every worker connects as its own login on both servers, as in the cloud.
         for group, user in configs.WORKER_LOGINS.items():
-            env[configs.dsn_env_key(group)] = main.dsn(database, user=user)
-        if replica:
-            env["TICKSTACK_REPLICA_RETENTION_DSN"] = self.replica.dsn(
-                database, user=configs.WORKER_LOGINS["tickstack_retention"])
+            env[configs.dsn_env_key(group)] = self.primary.dsn(database, user=user)
+            if replica:
+                env[configs.dsn_env_key(group, "replica")] = self.replica.dsn(database,
+                                                                              user=user)
         if db_user() is not None:  # we are root: the database's tools run as postgres
             env["TICKSTACK_PGBACKREST_OS_USER"] = db_user().pw_name
         return env

@@ -8,6 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra import configs
 from infra.local.procs import PartError, chown_db, make_db_dir, port_open, run_db, tail_of
 
 PG_BIN = Path(os.environ.get("TICKSTACK_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -22,6 +23,8 @@ class Cluster:
     port: int
     socket_dir: Path
     password: str
+    # The CA that signed the server's certificate: DSNs verify it (sslmode=verify-full).
+    ca_file: Path | None = None
 
     @property
     def data(self) -> Path:
@@ -32,7 +35,11 @@ class Cluster:
         return self.root / "postgres.log"
 
     def dsn(self, db: str = DATABASE, user: str = "postgres") -> str:
-        return f"postgresql://{user}@127.0.0.1:{self.port}/{db}"
+        """TLS, verified as the workers verify it in the cloud; the password is in pgpass."""
+        return configs.postgres_dsn(user=user, password=None, host="127.0.0.1", port=self.port,
+                                    database=db, sslrootcert=str(self.ca_file)
+                                    if self.ca_file else None,
+                                    sslmode=configs.SSLMODE if self.ca_file else "require")
 
     def exists(self) -> bool:
         return (self.data / "PG_VERSION").exists()
@@ -60,12 +67,13 @@ class Cluster:
         conf = self.data / "postgresql.conf"
         with open(conf, "a") as f:
             f.write(f"\n{INCLUDE_LINE}\n")
-        # Loopback only, password auth; nothing else may connect.
-        (self.data / "pg_hba.conf").write_text(
-            "# tickstack local: peer on the socket for the postgres OS user, scram on loopback\n"
-            "local all postgres peer\n"
-            "host all all 127.0.0.1/32 scram-sha-256\n"
-        )
+        # Loopback only, TLS only (the rendered pg_hba.conf replaces this at every render).
+        self.write_hba(configs.pg_hba(["127.0.0.1/32"]))
+
+    def write_hba(self, text: str) -> None:
+        p = self.data / "pg_hba.conf"
+        p.write_text(text)
+        chown_db(p, 0o600)
 
     def write_conf(self, text: str) -> None:
         p = self.data / "tickstack.conf"
@@ -98,6 +106,11 @@ class Cluster:
         if r.returncode != 0 or not self.healthy():
             raise PartError(self.name, f"PostgreSQL did not start ({r.stderr.strip()})", self.log)
 
+    def reload(self) -> None:
+        """Re-read the configuration (TLS files, pg_hba.conf) without a restart."""
+        if self.running():
+            run_db([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "reload"], check=False)
+
     def stop(self) -> None:
         """Fast stop, bounded; immediate if fast does not finish (an archiver can hang it)."""
         if not self.running():
@@ -120,10 +133,6 @@ class Cluster:
         if r.returncode != 0:
             raise PartError(self.name, f"SQL failed: {r.stderr.strip()}")
         return r.stdout.strip()
-
-    def ensure_database(self, db: str = DATABASE) -> None:
-        if self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'") != "1":
-            self.psql(f'CREATE DATABASE "{db}"')
 
     def log_tail(self) -> str:
         return tail_of(self.log)

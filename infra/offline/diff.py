@@ -3,7 +3,12 @@
 `python -m infra.render --stack dev --diff-against origin/main` renders the Pulumi program twice
 under mocks (infra/offline/render.py) — once as it is at the ref, once as it is now — and
 lists what a `pulumi preview` would show at resource level: resources added, removed, and
-changed inputs (old → new), plus changed stack outputs. Secrets are masked on both sides
+changed inputs (old → new), plus changed stack outputs. A change the engine would carry out by
+**replacing** the resource (an input the provider cannot update in place: a StatefulSet's
+volume claim templates, a Job's pod, a bucket's name, an RDS instance's KMS key...) is marked
+**replace**, with the input and the reason; a protected resource that would be replaced or
+deleted is flagged (the engine refuses), and a change under `ignoreChanges` is shown as not
+applied. Secrets are masked on both sides
 ("[secret]"), as the render prints them. CI posts this on pull requests that have no cloud
 credentials (forks).
 
@@ -131,6 +136,94 @@ class Changed:
     type: str
     name: str
     changes: list[Change]
+    replace_because: list[str] = field(default_factory=list)  # "path: why"
+    ignored: list[str] = field(default_factory=list)  # paths under ignoreChanges
+    protect: bool = False
+
+    @property
+    def replaces(self) -> bool:
+        return bool(self.replace_because)
+
+
+# What the providers cannot update in place: a change under one of these input paths makes
+# the engine replace the resource ("" = any input). Pulumi's own diff decides this from the
+# providers' schemas (forceNew) and Kubernetes' immutable fields; this table says the same for
+# the types the program declares, with the reason shown beside the change.
+_K8S_ID = ("metadata.name", "metadata.namespace")
+REPLACE_ON: dict[str, tuple[tuple[str, ...], str]] = {
+    "kubernetes:apps/v1:StatefulSet": (
+        (*_K8S_ID, "spec.selector", "spec.serviceName", "spec.volumeClaimTemplates",
+         "spec.podManagementPolicy"),
+        "Kubernetes cannot change a StatefulSet's selector, serviceName, podManagementPolicy "
+        "or volumeClaimTemplates in place"),
+    "kubernetes:apps/v1:Deployment": ((*_K8S_ID, "spec.selector"),
+                                      "a Deployment's selector is immutable"),
+    "kubernetes:batch/v1:Job": ((*_K8S_ID, "spec"),
+                                "a Job's spec (its pod template) is immutable: a new Job runs"),
+    "kubernetes:core/v1:Service": ((*_K8S_ID, "spec.clusterIP"),
+                                   "a Service's clusterIP is immutable"),
+    "kubernetes:core/v1:PersistentVolumeClaim": (
+        (*_K8S_ID, "spec.storageClassName", "spec.accessModes", "spec.volumeName",
+         "spec.selector", "spec.volumeMode"),
+        "a claim's class, modes and volume are immutable (only its size may grow)"),
+    "kubernetes:storage.k8s.io/v1:StorageClass": (
+        (*_K8S_ID, "provisioner", "parameters", "reclaimPolicy", "volumeBindingMode",
+         "mountOptions"), "a StorageClass is immutable except allowVolumeExpansion"),
+    "kubernetes:core/v1:Secret": ((*_K8S_ID, "type"), "a Secret's type is immutable"),
+    "aws:s3/bucket:Bucket": (("bucket", "bucketPrefix", "objectLockEnabled"),
+                             "a bucket's name cannot change"),
+    "aws:rds/instance:Instance": (
+        ("engine", "dbName", "username", "kmsKeyId", "storageEncrypted", "identifier",
+         "identifierPrefix", "characterSetName", "availabilityZone", "snapshotIdentifier",
+         "timezone", "ncharCharacterSetName"),
+        "RDS cannot change this on an existing instance: a new, empty instance is created"),
+    "aws:rds/subnetGroup:SubnetGroup": (("name", "namePrefix"), "names are fixed"),
+    "aws:rds/parameterGroup:ParameterGroup": (
+        ("family", "name", "namePrefix", "description"),
+        "a parameter group's family and name are fixed"),
+    "aws:ec2/securityGroup:SecurityGroup": (("vpcId", "name", "namePrefix", "description"),
+                                            "a security group's VPC, name and description "
+                                            "are fixed"),
+    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": (
+        ("securityGroupId",), "a rule belongs to its group"),
+    "aws:kms/key:Key": (("customerMasterKeySpec", "keyUsage", "multiRegion",
+                         "customKeyStoreId", "xksKeyId"), "a key's kind is fixed"),
+    "aws:kms/alias:Alias": (("name", "namePrefix"), "an alias's name is fixed"),
+    "aws:ecr/repository:Repository": (("name", "encryptionConfigurations"),
+                                      "a repository's name and encryption are fixed"),
+    "aws:iam/role:Role": (("name", "namePrefix", "path"), "a role's name and path are fixed"),
+    "aws:iam/rolePolicy:RolePolicy": (("role", "name", "namePrefix"),
+                                      "an inline policy belongs to its role"),
+    # Generated secrets, keys and certificates: any input makes a new one.
+    "random:index/randomPassword:RandomPassword": (("",), "a new password is generated"),
+    "tls:index/privateKey:PrivateKey": (("",), "a new key is generated"),
+    "tls:index/selfSignedCert:SelfSignedCert": (("",), "a new certificate is issued"),
+    "tls:index/certRequest:CertRequest": (("",), "a new request is made"),
+    "tls:index/locallySignedCert:LocallySignedCert": (("",), "a new certificate is issued"),
+}
+# Sub-resources of a bucket belong to it.
+_BUCKET_PART = (("bucket",), "it belongs to its bucket")
+
+
+def replace_rule(type_: str) -> tuple[tuple[str, ...], str]:
+    if type_ in REPLACE_ON:
+        return REPLACE_ON[type_]
+    if type_.startswith("aws:s3/bucket") and type_ != "aws:s3/bucket:Bucket":
+        return _BUCKET_PART
+    if type_.startswith("kubernetes:") and not type_.endswith("Patch"):
+        return _K8S_ID, "metadata.name and metadata.namespace identify the object"
+    return (), ""
+
+
+def _under(path: str, prefix: str) -> bool:
+    """Is the flattened input path `path` at or below `prefix` (a dotted input path)?"""
+    if not prefix:
+        return True
+    return path == prefix or path.startswith((prefix + ".", prefix + "[", prefix + "(json)"))
+
+
+def _ignored(path: str, ignore: list[str]) -> bool:
+    return any(_under(path, p) for p in ignore)
 
 
 @dataclass
@@ -150,7 +243,10 @@ class GraphDiff:
 
 def _comparable(r: dict) -> dict:
     return {"inputs": r.get("inputs") or {}, "parent": r.get("parent"),
-            "protect": r.get("protect", False), "dependsOn": sorted(r.get("dependsOn") or [])}
+            "protect": r.get("protect", False), "dependsOn": sorted(r.get("dependsOn") or []),
+            "retainOnDelete": r.get("retainOnDelete", False),
+            "ignoreChanges": r.get("ignoreChanges") or [],
+            "customTimeouts": r.get("customTimeouts") or {}}
 
 
 def _changes(before: Any, after: Any) -> list[Change]:
@@ -177,7 +273,23 @@ def diff_graphs(before: dict, after: dict) -> GraphDiff:
         for c in changes:  # inputs are what a change is mostly about: show them bare
             c.path = c.path.removeprefix("inputs.")
         if changes:
-            d.changed.append(Changed(k[0], k[1], changes))
+            ch = Changed(k[0], k[1], changes, protect=bool(new[k].get("protect")))
+            prefixes, why = replace_rule(k[0])
+            ignore = list(new[k].get("ignoreChanges") or [])
+            for c in changes:
+                if c.path.split(".")[0] in ("parent", "protect", "dependsOn",
+                                            "retainOnDelete", "ignoreChanges",
+                                            "customTimeouts", "replaceOnChanges",
+                                            "deleteBeforeReplace"):
+                    continue  # resource options: never a change of the resource itself
+                if _ignored(c.path, ignore):
+                    ch.ignored.append(c.path)
+                    continue
+                forced = [p for p in (*prefixes, *(new[k].get("replaceOnChanges") or []))
+                          if _under(c.path, p)]
+                if forced:
+                    ch.replace_because.append(f"{c.path}: {why or 'replaceOnChanges'}")
+            d.changed.append(ch)
     d.outputs = _changes(before.get("outputs") or {}, after.get("outputs") or {})
     return d
 
@@ -232,8 +344,16 @@ def to_markdown(d: GraphDiff, *, before_label: str, after_label: str = "working 
         lines += ["**No changes.** The program declares the same resources with the same "
                   "inputs.", ""]
         return "\n".join(lines)
-    lines += [f"**{len(d.added)} to add, {len(d.changed)} to change, {len(d.removed)} to "
-              f"delete** ({d.before_count} → {d.after_count} resources)", ""]
+    replacing = [c for c in d.changed if c.replaces]
+    lines += [f"**{len(d.added)} to add, {len(d.changed)} to change, {len(replacing)} to "
+              f"replace, {len(d.removed)} to delete** ({d.before_count} → {d.after_count} "
+              f"resources)", ""]
+    refused = [c for c in replacing if c.protect] + [r for r in d.removed if r.get("protect")]
+    if refused:
+        names = ", ".join(f"`{x.name if isinstance(x, Changed) else x['name']}`"
+                          for x in refused)
+        lines += [f"> ⚠️ **The engine will refuse this update**: protected resources would be "
+                  f"replaced or deleted ({names}). Data lives there; see docs/pulumi.md.", ""]
     if d.added:
         lines += ["#### ➕ Added", ""]
         for r in d.added:
@@ -243,12 +363,26 @@ def to_markdown(d: GraphDiff, *, before_label: str, after_label: str = "working 
     if d.removed:
         lines += ["#### ➖ Removed", ""]
         lines += [f"- `{r['type']}` **{r['name']}**"
-                  + ("  ⚠️ protected" if r.get("protect") else "") for r in d.removed]
+                  + ("  ⚠️ protected" if r.get("protect") else "")
+                  + ("  (kept in the cloud: retainOnDelete)" if r.get("retainOnDelete") else "")
+                  for r in d.removed]
         lines.append("")
     if d.changed:
         lines += ["#### ✏️ Changed", ""]
         for c in d.changed:
-            lines += [f"**`{c.type}` {c.name}**", ""]
+            head = f"**`{c.type}` {c.name}**"
+            if c.replaces:
+                head += " — **replace**" + ("  ⚠️ protected: refused" if c.protect else "")
+            lines += [head, ""]
+            for why in c.replace_because:
+                lines.append(f"- replaced because `{why.split(': ', 1)[0]}` changed: "
+                             f"{why.split(': ', 1)[1]}")
+            if c.ignored:
+                lines.append("- not applied (ignoreChanges): "
+                             + ", ".join(f"`{p}`" for p in c.ignored[:10])
+                             + (" …" if len(c.ignored) > 10 else ""))
+            if c.replace_because or c.ignored:
+                lines.append("")
             lines += _change_block(c.changes)
     if d.outputs:
         lines += ["#### Stack outputs", ""]

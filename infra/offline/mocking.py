@@ -53,6 +53,17 @@ def mock_password(resource_name: str, length: int = 32) -> str:
     return hashlib.sha256(f"pw/{resource_name}".encode()).hexdigest()[:length]
 
 
+def mock_digest(ref: str) -> str:
+    """What the mocks answer for an image's digest (deterministic, for tests)."""
+    return "sha256:" + hashlib.sha256(f"image/{ref}".encode()).hexdigest()
+
+
+def mock_pem(kind: str, name: str) -> str:
+    """What the mocks answer for a generated key or certificate (a placeholder PEM)."""
+    body = hashlib.sha256(f"{kind}/{name}".encode()).hexdigest()
+    return f"-----BEGIN MOCK {kind}-----\n{body}\n-----END MOCK {kind}-----\n"
+
+
 # --- secrets in recorded inputs ------------------------------------------------------------------
 
 
@@ -103,6 +114,10 @@ class Res:
     dependencies: list[str]
     provider: str | None
     protect: bool = False
+    # Resource options the engine acts on (recorded so tests and the diff can reason about
+    # them): retainOnDelete, ignoreChanges, replaceOnChanges, deleteBeforeReplace, and
+    # customTimeouts as {"create"|"update"|"delete": seconds}.
+    options: dict = field(default_factory=dict)
 
     @property
     def plain(self) -> dict:
@@ -190,7 +205,7 @@ class Graph:
             "stack": self.stack,
             "resources": [
                 {"type": r.type, "name": r.name, "parent": self.label(r.parent),
-                 "custom": r.custom, "protect": r.protect,
+                 "custom": r.custom, "protect": r.protect, **r.options,
                  "dependsOn": sorted(filter(None, (self.label(d) for d in r.dependencies))),
                  "inputs": r.masked}
                 for r in self.resources
@@ -242,6 +257,16 @@ class TickstackMocks(pulumi.runtime.Mocks):
             state.setdefault("name", rid)
         elif t == "random:index/randomPassword:RandomPassword":
             state["result"] = mock_password(name, int(state.get("length", 32)))
+        elif t.startswith("tls:index/"):
+            # Stand-ins: the PEM texts are placeholders (a real deploy computes them).
+            kind = t.split(":")[-1]
+            if kind == "PrivateKey":
+                state.update(privateKeyPem=mock_pem("PRIVATE KEY", name),
+                             publicKeyPem=mock_pem("PUBLIC KEY", name))
+            elif kind == "CertRequest":
+                state["certRequestPem"] = mock_pem("CERTIFICATE REQUEST", name)
+            elif kind in ("SelfSignedCert", "LocallySignedCert"):
+                state.update(certPem=mock_pem("CERTIFICATE", name), readyForRenewal=False)
         elif t.startswith("kubernetes:") and isinstance(state.get("metadata"), dict):
             meta = dict(state["metadata"])
             meta.setdefault("name", rid)  # the provider auto-names objects without a name
@@ -249,7 +274,42 @@ class TickstackMocks(pulumi.runtime.Mocks):
         return rid, state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict:
+        if args.token == "aws:ecr/getImage:getImage":
+            # The digest ECR reports for a pushed tag (deterministic per repository and tag).
+            ref = f"{args.args.get('repositoryName')}:{args.args.get('imageTag')}"
+            return {**args.args, "imageDigest": mock_digest(ref), "id": ref}
         return {}
+
+
+def _duration_seconds(text: str) -> int:
+    """A Go duration as Pulumi sends custom timeouts ("1h30m", "600s", "90m") in seconds."""
+    import re
+
+    units = {"h": 3600, "m": 60, "s": 1}
+    parts = re.findall(r"([0-9.]+)(h|m|s)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {text!r}")
+    return int(sum(float(n) * units[u] for n, u in parts))
+
+
+def _options(request) -> dict:
+    """The resource options of a registration that change what the engine does."""
+    out: dict = {}
+    if getattr(request, "retainOnDelete", False):
+        out["retainOnDelete"] = True
+    for name in ("ignoreChanges", "replaceOnChanges"):
+        values = list(getattr(request, name, []) or [])
+        if values:
+            out[name] = values
+    if getattr(request, "deleteBeforeReplace", False):
+        out["deleteBeforeReplace"] = True
+    ct = getattr(request, "customTimeouts", None)
+    if ct is not None:
+        timeouts = {k: _duration_seconds(getattr(ct, k)) for k in ("create", "update", "delete")
+                    if getattr(ct, k, "")}
+        if timeouts:
+            out["customTimeouts"] = timeouts
+    return out
 
 
 def _is_stack(urn: str) -> bool:
@@ -266,7 +326,7 @@ class RecordingMonitor(MockMonitor):
 
     def _record(self, request, urn: str, custom: bool, deps: list[str]) -> None:
         self.records.append(Res(
-            protect=bool(getattr(request, "protect", False)),
+            protect=bool(getattr(request, "protect", False)), options=_options(request),
             urn=urn, type=request.type, name=request.name,
             parent=None if _is_stack(request.parent) else request.parent,
             custom=custom, inputs=rpc.deserialize_properties(request.object if hasattr(
@@ -305,7 +365,7 @@ SDK_MODULES = (
     "pulumi_aws.ec2", "pulumi_aws.ecr", "pulumi_aws.iam", "pulumi_aws.kms", "pulumi_aws.rds",
     "pulumi_aws.s3", "pulumi_aws.vpc", "pulumi_kubernetes.apps.v1", "pulumi_kubernetes.batch.v1",
     "pulumi_kubernetes.core.v1", "pulumi_kubernetes.networking.v1", "pulumi_kubernetes.policy.v1",
-    "pulumi_kubernetes.rbac.v1", "pulumi_random",
+    "pulumi_kubernetes.rbac.v1", "pulumi_kubernetes.storage.v1", "pulumi_random", "pulumi_tls",
 )
 
 
@@ -379,6 +439,8 @@ def sdk_args_class(type_: str) -> type | None:
         module = f"pulumi_kubernetes.{re.sub(r'[.].*', '', group)}.{version}"
     elif pkg == "random":
         module = "pulumi_random"
+    elif pkg == "tls":
+        module = "pulumi_tls"
     else:
         return None
     m = importlib.import_module(module)

@@ -32,9 +32,28 @@ from infra.policy import rules  # noqa: E402
 PACK_NAME = "tickstack-mandatory"
 
 
+def production() -> bool:
+    """Does the stack being deployed protect its data? Its own config says so
+    (tickstack:protectData, default true), or its name is prod. The engine hands the pack the
+    stack's name and config (pulumi_policy configures the runtime from them)."""
+    import pulumi
+
+    try:
+        stack = pulumi.get_stack()
+    except Exception:  # no engine settings: offline
+        stack = ""
+    try:
+        protect = pulumi.Config("tickstack").get_bool("protectData")
+    except Exception:
+        protect = None
+    return stack.rsplit("/", 1)[-1] == "prod" or protect is not False and bool(stack)
+
+
 def _resource(args: ResourceValidationArgs) -> rules.Resource:
+    opts = getattr(args, "opts", None)
     return rules.Resource(type=args.resource_type, name=args.name, props=args.props,
-                          urn=args.urn)
+                          urn=args.urn, protect=bool(getattr(opts, "protect", False)),
+                          production=production())
 
 
 def _stack_resources(args: StackValidationArgs) -> tuple[list[rules.Resource], dict[str, str]]:

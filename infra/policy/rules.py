@@ -73,6 +73,10 @@ class Resource:
     depends_on: tuple[str, ...] = ()
     # Property paths that are Pulumi secrets (known offline only; the engine unwraps them).
     secret_paths: tuple[str, ...] = ()
+    # The resource's `protect` option, and whether its stack must protect its data (the
+    # stack's tickstack:protectData, or a stack named prod).
+    protect: bool = False
+    production: bool = False
 
     @property
     def label(self) -> str:
@@ -379,6 +383,83 @@ def _pod_limits(r: Resource) -> list[str]:
     return out
 
 
+# --- images ----------------------------------------------------------------------------------
+
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def _image_pinned(r: Resource) -> list[str]:
+    """A tag can be moved to other bytes; a digest cannot: what runs is what was reviewed."""
+    spec = _pod_spec(r)
+    if spec is None:
+        return []
+    return [f"container {c.get('name', '?')}: image {c.get('image')!r} is not pinned by digest "
+            f"(@sha256:…)" for c in _containers(spec)
+            if not (isinstance(c.get("image"), str) and DIGEST.search(c["image"]))]
+
+
+# --- data volumes ------------------------------------------------------------------------------
+
+STATEFULSET = "kubernetes:apps/v1:StatefulSet"
+PVC = "kubernetes:core/v1:PersistentVolumeClaim"
+STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
+
+
+def _data_volume_protected(r: Resource) -> list[str]:
+    """Where the stack protects its data, what holds a database volume is protected too: a
+    replacement or `destroy` of it would delete the volume (or orphan the claim)."""
+    if not r.production:
+        return []
+    holds = (r.type == PVC or (r.type == STATEFULSET
+                               and _as_list(_get(r.props, "spec", "volumeClaimTemplates"))))
+    out = []
+    if holds and not r.protect:
+        out.append("holds a data volume but is not protected (protect: true) in a stack "
+                   "that protects its data")
+    if r.type == STORAGE_CLASS and r.props.get("reclaimPolicy", "Delete") != "Retain":
+        out.append(f"reclaimPolicy {r.props.get('reclaimPolicy', 'Delete')!r}: a deleted claim "
+                   f"deletes its volume (use Retain)")
+    return out
+
+
+# --- TLS to the databases -----------------------------------------------------------------------
+
+PG_URI = re.compile(r"^postgres(ql)?://", re.I)
+
+
+def _sslmodes(value: str) -> list[str] | None:
+    """sslmode values of a libpq connection string (URI or key=value); None: not one."""
+    from urllib.parse import parse_qs, urlparse
+
+    if PG_URI.match(value):
+        return parse_qs(urlparse(value).query).get("sslmode", ["prefer"])
+    if re.search(r"(^|\s)(host|dbname)\s*=", value) and re.search(r"(^|\s)(user)\s*=", value):
+        return re.findall(r"(?:^|\s)sslmode\s*=\s*'?([a-z-]+)", value) or ["prefer"]
+    return None
+
+
+def _dsn_verify_full(r: Resource) -> list[str]:
+    """Every database connection string verifies the server's certificate and name."""
+    out = []
+    for section in ("data", "stringData"):
+        for k, v in (r.props.get(section) or {}).items():
+            if not isinstance(v, str):
+                continue
+            if section == "data" and r.type == K8S_SECRET:
+                import base64
+                import binascii
+
+                try:
+                    v = base64.b64decode(v, validate=True).decode()
+                except (binascii.Error, UnicodeDecodeError):
+                    continue
+            modes = _sslmodes(v)
+            if modes is not None and modes != ["verify-full"]:
+                out.append(f"{section}.{k}: sslmode={','.join(modes)}; connections to the "
+                           f"databases must use sslmode=verify-full")
+    return out
+
+
 # --- ConfigMaps --------------------------------------------------------------------------------
 
 
@@ -436,6 +517,17 @@ RULES: tuple[Rule, ...] = (
     Rule("no-plaintext-secrets-in-configmaps",
          "ConfigMaps hold no secrets (no secret-named keys, credentials or Pulumi secrets).",
          resource_check=_configmap_plaintext, types=frozenset({CONFIG_MAP})),
+    Rule("image-pinned-by-digest",
+         "Every container image is pinned by digest (@sha256:…), never by a movable tag.",
+         resource_check=_image_pinned, types=frozenset(POD_SPEC_PATHS)),
+    Rule("data-volume-protected",
+         "In a stack that protects its data (protectData, prod), whatever holds a database "
+         "volume is protected, and StorageClasses keep volumes (reclaimPolicy Retain).",
+         resource_check=_data_volume_protected,
+         types=frozenset({STATEFULSET, PVC, STORAGE_CLASS})),
+    Rule("dsn-sslmode-verify-full",
+         "Database connection strings in Secrets and ConfigMaps use sslmode=verify-full.",
+         resource_check=_dsn_verify_full, types=frozenset({CONFIG_MAP, K8S_SECRET})),
 )
 
 
@@ -451,12 +543,15 @@ def check(resources: Iterable[Resource], rules: Iterable[Rule] = RULES) -> list[
     return [v for r in rules for v in r.check(res)]
 
 
-def from_graph(graph: Any) -> list[Resource]:
-    """Resources of an infra.mocking.Graph (the program rendered offline under mocks)."""
+def from_graph(graph: Any, production: bool = False) -> list[Resource]:
+    """Resources of an infra.mocking.Graph (the program rendered offline under mocks);
+    `production`: the stack protects its data (protectData)."""
     return [Resource(type=r.type, name=r.name, props=r.plain, urn=r.urn,
-                     depends_on=tuple(r.dependencies), secret_paths=tuple(r.secret_paths()))
+                     depends_on=tuple(r.dependencies), secret_paths=tuple(r.secret_paths()),
+                     protect=r.protect, production=production)
             for r in graph.resources if r.custom]
 
 
-def check_graph(graph: Any, rules: Iterable[Rule] = RULES) -> list[Violation]:
-    return check(from_graph(graph), rules)
+def check_graph(graph: Any, rules: Iterable[Rule] = RULES,
+                production: bool = False) -> list[Violation]:
+    return check(from_graph(graph, production), rules)

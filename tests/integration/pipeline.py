@@ -50,10 +50,16 @@ class Stack:
         return self.db.connect(**kw)
 
     def cli_env(self) -> dict[str, str]:
-        """The environment's own worker settings, pointed at this database and bucket."""
-        return {**os.environ, **self.env.env(database=self.db.name, landing_bucket=self.bucket,
-                                             replica=False, primary=self.db.cluster.name),
-                "TICKSTACK_LOG_FORMAT": "json"}
+        """The environment's own worker settings, pointed at this database and bucket (on the
+        cluster it lives on: a replica stack is the server under test itself)."""
+        settings = self.env.env(database=self.db.name, landing_bucket=self.bucket,
+                                replica=False)
+        if self.db.cluster is self.env.replica:
+            here, there = (f"@127.0.0.1:{c.port}/" for c in (self.env.primary,
+                                                               self.env.replica))
+            settings = {k: v.replace(here, there) if k.endswith("_DSN") else v
+                        for k, v in settings.items()}
+        return {**os.environ, **settings, "TICKSTACK_LOG_FORMAT": "json"}
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "workers", *args], cwd=REPO,

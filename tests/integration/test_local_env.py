@@ -125,24 +125,36 @@ def test_up_twice_is_idempotent(local_env):
                     (local_env.primary.data / "postmaster.pid").read_text().split()[0])
     s = local_cli(local_env.state, "status")
     assert s.returncode == 0, s.stdout
-    for part in ("s3", "s3-tls", "primary", "replica", "pgbackrest"):
+    for part in ("s3", "s3-tls", "primary", "replica", "pgbackrest", "pgbackrest-server"):
         assert part in s.stdout
 
 
 def test_env_prints_exports_without_secrets(local_env):
     r = local_cli(local_env.state, "env")
     assert r.returncode == 0, r.stderr
-    exports = dict(ln.removeprefix("export ").split("=", 1) for ln in r.stdout.splitlines())
+    import shlex
+
+    exports = dict(shlex.split(ln.removeprefix("export "))[0].split("=", 1)
+                   for ln in r.stdout.splitlines())
     for k in ("TICKSTACK_PRIMARY_DSN", "TICKSTACK_REPLICA_DSN", "TICKSTACK_S3_ENDPOINT_URL",
               "TICKSTACK_LANDING_BUCKET", "TICKSTACK_BACKUP_BUCKET", "AWS_ACCESS_KEY_ID",
               "PGPASSFILE"):
         assert k in exports
     assert local_env.secrets["postgres_password"] not in r.stdout
-    # The printed DSN works through the pgpass file alone.
+    # The printed DSN works through the pgpass file alone, over verified TLS (its database
+    # is made by `workers migrate`; the server's maintenance database stands in here).
     env = {**os.environ, "PGPASSFILE": exports["PGPASSFILE"]}
-    q = subprocess.run(["psql", "-XAt", exports["TICKSTACK_PRIMARY_DSN"], "-c", "SELECT 42"],
+    dsn = exports["TICKSTACK_PRIMARY_DSN"]
+    assert "sslmode=verify-full" in dsn and "sslrootcert=" in dsn
+    q = subprocess.run(["psql", "-XAt", dsn.replace("/tickstack?", "/postgres?"), "-c",
+                        "SELECT 42, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
                        capture_output=True, text=True, env=env)
-    assert q.stdout.strip() == "42", q.stderr
+    assert q.stdout.strip() == "42|t", q.stderr
+    # Without TLS the server refuses (hostssl only).
+    plain = dsn.split("?")[0].replace("/tickstack", "/postgres") + "?sslmode=disable"
+    q = subprocess.run(["psql", "-XAt", plain, "-c", "SELECT 1"], capture_output=True,
+                       text=True, env=env)
+    assert q.returncode != 0 and "no pg_hba.conf entry" in q.stderr, q.stderr
 
 
 def test_down_then_up_keeps_data(local_env):

@@ -28,16 +28,20 @@ DAY = "BTCUSDT-trades-2019-04-01"
 
 
 class Replica:
+    """A replica database migrated by the RDS-like admin; workers reach it as their own logins
+    (as in the cloud: a login that may not do what a worker needs fails here too)."""
+
     def __init__(self, env):
         self.env = env
         self.db = FreshDb(env, "replica")
         migrate.run(self.db.dsn, password=self.db.password,
                     logins=env.worker_logins())
 
-    def dsn(self, port: int | None = None) -> str:
+    def dsn(self, port: int | None = None, user: str = "ingest_worker") -> str:
+        """The dual-write's login (ingest) unless told; `port`: through a proxy."""
         c = self.db.cluster
-        return make_conninfo(f"postgresql://postgres@127.0.0.1:{port or c.port}/{self.db.name}",
-                             password=self.db.password)
+        return make_conninfo(c.dsn(self.db.name, user=user), port=port or c.port,
+                             password=self.env.secrets[user])
 
     def checksums(self) -> list[tuple]:
         with self.db.connect() as c:
@@ -95,7 +99,12 @@ def ohlcv(stack: Stack) -> list[tuple]:
 
 
 def cli_env(stack: Stack, replica: Replica) -> dict[str, str]:
-    return {"TICKSTACK_REPLICA_DSN": replica.db.cluster.dsn(replica.db.name)}
+    """The replica settings as the local environment gives them: the admin, and each worker's
+    own login (replicate may delete ticks there; ingest may not)."""
+    c, name = replica.db.cluster, replica.db.name
+    return {"TICKSTACK_REPLICA_DSN": replica.db.dsn,
+            "TICKSTACK_REPLICA_INGEST_DSN": c.dsn(name, user="ingest_worker"),
+            "TICKSTACK_REPLICA_REPLICATE_DSN": c.dsn(name, user="replicate_worker")}
 
 
 def cli(stack: Stack, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -50,12 +50,63 @@ def test_added_removed_changed_and_outputs() -> None:
     assert [(c.path, c.before, c.after) for c in d.changed[0].changes] == [
         ("data.Y", "2", "3"), ("data.Z", diff.MISSING, "4")]
     md = diff.to_markdown(d, before_label="main")
-    assert "**1 to add, 1 to change, 1 to delete** (3 → 3 resources)" in md
+    assert "**1 to add, 1 to change, 0 to replace, 1 to delete** (3 → 3 resources)" in md
     assert f"- `{BUCKET}` **new**" in md and f"- `{BUCKET}` **gone**" in md
     assert "| `data.Y` | `2` | `3` |" in md
     assert "| `data.Z` | — | `4` |" in md
     assert "| `landingBucket` | `a-1` | `a-2` |" in md
     assert md.startswith("<!-- tickstack-infra-diff:dev -->")
+
+
+STS = "kubernetes:apps/v1:StatefulSet"
+JOB = "kubernetes:batch/v1:Job"
+
+
+def test_changes_the_engine_makes_by_replacing_say_replace_and_why() -> None:
+    before = graph(res(STS, "db", spec={"serviceName": "a", "replicas": 1}),
+                   res(BUCKET, "landing", bucket="l-1"),
+                   res(JOB, "migrate", spec={"template": {"env": "x"}}),
+                   res(CM, "env", data={"X": "1"}))
+    after = graph(res(STS, "db", spec={"serviceName": "b", "replicas": 1}),
+                  res(BUCKET, "landing", bucket="l-2"),
+                  res(JOB, "migrate", spec={"template": {"env": "y"}}),
+                  res(CM, "env", data={"X": "2"}))
+    d = diff.diff_graphs(before, after)
+    by = {c.name: c for c in d.changed}
+    assert by["db"].replace_because == [
+        "spec.serviceName: Kubernetes cannot change a StatefulSet's selector, serviceName, "
+        "podManagementPolicy or volumeClaimTemplates in place"]
+    assert by["landing"].replaces and by["migrate"].replaces
+    assert not by["env"].replaces  # a ConfigMap's data is updated in place
+    md = diff.to_markdown(d, before_label="main")
+    assert "**4 to add, 0 to change".replace("4 to add, 0", "0 to add, 4") in md
+    assert "3 to replace" in md
+    assert f"**`{STS}` db** — **replace**" in md
+    assert "- replaced because `spec.serviceName` changed: Kubernetes cannot" in md
+    assert f"**`{CM}` env**\n" in md
+
+
+def test_replacing_a_protected_resource_is_flagged_and_ignored_changes_are_not_applied() -> None:
+    def sts(protect: bool, claim: str, replicas: int, ignore: bool = True) -> dict:
+        r = res(STS, "db", spec={"volumeClaimTemplates": [{"spec": {"size": claim}}],
+                                 "serviceName": "h", "replicas": replicas})
+        r["protect"] = protect
+        if ignore:
+            r["ignoreChanges"] = ["spec.volumeClaimTemplates"]
+        return r
+
+    # A claim template change under ignoreChanges: not applied, so no replacement.
+    d = diff.diff_graphs(graph(sts(True, "20Gi", 1)), graph(sts(True, "40Gi", 2)))
+    (c,) = d.changed
+    assert not c.replaces and c.ignored == ["spec.volumeClaimTemplates[0].spec.size"]
+    md = diff.to_markdown(d, before_label="main")
+    assert "not applied (ignoreChanges): `spec.volumeClaimTemplates[0].spec.size`" in md
+    assert "refuse" not in md
+    # Without ignoreChanges the same change replaces, and protect makes the engine refuse.
+    d = diff.diff_graphs(graph(sts(True, "20Gi", 1, False)), graph(sts(True, "40Gi", 1, False)))
+    md = diff.to_markdown(d, before_label="main")
+    assert "— **replace**  ⚠️ protected: refused" in md
+    assert "The engine will refuse this update" in md
 
 
 def test_same_graph_says_no_changes() -> None:
@@ -163,7 +214,13 @@ def test_diff_of_two_commits_and_the_working_tree(program_repo: Path) -> None:
     assert "spec.template.spec.initContainers" in md
     assert "| `restoreTarget` | `2025-03-01T12:00:00+00:00` | `` |" in md
     assert "- `kubernetes:core/v1:Secret` **workers-dsn-restore**" in md
-    assert "**1 to add, 7 to change, 2 to delete** (81 → 80 resources)" in md
+    # The restore target is in the migrate Job's pod: the rebuild's end replaces the Job.
+    assert "**`kubernetes:batch/v1:Job` workers-migrate** — **replace**" in md
+    assert "replaced because `spec.template" in md
+    n_before = len(json.loads(subprocess.run(
+        [sys.executable, "-m", "infra.render", "--stack", "dev"], cwd=program_repo, env=env,
+        capture_output=True, text=True, timeout=300, check=True).stdout)["resources"])
+    assert f"2 to delete** ({n_before + 1} → {n_before} resources)" in md
     # Secrets never leak: the generated passwords' values are not in the diff.
     from infra.offline.mocking import mock_password
 
@@ -172,7 +229,7 @@ def test_diff_of_two_commits_and_the_working_tree(program_repo: Path) -> None:
 
 def test_diff_against_head_shows_only_the_uncommitted_change(program_repo: Path) -> None:
     md = diff.diff_against("HEAD", "dev", repo=program_repo, root=program_repo)
-    assert "**1 to add, 0 to change, 0 to delete**" in md
+    assert "**1 to add, 0 to change, 0 to replace, 0 to delete**" in md
     assert "**extra-token**" in md
 
 

@@ -106,10 +106,18 @@ def test_the_pulumi_program_never_imports_offline_tooling_or_the_local_environme
 
 
 def roles_in_sql() -> set[str]:
-    text = (REPO / "sql" / "002_roles.sql").read_text()
-    array = re.search(r"ARRAY\[([^\]]+)\]", text)
-    assert array, "002_roles.sql no longer lists its roles in one ARRAY[...]"
-    return {r.strip().strip("'") for r in array.group(1).replace("\n", " ").split(",")}
+    """Group roles the migrations create: each file that creates roles lists them in one
+    ARRAY[...] (002_roles.sql, 015_replicate_backup_roles.sql)."""
+    out: set[str] = set()
+    for path in sorted((REPO / "sql").glob("0*.sql")):
+        text = path.read_text()
+        if "CREATE ROLE %I NOLOGIN" not in text:
+            continue
+        array = re.search(r"ARRAY\[([^\]]+)\]", text)
+        assert array, f"{path.name} no longer lists its roles in one ARRAY[...]"
+        out |= {r.strip().strip("'") for r in array.group(1).replace("\n", " ").split(",")}
+    assert "tickstack_migrator" in out
+    return out
 
 
 def test_worker_roles_agree_between_sql_migrate_and_the_renderer():

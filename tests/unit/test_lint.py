@@ -72,6 +72,11 @@ def test_dockerfile_entrypoint_user_and_stages() -> None:
     # The entry point is the program's; the workload's command is the pod's args.
     assert [json.loads(r) for w, r in ins if w == "ENTRYPOINT"] == [wk.ENTRYPOINT]
     assert not [r for w, r in ins if w == "CMD"]
+    # The RDS CA bundle the replica DSNs verify with is where the program says it is, and
+    # pgBackRest (the backup workers') is installed at a pinned version.
+    add = [r for w, r in ins if w == "ADD"]
+    assert any(r.split()[-1] == wk.RDS_CA_BUNDLE for r in add), add
+    assert re.search(r'"pgbackrest=\$\{PGBACKREST_VERSION\}-\*"', DOCKERFILE.read_text())
     users = [r for w, r in ins if w == "USER"]
     assert users == [f"{kx.WORKER_UID}:{kx.WORKER_UID}"]
     # Only runtime dependencies: base + the workers extra, never Pulumi or dev tooling.
@@ -170,9 +175,11 @@ def test_pulumi_runs_with_the_policy_pack_and_deploys_never_overlap() -> None:
     assert commands["pull-request.yml"] == {"preview"}
     assert commands["pulumi-up.yml"] == {"up"}
     assert commands["disaster-recovery.yml"] == {"up"}
-    # The preview diff is posted on the pull request.
-    (preview,) = _pulumi_steps(wfs["pull-request.yml"])
-    assert preview["with"]["comment-on-pr"] is True
+    # The preview diff is posted on the pull request, for each stack.
+    previews = _pulumi_steps(wfs["pull-request.yml"])
+    assert {p["with"]["stack-name"] for p in previews} == {
+        "organization/tickstack/dev", "organization/tickstack/prod"}
+    assert all(p["with"]["comment-on-pr"] is True for p in previews)
     # One concurrency group per stack for everything that changes it; queued, never cancelled.
     for name in ("pulumi-up.yml", "disaster-recovery.yml"):
         job = next(iter(wfs[name]["jobs"].values()))
@@ -197,3 +204,139 @@ def test_main_deploys_dev_then_prod_and_pull_requests_run_make_test() -> None:
     dr_on = dr.get("on", dr.get(True))
     inputs = dr_on["workflow_dispatch"]["inputs"]
     assert {"stack", "target_time", "backup_set"} <= set(inputs)
+
+
+# --- the state backend: S3 + KMS, OIDC, organization/... ---------------------------------------
+
+LOGIN = "./.github/actions/pulumi-login"
+
+
+def _jobs_running_pulumi():
+    for name, doc in workflows().items():
+        for job_name, job in doc["jobs"].items():
+            steps = job.get("steps", [])
+            if any(str(s.get("uses", "")).startswith("pulumi/actions@")
+                   and s.get("with", {}).get("command") for s in steps):
+                yield name, job_name, job, steps
+
+
+def test_every_pulumi_job_logs_in_to_the_s3_backend_after_oidc():
+    seen = 0
+    for name, job_name, job, steps in _jobs_running_pulumi():
+        seen += 1
+        where = f"{name}:{job_name}"
+        uses = [str(s.get("uses", "")) for s in steps]
+        creds = next(i for i, u in enumerate(uses) if "configure-aws-credentials" in u)
+        login = uses.index(LOGIN)
+        assert creds < login, f"{where}: the backend is AWS's: credentials first"
+        assert steps[login]["with"]["backend-url"] == "${{ vars.PULUMI_BACKEND_URL }}", where
+        stack = steps[login]["with"]["stack"]
+        for i, s in enumerate(steps):
+            w = s.get("with", {})
+            if str(s.get("uses", "")).startswith("pulumi/actions@") and w.get("command"):
+                assert i > login, where
+                assert w["cloud-url"] == "${{ vars.PULUMI_BACKEND_URL }}", where
+                assert w["stack-name"] == f"organization/tickstack/{stack}", where
+            if "run" in s and re.search(r"(^|\n)\s*pulumi ", s["run"]):
+                assert i > login, f"{where}: `pulumi` runs before the login: {s['run'][:60]}"
+        assert job["permissions"]["id-token"] == "write", where
+    assert seen == 4  # deploy (pulumi-up), DR, and the two previews
+
+
+def test_prod_previews_wait_for_the_prod_environment():
+    pr = workflows()["pull-request.yml"]["jobs"]
+    assert pr["preview-prod"]["environment"] == "prod"
+    assert "environment" not in pr["preview-dev"]
+    for job in ("preview-dev", "preview-prod"):
+        assert pr[job]["if"] == "github.event.pull_request.head.repo.full_name == " \
+                                "github.repository"
+
+
+def test_stack_files_declare_the_kms_secrets_provider_and_organization_references():
+    for stack in ("dev", "prod"):
+        doc = yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())
+        assert re.fullmatch(rf"awskms://alias/tickstack-pulumi-{stack}\?region=[a-z0-9-]+",
+                            doc["secretsprovider"])
+        assert doc["config"]["tickstack:clusterStack"] == f"organization/eks-cluster/{stack}"
+        assert "encryptionsalt" not in doc  # no passphrase provider
+
+
+def _login_script() -> str:
+    action = yaml.safe_load((REPO / ".github" / "actions" / "pulumi-login" / "action.yml")
+                            .read_text())
+    [step] = action["runs"]["steps"]
+    return step["run"]
+
+
+@pytest.mark.parametrize(("url", "code"), [("s3://tickstack-state", 0),
+                                           ("https://api.pulumi.com", 2), ("", 2),
+                                           ("file:///tmp/state", 2)])
+def test_the_login_action_accepts_only_the_s3_backend(tmp_path, url, code):
+    """The composite action's script, run for real with a stand-in `pulumi` that records."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "calls"
+    fake = bindir / "pulumi"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    fake.chmod(0o755)
+    shutil.copy(REPO / "Pulumi.dev.yaml", tmp_path / "Pulumi.dev.yaml")
+    import os
+
+    r = subprocess.run(["bash", "-e", "-c", _login_script()], cwd=tmp_path, text=True,
+                       capture_output=True, timeout=30,
+                       env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}",
+                            "BACKEND": url, "STACK": "dev"})
+    assert r.returncode == code, r.stdout + r.stderr
+    if code == 0:
+        assert calls.read_text().splitlines() == [f"login {url}",
+                                                  "stack select organization/tickstack/dev"]
+    else:
+        assert not calls.exists() and "s3://" in r.stdout
+
+
+def test_first_deploy_targets_the_storage_component_and_everything_under_it():
+    """The image repository must exist before the image: the first deploy targets the storage
+    component's URN (its children do not exist yet) and its children by wildcard; what those
+    children depend on is inside the component, so the targeted update is complete."""
+    import fnmatch
+
+    from tests.unit.pulumi_stacks import graph
+
+    job = workflows()["pulumi-up.yml"]["jobs"]["up"]
+    [step] = [s for s in job["steps"] if "--target" in str(s.get("run", ""))]
+    text = step["run"].replace("\\\n", " ")
+    targets = [t.replace("$STACK", "dev").replace("\\$", "$")
+               for t in re.findall(r'--target "([^"]+)"', text)]
+    storage = re.search(r'storage="([^"]+)"', text).group(1).replace("$STACK", "dev")
+    targets = [storage if t == "$storage" else t for t in targets]
+    g = graph("dev")
+
+    def urn(u: str) -> str:
+        # The engine leaves the root stack out of a URN's type chain; the mocks keep it.
+        return u.replace("::pulumi:pulumi:Stack$", "::")
+
+    [component] = [r for r in g.resources if r.type == "tickstack:storage:Storage"]
+    assert urn(component.urn) in targets
+    pattern = [t for t in targets if t.endswith("$**")][0]
+    matched = {r.urn for r in g.resources
+               if fnmatch.fnmatchcase(urn(r.urn), pattern.replace("**", "*"))}
+    children = {r.urn for r in g.resources if r.parent == component.urn}
+    assert matched == children
+    assert any(r.type == "aws:ecr/repository:Repository" for r in g.resources
+               if r.urn in matched)
+    inside = children | {component.urn}
+    for r in g.resources:
+        if r.urn in children:
+            assert set(r.dependencies) <= inside, r.name
+
+
+def test_deploys_tag_by_commit_and_deploy_by_digest_and_prod_promotes_devs_image():
+    wfs = workflows()
+    up = wfs["pulumi-up.yml"]["jobs"]["up"]
+    [image] = [s for s in up["steps"] if s.get("id") == "image"]
+    run = image["run"]
+    assert 'tag="$GITHUB_SHA"' in run
+    assert "pulumi config set tickstack:workerImageDigest" in run
+    assert "skopeo copy --preserve-digests" in run
+    deploy = wfs["deploy.yml"]["jobs"]
+    assert deploy["prod"]["with"]["image-from"] == "${{ needs.dev.outputs.worker-image }}"

@@ -25,7 +25,20 @@ ALL_GRAPHS = [(s, False) for s in ps.STACKS] + [(s, True) for s in ps.STACKS]
 
 def resources(stack: str = "dev", restore: bool = False) -> list[Resource]:
     g = ps.restore_graph(stack) if restore else ps.graph(stack)
-    return rules.from_graph(g)
+    return rules.from_graph(g, production=stack == "prod")
+
+
+def primary_image_unpinned(res: list[Resource]) -> list[Violation]:
+    """The one violation the render has today: the primary's image is the version table's
+    (issue 17), by digest once CI records one; until then the pack refuses the deploy, which
+    is what it is for. Computed from the render, so a pinned image expects nothing."""
+    [sts] = [r for r in res if r.type == STS and r.name == "primary-statefulset"]
+    spec = sts.props["spec"]["template"]["spec"]
+    return [Violation("image-pinned-by-digest", sts.label,
+                      f"container {c['name']}: image {c['image']!r} is not pinned by digest "
+                      f"(@sha256:…)")
+            for c in [*(spec.get("initContainers") or []), *spec["containers"]]
+            if not rules.DIGEST.search(c["image"])]
 
 
 # --- the program passes ------------------------------------------------------------------------
@@ -33,8 +46,21 @@ def resources(stack: str = "dev", restore: bool = False) -> list[Resource]:
 
 @pytest.mark.parametrize(("stack", "restore"), ALL_GRAPHS)
 def test_rendered_stacks_pass_every_rule(stack: str, restore: bool) -> None:
-    found = rules.check(resources(stack, restore))
-    assert found == [], "\n".join(map(str, found))
+    res = resources(stack, restore)
+    found = rules.check(res)
+    assert found == primary_image_unpinned(res), "\n".join(map(str, found))
+
+
+def test_worker_images_are_pinned_and_production_data_is_protected() -> None:
+    """The new rules are not vacuous on the render: they see what they judge."""
+    res = resources("prod")
+    pods = [r for r in res if r.type in rules.POD_SPEC_PATHS and r.name.startswith("workers-")]
+    assert pods and not rules.check(pods, [rules.rule("image-pinned-by-digest")])
+    [sts] = [r for r in res if r.type == STS]
+    assert sts.production and sts.protect
+    secrets = [r for r in res if r.type == rules.K8S_SECRET and any(
+        "DSN" in k for k in (r.props.get("stringData") or {}))]
+    assert len(secrets) >= 5
 
 
 def test_every_rule_has_something_to_judge() -> None:
@@ -85,7 +111,11 @@ def without(type_: str, name: str) -> list[Resource]:
 
 
 def only(found: list[Violation], rule: str, resource: str) -> list[Violation]:
-    """Every violation is `rule` on `resource`, and there is at least one; its text names both."""
+    """Every violation is `rule` on `resource`, and there is at least one; its text names both.
+    (The render's own known violation, primary_image_unpinned, is not the broken part.)"""
+    known = {str(v) for st in ps.STACKS for v in primary_image_unpinned(resources(st))}
+    found = [v for v in found
+             if not (str(v) in known and (v.rule, v.resource) != (rule, resource))]
     assert found, f"expected {rule} on {resource}, found nothing"
     assert {(v.rule, v.resource) for v in found} == {(rule, resource)}, \
         "\n".join(map(str, found))
@@ -118,8 +148,8 @@ def set_trust(props: dict, edit: Callable[[dict], None]) -> None:
 LANDING = "aws:s3/bucket:Bucket::storage-landing"
 SSE = rules.BUCKET_SSE
 DEPLOY = "kubernetes:apps/v1:Deployment"
-CRON = "kubernetes:batch/v1:CronJob"
 STS = "kubernetes:apps/v1:StatefulSet"
+CRON = "kubernetes:batch/v1:CronJob"
 CM = rules.CONFIG_MAP
 
 
@@ -151,7 +181,7 @@ def _cases() -> list[tuple[str, str, Callable[[], list[Resource]], str]]:
 
     def init_without_limits(p: dict) -> None:
         spec = p["spec"]["template"]["spec"]
-        spec["initContainers"] = [{"name": "setup", "image": "busybox:1.36",
+        spec["initContainers"] = [{"name": "setup", "image": "busybox@sha256:" + "0" * 64,
                                    "securityContext": spec["containers"][0]["securityContext"]}]
 
     def cm(key: str, value: str) -> Mutation:
@@ -230,10 +260,31 @@ def _cases() -> list[tuple[str, str, Callable[[], list[Resource]], str]]:
          lambda: broken(CM, "workers-env", cm("DB_PASSWORD", "hunter2")), env_cm),
         ("configmap-dsn-with-password", "no-plaintext-secrets-in-configmaps",
          lambda: broken(CM, "workers-env", cm("TICKSTACK_PRIMARY_URL",
-                                              "postgresql://ingest:s3cr3t@db:5432/tickstack")),
+                                              "postgresql://ingest:s3cr3t@db:5432/tickstack"
+                                              "?sslmode=verify-full&sslrootcert=/ca.crt")),
          env_cm),
         ("configmap-conf-password", "no-plaintext-secrets-in-configmaps",
          lambda: broken(CM, "workers-env", cm("app.conf", "user = x\npassword = s3cr3t\n")),
+         env_cm),
+        ("image-by-tag", "image-pinned-by-digest",
+         lambda: broken(CRON, "workers-embed", lambda p: pod_container(p, "CronJob").update(
+             image="123456789012.dkr.ecr.eu-west-1.amazonaws.com/workers:latest")), embed),
+        ("unprotected-volume-in-prod", "data-volume-protected",
+         lambda: [replace(r, protect=False) if r.type == STS else r
+                  for r in resources("prod") if r.type == STS],
+         f"{STS}::primary-statefulset"),
+        ("storage-class-deletes-volumes", "data-volume-protected",
+         lambda: [replace(r, props={**r.props, "reclaimPolicy": "Delete"})
+                  for r in resources("prod") if r.type == rules.STORAGE_CLASS],
+         f"{rules.STORAGE_CLASS}::primary-storage-class"),
+        ("dsn-sslmode-require", "dsn-sslmode-verify-full",
+         lambda: broken(rules.K8S_SECRET, "workers-dsn-embed", lambda p: p["stringData"].update(
+             TICKSTACK_EMBED_DSN="postgresql://embed_worker:pw@db:5432/tickstack"
+                                 "?sslmode=require")),
+         f"{rules.K8S_SECRET}::workers-dsn-embed"),
+        ("dsn-without-sslmode", "dsn-sslmode-verify-full",
+         lambda: broken(CM, "workers-env", cm("report.conf",
+                                              "host=db dbname=tickstack user=reader")),
          env_cm),
     ]
 
@@ -259,9 +310,9 @@ def test_pulumi_secret_in_configmap_fails() -> None:
 def test_static_key_id_in_configmap_fails() -> None:
     found = rules.check(broken(CM, "workers-env", lambda p: p["data"].update(
         NOTE="AKIAABCDEFGHIJKLMNOP")))
+    found = [v for v in found if v.resource == f"{CM}::workers-env"]
     assert {v.rule for v in found} == {"no-static-access-keys",
                                         "no-plaintext-secrets-in-configmaps"}
-    assert {v.resource for v in found} == {f"{CM}::workers-env"}
 
 
 def test_second_bucket_without_protection_is_named() -> None:
@@ -269,7 +320,8 @@ def test_second_bucket_without_protection_is_named() -> None:
     extra = Resource(type=rules.BUCKET, name="scratch", props={"forceDestroy": True},
                      urn="urn:pulumi:dev::tickstack::aws:s3/bucket:Bucket::scratch")
     found = rules.check([*resources(), extra])
-    assert {(v.rule, v.resource) for v in found} == {
+    assert {(v.rule, v.resource) for v in found} - {
+        (v.rule, v.resource) for v in primary_image_unpinned(resources())} == {
         ("s3-bucket-encrypted", "aws:s3/bucket:Bucket::scratch"),
         ("s3-bucket-not-public", "aws:s3/bucket:Bucket::scratch"),
         ("s3-bucket-tls-only", "aws:s3/bucket:Bucket::scratch"),
@@ -293,13 +345,26 @@ def _servicer():
                                    None)
 
 
-def analyze(res: list[Resource]) -> list[tuple[str, str, str]]:
-    """(policy, urn, message) of every diagnostic the pack's analyzer service returns."""
+def analyze(res: list[Resource], production: bool = False) -> list[tuple[str, str, str]]:
+    """(policy, urn, message) of every diagnostic the pack's analyzer service returns;
+    `production`: what the pack reads from the stack's config at run time."""
+    import infra.policy.__main__ as pack
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(pack, "production", lambda: production)
+    try:
+        return _analyze(res)
+    finally:
+        mp.undo()
+
+
+def _analyze(res: list[Resource]) -> list[tuple[str, str, str]]:
     svc = _servicer()
     out = []
     for r in res:
-        req = analyzer_pb2.AnalyzeRequest(type=r.type, name=r.name, urn=r.urn,
-                                          properties=_struct(dict(r.props)))
+        req = analyzer_pb2.AnalyzeRequest(
+            type=r.type, name=r.name, urn=r.urn, properties=_struct(dict(r.props)),
+            options=analyzer_pb2.AnalyzerResourceOptions(protect=r.protect))
         out += [(d.policyName, d.urn or r.urn, d.message)
                 for d in svc.Analyze(req, None).diagnostics]
     stack_req = analyzer_pb2.AnalyzeStackRequest(resources=[
@@ -316,7 +381,14 @@ def analyze(res: list[Resource]) -> list[tuple[str, str, str]]:
 
 
 def test_engine_passes_the_rendered_stack() -> None:
-    assert analyze(resources("prod")) == []
+    res = resources("prod")
+    want = {(v.rule, next(r.urn for r in res if r.label == v.resource))
+            for v in primary_image_unpinned(res)}
+    assert {(p, u) for p, u, _ in analyze(res, production=True)} == want
+    # Unprotected, the same production stack is refused for its data volume.
+    bare = [replace(r, protect=False) for r in res]
+    assert ("data-volume-protected", next(r.urn for r in res if r.type == STS)) in {
+        (p, u) for p, u, _ in analyze(bare, production=True)}
 
 
 def test_engine_reports_broken_resources_by_urn() -> None:
@@ -324,7 +396,7 @@ def test_engine_reports_broken_resources_by_urn() -> None:
     res = [r for r in res if r.name != "storage-backup-policy"]
     found = analyze(res)
     urn = {r.name: r.urn for r in res}
-    assert {(p, u) for p, u, _ in found} == {
+    assert {(p, u) for p, u, _ in found if p != "image-pinned-by-digest"} == {
         ("rds-not-public", urn["replica-db"]),
         ("s3-bucket-tls-only", urn["storage-backup"]),
     }, found

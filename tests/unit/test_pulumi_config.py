@@ -27,7 +27,7 @@ def problems(stack: str = "dev", *, kubeconfig: bool = False, region: str | None
 @pytest.mark.parametrize("stack", STACKS)
 def test_stack_files_validate(stack):
     cfg = sc.validate(raw(stack), kubeconfig_given=False, region="eu-west-1")
-    assert cfg.cluster_stack == f"tickstack/eks-cluster/{stack}"
+    assert cfg.cluster_stack == f"organization/eks-cluster/{stack}"
     assert cfg.restore is None
 
 

@@ -25,9 +25,8 @@ def statefulset(stack: str, **overrides) -> dict:
     return graph(stack, **overrides).get(STS, "primary-statefulset").plain
 
 
-def postgres_container(sts: dict) -> dict:
-    [c] = sts["spec"]["template"]["spec"]["containers"]
-    assert c["name"] == database.CONTAINER
+def postgres_container(sts: dict, name: str = database.CONTAINER) -> dict:
+    [c] = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == name]
     return c
 
 
@@ -47,7 +46,12 @@ def test_one_timescaledb_pod_with_a_retained_volume_sized_by_config(stack):
     [claim] = spec["volumeClaimTemplates"]
     assert claim["spec"]["resources"]["requests"]["storage"] == stack_value(
         stack, "primaryStorageSize")
-    assert claim["spec"]["storageClassName"] == stack_value(stack, "primaryStorageClass")
+    # The program's own StorageClass: volumes kept (Retain) and growable.
+    g = graph(stack)
+    [sc] = g.of_type("kubernetes:storage.k8s.io/v1:StorageClass")
+    assert claim["spec"]["storageClassName"] == sc.plain["metadata"]["name"]
+    assert sc.plain["reclaimPolicy"] == "Retain" and sc.plain["allowVolumeExpansion"] is True
+    assert sc.plain["parameters"]["encrypted"] == "true"
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain",
                                                            "whenScaled": "Retain"}
@@ -127,7 +131,7 @@ def test_services_are_cluster_internal(stack):
     g = graph(stack)
     svc = g.get("kubernetes:core/v1:Service", "primary-service").plain
     assert svc["spec"]["type"] == "ClusterIP"
-    assert [p["port"] for p in svc["spec"]["ports"]] == [database.PORT]
+    assert [p["port"] for p in svc["spec"]["ports"]] == [database.PORT, database.PGBACKREST_PORT]
     headless = g.get("kubernetes:core/v1:Service", "primary-headless").plain
     assert headless["spec"]["clusterIP"] == "None"
     sts = statefulset(stack)
@@ -163,3 +167,42 @@ def test_a_config_change_rolls_the_pod():
 
     assert digest() != digest(**{"tickstack:primarySharedBuffers": "1GB"})
     assert digest() != digest(**{"tickstack:backupRetentionFull": 2})
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_pgbackrest_runs_as_a_sidecar_with_its_own_resources_serving_tls(stack):
+    sts = statefulset(stack)
+    side = postgres_container(sts, database.SIDECAR)
+    assert side["command"] == ["pgbackrest", f"--config={database.PGBACKREST_CONF}", "server"]
+    assert side["image"] == postgres_container(sts)["image"]
+    assert side["resources"]["requests"] == {"cpu": "250m", "memory": "256Mi"}
+    mounts = {m["name"]: m["mountPath"] for m in side["volumeMounts"]}
+    assert mounts["data"] == database.PGDATA_MOUNT and mounts["tls"] == database.TLS_DIR
+    assert side["ports"] == [{"name": "pgbackrest", "containerPort": database.PGBACKREST_PORT,
+                              "protocol": "TCP"}]
+    ini = pgbackrest_ini(stack)
+    assert ini["global"]["tls-server-auth"] == f"{configs.PGBACKREST_CLIENT_CN}={configs.STANZA}"
+    assert ini["global"]["tls-server-cert-file"] == database.SERVER_TLS.cert
+    # No postStart hook: the stanza is the stanza Job's (a failure fails the deploy).
+    assert "lifecycle" not in postgres_container(sts)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_postgres_serves_tls_only_with_the_stacks_certificate(stack):
+    g = graph(stack)
+    data = config_map_data(g, "primary-postgres-config")
+    assert "ssl = on" in data["tickstack.conf"].splitlines()
+    assert f"ssl_cert_file = '{database.SERVER_TLS.cert}'" in data["tickstack.conf"]
+    tcp = [ln.split()[0] for ln in data["pg_hba.conf"].splitlines()
+           if ln and not ln.startswith(("#", "local"))]
+    assert tcp and set(tcp) == {"hostssl"}
+    secret = g.get("kubernetes:core/v1:Secret", "primary-tls").plain
+    assert secret["type"] == "kubernetes.io/tls"
+    vol = [v for v in statefulset(stack)["spec"]["template"]["spec"]["volumes"]
+           if v["name"] == "tls"][0]
+    assert vol["secret"]["secretName"] == secret["metadata"]["name"]
+    assert vol["secret"]["defaultMode"] == 0o440  # Postgres refuses a world-readable key
+    csr = g.get("tls:index/certRequest:CertRequest", "primary-server-csr").plain
+    assert g.outputs["primaryHost"] in csr["dnsNames"]
+    cert = g.get("tls:index/locallySignedCert:LocallySignedCert", "primary-server-cert").plain
+    assert "server_auth" in cert["allowedUses"] and cert["earlyRenewalHours"] > 0

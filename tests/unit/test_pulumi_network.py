@@ -87,6 +87,8 @@ def targets(stack: str) -> dict[str, Peer]:
     return {
         "database": Peer(database.PORT, labels=kx.labels("database", name=database.NAME),
                          namespace=ns),
+        "pgbackrest": Peer(database.PGBACKREST_PORT,
+                           labels=kx.labels("database", name=database.NAME), namespace=ns),
         "dns": Peer(53, "UDP", labels={"k8s-app": "kube-dns"}, namespace="kube-system"),
         "replica": Peer(5432, ip=str(vpc.network_address + 1234)),
         "s3": Peer(443, ip="52.218.100.1"),
@@ -106,7 +108,10 @@ EXPECTED = {
     "replicate": {"dns", "database", "replica", "s3"},
     "embed": {"dns", "database"},
     "retention": {"dns", "database", "replica"},
-    "backup": {"dns", "database", "s3"},
+    # Backups: pgBackRest's TLS server in the primary's pod, S3 (the repository), and the
+    # database for the archiver's state (backup --check).
+    "backup": {"dns", "database", "pgbackrest", "s3"},
+    "stanza": {"dns", "database", "pgbackrest", "s3"},
 }
 
 
@@ -153,6 +158,11 @@ def test_only_db_clients_reach_the_database_and_nothing_reaches_workers(stack):
     for component in ("ingest", "embed", "backup"):
         assert not allowed(policies(stack), labels[component],
                            Peer(9108, labels=labels["embed"], namespace=ns), ns, "ingress")
+    # pgBackRest's TLS server: the backup workers only.
+    for component, lbl in labels.items():
+        peer = Peer(database.PGBACKREST_PORT, labels=lbl, namespace=ns)
+        assert allowed(policies(stack), db, peer, ns, "ingress") is (
+            component in ("backup", "stanza")), component
 
 
 def test_evaluator_sees_a_missing_default_deny():

@@ -22,9 +22,13 @@ PGBACKREST_INPUTS = {
     "repo1-s3-key-type", "repo1-storage-verify-tls", "repo1-storage-port", "repo1-s3-kms-key-id",
     "repo1-retention-full", "repo1-retention-diff", "log-path", "lock-path", "spool-path",
     "pg1-path", "pg1-port", "pg1-socket-path",
+    # pgBackRest's TLS server: where it listens and its certificate's files.
+    "tls-server-address", "tls-server-port", "tls-server-cert-file", "tls-server-key-file",
+    "tls-server-ca-file",
 }
 POSTGRES_INPUTS = {"listen_addresses", "port", "unix_socket_directories", "hba_file",
-                   "shared_buffers", "max_connections", "archive_command"}
+                   "shared_buffers", "max_connections", "archive_command", "ssl_cert_file",
+                   "ssl_key_file"}
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +57,19 @@ def local(tmp_path_factory):
     mp.setattr(local_env, "make_db_dir", lambda p, mode=0o700: p.mkdir(parents=True,
                                                                        exist_ok=True))
     mp.setattr(local_pg, "chown_db", lambda p, mode=None: None)
+    from infra.local import tls as local_tls
+
+    mp.setattr(local_tls, "chown_db", lambda p, mode=None: None)
     try:
         env = local_env.LocalEnv(state)
         for c in (env.primary, env.replica):
             c.data.mkdir(parents=True, exist_ok=True)
+        env.tls.ensure()
         env.render()
         written = {"pgbackrest.conf": env.pgbackrest_conf_path.read_text(),
-                   "tickstack.conf": (env.primary.data / "tickstack.conf").read_text()}
+                   "pgbackrest-client.conf": env.pgbackrest_client_conf_path.read_text(),
+                   "tickstack.conf": (env.primary.data / "tickstack.conf").read_text(),
+                   "pg_hba.conf": (env.primary.data / "pg_hba.conf").read_text()}
     finally:
         mp.undo()
     return written, calls
@@ -102,10 +112,21 @@ def pg_settings(*texts: str) -> dict[str, str]:
     return out
 
 
+def server_call(calls):
+    [c] = [c for c in calls["pgbackrest_conf"] if c[1].get("server")]
+    return c
+
+
+def client_call(calls):
+    [c] = [c for c in calls["pgbackrest_conf"] if c[1].get("remote")]
+    return c
+
+
 def test_the_local_environment_writes_exactly_what_the_renderer_returns(local):
     written, calls = local
-    [(_, _, pgbr)] = calls["pgbackrest_conf"]
-    assert written["pgbackrest.conf"] == pgbr
+    assert len(calls["pgbackrest_conf"]) == 2
+    assert written["pgbackrest.conf"] == server_call(calls)[2]
+    assert written["pgbackrest-client.conf"] == client_call(calls)[2]
     primary = [c for c in calls["postgres_conf"] if c[1]["role"] == "primary"]
     assert written["tickstack.conf"] == configs.postgres_conf_text(primary[0][2])
 
@@ -113,12 +134,23 @@ def test_the_local_environment_writes_exactly_what_the_renderer_returns(local):
 @pytest.mark.parametrize("stack", STACKS)
 def test_same_inputs_give_the_same_pgbackrest_conf(local, stack):
     _, calls = local
-    [(args, kwargs, _)] = calls["pgbackrest_conf"]
-    assert len(args) == 3  # repo, pg, paths: the inputs; any other option must be shared
-    # The local call, with the cloud's inputs in place of the local ones, is the cloud's file.
-    same = configs.pgbackrest_conf(database.cloud_backup_repo(cloud_target(stack)),
-                                   database.CLOUD_PG, database.CLOUD_PATHS, **kwargs)
+    repo = database.cloud_backup_repo(cloud_target(stack))
+    # The database host's file: the local call, with the cloud's inputs in place of the local
+    # ones (repo, pg, paths, the TLS server's address/files), is the cloud's file.
+    args, kwargs, _ = server_call(calls)
+    assert len(args) == 3 and set(kwargs) == {"server"}
+    same = configs.pgbackrest_conf(repo, database.CLOUD_PG, database.CLOUD_PATHS,
+                                   server=database.CLOUD_SERVER)
     assert cloud_files(stack)["pgbackrest.conf"] == same
+    # The backup workers' file likewise.
+    args, kwargs, _ = client_call(calls)
+    assert len(args) == 3 and set(kwargs) == {"remote"}
+    ns = stack_value(stack, "namespace")
+    same = configs.pgbackrest_conf(repo, database.CLOUD_PG, database.CLIENT_PATHS,
+                                   remote=configs.PgBackRestRemote(
+                                       host=database.service_host(ns), tls=database.CLIENT_TLS))
+    assert config_map_data(graph(stack), "primary-pgbackrest-client-config")[
+        "pgbackrest.conf"] == same
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -129,7 +161,8 @@ def test_same_inputs_give_the_same_postgres_settings(local, stack):
     # environment's is its command line; the rest is the local call with the cloud's inputs.
     shared = {k: v for k, v in kwargs.items()
               if k not in ("listen_addresses", "port", "socket_dir")}
-    shared.update(pgbackrest_config=database.PGBACKREST_CONF, tuning=cloud_tuning(stack))
+    shared.update(pgbackrest_config=database.PGBACKREST_CONF, tuning=cloud_tuning(stack),
+                  tls=database.SERVER_TLS)
     same = configs.postgres_conf_text(configs.postgres_conf(**shared))
     assert cloud_files(stack)["tickstack.conf"] == same
 
@@ -149,10 +182,21 @@ def test_only_inputs_differ_between_the_environments_files(local, stack):
     keys = set(cloud_pg) | set(here_pg)
     differ = {k for k in keys if cloud_pg.get(k) != here_pg.get(k)}
     assert differ <= POSTGRES_INPUTS, differ - POSTGRES_INPUTS
-    # Both archive WAL with pgBackRest and preload TimescaleDB: never an input.
+    # Both archive WAL with pgBackRest, preload TimescaleDB and serve TLS: never an input.
     for s in (cloud_pg, here_pg):
         assert s["shared_preload_libraries"] == "'timescaledb'"
         assert "archive-push %p" in s["archive_command"]
+        assert s["ssl"] == "on"
+    # The same pg_hba.conf rules (TLS only over TCP); only the network differs.
+    def rules(text):
+        return [ln.split()[:4] for ln in text.splitlines() if ln and not ln.startswith("#")]
+
+    assert rules(files["pg_hba.conf"])[:2] == rules(written["pg_hba.conf"])[:2]
+    assert [r[:3] for r in rules(files["pg_hba.conf"])[2:]] == [
+        ["hostssl", "all", "all"]] * 2
+    assert rules(written["pg_hba.conf"])[2:] == [["hostssl", "all", "all", "127.0.0.1/32"]]
+    assert {r[0] for r in rules(files["pg_hba.conf"]) + rules(written["pg_hba.conf"])} == {
+        "local", "hostssl"}
 
 
 def test_the_program_never_imports_the_local_environment():

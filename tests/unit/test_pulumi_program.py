@@ -223,7 +223,8 @@ def test_dev_and_prod_differ_in_sizes_retention_protection_and_schedules():
         assert val(dev, type_, name, *path) != val(prod, type_, name, *path), (name, path)
     assert val(prod, rds, "replica-db", "deletionProtection") is True
     protected = {r.name for r in prod.resources if r.protect}
-    assert protected == {"storage-key", "storage-landing", "storage-backup", "replica-db"}
+    assert protected == {"storage-key", "storage-landing", "storage-backup", "replica-db",
+                         "cluster-namespace", "primary-statefulset", "primary-storage-class"}
     assert not any(r.protect for r in dev.resources)
 
 

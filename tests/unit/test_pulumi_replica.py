@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from infra.components import replica
+from infra.components import replica, workers
 from infra.offline.mocking import example_cluster_outputs, unwrap
 from tests.unit.pulumi_stacks import STACKS, graph, stack_value
 
@@ -106,6 +106,8 @@ def test_workers_get_the_replica_dsn_from_a_secret_over_tls(stack):
         assert "stringData" in s.secret_paths()
         dsn = urlparse(data["TICKSTACK_REPLICA_DSN"])
         assert (dsn.hostname, dsn.port) == (host, replica.PORT)
-        assert parse_qs(dsn.query)["sslmode"] == ["require"]
+        # RDS's certificate is verified against Amazon's CA bundle in the image.
+        assert parse_qs(dsn.query)["sslmode"] == ["verify-full"]
+        assert parse_qs(dsn.query)["sslrootcert"] == [workers.RDS_CA_BUNDLE]
     # migrate, ingest, replicate, retention
     assert seen == 4

@@ -31,7 +31,7 @@ def db_pod(g) -> dict:
 def test_normal_stacks_start_an_empty_database(stack):
     g = graph(stack)
     assert db_pod(g)["spec"]["initContainers"] == []
-    assert [r.name for r in g.of_type(JOB)] == ["workers-migrate"]
+    assert [r.name for r in g.of_type(JOB)] == ["workers-migrate", "workers-stanza"]
     assert g.outputs["restoreTarget"] == ""
 
 
@@ -40,7 +40,7 @@ def test_restore_runs_pgbackrest_before_postgres_starts(stack):
     g = restore_graph(stack)
     pod = db_pod(g)
     [init] = pod["spec"]["initContainers"]
-    [pg] = pod["spec"]["containers"]
+    [pg] = [c for c in pod["spec"]["containers"] if c["name"] == database.CONTAINER]
     assert init["image"] == pg["image"]  # timescaledb-ha carries pgBackRest
     assert init["securityContext"] == pg["securityContext"]
     assert init["volumeMounts"] == pg["volumeMounts"]  # same data volume, same pgbackrest.conf

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from infra.offline.mocking import mock_digest
 from tests.unit.pulumi_stacks import STACKS, graph, stack_value
 
 S3 = "aws:s3/"
@@ -125,8 +126,11 @@ def test_image_repository_scans_on_push_and_is_immutable(stack):
     assert repo["imageTagMutability"] == "IMMUTABLE"
     assert repo["encryptionConfigurations"] == [
         {"encryptionType": "KMS", "kmsKey": g.outputs["kmsKeyArn"]}]
-    assert g.outputs["workerImage"] == (g.outputs["imageRepository"] + ":"
-                                        + stack_value(stack, "workerImageTag"))
+    # Tagged by the commit, run by digest (the digest ECR reports for that tag).
+    tag = stack_value(stack, "workerImageTag")
+    repo_name = repo.get("name") or g.outputs["imageRepository"].rsplit("/", 1)[1]
+    assert g.outputs["workerImage"] == (g.outputs["imageRepository"] + ":" + tag + "@"
+                                        + mock_digest(f"{repo_name}:{tag}"))
 
 
 def test_data_is_protected_in_prod_only():

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 from infra import configs
-from infra.components import access, replica, workers
+from infra.components import access, database, replica, workers
 from infra.offline.mocking import unwrap
 from tests.unit.pulumi_stacks import (
     STACKS,
+    config,
     config_map_data,
     depends_on,
     env_of,
@@ -28,17 +29,26 @@ SECRET = "kubernetes:core/v1:Secret"
 # resource name -> (type, args after `python -m workers`, service account, primary login)
 WORKLOADS = {
     "workers-migrate": (JOB, ["migrate"], access.WORKER_SA, "postgres"),
-    "workers-ingest": (DEPLOY, ["stream", "--url", None, "--symbol", "BTCUSDT"],
+    "workers-ingest": (DEPLOY, ["stream", "--url", None, "--symbol", "BTCUSDT", "--market",
+                                 "spot"],
                        access.LANDING_SA, "ingest_worker"),
     "workers-replicate": (CRON, ["replicate"], access.LANDING_SA, "ingest_worker"),
     "workers-embed": (CRON, ["embed"], access.WORKER_SA, "embed_worker"),
     "workers-retention": (CRON, ["retention"], access.WORKER_SA, "retention_worker"),
-    "workers-backup-full": (CRON, ["backup", "--type", "full"], access.BACKUP_SA, "reader"),
-    "workers-backup-diff": (CRON, ["backup", "--type", "diff"], access.BACKUP_SA, "reader"),
+    "workers-stanza": (JOB, ["backup", "--stanza-create"], access.BACKUP_SA, "backup_worker"),
+    "workers-backup-full": (CRON, ["backup", "--type", "full"], access.BACKUP_SA,
+                            "backup_worker"),
+    "workers-backup-diff": (CRON, ["backup", "--type", "diff"], access.BACKUP_SA,
+                            "backup_worker"),
+    "workers-backup-check": (CRON, ["backup", "--check"], access.BACKUP_SA, "backup_worker"),
 }
+# The login each workload uses on the replica (None: it does not connect there).
+REPLICA_LOGINS = {"workers-migrate": replica.MASTER_USER, "workers-ingest": "ingest_worker",
+                  "workers-replicate": "replicate_worker",
+                  "workers-retention": "retention_worker"}
 SCHEDULES = {"workers-embed": "embed", "workers-replicate": "replicate",
              "workers-retention": "retention", "workers-backup-full": "backupFull",
-             "workers-backup-diff": "backupDiff"}
+             "workers-backup-diff": "backupDiff", "workers-backup-check": "backupCheck"}
 
 
 def container(g, name: str) -> tuple[dict, dict]:
@@ -60,7 +70,8 @@ def dsn_data(g, pod: dict, c: dict) -> dict[str, str]:
 def test_every_workload_runs_its_command_from_the_one_image(stack):
     g = graph(stack)
     image = g.outputs["workerImage"]
-    assert image == f"{g.outputs['imageRepository']}:{stack_value(stack, 'workerImageTag')}"
+    assert image.startswith(f"{g.outputs['imageRepository']}:"
+                            f"{stack_value(stack, 'workerImageTag')}@sha256:")
     for name, (_, args, _, _) in WORKLOADS.items():
         _, c = container(g, name)
         assert c["image"] == image, name
@@ -85,6 +96,8 @@ def test_migrations_run_first_after_the_databases(stack):
     for name, (type_, *_) in WORKLOADS.items():
         if name != "workers-migrate":
             assert f"{JOB}::workers-migrate" in depends_on(g, g.get(type_, name)), name
+        if type_ != JOB:  # the workers start once the stanza is known to work
+            assert f"{JOB}::workers-stanza" in depends_on(g, g.get(type_, name)), name
     # A Job that is replaced by a new image must get a new name: no fixed metadata.name.
     assert "name" not in migrate.plain["metadata"]
     assert migrate.plain["spec"]["template"]["spec"]["restartPolicy"] == "Never"
@@ -134,9 +147,12 @@ def test_each_workload_connects_as_its_own_least_privileged_login(stack):
         if login != "postgres":
             group = {u: gr for gr, u in configs.WORKER_LOGINS.items()}[login]
             assert data[configs.dsn_env_key(group)] == data["TICKSTACK_PRIMARY_DSN"]
-        if "TICKSTACK_REPLICA_DSN" in data:
-            want = replica.MASTER_USER if login == "postgres" else login
-            assert urlparse(data["TICKSTACK_REPLICA_DSN"]).username == want, name
+        replica_dsn = data.get("TICKSTACK_REPLICA_DSN")
+        assert (urlparse(replica_dsn).username if replica_dsn else None) == \
+            REPLICA_LOGINS.get(name), name
+        for v in data.values():  # every DSN verifies the server
+            q = parse_qs(urlparse(v).query)
+            assert q["sslmode"] == ["verify-full"] and q["sslrootcert"], name
     # Only the migrations get the logins file (they create the logins).
     for name in WORKLOADS:
         pod, c = container(g, name)
@@ -153,8 +169,8 @@ def test_service_accounts_and_api_tokens(stack):
     for name, (_, _, sa, _) in WORKLOADS.items():
         pod, _ = container(g, name)
         assert pod["spec"]["serviceAccountName"] == sa, name
-        # Only the backup account talks to the Kubernetes API (exec into the primary's pod).
-        assert pod["spec"]["automountServiceAccountToken"] is (sa == access.BACKUP_SA), name
+        # Nothing talks to the Kubernetes API (backups go through pgBackRest's TLS server).
+        assert pod["spec"]["automountServiceAccountToken"] is False, name
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -166,7 +182,7 @@ def test_secrets_never_reach_configmaps_or_plain_env(stack):
         aws_region="eu-west-1", log_format="json"))
     assert not any("DSN" in k or "PASSWORD" in k for k in env)
     pws = passwords(g)
-    assert len(pws) == 6  # superuser, replica master, four worker logins
+    assert len(pws) == 2 + len(configs.WORKER_LOGINS)  # superuser, replica master, logins
     plain_texts = [str(r.plain) for r in g.resources
                    if r.type not in (SECRET, "aws:rds/instance:Instance",
                                      "random:index/randomPassword:RandomPassword")]
@@ -187,3 +203,49 @@ def test_job_resources_and_deadlines(stack):
         spec = g.get(type_, name).plain["spec"]
         job = spec["jobTemplate"]["spec"] if type_ == CRON else spec
         assert job["activeDeadlineSeconds"] > 0 and job["backoffLimit"] <= 3
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_jobs_are_rerun_after_a_failure_and_waited_for_as_long_as_their_deadline(stack):
+    g = graph(stack)
+    for name in ("workers-migrate", "workers-stanza"):
+        job = g.get(JOB, name)
+        assert job.plain["metadata"]["annotations"][workers.REPLACE_UNREADY] == "true"
+        deadline = job.plain["spec"]["activeDeadlineSeconds"]
+        assert deadline == config(stack).get("tickstack:migrateTimeoutSeconds", 3600)
+        assert job.options["customTimeouts"]["create"] >= deadline
+        assert job.options["customTimeouts"]["update"] >= deadline
+
+
+def test_a_restore_target_replaces_the_migrate_job():
+    from tests.unit.pulumi_stacks import restore_graph
+
+    normal, rebuild = graph("prod"), restore_graph("prod")
+    a = normal.get(JOB, "workers-migrate").plain["spec"]["template"]
+    b = rebuild.get(JOB, "workers-migrate").plain["spec"]["template"]
+    assert a != b  # a Job's template is immutable: a different one is a new Job
+    target = rebuild.outputs["restoreTarget"]
+    assert b["metadata"]["annotations"][workers.RESTORE_TARGET_ANNOTATION] == target
+    [c] = b["spec"]["containers"]
+    assert env_of(c)["TICKSTACK_RESTORE_TARGET"] == target
+    from infra.offline import diff
+
+    d = diff.diff_graphs(normal.to_json(), rebuild.to_json())
+    [m] = [c for c in d.changed if c.name == "workers-migrate"]
+    assert m.replaces
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_backup_workers_reach_pgbackrest_with_the_client_certificate(stack):
+    g = graph(stack)
+    for name in ("workers-stanza", "workers-backup-full", "workers-backup-check"):
+        type_ = WORKLOADS[name][0]
+        pod, c = container(g, name)
+        assert env_of(c)["TICKSTACK_PGBACKREST_CONFIG"] == database.CLIENT_CONF
+        mounts = {m["mountPath"] for m in c["volumeMounts"]}
+        assert {database.CLIENT_DIR, database.CLIENT_TLS_DIR, workers.CA_DIR} <= mounts
+        assert "TICKSTACK_PGBACKREST_EXEC_POD" not in env_of(c)
+        assert type_ in (JOB, CRON)
+    conf = config_map_data(g, "primary-pgbackrest-client-config")["pgbackrest.conf"]
+    assert f"pg1-host={g.outputs['primaryHost']}" in conf
+    assert "pg1-host-type=tls" in conf

@@ -138,12 +138,10 @@ def fetch(
                                      "YYYY-MM). Default: yesterday, UTC."),
     ingest: bool = typer.Option(False, "--ingest", help="Hand each file, once verified, to "
                                 "the `workers ingest` pipeline while the others download."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List the files (cached or to "
-                                 "download, sizes); download nothing."),
-    allow_missing: bool = typer.Option(False, "--allow-missing", help="Files the archive "
-                                       "does not have (404) do not fail the run."),
-    verify: bool = typer.Option(False, "--verify", help="Re-hash cached files against their "
-                                "CHECKSUM first; fetch again what no longer matches."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the files; download nothing."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Files the archive lacks "
+                                       "(404) do not fail the run."),
+    verify: bool = typer.Option(False, "--verify", help="Re-hash cached files first."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Binance public archive -> verified local cache (TICKSTACK_ARCHIVE_CACHE_DIR).
@@ -188,7 +186,7 @@ def stream(
                               "connection."),
     json_out: bool = typer.Option(False, "--json", help="With --gaps: print JSON."),
 ) -> None:
-    """Consume a live trade stream (reconnects, detects gaps).
+    """Consume a live trade stream (reconnects, detects gaps, keeps late trades).
 
     Landing first, then the primary (ticks + offset in one transaction), then the replica (best
     effort). SIGTERM: the batch in flight is committed, exit 0. Health and metrics on
@@ -223,9 +221,8 @@ def replicate(
     still differs.
     """
     ctx = _context("replicate")
-    since_t = operations.parse_time(since)
     ctx.dsn("admin", "replica")  # no replica configured: a usage error before any work
-    r = operations.replicate(ctx, check_only=check, since=since_t)
+    r = operations.replicate(ctx, check_only=check, since=operations.parse_time(since))
     if json_out:
         typer.echo(json.dumps(r.as_dict()))
     else:
@@ -308,6 +305,9 @@ def backup(
         False, "--check", help="Only report: WAL archiving (pg_stat_archiver, waiting segments, "
         "a fresh archived WAL switch) and the repository's backups. Exit 1 when archiving is "
         "failing or stalled."),
+    stanza_create: bool = typer.Option(False, "--stanza-create", help="Only create the stanza "
+                                       "if missing and check that WAL reaches the repository "
+                                       "(the deploy's stanza Job); exit 1 otherwise."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """pgBackRest backup of the primary into the backup bucket (stanza created if missing).
@@ -316,6 +316,9 @@ def backup(
     infra/configs.py for the cloud and the local environment alike.
     """
     ctx = _context("backup")
+    if stanza_create:
+        typer.echo(operations.stanza_create(ctx))
+        return
     if check:
         r = operations.archive_check(ctx)
         if json_out:

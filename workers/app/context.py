@@ -17,7 +17,7 @@ from workers.core.errors import BadInput
 from workers.core.settings import Settings
 from workers.landing.store import Landing
 
-Login = Literal["admin", "ingest", "embed", "retention", "reader"]
+Login = Literal["admin", "ingest", "embed", "retention", "reader", "replicate", "backup"]
 Server = Literal["primary", "replica"]
 
 
@@ -31,9 +31,8 @@ class Context:
         if server == "replica":
             if not s.has_replica:
                 raise BadInput("TICKSTACK_REPLICA_DSN is empty: no replica configured")
-            if login == "retention":
-                return (s.replica_retention_dsn.get_secret_value().strip()
-                        or s.replica_dsn.get_secret_value())
+            if login in ("ingest", "replicate", "retention"):
+                return s.replica_dsn_for(login)
             return s.replica_dsn.get_secret_value()
         return s.primary_dsn.get_secret_value() if login == "admin" else s.dsn_for(login)
 
@@ -57,10 +56,18 @@ class Context:
 
         return ReplicaWriter.from_settings(self.settings, metrics)
 
-    def pgbackrest(self):
+    def pgbackrest(self, *, on_database_host: bool = False):
+        """The pgBackRest tool; `on_database_host`: with the database host's own file (restore
+        runs where the data directory is; backups go through its TLS server)."""
+        import dataclasses
+
         from workers.ops.backup import Tool
 
-        if not self.settings.pgbackrest_config:
+        s = self.settings
+        if not s.pgbackrest_config:
             raise BadInput("TICKSTACK_PGBACKREST_CONFIG is not set (the pgbackrest.conf "
                            "rendered by infra/configs.py; `python -m infra.local env` sets it)")
-        return Tool.from_settings(self.settings)
+        tool = Tool.from_settings(s)
+        if on_database_host and s.pgbackrest_pg_config:
+            tool = dataclasses.replace(tool, config=s.pgbackrest_pg_config)
+        return tool

@@ -171,7 +171,7 @@ def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
 def replicate(ctx: Context, *, check_only: bool = False, since: datetime | None = None):
     from workers.replica import catchup
 
-    with ctx.connect("ingest") as primary, ctx.connect("admin", "replica") as replica:
+    with ctx.connect("ingest") as primary, ctx.connect("replicate", "replica") as replica:
         return catchup.run(primary, replica, ctx.landing, check_only=check_only, since=since)
 
 
@@ -230,11 +230,21 @@ def full_backup_unless_current(ctx: Context, *, force: bool = False):
         return backups.full_backup_unless_current(tool, conn, force=force)
 
 
+def stanza_create(ctx: Context) -> str:
+    """The stanza if missing, then `pgbackrest check`: WAL archiving reaches the repository."""
+    from workers.ops import backup as backups
+
+    tool = ctx.pgbackrest()
+    backups.ensure_stanza(tool)
+    tool.ok("check", "--archive-timeout=60", timeout=300)
+    return f"backup: stanza {tool.stanza} exists and WAL archiving reaches the repository"
+
+
 def archive_check(ctx: Context):
     from workers.ops import backup as backups
 
     tool = ctx.pgbackrest()
-    with ctx.connect("admin") as conn:
+    with ctx.connect("backup") as conn:
         return backups.check(conn, tool, stall_seconds=ctx.settings.archive_stall_seconds)
 
 
@@ -248,8 +258,8 @@ def restore(ctx: Context, target: datetime, *, force: bool = False, skip_pitr: b
     report = rebuild.RestoreReport(target.isoformat())
     admin = ctx.dsn("admin")
     if not skip_pitr:
-        rebuild.pitr(ctx.pgbackrest(), ctx.settings.pg_bindir, target, force=force,
-                     admin_dsn=admin, report=report, timeline=timeline)
+        rebuild.pitr(ctx.pgbackrest(on_database_host=True), ctx.settings.pg_bindir, target,
+                     force=force, admin_dsn=admin, report=report, timeline=timeline)
     with ctx.connect("admin") as conn:
         report.timed("verify extensions and migration ledger",
                      lambda: rebuild.verify(conn, [(m.name, m.sha256) for m in discover()]))

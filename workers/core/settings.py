@@ -28,7 +28,12 @@ class Settings(BaseSettings):
     embed_dsn: SecretStr = SecretStr("")
     retention_dsn: SecretStr = SecretStr("")
     reader_dsn: SecretStr = SecretStr("")
-    # The retention login on the replica (empty: the replica DSN itself).
+    replicate_dsn: SecretStr = SecretStr("")
+    backup_dsn: SecretStr = SecretStr("")
+    # The same logins on the replica (empty: the replica DSN itself): the dual-write and
+    # replicate connect there as their own login, as in the cloud.
+    replica_ingest_dsn: SecretStr = SecretStr("")
+    replica_replicate_dsn: SecretStr = SecretStr("")
     replica_retention_dsn: SecretStr = SecretStr("")
     worker_logins_file: str | None = Field(
         None,
@@ -42,18 +47,16 @@ class Settings(BaseSettings):
     landing_bucket: str = "tickstack-landing"
     backup_bucket: str = "tickstack-backup"
     pgbackrest_config: str | None = Field(
-        None, description="pgbackrest.conf path (rendered by infra/configs.py)."
+        None, description="pgbackrest.conf path (rendered by infra/configs.py): backups and "
+        "checks, through pgBackRest's TLS server on the database host."
     )
+    pgbackrest_pg_config: str | None = Field(
+        None, description="The database host's pgbackrest.conf, for `restore` (it runs where "
+        "the data directory is); default: TICKSTACK_PGBACKREST_CONFIG.")
     stanza: str = "tickstack"
     pgbackrest_os_user: str | None = Field(
         None, description="Run pgBackRest and pg_ctl as this OS user when running as root "
         "(they must act as the database's owner; `postgres` locally).")
-    pgbackrest_exec_pod: str | None = Field(
-        None, description="Run pgBackRest in this pod (the primary's) through the Kubernetes "
-        "API instead of locally: the cloud's backup CronJobs, which have no data directory.")
-    pgbackrest_exec_container: str | None = None
-    pgbackrest_exec_namespace: str | None = Field(
-        None, description="The pod's namespace (default: the namespace this pod runs in).")
     pg_bindir: str = Field("/usr/lib/postgresql/15/bin",
                            description="PostgreSQL server binaries (pg_ctl), for `restore`.")
     archive_stall_seconds: int = Field(
@@ -140,9 +143,14 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: str = "info"
 
-    def dsn_for(self, worker: Literal["ingest", "embed", "retention", "reader"]) -> str:
+    def dsn_for(self, worker: Literal["ingest", "embed", "retention", "reader", "replicate",
+                                      "backup"]) -> str:
         own = getattr(self, f"{worker}_dsn").get_secret_value().strip()
         return own or self.primary_dsn.get_secret_value()
+
+    def replica_dsn_for(self, worker: Literal["ingest", "replicate", "retention"]) -> str:
+        own = getattr(self, f"replica_{worker}_dsn").get_secret_value().strip()
+        return own or self.replica_dsn.get_secret_value()
 
     @property
     def has_replica(self) -> bool:
@@ -157,8 +165,7 @@ class Settings(BaseSettings):
         """(server, DSN) pairs retention runs on: the primary, then the replica when set."""
         out = [("primary", self.dsn_for("retention"))]
         if self.has_replica:
-            out.append(("replica", self.replica_retention_dsn.get_secret_value().strip()
-                        or self.replica_dsn.get_secret_value()))
+            out.append(("replica", self.replica_dsn_for("retention")))
         return out
 
 

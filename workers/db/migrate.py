@@ -34,7 +34,8 @@ FILE_RE = re.compile(r"^\d{3}_[a-z0-9_]+\.sql$")
 # pg_advisory_lock key: a fixed 64-bit number derived from the project name.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"tickstack.migrate").digest()[:8], "big", signed=True)
 MIGRATOR_ROLE = "tickstack_migrator"
-WORKER_ROLES = ("tickstack_ingest", "tickstack_embed", "tickstack_retention", "tickstack_reader")
+WORKER_ROLES = ("tickstack_ingest", "tickstack_embed", "tickstack_retention", "tickstack_reader",
+                "tickstack_replicate", "tickstack_backup")
 
 log = logs.get("migrate")
 
@@ -148,12 +149,45 @@ def load_logins(path: str | None) -> dict[str, tuple[str, str]] | None:
     return {group: (v["user"], v["password"]) for group, v in raw.items()}
 
 
+def ensure_database(dsn: str, **kw) -> bool:
+    """Create the database the DSN names when the server does not have it; True if created.
+
+    Bootstrap is the migrator's, on every server alike (the primary's image creates no
+    database of ours, RDS only its `db_name`, the local clusters none): the admin connects to
+    the server's maintenance database `postgres` and runs CREATE DATABASE. A concurrent
+    runner creating it first is fine.
+    """
+    from psycopg import conninfo
+
+    try:
+        psycopg.connect(dsn, connect_timeout=30, **kw).close()
+        return False
+    except psycopg.OperationalError as e:
+        if "does not exist" not in str(e) or "database" not in str(e):
+            raise
+    name = conninfo.conninfo_to_dict(dsn).get("dbname")
+    if not name:
+        raise MigrationError("the DSN names no database")
+    with psycopg.connect(conninfo.make_conninfo(dsn, dbname="postgres"), autocommit=True,
+                         connect_timeout=30, **kw) as c:
+        try:
+            c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except psycopg.errors.DuplicateDatabase:
+            return False
+    log.info("created database", database=name)
+    return True
+
+
 def run(dsn: str, *, password: str | None = None, sql_dir: Path = SQL_DIR,
         status_only: bool = False, lock_timeout: str = "10s",
         logins: dict[str, tuple[str, str]] | None = None, server: str = "server") -> Result:
-    """Apply pending migrations to one server. `logins`: group role -> (user, password)."""
+    """Apply pending migrations to one server. `logins`: group role -> (user, password).
+
+    The database is created first when missing (not with `status_only`)."""
     files = discover(sql_dir)
     kw = {"password": password} if password else {}
+    if not status_only:
+        ensure_database(dsn, **kw)
     with psycopg.connect(dsn, autocommit=True, **kw) as lock_conn, \
             psycopg.connect(dsn, **kw) as conn:
         lock_conn.execute("SELECT pg_advisory_lock(%s)", [LOCK_KEY])

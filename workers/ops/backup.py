@@ -22,8 +22,6 @@ import psycopg
 from workers.core import logs
 from workers.core.errors import BadInput, Failed
 from workers.core.sqlfiles import query
-from workers.ops import podexec
-from workers.ops.podexec import PodTarget
 
 log = logs.get("backup")
 
@@ -39,14 +37,10 @@ class Tool:
     config: str
     stanza: str
     os_user: str | None = None
-    # In Kubernetes: run in the primary's pod (the data is there), with its own identity.
-    pod: PodTarget | None = None
 
     @classmethod
     def from_settings(cls, s) -> Tool:
-        pod = PodTarget(s.pgbackrest_exec_pod, s.pgbackrest_exec_container or None,
-                        s.pgbackrest_exec_namespace or None) if s.pgbackrest_exec_pod else None
-        return cls(s.pgbackrest_config, s.stanza, s.pgbackrest_os_user, pod)
+        return cls(s.pgbackrest_config, s.stanza, s.pgbackrest_os_user)
 
     def _env_and_user(self) -> tuple[dict[str, str], dict]:
         env = dict(os.environ)
@@ -66,17 +60,6 @@ class Tool:
 
     def exec(self, cmd: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
         try:
-            if self.pod:
-                # No keys travel: the primary's pod has its own IRSA role for the backup bucket.
-                try:
-                    return podexec.run(self.pod, cmd, env={}, timeout=timeout)
-                except (RuntimeError, OSError, ImportError) as e:
-                    raise BackupError(f"cannot run {cmd[0]} in pod {self.pod.pod}: {e}") from None
-                except Exception as e:  # the Kubernetes client's ApiException and the like
-                    if type(e).__name__ in ("ApiException", "ConfigException"):
-                        raise BackupError(f"cannot run {cmd[0]} in pod {self.pod.pod}: "
-                                          f"{type(e).__name__}: {str(e).strip()[:300]}") from None
-                    raise
             env, kw = self._env_and_user()
             return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
                                   **kw)

@@ -78,7 +78,7 @@ class ReplicaWriter:
     def from_settings(cls, s, metrics: Metrics | None = None) -> ReplicaWriter | None:
         if not s.has_replica:
             return None
-        return cls(s.replica_dsn.get_secret_value(), s.dsn_for("ingest"),
+        return cls(s.replica_dsn_for("ingest"), s.dsn_for("ingest"),
                    timeout=s.replica_timeout_seconds,
                    failures_to_open=s.replica_breaker_failures,
                    cooldown=s.replica_breaker_cooldown_seconds, queue_max=s.replica_queue,

@@ -1,0 +1,156 @@
+"""Every workload the Pulumi program renders runs for real (tests/integration/cloudsim.py).
+
+For dev and prod: the servers are bootstrapped from the render exactly as the cloud's would be
+(the primary's image from the StatefulSet's env, RDS from the instance's inputs), then every
+Job, Deployment and CronJob container runs its exact command and arguments with the env and
+volumes Kubernetes would give it, against those servers. Each must succeed: the migrations
+Job (which must create its own database: nothing else does), the stanza Job, the stream
+Deployment (ready, then a clean SIGTERM), and every CronJob — a backup taken through
+pgBackRest's TLS server with the client certificate, `backup --check` healthy after it,
+replicate as its own replica login.
+
+Then deliberately broken renders — a wrong env name, a missing secret key, a DSN naming a
+database nobody creates, a wrong argument — must each fail here: what mocks let through.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+
+from tests.conftest import make_state_dir
+from tests.integration import cloudsim
+from tests.integration.wsreplay import ReplayServer, trade_messages
+from tests.unit import pulumi_stacks
+
+# The order a first deploy runs them in (Pulumi's dependencies), then the schedules'.
+JOBS = ("workers-migrate", "workers-stanza")
+CRONJOBS = ("workers-replicate", "workers-embed", "workers-retention", "workers-backup-full",
+            "workers-backup-diff", "workers-backup-check")
+
+
+@pytest.fixture(scope="module")
+def sims():
+    made: dict[str, tuple] = {}
+
+    def get(stack: str) -> tuple:
+        if stack not in made:
+            state = make_state_dir("tickstack-cloudsim-")
+            try:
+                env, r = cloudsim.bootstrap(pulumi_stacks.graph(stack), state)
+            except BaseException:
+                shutil.rmtree(state, ignore_errors=True)
+                raise
+            made[stack] = (env, r, state)
+        return made[stack][:2]
+
+    try:
+        yield get
+    finally:
+        for env, _, state in made.values():
+            try:
+                env.down(save_s3=False)
+            finally:
+                shutil.rmtree(state, ignore_errors=True)
+
+
+def explain(run: cloudsim.Run) -> str:
+    return f"{run.name} ({run.container}): exit {run.returncode}\n{' '.join(run.argv)}\n" \
+           f"{run.output[-4000:]}"
+
+
+@pytest.mark.parametrize("stack", pulumi_stacks.STACKS)
+def test_every_rendered_workload_runs_and_succeeds(sims, stack, tmp_path):
+    env, r = sims(stack)
+    expected = set(JOBS) | set(CRONJOBS) | {"workers-ingest"}
+    assert set(r.workloads) == expected, "a workload this test does not run"
+    # Nothing of ours exists on the primary before the migrations Job: it creates it.
+    assert env.primary.psql("SELECT count(*) FROM pg_database WHERE datname = 'tickstack'") == "0"
+    m = cloudsim.Mapping(env, r)
+    for name in JOBS:
+        run = cloudsim.run_job(m, r.workloads[name], tmp_path)
+        assert run.ok, explain(run)
+    assert env.primary.psql("SELECT count(*) FROM pg_database WHERE datname = 'tickstack'") == "1"
+    with ReplayServer(trade_messages()) as srv:
+        m.replay_url = srv.url
+        run = cloudsim.run_deployment(m, r.workloads["workers-ingest"], tmp_path)
+    assert run.ok, explain(run)
+    for name in CRONJOBS:
+        run = cloudsim.run_job(m, r.workloads[name], tmp_path)
+        assert run.ok, explain(run)
+    # The stream's trades reached both servers (the replica as the ingest login), and the
+    # backup went through the TLS server into the stack's backup bucket.
+    ticks = env.primary.psql("SELECT count(*) FROM market_data.btc_ticks", db="tickstack")
+    assert int(ticks) > 0
+    assert env.replica.psql("SELECT count(*) FROM market_data.btc_ticks", db="tickstack") == ticks
+    info = env.pgbackrest("info", "--output=json", client=True)
+    assert info.returncode == 0 and '"type":"diff"' in info.stdout.replace(" ", "")
+
+
+def _broken(r: cloudsim.Rendered, edit) -> cloudsim.Rendered:
+    b = copy.deepcopy(r)
+    edit(b)
+    return b
+
+
+def _secret(b: cloudsim.Rendered, name: str) -> dict:
+    return b.get("Secret", name)["stringData"]
+
+
+def _wrong_env_name(b):  # a misspelt setting: the worker never sees its DSN
+    data = _secret(b, "tickstack-dsn-embed")
+    for k in [k for k in data if k.endswith("_DSN")]:
+        data[k.removesuffix("_DSN") + "_URL"] = data.pop(k)
+
+
+def _missing_secret_key(b):  # a secretKeyRef to a key the Secret does not have
+    [c] = b.workloads["workers-migrate"].pod["spec"]["containers"]
+    c.setdefault("env", []).append({"name": "TICKSTACK_WORKER_LOGINS_FILE", "valueFrom": {
+        "secretKeyRef": {"name": "tickstack-worker-logins", "key": "logins.yaml"}}})
+
+
+def _unmade_database(b):  # a DSN naming a database nobody creates
+    data = _secret(b, "tickstack-dsn-embed")
+    for k in data:
+        data[k] = data[k].replace("/tickstack?", "/tickstack_reports?")
+
+
+def _wrong_argument(b):
+    [c] = b.workloads["workers-migrate"].pod["spec"]["containers"]
+    c["args"] = ["migrate", "--dry-run"]
+
+
+@pytest.mark.parametrize(("edit", "workload", "says"), [
+    (_wrong_env_name, "workers-embed", ""),
+    (_missing_secret_key, "workers-migrate", "has no key 'logins.yaml'"),
+    (_unmade_database, "workers-embed", "tickstack_reports"),
+    (_wrong_argument, "workers-migrate", "--dry-run"),
+], ids=["wrong-env-name", "missing-secret-key", "dsn-names-an-unmade-database",
+        "wrong-argument"])
+def test_a_broken_render_fails(sims, tmp_path, edit, workload, says):
+    env, r = sims("dev")
+    m = cloudsim.Mapping(env, r)
+    # The unbroken workload succeeds here (migrated first, so embed has its schema)...
+    for name in ("workers-migrate", workload):
+        good = cloudsim.run_job(m, r.workloads[name], tmp_path / "good")
+        assert good.ok, explain(good)
+    # ...and the broken one does not.
+    b = _broken(r, edit)
+    bad = cloudsim.run_job(cloudsim.Mapping(env, b), b.workloads[workload], tmp_path / "bad")
+    assert not bad.ok, explain(bad)
+    assert says in bad.output, explain(bad)
+
+
+def test_a_broken_bootstrap_contract_fails(tmp_path):
+    """The primary's password comes from the StatefulSet's secretKeyRef: a wrong key fails
+    before any server starts (the kubelet would not start the container)."""
+    g = pulumi_stacks.graph("dev")
+    r = cloudsim.rendered(g)
+    sts = r.get("StatefulSet", "tickstack-db")
+    [pg] = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "postgres"]
+    [pw] = [e for e in pg["env"] if e["name"] == "POSTGRES_PASSWORD"]
+    pw["valueFrom"]["secretKeyRef"]["key"] = "password"
+    with pytest.raises(cloudsim.Unresolvable, match="has no key 'password'"):
+        cloudsim.container_env(r, pg)
