@@ -183,6 +183,7 @@ def similar(ctx: Context, *, symbol: str, at: datetime | None, k: int = 10,
 
     from workers.signals import similar as search
 
+    search.check_options(k=k, probes=probes, exclude_minutes=exclude_minutes)
     with ctx.connect("reader") as conn:
         if at is None:
             at = search.latest_window(conn, symbol, labelled=labelled) + timedelta(seconds=1)
@@ -341,5 +342,6 @@ def parse_time(value: str | None) -> datetime | None:
 
     try:
         return to_dt(parse_iso(value))
-    except ValueError as e:
-        raise BadInput(str(e)) from None
+    except (ValueError, OverflowError) as e:  # not a timestamp; outside years 1..9999 in UTC
+        text = str(e)
+        raise BadInput(text if repr(value) in text else f"{value!r}: {text}") from None
