@@ -291,8 +291,9 @@ def backup(
     type_: str = typer.Option("full", "--type", help="full | diff | incr"),
     check: bool = typer.Option(
         False, "--check", help="Only report: WAL archiving (pg_stat_archiver, waiting segments, "
-        "a fresh archived WAL switch) and the repository's backups. Exit 1 when archiving is "
-        "failing or stalled."),
+        "a fresh archived WAL switch), the repository's backups, and whether the archive holds "
+        "every WAL segment recovery from the oldest backup on needs. Exit 1 when archiving is "
+        "failing or stalled, or a segment is missing (named, with its range)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """pgBackRest backup of the primary into the backup bucket (stanza created if missing).
@@ -336,8 +337,10 @@ def restore(
 ) -> None:
     """Disaster-recovery rebuild: PITR restore to the target, then landing replay after it.
 
-    Prints each step's duration (the recovery time) and the newest tick before and after the
-    landing replay.
+    Checks first, with the primary untouched (a backup set before the target, archived WAL
+    reaching past it, target not in the future): what cannot succeed is refused at once, exit
+    2. A restore that fails after the primary was moved aside puts it back. Prints each step's
+    duration (the recovery time) and the newest tick before and after the landing replay.
     """
     target = operations.parse_time(target_time)
     r = operations.restore(_context("restore"), target, force=force, skip_pitr=skip_pitr,
