@@ -264,6 +264,20 @@ def backups_of(info: dict, db_id: int, seg_size: int) -> list[Backup]:
 def check(tool, info: dict, seg_size: int, newest_wal: str | None) -> Result:
     """Every archive id that has backups, against what recovery from them needs.
     `newest_wal`: the primary's last archived WAL file (pg_stat_archiver), if a segment."""
+    res = _check(tool, info, seg_size, newest_wal)
+    if res.ok:
+        return res
+    # A backup that expired while the archive was listed (every `backup` ends with an expire,
+    # which removes WAL only the expired sets needed) looks like a hole: look again with the
+    # backup sets that still exist.
+    now = tool.info()
+    if [b["label"] for b in now.get("backup") or []] != \
+            [b["label"] for b in info.get("backup") or []]:
+        return _check(tool, now, seg_size, newest_wal)
+    return res
+
+
+def _check(tool, info: dict, seg_size: int, newest_wal: str | None) -> Result:
     archives = info.get("archive") or []
     current_db = max(((a.get("database") or {}).get("id", 0) for a in archives), default=0)
     total = Result(seg_size)
