@@ -13,6 +13,7 @@ BUILD_ROOT="${TICKSTACK_BUILD_DIR:-/var/cache/tickstack-build}"
 DEB_PACKAGES=(
   "postgresql-${PG_MAJOR}" "postgresql-server-dev-${PG_MAJOR}" pgbackrest stunnel4 openssl
   cmake build-essential dpkg-dev ca-certificates iproute2
+  zstd  # `workers restore` reads archived WAL (pgBackRest compress-type=zst) before it starts
   chromium  # headless browser: the report test opens the HTML report
 )
 say() { echo "install_system: $*"; }

@@ -261,7 +261,11 @@ class Workers(pulumi.ComponentResource):
             "image_pull_policy": "IfNotPresent",
             "command": ENTRYPOINT,
             "args": list(wl.args),
-            "env": kx.env_list(env),
+            "env": kx.env_list(env) + ([
+                # The health endpoint binds loopback unless told: the kubelet probes the pod IP.
+                {"name": "TICKSTACK_HEALTH_HOST",
+                 "value_from": {"field_ref": {"field_path": "status.podIP"}}}]
+                if key == "ingest" else []),
             "env_from": [{"config_map_ref": {"name": self._env_map}},
                          {"secret_ref": {"name": self._dsn_secrets[wl.secret or key]}}],
             "resources": resources.k8s(),

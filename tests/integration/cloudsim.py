@@ -129,6 +129,11 @@ def container_env(r: Rendered, c: dict) -> dict[str, str]:
                     raise Unresolvable(f"env {e['name']}: {kind} {ref[key]['name']!r} has no "
                                        f"key {ref[key]['key']!r}")
                 env[e["name"]] = data[ref[key]["key"]]
+        if "fieldRef" in ref:  # the downward API: here the pod is this machine's loopback
+            fields = {"status.podIP": "127.0.0.1", "metadata.name": "sim-pod"}
+            if ref["fieldRef"]["fieldPath"] not in fields:
+                raise Unresolvable(f"env {e['name']}: field {ref['fieldRef']['fieldPath']}")
+            env[e["name"]] = fields[ref["fieldRef"]["fieldPath"]]
     return env
 
 

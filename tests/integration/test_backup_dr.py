@@ -7,17 +7,21 @@ replay parts 1-3 — per-bucket checksums identical to before the disaster.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from infra.local.env import LocalEnv
+from infra.configs import STANZA
+from infra.local.env import BACKUP_BUCKET, LocalEnv
 from tests.conftest import REPO, make_state_dir
 from tests.integration.pipeline import BUCKET_CHECKSUMS
 
@@ -126,3 +130,138 @@ def test_backup_check_fails_when_archiving_is_broken(env):
         assert "UNHEALTHY" in r.stdout and "pgbackrest check failed" in r.stdout
     finally:
         env.stunnel.start()
+
+
+# --- issue 21: holes in the WAL archive, restores that cannot succeed ----------------------
+
+def repo_info(env: LocalEnv) -> dict:
+    r = env.pgbackrest("info", "--output=json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)[0]
+
+
+def ensure_backup(env: LocalEnv) -> None:
+    ok(env, "migrate")
+    if not repo_info(env).get("backup"):
+        ok(env, "backup", "--type", "full")
+
+
+def backup_s3(env: LocalEnv):
+    from infra.local.s3 import s3_client
+
+    return s3_client(env.moto.endpoint)
+
+
+def s3_keys(env: LocalEnv, prefix: str) -> list[str]:
+    pages = backup_s3(env).get_paginator("list_objects_v2").paginate(
+        Bucket=BACKUP_BUCKET, Prefix=prefix)
+    return [o["Key"] for p in pages for o in p.get("Contents", [])]
+
+
+def switch_wal(env: LocalEnv, n: int) -> None:
+    with admin(env) as c:
+        c.autocommit = True
+        c.execute("CREATE TABLE IF NOT EXISTS public.wal_filler (x int)")
+        for i in range(n):
+            c.execute("INSERT INTO public.wal_filler VALUES (%s)", [i])
+            c.execute("SELECT pg_switch_wal()")
+
+
+def primary_started(env: LocalEnv):
+    with admin(env) as c:
+        return c.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+
+
+def test_backup_check_fails_on_wal_missing_from_the_archive(env):
+    """Issue 21 #6: a segment lost from the archive (the S3 server lost it) between the oldest
+    backup and the newest archived WAL fails the check, naming it; a newer full backup is
+    named as unaffected; once the backups before the hole are expired the check passes."""
+    ensure_backup(env)
+    switch_wal(env, 4)
+    out = ok(env, "backup", "--check")
+    assert "WAL archive: contiguous" in out
+    info = repo_info(env)
+    newest = info["backup"][-1]
+    start = newest["archive"]["start"]
+    # A segment recovery from the newest backup replays (after its start), on its timeline.
+    segs = sorted(k for k in s3_keys(env, f"pgbackrest/archive/{STANZA}/")
+                  if re.search(r"/[0-9A-F]{24}-[0-9a-f]{40}\.zst$", k)
+                  and k.rsplit("/", 1)[-1][:8] == start[:8]
+                  and k.rsplit("/", 1)[-1][:24] > start)
+    assert len(segs) >= 3, segs
+    lost = segs[1].rsplit("/", 1)[-1][:24]
+    backup_s3(env).delete_object(Bucket=BACKUP_BUCKET, Key=segs[1])
+
+    r = cli(env, "backup", "--check")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "UNHEALTHY" in r.stdout and "WAL archive: HOLES" in r.stdout
+    assert f"WAL segment {lost} is missing from the archive" in r.stdout
+    assert "point-in-time recovery cannot pass" in r.stdout and "Traceback" not in r.stderr
+
+    # A fresh full backup does not mend the older backups' recovery window...
+    ok(env, "backup", "--type", "full")
+    labels = [b["label"] for b in repo_info(env)["backup"]]
+    r = cli(env, "backup", "--check")
+    assert r.returncode == 1 and f"not affected: backup {labels[-1]}" in r.stdout, r.stdout
+    # ...expiring the backups that need the lost segment does.
+    for label in labels[:-1]:
+        x = env.pgbackrest("expire", f"--set={label}")
+        assert x.returncode == 0, x.stderr
+    out = ok(env, "backup", "--check")
+    assert "archive: healthy" in out and "WAL archive: contiguous" in out
+
+
+def test_restore_refuses_before_touching_the_primary(env):
+    """Issue 21 #10: with --force, a target that cannot be reached is refused (exit 2) while
+    the primary is still up: a target before the first backup, a future one; and with the
+    primary down, one after the last archived commit. Nothing is stopped or moved."""
+    ensure_backup(env)
+    before, started = checksums(env), primary_started(env)
+    siblings = sorted(p.name for p in env.primary.data.parent.iterdir())
+    first_stop = repo_info(env)["backup"][0]["timestamp"]["stop"]
+    too_early = datetime.fromtimestamp(first_stop - 600, UTC).isoformat()
+    r = cli(env, "restore", "--force", "--target-time", too_early)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "no backup set finished before the target" in r.stderr
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    r = cli(env, "restore", "--force", "--target-time", future)
+    assert r.returncode == 2 and "is in the future" in r.stderr, r.stderr
+    assert primary_started(env) == started and checksums(env) == before
+    assert sorted(p.name for p in env.primary.data.parent.iterdir()) == siblings
+
+    # Primary down (the disaster case): nothing after its last archived commit can be reached.
+    env.primary.stop()
+    try:
+        r = cli(env, "restore", "--target-time", datetime.now(UTC).isoformat())
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert "is after the last archived commit" in r.stderr
+        assert sorted(p.name for p in env.primary.data.parent.iterdir()) == siblings
+    finally:
+        env.primary.start(env=env.pgbackrest_env())
+    assert checksums(env) == before
+
+
+def test_failed_restore_puts_the_primary_back(env):
+    """Issue 21 #10: a restore that fails after the primary was stopped and moved aside (here:
+    a file of the backup set is gone from S3) puts the old data directory back and starts it:
+    exit 1, the primary up with its data. (Last in this module: it breaks the backup set.)"""
+    ensure_backup(env)
+    switch_wal(env, 1)
+    before = checksums(env)
+    label = repo_info(env)["backup"][-1]["label"]
+    files = s3_keys(env, f"pgbackrest/backup/{STANZA}/{label}/pg_data/base/")
+    backup_s3(env).delete_object(Bucket=BACKUP_BUCKET, Key=files[len(files) // 2])
+    time.sleep(1.1)
+    target = datetime.now(UTC).isoformat()
+    r = cli(env, "restore", "--force", "--target-time", target)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    reason = r.stderr.strip().splitlines()[-1]  # one line after the JSON log lines
+    assert reason.startswith("restore: pgbackrest restore failed"), r.stderr
+    assert "the old primary is back in place and running" in reason
+    assert "Traceback" not in r.stderr
+    assert env.primary.healthy() and checksums(env) == before
+    failed = [p for p in env.primary.data.parent.iterdir() if ".failed-restore-" in p.name]
+    assert len(failed) == 1
+    shutil.rmtree(failed[0])
+    # It still archives: the check's fresh WAL switch reaches the repository.
+    assert "archive: healthy" in ok(env, "backup", "--check")

@@ -282,3 +282,38 @@ def test_cli_migrate_status_and_refusal(local_env, primary_db, sql_copy):
     r = subprocess.run([sys.executable, "-m", "workers", "migrate"], cwd=REPO, env=bad,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "migrate primary:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_worker_passwords_never_reach_the_server_log(local_env, primary_db):
+    """Issue 21 #11: logins are created and changed with a client-side SCRAM verifier, so
+    neither log_statement = all nor a failed ALTER ROLE (lock timeout) logs the password."""
+    import secrets
+    import uuid
+
+    from psycopg.conninfo import make_conninfo
+
+    user, password = f"pwtest_{uuid.uuid4().hex[:10]}", secrets.token_urlsafe(24)
+    logins = {"tickstack_reader": (user, password)}
+    log = local_env.primary.log
+    start = log.stat().st_size
+    logged_all = make_conninfo(primary_db.dsn, options="-c log_statement=all")
+    migrate.run(logged_all, password=primary_db.password, logins=logins)  # CREATE ROLE
+    migrate.run(logged_all, password=primary_db.password, logins=logins)  # ALTER ROLE
+    with primary_db.connect() as holder:  # holds the role's row until rolled back
+        holder.autocommit = False
+        holder.execute(f'ALTER ROLE "{user}" CONNECTION LIMIT 5')
+        with pytest.raises(migrate.MigrationError, match=f"worker login {user}.*lock_timeout"):
+            # (the connection's own lock_timeout bounds it even where migrate sets none)
+            migrate.run(make_conninfo(primary_db.dsn, options="-c lock_timeout=300ms"),
+                        password=primary_db.password, logins=logins, lock_timeout="300ms")
+        holder.rollback()
+    # The failed statement and every logged one reached the log, with the verifier only.
+    text = log.read_bytes()[start:].decode(errors="replace")
+    assert "lock timeout" in text and f'ROLE "{user}" LOGIN PASSWORD' in text
+    assert text.count("SCRAM-SHA-256$4096:") >= 3
+    assert password not in text
+    # The login works with the password after all of it.
+    with primary_db.connect(user=user, password=password) as c:
+        assert c.execute("SELECT current_user").fetchone()[0] == user
+    with primary_db.connect() as c:
+        c.execute(f'DROP ROLE "{user}"')

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from tests.conftest import REPO
 from tests.integration.pipeline import Stack
 from tests.integration.test_ingest_bad_input import write
 from workers.db.ingest import ingest_file
@@ -190,3 +193,27 @@ def test_cli_exit_status_and_dry_run_text(replica):
     assert counts(replica)[0] > 0
     r = replica.cli("retention", "--job", "nope")
     assert r.returncode == 2 and "no enabled retention job named 'nope'" in r.stderr
+
+
+def test_job_defined_on_one_server_only(local_env, primary, replica):
+    """Issue 21: `--job NAME` that only the primary has runs there and reports the replica as
+    lacking it (exit 0); a name no server has is bad input (exit 2)."""
+    with primary.admin() as c:
+        c.execute("INSERT INTO ops.retention_jobs (job_name, hypertable, policy) VALUES "
+                  "('primary_only', 'market_data.btc_ticks', '{\"drop_after\": \"90 days\"}')")
+    env = {**primary.cli_env(),
+           "TICKSTACK_REPLICA_DSN": local_env.replica.dsn(replica.db.name),
+           "TICKSTACK_REPLICA_RETENTION_DSN": local_env.replica.dsn(
+               replica.db.name, user="retention_worker")}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "workers", "retention", *args], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    r = cli("--job", "primary_only", "--dry-run")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "retention primary: primary_only (market_data.btc_ticks): dry-run" in r.stdout
+    assert "retention replica: primary_only: not defined on this server" in r.stdout
+    r = cli("--job", "nowhere")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "no enabled retention job named 'nowhere' on any server (primary, replica)" in r.stderr

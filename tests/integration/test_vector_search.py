@@ -124,3 +124,21 @@ def test_similar_latest_queries_the_newest_window(embedded):
     assert len(out["neighbours"]) == 3
     assert all(n["bucket"] < newest.isoformat()
                for n in out["neighbours"])
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--probes", "2147483648"], "--probes must be between 1 and 32768"),
+    (["-k", "99999999999999999999999"], "-k"),
+    (["--exclude-minutes", "99999999999999"], "--exclude-minutes must be between 0 and"),
+    (["--at", "0000-01-01"], "not an ISO timestamp: '0000-01-01'"),
+    (["--at", "0001-01-01T00:10+05:00"], "'0001-01-01T00:10+05:00': year 0 is out of range"),
+    (["--at", "9999-12-31T23:59:59-05:00"], "year 10000 is out of range"),
+    (["--at", "2019-04-01T15:02:00+99:00"], "not an ISO timestamp"),
+])
+def test_similar_out_of_range_options_are_usage_errors(embedded, args, says):
+    """Issue 21: out-of-range options end in a clear exit-2 message, never a traceback or a
+    database error (exit 1)."""
+    at = [] if "--at" in args else ["--at", "2019-04-01T15:02:00Z"]
+    r = embedded.cli("similar", *at, *args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert says in r.stderr and "Traceback" not in r.stderr

@@ -35,3 +35,11 @@ def test_settings_from_prefixed_env(monkeypatch):
     assert not s.has_replica
     assert "secretpw" not in repr(s)
     assert s.primary_dsn.get_secret_value().endswith("/db")
+
+
+def test_health_endpoint_binds_loopback_unless_told(monkeypatch):
+    # The cloud passes the pod's IP (status.podIP); nothing listens on every interface.
+    monkeypatch.delenv("TICKSTACK_HEALTH_HOST", raising=False)
+    assert Settings().health_host == "127.0.0.1"
+    monkeypatch.setenv("TICKSTACK_HEALTH_HOST", "10.1.2.3")
+    assert Settings().health_host == "10.1.2.3"

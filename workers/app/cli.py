@@ -72,7 +72,7 @@ def _show(result, json_out: bool, *, details: bool = True) -> None:
 
 
 def _exit_unless_ok(result) -> None:
-    if not getattr(result, "ok", True):
+    if not getattr(result, "ok", True):  # a result that says something is wrong: exit 1
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -290,11 +290,8 @@ def retention(
     is rejected alone. Exit 1 when any job was rejected or failed.
     """
     r = operations.retention(_context("retention"), dry_run=dry_run, job=job)
-    if json_out:
-        typer.echo(json.dumps(r.as_dict()))
-    else:
-        for line in r.details():
-            typer.echo(line)
+    for line in [json.dumps(r.as_dict())] if json_out else r.details():
+        typer.echo(line)
     _exit_unless_ok(r)
 
 
@@ -303,8 +300,9 @@ def backup(
     type_: str = typer.Option("full", "--type", help="full | diff | incr"),
     check: bool = typer.Option(
         False, "--check", help="Only report: WAL archiving (pg_stat_archiver, waiting segments, "
-        "a fresh archived WAL switch) and the repository's backups. Exit 1 when archiving is "
-        "failing or stalled."),
+        "a fresh archived WAL switch), the repository's backups, and whether the archive holds "
+        "every WAL segment recovery from the oldest backup on needs. Exit 1 when archiving is "
+        "failing or stalled, or a segment is missing (named, with its range)."),
     stanza_create: bool = typer.Option(False, "--stanza-create", help="Only create the stanza "
                                        "if missing and check that WAL reaches the repository "
                                        "(the deploy's stanza Job); exit 1 otherwise."),
@@ -321,11 +319,8 @@ def backup(
         return
     if check:
         r = operations.archive_check(ctx)
-        if json_out:
-            typer.echo(json.dumps(r.as_dict(), default=str))
-        else:
-            for line in r.details():
-                typer.echo(line)
+        for line in [json.dumps(r.as_dict(), default=str)] if json_out else r.details():
+            typer.echo(line)
         _exit_unless_ok(r)
         return
     r = operations.backup(ctx, type_)
@@ -354,8 +349,10 @@ def restore(
 ) -> None:
     """Disaster-recovery rebuild: PITR restore to the target, then landing replay after it.
 
-    Prints each step's duration (the recovery time) and the newest tick before and after the
-    landing replay.
+    Checks first, with the primary untouched (a backup set before the target, archived WAL
+    reaching past it, target not in the future): what cannot succeed is refused at once, exit
+    2. A restore that fails after the primary was moved aside puts it back. Prints each step's
+    duration (the recovery time) and the newest tick before and after the landing replay.
     """
     target = operations.parse_time(target_time)
     r = operations.restore(_context("restore"), target, force=force, skip_pitr=skip_pitr,

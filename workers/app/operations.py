@@ -192,6 +192,7 @@ def similar(ctx: Context, *, symbol: str, at: datetime | None, k: int = 10,
 
     from workers.signals import similar as search
 
+    search.check_options(k=k, probes=probes, exclude_minutes=exclude_minutes)
     with ctx.connect("reader") as conn:
         if at is None:
             at = search.latest_window(conn, symbol, labelled=labelled, market=market) + \
@@ -203,16 +204,23 @@ def similar(ctx: Context, *, symbol: str, at: datetime | None, k: int = 10,
 # --- operations on the stored data ---------------------------------------------------------
 
 def retention(ctx: Context, *, dry_run: bool = False, job: str | None = None):
-    """Every enabled job on the primary, then on the replica when there is one."""
+    """Every enabled job on the primary, then on the replica when there is one. `job` may be
+    defined on one server only (jobs are rows of each server); bad input only when none has
+    it."""
     from workers.ops import retention as jobs
 
     report = jobs.RetentionReport(dry_run)
+    lacking = []
     for name, dsn in ctx.settings.retention_targets():
         with ctx.connect(dsn=dsn) as conn:
             try:
                 report.servers[name] = jobs.run(conn, dry_run=dry_run, job=job)
-            except jobs.NoSuchJob as e:
-                raise jobs.NoSuchJob(str(e), where=name) from None
+            except jobs.NoSuchJob:
+                lacking.append(name)
+                report.servers[name] = [jobs.JobResult(job, "", "not-defined")]
+    if lacking and len(lacking) == len(report.servers):
+        raise jobs.NoSuchJob(f"no enabled retention job named {job!r} on any server "
+                             f"({', '.join(lacking)})")
     return report
 
 
@@ -365,5 +373,6 @@ def parse_time(value: str | None) -> datetime | None:
 
     try:
         return to_dt(parse_iso(value))
-    except ValueError as e:
-        raise BadInput(str(e)) from None
+    except (ValueError, OverflowError) as e:  # not a timestamp; outside years 1..9999 in UTC
+        text = str(e)
+        raise BadInput(text if repr(value) in text else f"{value!r}: {text}") from None

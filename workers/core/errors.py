@@ -53,7 +53,10 @@ def describe(e: BaseException) -> tuple[int, str]:
     except ImportError:  # pragma: no cover
         BotoCoreError = ClientError = ()  # noqa: N806
     if isinstance(e, (BotoCoreError, ClientError)):
-        return EXIT_FAILED, f"S3 error: {e}"
+        # e.g. an S3 server gone mid-run: "S3 error (EndpointConnectionError): Could not connect
+        # to the endpoint URL: …" — the class says which kind, the text which request.
+        text = " ".join(str(e).split())
+        return EXIT_FAILED, f"S3 error ({type(e).__name__}): {text or 'no detail'}"
     if isinstance(e, OSError):
         return EXIT_FAILED, f"{type(e).__name__}: {e}"
     return EXIT_FAILED, f"{type(e).__name__}: {e}"

@@ -98,7 +98,10 @@ class Settings(BaseSettings):
         "message is ~200 bytes); frames above 16 MiB close the connection.")
     stream_ready_seconds: float = Field(
         60.0, gt=0, description="/readyz: connected and a message within this many seconds.")
-    health_host: str = Field("0.0.0.0", description="Health/metrics HTTP bind address.")
+    health_host: str = Field(
+        "127.0.0.1", description="Health/metrics HTTP bind address: loopback by default (the "
+        "local environment listens on loopback only); in Kubernetes the pod's own IP "
+        "(status.podIP), which the kubelet's probes and Prometheus reach, and nothing else.")
     health_port: int = Field(9108, ge=0, le=65535,
                              description="/healthz, /readyz, /metrics (0: any free port).")
     # --- dual-write replica ---------------------------------------------------------------

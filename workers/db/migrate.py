@@ -210,7 +210,7 @@ def run(dsn: str, *, password: str | None = None, sql_dir: Path = SQL_DIR,
                 done.append(m.name)
             caps = capabilities(conn)
             if logins:
-                _ensure_logins(conn, logins)
+                _ensure_logins(conn, logins, lock_timeout)
             conn.commit()
             if caps["timescaledb"] and not caps["timescaledb_toolkit"]:
                 log.info("timescaledb_toolkit is not available on this server; "
@@ -277,14 +277,29 @@ def _record(conn: psycopg.Connection, m: Migration, t0: float) -> None:
     )
 
 
-def _ensure_logins(conn: psycopg.Connection, logins: dict[str, tuple[str, str]]) -> None:
-    """Login users for the workers, members of exactly their group role."""
+def _ensure_logins(conn: psycopg.Connection, logins: dict[str, tuple[str, str]],
+                   lock_timeout: str = "10s") -> None:
+    """Login users for the workers, members of exactly their group role.
+
+    The password travels as a SCRAM-SHA-256 verifier computed here (what psql's \\password
+    does), never in clear: a statement that fails (a lock wait past `lock_timeout`) or
+    `log_statement = all` writes the statement into the server log, and the verifier is all
+    it can show. A blocked ALTER ROLE fails after `lock_timeout` instead of hanging.
+    """
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
     for group, (user, password) in logins.items():
         if group not in WORKER_ROLES:
             raise MigrationError(f"unknown worker role {group!r}")
+        verifier = conn.pgconn.encrypt_password(password.encode(), user.encode(),
+                                                b"scram-sha-256").decode()
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [user]).fetchone()
         verb = "ALTER" if exists else "CREATE"
-        conn.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
-            sql.SQL(verb), sql.Identifier(user), sql.Literal(password)))
+        try:
+            conn.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                sql.SQL(verb), sql.Identifier(user), sql.Literal(verifier)))
+        except psycopg.errors.LockNotAvailable:
+            raise MigrationError(f"worker login {user}: {verb} ROLE waited longer than "
+                                 f"lock_timeout ({lock_timeout}) for another session holding "
+                                 "the role; rolled back, run migrate again") from None
         conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group),
                                                       sql.Identifier(user)))

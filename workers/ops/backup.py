@@ -3,8 +3,9 @@
 The configuration is the file infra/configs.py renders (the same renderer the cloud uses); S3
 keys, where the repository needs them (`repo1-s3-key-type=shared`, the local S3), come from the
 standard AWS variables into pgBackRest's own environment variables, never into a file.
-`--check` exists for the failure that fills pg_wal silently in production: an archiver that
-keeps failing, or has stopped moving.
+`--check` exists for the failures that break point-in-time recovery silently: an archiver that
+keeps failing, or has stopped moving (pg_wal fills), and WAL missing from the archive between
+the oldest backup and the newest archived segment (workers/ops/wal_archive.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import psycopg
 from workers.core import logs
 from workers.core.errors import BadInput, Failed
 from workers.core.sqlfiles import query
+from workers.ops import wal_archive
 
 log = logs.get("backup")
 
@@ -72,7 +74,7 @@ class Tool:
         r = self.run(*args, timeout=timeout)
         if r.returncode != 0:
             raise BackupError(f"pgbackrest {args[0]} failed (exit {r.returncode}): "
-                              f"{_tail(r.stderr or r.stdout)}")
+                              f"{tail(r.stderr or r.stdout)}")
         return r.stdout
 
     def info(self) -> dict:
@@ -81,7 +83,8 @@ class Tool:
         return data[0] if data else {}
 
 
-def _tail(text: str, n: int = 6) -> str:
+def tail(text: str, n: int = 6) -> str:
+    """The last `n` lines of a tool's output, on one line (error messages stay one line)."""
     return " | ".join(line.strip() for line in text.strip().splitlines()[-n:])
 
 
@@ -160,6 +163,7 @@ class ArchiveCheck:
     ready_segments: int = 0
     oldest_ready_seconds: float | None = None
     repository: dict = field(default_factory=dict)
+    wal: wal_archive.Result | None = None  # the archive's holes (None: not checked)
 
     changed = False  # a check changes nothing
 
@@ -172,7 +176,9 @@ class ArchiveCheck:
         return (f"{'healthy' if self.healthy else 'UNHEALTHY'}: {a['archived_count']} WAL "
                 f"archived, {a['failed_count']} failed, {self.ready_segments} waiting"
                 + (f"; repository: {self.repository['backups']} backups"
-                   if self.repository else ""))
+                   if self.repository else "")
+                + (f"; WAL archive: {len(self.wal.holes)} hole(s)"
+                   if self.wal is not None and not self.wal.ok else ""))
 
     def details(self) -> list[str]:
         """What `workers backup --check` prints."""
@@ -185,19 +191,24 @@ class ArchiveCheck:
             r = self.repository
             out.append(f"repository: {r['status']}; {r['backups']} backups; WAL "
                        f"{r['wal_min']} .. {r['wal_max']}")
+        if self.wal is not None:
+            w = self.wal
+            out.append(f"WAL archive: {'contiguous' if w.ok else 'HOLES'} — {w.segments} "
+                       "segments; needed for recovery from the oldest backup on: "
+                       + ("; ".join(f"{k}: {', '.join(v)}" for k, v in w.needed.items())
+                          or "nothing yet"))
         out += [f"  problem: {p}" for p in self.problems]
         return out
 
     def as_dict(self) -> dict:
-        return vars(self)
-
-
+        return {**vars(self), "wal": self.wal.as_dict() if self.wal else None}
 
 
 def check(conn: psycopg.Connection, tool: Tool, *, stall_seconds: int,
           archive_timeout: int = 30) -> ArchiveCheck:
     """Archive state from pg_stat_archiver, the waiting segments and pgBackRest: healthy only
-    when nothing is failing or stuck and a fresh WAL switch reaches the repository."""
+    when nothing is failing or stuck, a fresh WAL switch reaches the repository, and the
+    archive holds every segment recovery from the oldest backup on needs."""
     c = ArchiveCheck(healthy=True)
     cur = conn.execute(query(__package__, "archiver_state"))
     row = cur.fetchone()
@@ -223,7 +234,7 @@ def check(conn: psycopg.Connection, tool: Tool, *, stall_seconds: int,
         c.problems.append(f"pgbackrest check failed: {e}")
     if r is not None and r.returncode != 0:
         c.problems.append(f"pgbackrest check failed (exit {r.returncode}): "
-                          f"{_tail(r.stderr or r.stdout, 3)}")
+                          f"{tail(r.stderr or r.stdout, 3)}")
     elif r is not None:
         try:
             info = tool.info()
@@ -233,6 +244,11 @@ def check(conn: psycopg.Connection, tool: Tool, *, stall_seconds: int,
                             "wal_min": arch.get("min"), "wal_max": arch.get("max")}
             if not info.get("backup"):
                 c.problems.append("no backup in the repository yet")
+            else:
+                # After the check's own WAL switch: the newest segment the primary archived.
+                seg_size, newest = conn.execute(query(__package__, "wal_position")).fetchone()
+                c.wal = wal_archive.check(tool, info, seg_size, newest)
+                c.problems += c.wal.messages()
         except BackupError as e:
             c.problems.append(str(e))
     c.healthy = not c.problems

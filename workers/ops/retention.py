@@ -45,14 +45,14 @@ class Rejected(ValueError):
 
 
 class NoSuchJob(BadInput, LookupError):
-    """`--job NAME` names no enabled job."""
+    """`--job NAME` names no enabled job (on one server; bad input when on none)."""
 
 
 @dataclass
 class JobResult:
     job: str
     table: str
-    outcome: str  # applied | dry-run | nothing-to-do | rejected | failed
+    outcome: str  # applied | dry-run | nothing-to-do | rejected | failed | not-defined
     actions: list[dict] = field(default_factory=list)
     reason: str = ""
     seconds: float = 0.0
@@ -108,6 +108,10 @@ class RetentionReport:
         out = []
         for server, rs in self.servers.items():
             for r in rs:
+                if r.outcome == "not-defined":  # `--job NAME` that only another server has
+                    out.append(f"retention {server}: {r.job}: not defined on this server "
+                               "(no enabled job of that name)")
+                    continue
                 out.append(f"retention {server}: {r.job} ({r.table}): {r.outcome}"
                            + (f" — {r.reason}" if r.reason else ""))
                 for a in r.actions:

@@ -18,6 +18,9 @@ from workers.core.errors import BadInput
 from workers.signals import vector_index
 
 LABEL_KEYS = ("fwd_ret_5m", "fwd_ret_15m", "fwd_ret_60m", "fwd_vol_60m")
+MAX_K = 1000
+MAX_PROBES = 32768  # pgvector's limit for ivfflat.probes (its largest number of lists)
+MAX_EXCLUDE_MINUTES = 100 * 366 * 24 * 60  # a century: beyond it nothing is left to search
 
 
 class NoEmbedding(BadInput, LookupError):
@@ -76,6 +79,18 @@ class Similar:
                 f"all {pct(m['unconditional'])}")
 
 
+def check_options(*, k: int, probes: int | None, exclude_minutes: int) -> None:
+    """Out-of-range options are bad input (exit 2), caught before any query."""
+    if not 1 <= k <= MAX_K:
+        raise BadInput(f"-k must be between 1 and {MAX_K}, not {k}")
+    if probes is not None and not 1 <= probes <= MAX_PROBES:
+        raise BadInput(f"--probes must be between 1 and {MAX_PROBES} (pgvector's limit), "
+                       f"not {probes}")
+    if not 0 <= exclude_minutes <= MAX_EXCLUDE_MINUTES:
+        raise BadInput(f"--exclude-minutes must be between 0 and {MAX_EXCLUDE_MINUTES}, "
+                       f"not {exclude_minutes}")
+
+
 def window_of(at: datetime) -> datetime:
     at = at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
     return at - timedelta(minutes=at.minute % 5, seconds=at.second, microseconds=at.microsecond)
@@ -97,6 +112,7 @@ def latest_window(conn: psycopg.Connection, symbol: str, *, labelled: bool = Fal
 def query(conn: psycopg.Connection, *, symbol: str, at: datetime, k: int = 10,
           market: str = "spot",
           exclude_minutes: int = 60, probes: int | None = None) -> Similar:
+    check_options(k=k, probes=probes, exclude_minutes=exclude_minutes)
     register_vector(conn)
     bucket = window_of(at)
     row = conn.execute("SELECT feature_vector, label_snapshot FROM signals.btc_embeddings "
@@ -115,7 +131,11 @@ def query(conn: psycopg.Connection, *, symbol: str, at: datetime, k: int = 10,
             # The time filter is applied after the index scan: let pgvector (>= 0.8) keep
             # scanning lists until k rows pass it, instead of returning fewer than asked.
             conn.execute("SET LOCAL ivfflat.iterative_scan = relaxed_order")
-        limit = bucket if exclude_minutes == 0 else bucket - timedelta(minutes=exclude_minutes)
+        try:
+            limit = bucket - timedelta(minutes=exclude_minutes)
+        except OverflowError:  # before year 1: nothing is that old
+            raise BadInput(f"--exclude-minutes {exclude_minutes} reaches before year 1 from "
+                           f"{bucket:%Y-%m-%d %H:%M}") from None
         op = "<=" if exclude_minutes == 0 else "<"
         rows = conn.execute(
             # relaxed_order may hand rows back slightly out of order: sort them again.
