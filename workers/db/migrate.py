@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 from workers.core import logs
-from workers.core.errors import Failed
+from workers.core.errors import BadInput, Failed
 from workers.core.sqlfiles import migrations_dir
 
 SQL_DIR = migrations_dir()
@@ -144,9 +144,15 @@ def load_logins(path: str | None) -> dict[str, tuple[str, str]] | None:
     """The worker logins file (group role -> {user, password}), or None when not configured."""
     if not path:
         return None
-    with open(path) as f:
-        raw = json.load(f)
-    return {group: (v["user"], v["password"]) for group, v in raw.items()}
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+        return {group: (v["user"], v["password"]) for group, v in raw.items()}
+    except OSError as e:
+        raise BadInput(f"TICKSTACK_WORKER_LOGINS_FILE {path}: {e.strerror}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise BadInput(f"TICKSTACK_WORKER_LOGINS_FILE {path} is not a "
+                       f'{{group: {{"user", "password"}}}} JSON object ({e})') from None
 
 
 def ensure_database(dsn: str, **kw) -> bool:
