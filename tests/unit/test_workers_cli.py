@@ -43,3 +43,20 @@ def test_health_endpoint_binds_loopback_unless_told(monkeypatch):
     assert Settings().health_host == "127.0.0.1"
     monkeypatch.setenv("TICKSTACK_HEALTH_HOST", "10.1.2.3")
     assert Settings().health_host == "10.1.2.3"
+
+
+def test_a_missing_logins_file_is_a_usage_error_naming_it(tmp_path):
+    import os
+
+    env = {**os.environ, "TICKSTACK_WORKER_LOGINS_FILE": str(tmp_path / "absent.json"),
+           "TICKSTACK_PRIMARY_DSN": "postgresql://nobody@127.0.0.1:1/x",
+           "TICKSTACK_REPLICA_DSN": ""}
+    r = subprocess.run([sys.executable, "-m", "workers", "migrate"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "absent.json" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "bad.json").write_text('["not", "an", "object"]')
+    env["TICKSTACK_WORKER_LOGINS_FILE"] = str(tmp_path / "bad.json")
+    r = subprocess.run([sys.executable, "-m", "workers", "migrate"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "bad.json" in r.stderr, r.stderr
