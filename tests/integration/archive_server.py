@@ -272,9 +272,11 @@ def put_real_day(root: Path, shared_data: Path) -> Path:
 def day_csv(day: date, rows: int = 50, first_id: int | None = None,
             span_ms: int = 86_400_000) -> bytes:
     """Deterministic spot trades in the first `span_ms` of a day (no header, ms timestamps, the
-    real day's layout)."""
+    real day's layout). Trade ids grow with time across days, as Binance's do (one id in two
+    days would be a conflict, quarantined)."""
     t0 = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
-    first_id = first_id if first_id is not None else 200_000_000 + day.toordinal() % 10_000 * 1000
+    first_id = first_id if first_id is not None else \
+        200_000_000 + day.toordinal() % 10_000 * 1_000_000
     step = span_ms // (rows + 1)
     out = []
     for i in range(rows):

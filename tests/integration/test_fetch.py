@@ -334,22 +334,23 @@ def test_make_up_uses_the_shared_day_or_fetches_it():
 
 
 def test_the_main_jobs_fetch_stage(server, cache, monkeypatch, shared_data):
-    from workers.app import up
+    from workers.app.context import Context
+    from workers.app.fetching import fetch_day
+    from workers.core.errors import Failed
     from workers.core.settings import Settings
 
     for k, v in archive_env(server, cache).items():
         monkeypatch.setenv(k, v)
-    s = Settings()
-    run = up.Run()
-    paths = up.fetch_day(run, s, "2019-04-01")
-    assert paths == [str(cache / REAL)]
-    assert Path(paths[0]).read_bytes() == (shared_data / f"{arc.REAL_NAME}.zip").read_bytes()
-    assert run.stages[0].changed and "downloaded 3.4 MB, verified" in run.stages[0].did
-    again = up.Run()
-    assert up.fetch_day(again, s, "2019-04-01") == paths
-    assert not again.stages[0].changed and "already in the cache" in again.stages[0].did
-    with pytest.raises(up.StageFailed, match="BTCUSDT-trades-2019-07-03.zip from .*404"):
-        up.fetch_day(up.Run(), s, "2019-07-03")
+    ctx = Context(Settings(), "up")
+    got = fetch_day(ctx, "2019-04-01")
+    assert got.path == str(cache / REAL)
+    assert Path(got.path).read_bytes() == (shared_data / f"{arc.REAL_NAME}.zip").read_bytes()
+    assert got.changed and "downloaded 3.4 MB, verified" in got.summary()
+    again = fetch_day(ctx, "2019-04-01")
+    assert again.path == got.path
+    assert not again.changed and "already in the cache" in again.summary()
+    with pytest.raises(Failed, match="BTCUSDT-trades-2019-07-03.zip from .*404"):
+        fetch_day(ctx, "2019-07-03")
 
 
 # --- --ingest --------------------------------------------------------------------------------
