@@ -53,8 +53,9 @@ class Settings(BaseSettings):
     pgbackrest_exec_container: str | None = None
     pgbackrest_exec_namespace: str | None = Field(
         None, description="The pod's namespace (default: the namespace this pod runs in).")
-    pg_bindir: str = Field("/usr/lib/postgresql/15/bin",
-                           description="PostgreSQL server binaries (pg_ctl), for `restore`.")
+    pg_bindir: str = Field(
+        "", description="PostgreSQL server binaries (pg_ctl), for `restore`; empty: from PATH. "
+        "The local environment and the worker image set it for the version table's major.")
     archive_stall_seconds: int = Field(
         300, ge=30, description="`backup --check`: a WAL segment waiting longer than this to be "
         "archived means archiving is stalled.")

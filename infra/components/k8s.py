@@ -17,7 +17,7 @@ DB_CLIENT = "tickstack.io/db-client"  # may reach the primary on 5432
 REPLICA_CLIENT = "tickstack.io/replica-client"  # may reach RDS on 5432 (VPC CIDR)
 HTTPS_EGRESS = "tickstack.io/https-egress"  # may reach S3/STS/Binance/API server on 443
 
-DB_UID = 1000  # the `postgres` user of timescale/timescaledb-ha
+DB_UID = 1000  # the `postgres` user of the primary image (infra/images/primary/Dockerfile)
 WORKER_UID = 10001  # the worker image's user (workers/Dockerfile)
 
 
