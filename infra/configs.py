@@ -51,7 +51,8 @@ class PrimaryPg:
     user: str = "postgres"
 
 
-# pgBackRest 2.46 added block-level incremental backups (repo1-block, which needs bundling).
+# Block-level incremental backups (repo1-block, which needs bundling) are a release feature from
+# this pgBackRest version on (a beta option, behind --beta, in the one before).
 BLOCK_INCREMENTAL_SINCE = (2, 46)
 
 

@@ -6,16 +6,19 @@
 -- where the licence is not `timescale`, or without TimescaleDB (the replica).
 DO $$
 BEGIN
+    -- Nested: the view exists only with TimescaleDB, and PL/pgSQL parses a condition when
+    -- it first evaluates it.
     IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')
-       AND current_setting('timescaledb.license', true) = 'timescale'
-       AND EXISTS (SELECT 1 FROM timescaledb_information.hypertables
+       AND current_setting('timescaledb.license', true) = 'timescale' THEN
+        IF EXISTS (SELECT 1 FROM timescaledb_information.hypertables
                    WHERE hypertable_schema = 'market_data' AND hypertable_name = 'btc_ticks'
                      AND NOT compression_enabled) THEN
-        ALTER TABLE market_data.btc_ticks SET (
-            timescaledb.compress,
-            timescaledb.compress_segmentby = 'symbol',
-            timescaledb.compress_orderby = 'event_time DESC');
-        RAISE NOTICE 'tickstack: compression configured on market_data.btc_ticks (licence upgrade)';
+            ALTER TABLE market_data.btc_ticks SET (
+                timescaledb.compress,
+                timescaledb.compress_segmentby = 'symbol',
+                timescaledb.compress_orderby = 'event_time DESC');
+            RAISE NOTICE 'tickstack: compression configured on market_data.btc_ticks';
+        END IF;
     END IF;
 END
 $$;
