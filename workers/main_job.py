@@ -205,12 +205,12 @@ _VERBS = {"compress": ("would compress", "compressed"), "drop_chunks": ("would d
 
 
 def _retention_action(a: dict, dry: bool, size: str | None) -> str:
-    """'compressed 1 chunk(s), 183,355 rows (licensed TimescaleDB: 35.1 -> 4.8 MB)'."""
+    """'compressed 1 chunk(s), 183,355 rows (licensed TimescaleDB, 35.1 -> 4.8 MB)'."""
     what = _VERBS.get(a["action"], (a["action"], a["action"]))[0 if dry else 1]
     text = what + (f" {a['chunks']} chunk(s)," if a.get("chunks") else "") + \
         f" {a.get('rows', 0):,} rows"
     if a["action"] == "compress":
-        text += " (licensed TimescaleDB" + (f": {size})" if size else ")")
+        text += " (licensed TimescaleDB" + (f", {size})" if size else ")")
     return text
 
 

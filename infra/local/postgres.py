@@ -113,6 +113,11 @@ class Cluster:
     def start(self, env: dict[str, str] | None = None) -> None:
         if self.running():
             return
+        major = (self.data / "PG_VERSION").read_text().strip()
+        if major != versions.load().pg_major:
+            raise PartError(self.name, f"{self.data} holds a PostgreSQL {major} cluster, the "
+                            f"version table says {versions.load().pg_major}: upgrade it with "
+                            f"pg_upgrade (docs/upgrading.md) or start afresh (`make clean`)")
         if port_open(self.port):
             raise PartError(self.name, f"port {self.port} is already in use by another program")
         self.log.touch()

@@ -113,3 +113,21 @@ def test_status_and_version_table_cli():
     r = subprocess.run(["python3", "-m", "infra.versions"], capture_output=True, text=True,
                        check=True)
     assert "TIMESCALEDB_VERSION" in r.stdout and V.timescaledb in r.stdout
+
+
+def test_a_cluster_of_another_major_is_refused_with_what_to_do(tmp_path):
+    from infra.local.postgres import Cluster
+    from infra.local.procs import PartError, free_port, make_db_dir
+
+    root = make_state_dir("tickstack-major-")
+    try:
+        c = Cluster("old", root / "old", free_port(), root / "run", "x")
+        make_db_dir(c.root)
+        make_db_dir(c.data)
+        (c.data / "PG_VERSION").write_text(f"{int(V.pg_major) - 1}\n")
+        with pytest.raises(PartError, match=rf"PostgreSQL {int(V.pg_major) - 1} cluster, the "
+                                            rf"version table says {V.pg_major}: upgrade it with "
+                                            r"pg_upgrade \(docs/upgrading.md\)"):
+            c.start()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -65,6 +65,7 @@ def test_engine_size_backups_and_protection_from_config(stack):
     # The major only: RDS upgrades minors itself (autoMinorVersionUpgrade).
     assert db["engineVersion"] == versions.load().rds_engine_major
     assert db["autoMinorVersionUpgrade"] is True
+    assert db["allowMajorVersionUpgrade"] is True  # a table change is a reviewed major upgrade
     assert db["instanceClass"] == stack_value(stack, "replicaInstanceClass")
     assert db["allocatedStorage"] == stack_value(stack, "replicaAllocatedStorageGb")
     assert db["maxAllocatedStorage"] == stack_value(stack, "replicaMaxAllocatedStorageGb")

@@ -233,7 +233,7 @@ def test_install_rejects_other_releases_and_bad_usage(tmp_path: Path) -> None:
 PATTERNS = {
     "TimescaleDB version": r"timescale(?:db)?(?:[-_ ](?:ha|tsl))?[ :_/-]*v?\d+\.\d+",
     "TimescaleDB in an image tag": r"\bts\d+\.\d+",
-    "timescaledb-ha image": r"timescaledb-ha",
+    "TimescaleDB image reference": r"timescale/timescaledb[\w-]*[:@]",
     "pgvector version": r"pgvector[ _-]*v?\d+\.\d+",
     "pgBackRest version": r"pgbackrest[ _-]*v?\d+\.\d+",
     "PostgreSQL major": r"postgres(?:ql)?[ _/-]*(?:server-dev-|client-)?\d{2}\b|\bpg\d{2}\b",
