@@ -28,7 +28,9 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   case $db in
     *[!a-z0-9_]*|'') echo "tickstack-postgres: POSTGRES_DB must be [a-z0-9_]+" >&2; exit 1 ;;
   esac
-  echo "CREATE DATABASE $db" | postgres --single -D "$PGDATA" -j postgres >/dev/null
-  echo "tickstack-postgres: created database $db"
+  if [ "$db" != postgres ]; then
+    printf 'CREATE DATABASE %s;\n' "$db" | postgres --single -j -D "$PGDATA" postgres >/dev/null
+    echo "tickstack-postgres: created database $db"
+  fi
 fi
 exec postgres "$@"
