@@ -371,14 +371,7 @@ def load() -> tuple[StackConfig, str]:
            if k.startswith(prefix) and k.removeprefix(prefix) not in SECRET_KEYS}
     kube_given = bool(allconf.get(prefix + "kubeconfig"))
     region = allconf.get("aws:region")
-    cfg = validate(raw, kubeconfig_given=kube_given, region=region)
-    if not versions.load().primary_image_recorded:
-        import pulumi
-
-        pulumi.log.warn("the version table (scripts/versions.env) records no primary image "
-                        "digest yet: the primary is rendered by tag, and CI deploys refuse it; "
-                        "run the primary-image workflow and merge the pull request it opens")
-    return cfg, region
+    return validate(raw, kubeconfig_given=kube_given, region=region), region
 
 
 def kubeconfig():
