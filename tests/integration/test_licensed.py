@@ -50,10 +50,22 @@ def vectors(s: Stack) -> dict:
                               "ORDER BY bucket").fetchall())
 
 
-def similar(s: Stack) -> list:
+def similar(s: Stack):
     r = s.cli("similar", "--at", SIMILAR_AT, "-k", "5", "--json")
     assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    return _rounded(json.loads(r.stdout))
+
+
+def _rounded(v):
+    """Floats to 12 significant digits: a mean over many windows may be summed in another
+    order from one query to the next (last-digit noise), which is not what is compared here."""
+    if isinstance(v, float):
+        return float(f"{v:.12g}")
+    if isinstance(v, dict):
+        return {k: _rounded(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_rounded(x) for x in v]
+    return v
 
 
 @dataclass
@@ -61,7 +73,7 @@ class Day:
     s: Stack
     before: tuple  # s.state() before compression
     vectors: dict  # embeddings computed from uncompressed ticks
-    similar: list  # `similar` answered from uncompressed ticks
+    similar: dict  # `similar` answered from uncompressed ticks
     results: dict  # retention's results by job
     size_before: int
     size_after: int
