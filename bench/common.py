@@ -14,15 +14,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from infra.local.env import WORKER_LOGINS, LocalEnv  # noqa: E402
-from infra.local.s3 import MOTO_KEY, MOTO_SECRET, s3_client  # noqa: E402
-from workers import migrate  # noqa: E402
+from infra.local.env import LocalEnv  # noqa: E402
+from infra.local.s3 import s3_client  # noqa: E402
+from workers.db import migrate  # noqa: E402
 
 
 @contextlib.contextmanager
 def throwaway_env() -> Iterator[LocalEnv]:
     """Own clusters and S3 under /tmp (never the `make up` environment), removed afterwards."""
-    from workers import logs
+    from workers.core import logs
 
     logs.configure("console", "warning")
     state = Path(tempfile.mkdtemp(prefix="tickstack-bench-", dir="/tmp"))
@@ -41,7 +41,7 @@ def fresh_db(env: LocalEnv, name: str) -> str:
     """A new migrated database on the primary; returns its name."""
     env.primary.psql(f'CREATE DATABASE "{name}"')
     migrate.run(env.primary.dsn(name), password=env.secrets["postgres_password"],
-                logins={g: (u, env.secrets[u]) for g, u in WORKER_LOGINS.items()})
+                logins=env.worker_logins())
     return name
 
 
@@ -53,15 +53,8 @@ def landing_bucket(env: LocalEnv, bucket: str) -> None:
 
 def worker_env(env: LocalEnv, db: str, bucket: str) -> dict[str, str]:
     """Environment for `python -m workers …` against one bench database and landing bucket."""
-    p = env.primary
-    return {**os.environ, "TICKSTACK_PRIMARY_DSN": p.dsn(db),
-            "TICKSTACK_INGEST_DSN": p.dsn(db, user="ingest_worker"),
-            "TICKSTACK_EMBED_DSN": p.dsn(db, user="embed_worker"),
-            "TICKSTACK_READER_DSN": p.dsn(db, user="reader"),
-            "TICKSTACK_REPLICA_DSN": "", "TICKSTACK_LANDING_BUCKET": bucket,
-            "TICKSTACK_S3_ENDPOINT_URL": env.moto.endpoint, "TICKSTACK_LOG_FORMAT": "json",
-            "AWS_ACCESS_KEY_ID": MOTO_KEY, "AWS_SECRET_ACCESS_KEY": MOTO_SECRET,
-            "PGPASSFILE": str(env.write_pgpass())}
+    return {**os.environ, **env.env(database=db, landing_bucket=bucket, replica=False),
+            "TICKSTACK_LOG_FORMAT": "json"}
 
 
 def workers_cli(env_vars: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

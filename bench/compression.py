@@ -35,8 +35,7 @@ from common import (  # noqa: E402,I001
 
 import psycopg  # noqa: E402
 
-from infra.local.env import WORKER_LOGINS  # noqa: E402
-from workers import migrate  # noqa: E402
+from workers.db import migrate  # noqa: E402
 
 DAY = REPO.parent / "shared" / "data" / "BTCUSDT-trades-2019-04-01.zip"
 
@@ -67,7 +66,7 @@ def replica_db(env) -> str:
     name = "bench_replica_" + uuid.uuid4().hex[:8]
     env.replica.psql(f'CREATE DATABASE "{name}"')
     migrate.run(env.replica.dsn(name), password=env.secrets["postgres_password"],
-                logins={g: (u, env.secrets[u]) for g, u in WORKER_LOGINS.items()})
+                logins=env.worker_logins())
     return env.replica.dsn(name)
 
 

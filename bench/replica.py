@@ -27,10 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, fresh_db, landing_bucket, throwaway_env, worker_env  # noqa: E402
 
-from infra.local.env import WORKER_LOGINS  # noqa: E402
 from tests.integration.tcpproxy import Proxy  # noqa: E402
 from tests.integration.wsreplay import ReplayServer, trade_messages  # noqa: E402
-from workers import migrate  # noqa: E402
+from workers.db import migrate  # noqa: E402
 
 DAY = REPO.parent / "shared" / "data" / "BTCUSDT-trades-2019-04-01.csv"
 
@@ -39,7 +38,7 @@ def replica_db(env) -> str:
     name = "r_" + uuid.uuid4().hex[:10]
     env.replica.psql(f'CREATE DATABASE "{name}"')
     migrate.run(env.replica.dsn(name), password=env.secrets["postgres_password"],
-                logins={g: (u, env.secrets[u]) for g, u in WORKER_LOGINS.items()})
+                logins=env.worker_logins())
     return name
 
 

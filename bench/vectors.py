@@ -31,7 +31,9 @@ from common import REPO, fresh_db, landing_bucket, throwaway_env, worker_env, wo
 import psycopg  # noqa: E402
 from pgvector.psycopg import register_vector  # noqa: E402
 
-from workers import features, vector_index  # noqa: E402
+from workers.signals import features  # noqa: E402
+
+from workers.signals import vector_index
 
 DAY = REPO.parent / "shared" / "data" / "BTCUSDT-trades-2019-04-01.zip"
 T0 = datetime(2018, 1, 1, tzinfo=UTC)  # generated windows: before the real day

@@ -251,10 +251,6 @@ class StackConfig(_Model):
         return versions.load().rds_engine_version
 
     @property
-    def replica_major(self) -> str:
-        return versions.load().rds_engine_major
-
-    @property
     def stream_port(self) -> int:
         return urlparse(self.stream_url).port or 443
 

@@ -66,7 +66,6 @@ class WorkersArgs:
     schedules: Schedules
     stream_url: str
     stream_symbol: str
-    stream_port: int
     ingest_grace_period_seconds: int
     ingest_resources: Resources
     job_resources: Resources

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra import configs, versions
-from infra.local.postgres import PG_BIN, Cluster, install_problems
+from infra.local.postgres import DATABASE, PG_BIN, Cluster, install_problems
 from infra.local.procs import PartError, blocking_dir, db_user, make_db_dir, run_db
 from infra.local.s3 import MOTO_KEY, MOTO_SECRET, Moto, Stunnel
 
@@ -31,13 +31,6 @@ LANDING_BUCKET = "tickstack-landing"
 BACKUP_BUCKET = "tickstack-backup"
 REGION = "us-east-1"
 PARTS = ("s3", "s3-tls", "primary", "pgbackrest", "replica")
-# Least-privilege logins per worker (group role -> login user); `workers migrate` creates them.
-WORKER_LOGINS = {
-    "tickstack_ingest": "ingest_worker",
-    "tickstack_embed": "embed_worker",
-    "tickstack_retention": "retention_worker",
-    "tickstack_reader": "reader",
-}
 
 
 @dataclass
@@ -90,7 +83,7 @@ class LocalEnv:
     @staticmethod
     def _new_secrets() -> dict[str, str]:
         pw = {"postgres_password": secrets.token_urlsafe(24)}
-        pw.update({user: secrets.token_urlsafe(24) for user in WORKER_LOGINS.values()})
+        pw.update({user: secrets.token_urlsafe(24) for user in configs.WORKER_LOGINS.values()})
         return pw
 
     def _socket_root(self) -> Path:
@@ -290,21 +283,27 @@ class LocalEnv:
     def write_pgpass(self) -> Path:
         p = self.state / "pgpass"
         users = {"postgres": self.secrets["postgres_password"]}
-        users.update({u: self.secrets[u] for u in WORKER_LOGINS.values()})
+        users.update({u: self.secrets[u] for u in configs.WORKER_LOGINS.values()})
         lines = [f"127.0.0.1:{c.port}:*:{u}:{_pgpass_escape(pw)}"
                  for c in (self.primary, self.replica) for u, pw in users.items()]
         _write_private(p, "\n".join(lines) + "\n")
         return p
 
-    def env(self) -> dict[str, str]:
-        """Every TICKSTACK_ setting and AWS variable the workers need, for `eval $(… env)`."""
+    def env(self, *, database: str = DATABASE, landing_bucket: str = LANDING_BUCKET,
+            replica: bool = True, primary: str = "primary") -> dict[str, str]:
+        """Every TICKSTACK_ setting and AWS variable the workers need, for `eval $(… env)`.
+
+        `database`, `landing_bucket`, `replica=False` and `primary="replica"` (the replica's
+        cluster standing in for a primary: plain PostgreSQL) point the same settings at another
+        database / bucket / cluster of this environment (tests and benchmarks use their own)."""
+        main = self.primary if primary == "primary" else self.replica
         env = configs.worker_env(configs.WorkerEnv(
-            landing_bucket=LANDING_BUCKET, backup_bucket=BACKUP_BUCKET, aws_region=REGION,
+            landing_bucket=landing_bucket, backup_bucket=BACKUP_BUCKET, aws_region=REGION,
             s3_endpoint_url=self.moto.endpoint, log_format="console",
         ))
         env.update({
-            "TICKSTACK_PRIMARY_DSN": self.primary.dsn(),
-            "TICKSTACK_REPLICA_DSN": self.replica.dsn(),
+            "TICKSTACK_PRIMARY_DSN": main.dsn(database),
+            "TICKSTACK_REPLICA_DSN": self.replica.dsn(database) if replica else "",
             "TICKSTACK_PGBACKREST_CONFIG": str(self.pgbackrest_conf_path),
             "TICKSTACK_PG_BINDIR": str(PG_BIN),
             "TICKSTACK_REPORT_DIR": str(self.state / "report"),
@@ -314,19 +313,22 @@ class LocalEnv:
             "AWS_ACCESS_KEY_ID": MOTO_KEY,
             "AWS_SECRET_ACCESS_KEY": MOTO_SECRET,
         })
-        for group, user in WORKER_LOGINS.items():
-            key = "TICKSTACK_" + group.removeprefix("tickstack_").upper() + "_DSN"
-            env[key] = self.primary.dsn(user=user)
+        for group, user in configs.WORKER_LOGINS.items():
+            env[configs.dsn_env_key(group)] = main.dsn(database, user=user)
+        if replica:
+            env["TICKSTACK_REPLICA_RETENTION_DSN"] = self.replica.dsn(
+                database, user=configs.WORKER_LOGINS["tickstack_retention"])
         if db_user() is not None:  # we are root: the database's tools run as postgres
             env["TICKSTACK_PGBACKREST_OS_USER"] = db_user().pw_name
-        env["TICKSTACK_REPLICA_RETENTION_DSN"] = self.replica.dsn(
-            user=WORKER_LOGINS["tickstack_retention"])
         return env
+
+    def worker_logins(self) -> dict[str, tuple[str, str]]:
+        """group role -> (login user, password): what `workers migrate` creates."""
+        return {g: (u, self.secrets[u]) for g, u in configs.WORKER_LOGINS.items()}
 
     def write_worker_logins(self) -> Path:
         p = self.state / "worker-logins.json"
-        _write_private(p, json.dumps({g: {"user": u, "password": self.secrets[u]}
-                                      for g, u in WORKER_LOGINS.items()}, indent=1))
+        _write_private(p, configs.worker_logins_json(self.secrets))
         return p
 
 

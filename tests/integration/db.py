@@ -29,6 +29,9 @@ class FreshDb:
         return self.cluster.dsn(self.name)
 
     def connect(self, user: str = "postgres", password: str | None = None, **kw):
+        """Autocommit, as the workers' own connections are (each write is its own
+        transaction)."""
+        kw.setdefault("autocommit", True)
         return psycopg.connect(self.cluster.dsn(self.name, user=user),
                                password=password or self.password, **kw)
 

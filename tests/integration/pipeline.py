@@ -9,12 +9,11 @@ import uuid
 
 import psycopg
 
-from infra.local.env import WORKER_LOGINS
-from infra.local.s3 import MOTO_KEY, MOTO_SECRET, s3_client
+from infra.local.s3 import s3_client
 from tests.conftest import REPO
 from tests.integration.db import FreshDb
-from workers import migrate
-from workers.landing import Landing
+from workers.db import migrate
+from workers.landing.store import Landing
 
 BUCKET_CHECKSUMS = """
 SELECT bucket_5m, count(*), sum(quantity),
@@ -31,7 +30,7 @@ class Stack:
         self.env = env
         self.db = FreshDb(env, cluster)
         migrate.run(self.db.dsn, password=self.db.password,
-                    logins={g: (u, env.secrets[u]) for g, u in WORKER_LOGINS.items()})
+                    logins=env.worker_logins())
         self.bucket = "landing-" + uuid.uuid4().hex[:10]
         self.s3 = s3_client(env.moto.endpoint)
         self.s3.create_bucket(Bucket=self.bucket)
@@ -51,21 +50,10 @@ class Stack:
         return self.db.connect(**kw)
 
     def cli_env(self) -> dict[str, str]:
-        c = self.db.cluster
-        return {
-            **os.environ,
-            "TICKSTACK_PRIMARY_DSN": c.dsn(self.db.name),
-            "TICKSTACK_INGEST_DSN": c.dsn(self.db.name, user="ingest_worker"),
-            "TICKSTACK_EMBED_DSN": c.dsn(self.db.name, user="embed_worker"),
-            "TICKSTACK_READER_DSN": c.dsn(self.db.name, user="reader"),
-            "TICKSTACK_RETENTION_DSN": c.dsn(self.db.name, user="retention_worker"),
-            "TICKSTACK_REPLICA_DSN": "",
-            "TICKSTACK_LANDING_BUCKET": self.bucket,
-            "TICKSTACK_S3_ENDPOINT_URL": self.env.moto.endpoint,
-            "TICKSTACK_LOG_FORMAT": "json",
-            "AWS_ACCESS_KEY_ID": MOTO_KEY, "AWS_SECRET_ACCESS_KEY": MOTO_SECRET,
-            "PGPASSFILE": str(self.env.write_pgpass()),
-        }
+        """The environment's own worker settings, pointed at this database and bucket."""
+        return {**os.environ, **self.env.env(database=self.db.name, landing_bucket=self.bucket,
+                                             replica=False, primary=self.db.cluster.name),
+                "TICKSTACK_LOG_FORMAT": "json"}
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "workers", *args], cwd=REPO,

@@ -8,8 +8,8 @@ import pytest
 from pgvector.psycopg import register_vector
 
 from tests.integration.pipeline import Stack
-from workers import embed
-from workers.ingest import ingest_file
+from workers.db.ingest import ingest_file
+from workers.signals import embed
 
 DAY = "BTCUSDT-trades-2019-04-01"
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.integration.pipeline import Stack
-from workers.ingest import ingest_file
+from workers.db.ingest import ingest_file
 
 DAY = "BTCUSDT-trades-2019-04-01"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.pipeline import Stack
-from workers.ingest import ingest_file
-from workers.source.binance_files import BadFile
+from workers.db.ingest import ingest_file
+from workers.sources.binance_files import BadFile
 
 T0 = 1_554_076_800_000  # 2019-04-01 00:00:00 UTC in ms
 NAME = "BTCUSDT-trades-2019-04-01.csv"

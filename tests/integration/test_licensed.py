@@ -25,8 +25,9 @@ from tests.integration.test_backup_dr import checksums as env_checksums
 from tests.integration.test_backup_dr import ok
 from tests.integration.test_ingest_bad_input import write
 from tests.integration.test_replica import Replica, cli, cli_env
-from workers import embed, retention
-from workers.ingest import ingest_file, ingest_landing
+from workers.db.ingest import ingest_file, ingest_landing
+from workers.ops import retention
+from workers.signals import embed
 
 DAY = "BTCUSDT-trades-2019-04-01"
 CHUNKS = ("SELECT count(*) FILTER (WHERE is_compressed), count(*) "

@@ -13,10 +13,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from infra.local.env import WORKER_LOGINS
 from tests.conftest import REPO
 from tests.integration.db import FreshDb
-from workers import migrate
+from workers.db import migrate
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 N_FILES = len(migrate.discover())
@@ -44,7 +43,7 @@ def sql_copy(tmp_path):
 
 
 def logins(env) -> dict[str, tuple[str, str]]:
-    return {g: (u, env.secrets[u]) for g, u in WORKER_LOGINS.items()}
+    return env.worker_logins()
 
 
 def ledger(db: FreshDb) -> list[tuple[str, str]]:

@@ -15,15 +15,14 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from infra.local.env import WORKER_LOGINS
 from tests.conftest import REPO
 from tests.integration.db import FreshDb
 from tests.integration.pipeline import BUCKET_CHECKSUMS, Stack
 from tests.integration.tcpproxy import Proxy
-from workers import migrate
-from workers.health import Metrics
-from workers.ingest import ingest_file
-from workers.replica import ReplicaWriter
+from workers.core.health import Metrics
+from workers.db import migrate
+from workers.db.ingest import ingest_file
+from workers.replica.writer import ReplicaWriter
 
 DAY = "BTCUSDT-trades-2019-04-01"
 
@@ -33,7 +32,7 @@ class Replica:
         self.env = env
         self.db = FreshDb(env, "replica")
         migrate.run(self.db.dsn, password=self.db.password,
-                    logins={g: (u, env.secrets[u]) for g, u in WORKER_LOGINS.items()})
+                    logins=env.worker_logins())
 
     def dsn(self, port: int | None = None) -> str:
         c = self.db.cluster

@@ -11,8 +11,8 @@ import pytest
 
 from tests.integration.pipeline import Stack
 from tests.integration.test_ingest_bad_input import write
-from workers import retention
-from workers.ingest import ingest_file
+from workers.db.ingest import ingest_file
+from workers.ops import retention
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 DAY_MS = 86_400_000

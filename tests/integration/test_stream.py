@@ -26,8 +26,9 @@ import pytest
 from tests.conftest import REPO
 from tests.integration.pipeline import Stack
 from tests.integration.wsreplay import ReplayServer, raw_messages, trade_messages, trades_of
-from workers.ingest import ingest_landing
-from workers.stream_landing import compact_all, list_parts
+from workers.db.ingest import ingest_landing
+from workers.db.stream_commit import compact_all
+from workers.landing.parts import list_parts
 
 FAST = {  # small batches so a run has many commits; grace 0 so buckets compact during a run
     "TICKSTACK_STREAM_BATCH_ROWS": "500", "TICKSTACK_STREAM_BATCH_SECONDS": "0.2",

@@ -24,9 +24,10 @@ from tests.conftest import make_state_dir
 from tests.integration.pipeline import Stack
 from tests.integration.test_ingest_bad_input import write
 from tests.integration.test_retention import NOW, trades_over
-from workers import migrate, retention
-from workers.ingest import ingest_file
-from workers.migrate import SQL_DIR
+from workers.db import migrate
+from workers.db.ingest import ingest_file
+from workers.db.migrate import SQL_DIR
+from workers.ops import retention
 
 TIERS = ("licensed", "apache", "plain")
 
@@ -54,7 +55,7 @@ def apache_env(local_env):
         c.start()
         c.ensure_database()
         yield SimpleNamespace(primary=c, replica=local_env.replica, secrets=local_env.secrets,
-                              moto=local_env.moto)
+                              moto=local_env.moto, worker_logins=local_env.worker_logins)
     finally:
         try:
             c.stop()
@@ -178,7 +179,7 @@ def test_a_database_migrated_apache_only_gets_compression_once_licensed(local_en
         if f.name == "_ledger.sql" or f.name < "014":
             shutil.copy(f, old_sql / f.name)
     env = SimpleNamespace(primary=c, replica=local_env.replica, secrets=local_env.secrets,
-                          moto=local_env.moto)
+                          moto=local_env.moto, worker_logins=local_env.worker_logins)
     try:
         c.init()
         c.write_conf(cluster_conf(c, "apache"))

@@ -9,8 +9,8 @@ import psycopg
 import pytest
 
 from tests.integration.pipeline import Stack
-from workers import embed, similar, vector_index
-from workers.ingest import ingest_file
+from workers.db.ingest import ingest_file
+from workers.signals import embed, similar, vector_index
 
 DAY = "BTCUSDT-trades-2019-04-01"
 

@@ -6,8 +6,8 @@ import json
 from functools import cache
 from typing import Any
 
-from infra import mocking, render
-from infra.mocking import Graph, Res
+from infra.offline import mocking, render
+from infra.offline.mocking import Graph, Res
 
 STACKS = ("dev", "prod")
 RESTORE = {"targetTime": "2025-03-01T12:00:00Z", "backupSet": "20250223-030000F"}

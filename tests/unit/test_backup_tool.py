@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from workers import backup, podexec
-from workers.settings import Settings
+from workers.core.settings import Settings
+from workers.ops import backup, podexec
 
 
 def test_exec_pod_setting_routes_pgbackrest_into_the_pod_without_keys(monkeypatch):

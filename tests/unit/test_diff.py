@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import diff
+from infra.offline import diff
 
 pytestmark = pytest.mark.unit
 
@@ -166,7 +166,7 @@ def test_diff_of_two_commits_and_the_working_tree(program_repo: Path) -> None:
     assert "- `kubernetes:core/v1:Secret` **workers-dsn-restore**" in md
     assert "**1 to add, 7 to change, 2 to delete** (81 → 80 resources)" in md
     # Secrets never leak: the generated passwords' values are not in the diff.
-    from infra.mocking import mock_password
+    from infra.offline.mocking import mock_password
 
     assert mock_password("extra-token", 24) not in md
 

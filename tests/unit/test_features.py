@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workers import features
+from workers.signals import features
 
 W0 = 1_554_076_800_000_000  # a window start in µs
 

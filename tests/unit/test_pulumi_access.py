@@ -7,7 +7,7 @@ import json
 import pytest
 
 from infra.components import access
-from infra.mocking import example_cluster_outputs
+from infra.offline.mocking import example_cluster_outputs
 from tests.unit.pulumi_stacks import STACKS, graph, stack_value
 
 ROLES = {"access-db": access.DB_SA, "access-landing": access.LANDING_SA}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from infra import mocking
 from infra import stack_config as sc
+from infra.offline import mocking
 from tests.unit.pulumi_stacks import STACKS, config
 
 

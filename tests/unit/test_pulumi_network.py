@@ -9,7 +9,7 @@ import pytest
 
 from infra.components import database
 from infra.components import k8s as kx
-from infra.mocking import example_cluster_outputs
+from infra.offline.mocking import example_cluster_outputs
 from tests.unit.pulumi_stacks import STACKS, graph, pods, stack_value
 
 NP = "kubernetes:networking.k8s.io/v1:NetworkPolicy"

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv_utils
 
-from infra import mocking, render
-from infra.mocking import example_cluster_outputs
+from infra.offline import mocking, render
+from infra.offline.mocking import example_cluster_outputs
 from tests.unit.pulumi_stacks import (
     STACKS,
     config,

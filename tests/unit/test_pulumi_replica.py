@@ -8,7 +8,7 @@ import pytest
 
 from infra import versions
 from infra.components import replica
-from infra.mocking import example_cluster_outputs, unwrap
+from infra.offline.mocking import example_cluster_outputs, unwrap
 from tests.unit.pulumi_stacks import STACKS, graph, stack_value
 
 RDS = "aws:rds/instance:Instance"

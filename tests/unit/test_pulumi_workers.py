@@ -8,7 +8,7 @@ import pytest
 
 from infra import configs
 from infra.components import access, replica, workers
-from infra.mocking import unwrap
+from infra.offline.mocking import unwrap
 from tests.unit.pulumi_stacks import (
     STACKS,
     config_map_data,

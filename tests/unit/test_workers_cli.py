@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from tests.conftest import REPO
-from workers.settings import Settings
+from workers.core.settings import Settings
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

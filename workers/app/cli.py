@@ -1,0 +1,397 @@
+"""`python -m workers <command>`: the worker entry point (one image, one command per workload).
+
+Thin: each command parses its options, builds a Context, calls its operation
+(workers/app/operations.py) and prints the result's summary. Errors are mapped to exit codes in
+one place (`_fail`, workers.core.errors.describe): 0 done; 1 failed (the message says what and
+where); 2 bad usage or bad input.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import typer
+
+from workers.app import operations
+from workers.app.context import Context
+from workers.core import logs
+from workers.core.errors import EXIT_FAILED, describe
+from workers.core.settings import Settings
+
+app = typer.Typer(
+    name="workers",
+    help=(
+        "tickstack workers. Settings come from TICKSTACK_* environment variables "
+        "(`python -m infra.local env` prints them for the local environment)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _context(command: str) -> Context:
+    s = Settings()
+    logs.configure(s.log_format, s.log_level)
+    return Context(s, command)
+
+
+def command(fn):
+    """Register a command whose errors become one line on stderr and an exit code."""
+    name = fn.__name__.rstrip("_")
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except Exception as e:
+            code, reason = describe(e)
+            where = getattr(e, "where", None)
+            typer.echo(f"{name}{' ' + where if where else ''}: {reason}", err=True)
+            raise typer.Exit(code) from None
+
+    return app.command(name=name)(wrapper)
+
+
+def _show(result, json_out: bool, *, details: bool = True) -> None:
+    if json_out:
+        typer.echo(json.dumps(result.as_dict(), default=str))
+        return
+    typer.echo(result.summary())
+    if details and hasattr(result, "details"):
+        for line in result.details():
+            typer.echo(line)
+
+
+def _exit_unless_ok(result) -> None:
+    if not getattr(result, "ok", True):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@command
+def migrate(
+    status: bool = typer.Option(False, "--status", help="List applied and pending files only."),
+    dsn: str | None = typer.Option(
+        None, "--dsn", help="Migrate only this server (default: the primary, then the replica "
+        "when TICKSTACK_REPLICA_DSN is set)."),
+) -> None:
+    """Apply sql/ migrations in order (checksummed, under an advisory lock), on every server."""
+    r = operations.migrate(_context("migrate"), status_only=status, dsn=dsn)
+    for result in r.results:
+        _show(result, False)
+
+
+@command
+def ingest(
+    paths: list[str] = typer.Argument(
+        None, help="Binance dump files (.csv/.zip, a .CHECKSUM beside a zip is verified) or "
+        "landing prefixes s3://<landing bucket>/raw/<SYMBOL>/…"),
+    symbol: str | None = typer.Option(None, "--symbol", help="Symbol when the file name "
+                                         "does not say (BTCUSDT-trades-….zip does)."),
+    from_landing: bool = typer.Option(False, "--from-landing",
+                                      help="Replay every landing object (with --since/--until)."),
+    since: str | None = typer.Option(None, "--since", help="Replay from (ISO timestamp)."),
+    until: str | None = typer.Option(None, "--until", help="Replay until (exclusive)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Ingest Binance trade dumps, or replay landing objects: landing first, then the primary.
+
+    Bad rows are quarantined (line, reason) to quarantine/… in the landing bucket; a file that is
+    not a trade file at all fails with exit 2 and nothing of it is written.
+    """
+    from workers.core.ticks import to_us
+
+    ctx = _context("ingest")
+    if not paths and not from_landing:
+        typer.echo("ingest: give files or s3:// prefixes, or --from-landing", err=True)
+        raise typer.Exit(2)
+    since_t, until_t = operations.parse_time(since), operations.parse_time(until)
+    sources = list(paths or []) + ([f"s3://{ctx.settings.landing_bucket}/raw/"]
+                                   if from_landing else [])
+    run = operations.ingest(
+        ctx, sources, symbol=symbol, since_us=to_us(since_t) if since_t else None,
+        until_us=to_us(until_t) if until_t else None, progress=_progress,
+        on_file=lambda r: _show(r, json_out))
+    if run.replica is not None and not json_out and (
+            run.replica.get("written") or len(run.replica) > 1):
+        typer.echo("replica (best effort): " + ", ".join(
+            f"{k} {v}" for k, v in sorted(run.replica.items())), err=True)
+
+
+def _progress(path: str):
+    """A rich progress line on a terminal; periodic log lines otherwise."""
+    import sys
+    import time
+
+    t0, last = time.monotonic(), [0.0]
+    if sys.stderr.isatty():
+        from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("[bold]{task.description}"), TextColumn("{task.fields[s]}"),
+                       TimeElapsedColumn(), transient=True)
+        task = bar.add_task(path.rsplit("/", 1)[-1], s="")
+        bar.start()
+
+        def update(sm):
+            rate = sm.rows_read / max(time.monotonic() - t0, 1e-9)
+            bar.update(task, s=f"{sm.rows_read:,} rows  {rate:,.0f} rows/s  "
+                              f"{sm.buckets_landed} buckets")
+            if sm.seconds:  # the summary is final: the line goes
+                bar.stop()
+        return update
+    log = logs.get("ingest")
+
+    def lines(sm):
+        if time.monotonic() - last[0] >= 5:
+            last[0] = time.monotonic()
+            log.info("progress", source=path, rows=sm.rows_read, buckets=sm.buckets_landed)
+    return lines
+
+
+@command
+def stream(
+    url: str = typer.Option(None, "--url", help="Binance websocket URL (wss://…), raw "
+                            "(/ws/btcusdt@trade) or combined (/stream?streams=btcusdt@trade)."),
+    symbol: str = typer.Option("BTCUSDT", "--symbol"),
+    gaps: bool = typer.Option(False, "--gaps", help="Only re-check and list the recorded "
+                              "trade-id gaps (filled only once every id is present); no "
+                              "connection."),
+    json_out: bool = typer.Option(False, "--json", help="With --gaps: print JSON."),
+) -> None:
+    """Consume a live trade stream (reconnects, detects gaps).
+
+    Landing first, then the primary (ticks + offset in one transaction), then the replica (best
+    effort). SIGTERM: the batch in flight is committed, exit 0. Health and metrics on
+    TICKSTACK_HEALTH_PORT: /healthz, /readyz, /metrics.
+    """
+    ctx = _context("stream")
+    if gaps:
+        r = operations.stream_gaps(ctx, symbol.upper())
+        if json_out:
+            typer.echo(json.dumps(r.rows, default=str))
+        else:
+            _show(r, False)
+        return
+    if not url:
+        typer.echo("stream: --url is required (or --gaps)", err=True)
+        raise typer.Exit(2)
+    if not url.startswith(("ws://", "wss://")):
+        typer.echo(f"stream: --url must be a ws:// or wss:// URL, not {url!r}", err=True)
+        raise typer.Exit(2)
+    operations.stream(ctx, url, symbol)
+
+
+@command
+def replicate(
+    check: bool = typer.Option(False, "--check", help="Only compare and report."),
+    since: str | None = typer.Option(None, "--since", help="Only buckets from this time (ISO)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Catch the dual-write replica up from landing and prove equality.
+
+    Per-bucket row count + content checksum, the same SQL on both servers. Exit 1 if any bucket
+    still differs.
+    """
+    ctx = _context("replicate")
+    since_t = operations.parse_time(since)
+    ctx.dsn("admin", "replica")  # no replica configured: a usage error before any work
+    r = operations.replicate(ctx, check_only=check, since=since_t)
+    if json_out:
+        typer.echo(json.dumps(r.as_dict()))
+    else:
+        typer.echo(f"replicate: {r.summary()} ({r.seconds:.1f} s)")
+        for line in r.details():
+            typer.echo(f"  {line}")
+    _exit_unless_ok(r)
+
+
+@command
+def embed(
+    symbol: str | None = typer.Option(None, "--symbol", help="Only this symbol."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Compute 256-d embeddings for closed 5-minute windows (incremental), and their labels.
+
+    Features are documented in workers/signals/features.py; windows with fewer than 30 trades
+    are skipped and counted. Runs as the tickstack_embed login (TICKSTACK_EMBED_DSN).
+    """
+    r = operations.embed(_context("embed"), symbol=symbol)
+    if json_out:
+        typer.echo(json.dumps(r.as_dict()))
+    else:
+        typer.echo(f"embed: {r.summary()}; {r.seconds:.1f} s")
+
+
+@command
+def similar(
+    at: str = typer.Option(..., "--at", help="A time inside the query window (ISO, UTC), "
+                           "or 'latest' for the newest embedded window."),
+    k: int = typer.Option(10, "-k", min=1, max=1000, help="How many neighbours."),
+    symbol: str = typer.Option("BTCUSDT", "--symbol"),
+    exclude_minutes: int = typer.Option(
+        60, "--exclude-minutes", min=0,
+        help="Ignore windows this close before the query (0: include the window itself)."),
+    probes: int | None = typer.Option(None, "--probes", min=1,
+                                      help="ivfflat probes (default ~sqrt(lists))."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Nearest past windows and what followed them, against the unconditional mean."""
+    when = None if at == "latest" else operations.parse_time(at)
+    r = operations.similar(_context("similar"), symbol=symbol.upper(), at=when, k=k,
+                           exclude_minutes=exclude_minutes, probes=probes)
+    if json_out:
+        typer.echo(json.dumps(r.as_dict()))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from workers.signals.similar import LABEL_KEYS, pct
+
+    t = Table(title=f"{r.symbol} windows most like {r.window} "
+                    f"(k={r.k}, probes={r.probes or 'exact'})")
+    for col in ("window", "distance", "+5m", "+15m", "+60m", "vol 60m"):
+        t.add_column(col, justify="right")
+    for n in r.neighbours:
+        t.add_row(n["bucket"][:16], f"{n['distance']:.4f}",
+                  *(pct(n["labels"].get(key)) for key in LABEL_KEYS))
+    t.add_section()
+    t.add_row("neighbours' mean", "", *(pct(r.means[key]["neighbours"]) for key in LABEL_KEYS))
+    t.add_row("all windows' mean", "",
+              *(pct(r.means[key]["unconditional"]) for key in LABEL_KEYS))
+    Console().print(t)
+
+
+@command
+def retention(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would happen; change nothing."),
+    job: str | None = typer.Option(None, "--job", help="Only this job (by job_name)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Apply ops.retention_jobs on the primary, then the replica (when configured).
+
+    drop_after drops whole chunks on TimescaleDB and deletes rows in batches on plain
+    PostgreSQL; compress_after compresses chunks where the licence allows. Nothing that landing
+    does not hold is removed. Every job's outcome is audited in ops.retention_runs; a bad job
+    is rejected alone. Exit 1 when any job was rejected or failed.
+    """
+    r = operations.retention(_context("retention"), dry_run=dry_run, job=job)
+    if json_out:
+        typer.echo(json.dumps(r.as_dict()))
+    else:
+        for line in r.details():
+            typer.echo(line)
+    _exit_unless_ok(r)
+
+
+@command
+def backup(
+    type_: str = typer.Option("full", "--type", help="full | diff | incr"),
+    check: bool = typer.Option(
+        False, "--check", help="Only report: WAL archiving (pg_stat_archiver, waiting segments, "
+        "a fresh archived WAL switch) and the repository's backups. Exit 1 when archiving is "
+        "failing or stalled."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """pgBackRest backup of the primary into the backup bucket (stanza created if missing).
+
+    Retention of backups (full sets kept, diffs kept) is in pgbackrest.conf, rendered by
+    infra/configs.py for the cloud and the local environment alike.
+    """
+    ctx = _context("backup")
+    if check:
+        r = operations.archive_check(ctx)
+        if json_out:
+            typer.echo(json.dumps(r.as_dict(), default=str))
+        else:
+            for line in r.details():
+                typer.echo(line)
+        _exit_unless_ok(r)
+        return
+    r = operations.backup(ctx, type_)
+    if json_out:
+        typer.echo(json.dumps(r.as_dict(), default=str))
+    else:
+        typer.echo(f"backup: {r.summary()}; {r.seconds:.1f} s")
+
+
+@command
+def restore(
+    target_time: str = typer.Option(..., "--target-time",
+                                     help="Point in time to restore to (ISO, UTC if no zone)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if the primary is running "
+                               "and healthy (its data directory is moved aside, not deleted)."),
+    skip_pitr: bool = typer.Option(
+        False, "--skip-pitr", help="The database was already restored (the Kubernetes init "
+        "container does it): only verify and replay landing."),
+    timeline: str = typer.Option(
+        "latest", "--timeline", help="latest: follow the newest timeline in the WAL archive "
+        "(what happened after an earlier restore too); current: the timeline of the backup — "
+        "to restore to the same time again after a restore that promoted there."),
+    no_replay: bool = typer.Option(
+        False, "--no-replay", help="Stop after the point-in-time restore (inspect the state at "
+        "the target; a later --skip-pitr run replays landing)."),
+) -> None:
+    """Disaster-recovery rebuild: PITR restore to the target, then landing replay after it.
+
+    Prints each step's duration (the recovery time) and the newest tick before and after the
+    landing replay.
+    """
+    target = operations.parse_time(target_time)
+    r = operations.restore(_context("restore"), target, force=force, skip_pitr=skip_pitr,
+                           timeline=timeline, no_replay=no_replay)
+    _show(r, False)
+
+
+@command
+def up(
+    paths: list[str] = typer.Argument(
+        ..., help="Binance trade dumps to ingest (make up passes the real day in ../shared/data; "
+        "`make up DATA=…` other files)."),
+    report_dir: str | None = typer.Option(
+        None, "--report-dir", help="Where the HTML report goes (default TICKSTACK_REPORT_DIR)."),
+    force_backup: bool = typer.Option(
+        False, "--force-backup", help="Take a full backup even when the last one holds the "
+        "same data."),
+) -> None:
+    """The main job (make up): every stage, a summary table and an HTML report.
+
+    migrate, ingest, replicate, embed, retention (dry-run, then real), full backup, archive
+    check, one similar-windows query. A second run over the same data changes nothing and says
+    so.
+    """
+    from workers.app import up as main_job
+
+    ctx = _context("up")
+    if "log_level" not in ctx.settings.model_fields_set:
+        # The progress lines and the summary say what happened; logs only for trouble
+        # (TICKSTACK_LOG_LEVEL=info brings every worker's log lines back).
+        logs.configure(ctx.settings.log_format, "warning")
+    ok = main_job.main(ctx, paths, report_dir=report_dir or ctx.settings.report_dir,
+                       force_backup=force_backup)
+    if not ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def main() -> None:
+    """Run the command, then leave without C++ static destructors: Arrow's worker threads were
+    seen to abort an otherwise finished process at interpreter exit now and then
+    ("terminate called without an active exception", apache/arrow#34314), turning exit 0 or 2
+    into -6. Everything of ours is committed or flushed by then."""
+    import os
+    import sys
+
+    code = 0
+    try:
+        app()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            code = 1
+        else:
+            code = e.code or 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

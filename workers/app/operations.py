@@ -1,0 +1,345 @@
+"""What each command does, given a Context: the shared layer the CLI and `workers up` call.
+
+Every operation returns a typed result with `summary()` (one paragraph: the CLI prints it,
+`workers up` tabulates it), `changed`, `ok`, and `as_dict()` for `--json`; some add
+`details()`, the extra lines the CLI prints. Errors are raised (workers.core.errors, psycopg,
+botocore) and mapped to exit codes once, by the face.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from workers.app.context import Context
+from workers.core.errors import BadInput
+from workers.core.ticks import to_dt
+
+
+@dataclass
+class Note:
+    """A stage with nothing to do, and why."""
+
+    text: str
+    changed: bool = False
+    ok: bool = True
+
+    def summary(self) -> str:
+        return self.text
+
+    def as_dict(self) -> dict:
+        return {"note": self.text}
+
+
+@dataclass
+class Each:
+    """The same operation on several targets (servers, files): one result each."""
+
+    results: list = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return any(r.changed for r in self.results)
+
+    @property
+    def ok(self) -> bool:
+        return all(getattr(r, "ok", True) for r in self.results)
+
+    def summary(self) -> str:
+        return "; ".join(r.summary() for r in self.results)
+
+    def details(self) -> list[str]:
+        return [line for r in self.results for line in getattr(r, "details", list)()]
+
+    def as_dict(self) -> dict:
+        return {"results": [r.as_dict() for r in self.results]}
+
+
+# --- database schema -----------------------------------------------------------------------
+
+def migrate(ctx: Context, *, status_only: bool = False, dsn: str | None = None) -> Each:
+    """Migrations on the primary, then the replica (or only on `dsn`)."""
+    from workers.db import migrate as migrations
+
+    targets = [("server", dsn)] if dsn else ctx.settings.servers()
+    logins = migrations.load_logins(ctx.settings.worker_logins_file)
+    out = Each()
+    for name, target in targets:
+        try:
+            out.results.append(migrations.run(target, status_only=status_only, logins=logins,
+                                              server=name))
+        except migrations.MigrationError as e:
+            raise migrations.MigrationError(str(e), where=name) from None
+        except Exception as e:  # connection errors and the like: say which server
+            raise migrations.MigrationError(f"{type(e).__name__}: {e}", where=name) from None
+    return out
+
+
+# --- ingest --------------------------------------------------------------------------------
+
+@dataclass
+class IngestRun:
+    """Files (or landing prefixes) ingested in one run, and the replica's dual-write."""
+
+    files: list = field(default_factory=list)  # workers.db.ingest.Summary each
+    replica: dict | None = None  # the writer's counters (None: no replica)
+
+    @property
+    def changed(self) -> bool:
+        return any(f.changed for f in self.files)
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+    def total(self):
+        from workers.db.ingest import Summary
+
+        t = Summary(source=f"{len(self.files)} file(s)")
+        for f in self.files:
+            t.add(f)
+        return t
+
+    def summary(self) -> str:
+        t = self.total()
+        text = (f"{len(self.files)} file(s): {t.rows_read:,} rows read, {t.accepted:,} "
+                f"accepted, {sum(t.quarantined.values()):,} quarantined; {t.inserted:,} new "
+                f"ticks; {t.buckets_landed} buckets landed, {t.buckets_unchanged} already in "
+                "landing unchanged")
+        if self.replica is not None:
+            text += "; replica dual-write batches: " + (", ".join(
+                f"{v} {k}" for k, v in sorted(self.replica.items())) or "none needed")
+        return text
+
+    def as_dict(self) -> dict:
+        d = self.total().as_dict()
+        d.update(files=len(self.files), replica=self.replica)
+        return d
+
+
+def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
+           since_us: int | None = None, until_us: int | None = None,
+           progress: Callable[[str], Callable] | None = None,
+           on_file: Callable | None = None) -> IngestRun:
+    """Dump files (landed, loaded, dual-written to the replica) and s3:// landing prefixes
+    (replayed). `progress(source)` gives a per-source progress callback; `on_file(summary)`
+    sees each source's summary as soon as it is done."""
+    from workers.core.memory import limit_allocator_retention
+    from workers.db import ingest as pipeline
+
+    limit_allocator_retention()
+    s = ctx.settings
+    prefix = f"s3://{s.landing_bucket}/"
+    for src in sources:
+        if src.startswith("s3://") and not src.startswith(prefix):
+            raise BadInput(f"{src} is not in the landing bucket {s.landing_bucket}")
+    run = IngestRun()
+    writer = ctx.replica_writer()  # best effort; None without a replica
+    try:
+        with ctx.connect("ingest") as conn:
+            for src in sources:
+                update = progress(src) if progress else None
+                if src.startswith("s3://"):
+                    r = pipeline.ingest_landing(conn, ctx.landing, src.removeprefix(prefix),
+                                                since_us=since_us, until_us=until_us,
+                                                progress=update)
+                else:
+                    r = pipeline.ingest_file(conn, ctx.landing, src, symbol=symbol,
+                                             progress=update, block_bytes=s.ingest_block_bytes,
+                                             flush_rows=s.ingest_flush_rows, replica=writer)
+                run.files.append(r)
+                if on_file:
+                    on_file(r)
+    finally:
+        if writer is not None:
+            writer.close()
+            run.replica = dict(writer.stats)
+    return run
+
+
+# --- replica, signals ----------------------------------------------------------------------
+
+def replicate(ctx: Context, *, check_only: bool = False, since: datetime | None = None):
+    from workers.replica import catchup
+
+    with ctx.connect("ingest") as primary, ctx.connect("admin", "replica") as replica:
+        return catchup.run(primary, replica, ctx.landing, check_only=check_only, since=since)
+
+
+def embed(ctx: Context, *, symbol: str | None = None):
+    from workers.signals import embed as embedding
+
+    with ctx.connect("embed") as conn:
+        return embedding.run(conn, symbol=symbol,
+                             index_min_rows=ctx.settings.vector_index_min_rows)
+
+
+def similar(ctx: Context, *, symbol: str, at: datetime | None, k: int = 10,
+            exclude_minutes: int = 60, probes: int | None = None, labelled: bool = False):
+    """`at` None: the newest embedded window (`labelled`: the newest whose next hour is known,
+    so what followed it can be shown)."""
+    from datetime import timedelta
+
+    from workers.signals import similar as search
+
+    with ctx.connect("reader") as conn:
+        if at is None:
+            at = search.latest_window(conn, symbol, labelled=labelled) + timedelta(seconds=1)
+        return search.query(conn, symbol=symbol, at=at, k=k, exclude_minutes=exclude_minutes,
+                            probes=probes)
+
+
+# --- operations on the stored data ---------------------------------------------------------
+
+def retention(ctx: Context, *, dry_run: bool = False, job: str | None = None):
+    """Every enabled job on the primary, then on the replica when there is one."""
+    from workers.ops import retention as jobs
+
+    report = jobs.RetentionReport(dry_run)
+    for name, dsn in ctx.settings.retention_targets():
+        with ctx.connect(dsn=dsn) as conn:
+            try:
+                report.servers[name] = jobs.run(conn, dry_run=dry_run, job=job)
+            except jobs.NoSuchJob as e:
+                raise jobs.NoSuchJob(str(e), where=name) from None
+    return report
+
+
+def backup(ctx: Context, kind: str = "full"):
+    from workers.ops import backup as backups
+
+    return backups.backup(ctx.pgbackrest(), kind)
+
+
+def full_backup_unless_current(ctx: Context, *, force: bool = False):
+    from workers.ops import backup as backups
+
+    tool = ctx.pgbackrest()
+    with ctx.connect("admin") as conn:
+        return backups.full_backup_unless_current(tool, conn, force=force)
+
+
+def archive_check(ctx: Context):
+    from workers.ops import backup as backups
+
+    tool = ctx.pgbackrest()
+    with ctx.connect("admin") as conn:
+        return backups.check(conn, tool, stall_seconds=ctx.settings.archive_stall_seconds)
+
+
+def restore(ctx: Context, target: datetime, *, force: bool = False, skip_pitr: bool = False,
+            timeline: str = "latest", no_replay: bool = False):
+    from workers.db.migrate import discover
+    from workers.ops import restore as rebuild
+
+    if timeline not in ("latest", "current"):
+        raise BadInput("--timeline must be latest or current")
+    report = rebuild.RestoreReport(target.isoformat())
+    admin = ctx.dsn("admin")
+    if not skip_pitr:
+        rebuild.pitr(ctx.pgbackrest(), ctx.settings.pg_bindir, target, force=force,
+                     admin_dsn=admin, report=report, timeline=timeline)
+    with ctx.connect("admin") as conn:
+        report.timed("verify extensions and migration ledger",
+                     lambda: rebuild.verify(conn, [(m.name, m.sha256) for m in discover()]))
+        report.newest_tick_before_replay = rebuild.newest_tick(conn)
+    if no_replay:
+        report.newest_tick_after = report.newest_tick_before_replay
+        return report
+    with ctx.connect("ingest") as conn:
+        def replay() -> str:
+            report.replayed_objects, report.replayed_rows = rebuild.replay_gap(
+                conn, ctx.landing, target)
+            return f"{report.replayed_objects} landing objects, {report.replayed_rows:,} rows"
+
+        report.timed("landing replay after the target", replay)
+        report.newest_tick_after = rebuild.newest_tick(conn)
+    return report
+
+
+# --- the live stream -----------------------------------------------------------------------
+
+@dataclass
+class Gaps:
+    """The recorded trade-id gaps of one symbol, re-counted (open ones first)."""
+
+    symbol: str
+    rows: list[dict]
+
+    def summary(self) -> str:
+        if not self.rows:
+            return f"stream: no trade-id gaps recorded for {self.symbol}"
+        n_open = sum(1 for g in self.rows if g["filled_at"] is None)
+        return f"stream: {len(self.rows)} trade-id gap(s) of {self.symbol}, {n_open} open"
+
+    def details(self) -> list[str]:
+        out = []
+        for g in self.rows:
+            n = g["last_missing_id"] - g["first_missing_id"] + 1
+            state = f"filled {g['filled_at']:%Y-%m-%d %H:%M:%S}" if g["filled_at"] else \
+                f"OPEN ({g['present_count']:,} of {n:,} present)"
+            span = f"{g['after_time'].isoformat()} .. {g['before_time'].isoformat()}"
+            out.append(f"{g['source']} {g['symbol']} ids {g['first_missing_id']}.."
+                       f"{g['last_missing_id']} ({n:,} trades) between {span}: {state}")
+        return out
+
+
+def stream_gaps(ctx: Context, symbol: str) -> Gaps:
+    from workers.db.stream_commit import refresh_gaps
+
+    with ctx.connect("ingest") as conn:
+        return Gaps(symbol, refresh_gaps(conn, symbol))
+
+
+def stream(ctx: Context, url: str, symbol: str) -> dict:
+    """Run the stream until SIGTERM/SIGINT; returns its final counters."""
+    import asyncio
+    import signal
+
+    from workers.core import crashpoint, logs
+    from workers.core.health import HealthServer, Metrics
+    from workers.db import stream as live
+
+    s = ctx.settings
+    crashpoint.configure(s.crash_at)
+    cfg = live.StreamConfig.from_settings(s, url, symbol)
+    metrics = Metrics()
+    writer = ctx.replica_writer(metrics)
+    log = logs.get("stream")
+    try:
+        with ctx.connect("ingest") as conn:
+            worker = live.StreamWorker(cfg, conn, ctx.landing, writer, metrics)
+
+            def early_stop(*_):  # SIGTERM while recovering: stop once recovered (then the
+                worker.stopping = True  # event loop's own handlers take over)
+
+            signal.signal(signal.SIGTERM, early_stop)
+            signal.signal(signal.SIGINT, early_stop)
+            health = HealthServer(metrics, s.health_host, s.health_port,
+                                  worker.heartbeat.alive, worker.ready).start()
+            log.info("health server", host=s.health_host, port=health.port)
+            try:
+                worker.recover()
+                asyncio.run(worker.run())
+            finally:
+                health.stop()
+    finally:
+        if writer is not None:
+            writer.close()
+    done = {"trades": metrics.value("tickstack_stream_trades_total", outcome="accepted"),
+            "batches": metrics.value("tickstack_stream_batches_total")}
+    log.info("stream stopped", **done)
+    return done
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """An ISO timestamp option (UTC when it names no zone); BadInput when it is not one."""
+    if not value:
+        return None
+    from workers.core.ticks import parse_iso
+
+    try:
+        return to_dt(parse_iso(value))
+    except ValueError as e:
+        raise BadInput(str(e)) from None

@@ -1,0 +1,172 @@
+"""`workers up`: the main job, every stage in order on the configured servers, then a summary.
+
+The stages are the list below; each calls the same operation as its CLI command
+(workers/app/operations.py) and shows that result's own `summary()`. Each is timed and says
+whether it changed anything, so a second run over the same data reports "nothing changed". A
+failing stage stops the job; the stages before it are still summarised and the report written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from workers.app import operations
+from workers.app.context import Context
+from workers.core import logs
+from workers.core.errors import describe
+
+log = logs.get("up")
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, stage: str, message: str):
+        super().__init__(message)
+        self.stage = stage
+
+
+@dataclass
+class Stage:
+    name: str
+    did: str = ""
+    seconds: float = 0.0
+    changed: bool = False
+    ok: bool = True
+    result: object | None = None
+
+
+@dataclass
+class Run:
+    stages: list[Stage] = field(default_factory=list)
+    example: dict | None = None  # the "similar windows" query behind the report's figure
+    report: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        return any(s.changed for s in self.stages)
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.stages)
+
+    def result_of(self, name: str):
+        return next((s.result for s in self.stages if s.name == name), None)
+
+
+def _replicate(ctx: Context, run: Run):
+    if not ctx.settings.has_replica:
+        return operations.Note("no replica configured (TICKSTACK_REPLICA_DSN is empty)")
+    return operations.replicate(ctx)
+
+
+def _backup(ctx: Context, run: Run, force: bool):
+    if not ctx.settings.pgbackrest_config:
+        return operations.Note("skipped: TICKSTACK_PGBACKREST_CONFIG is not set")
+    return operations.full_backup_unless_current(ctx, force=force)
+
+
+def _archive_check(ctx: Context, run: Run):
+    if not ctx.settings.pgbackrest_config:
+        return operations.Note("skipped: TICKSTACK_PGBACKREST_CONFIG is not set")
+    return operations.archive_check(ctx)
+
+
+def _similar(ctx: Context, run: Run):
+    """The newest window whose next hour is known: the report shows it beside its neighbours."""
+    from workers.signals.similar import NoEmbedding
+
+    try:
+        r = operations.similar(ctx, symbol="BTCUSDT", at=None, k=5, labelled=True)
+    except NoEmbedding:
+        return operations.Note("no embedded window with a known next hour yet")
+    run.example = r.as_dict()
+    return r
+
+
+def stages(paths: list[str], force_backup: bool
+           ) -> list[tuple[str, Callable[[Context, Run], object]]]:
+    """The main job, in order: (stage name, what it runs)."""
+    return [
+        ("migrate", lambda ctx, run: operations.migrate(ctx)),
+        ("ingest", lambda ctx, run: operations.ingest(ctx, paths)),
+        ("replicate", _replicate),
+        ("embed", lambda ctx, run: operations.embed(ctx)),
+        ("retention (dry-run)", lambda ctx, run: operations.retention(ctx, dry_run=True)),
+        ("retention", lambda ctx, run: operations.retention(ctx)),
+        ("backup", lambda ctx, run: _backup(ctx, run, force_backup)),
+        ("archive check", _archive_check),
+        ("similar", _similar),
+    ]
+
+
+def run_all(ctx: Context, paths: list[str], *, on_stage: Callable[[Stage], None] | None = None,
+            force_backup: bool = False) -> tuple[Run, StageFailed | None]:
+    run = Run()
+    for name, fn in stages(paths, force_backup):
+        st = Stage(name)
+        run.stages.append(st)
+        t0 = time.monotonic()
+        failure = None
+        try:
+            st.result = fn(ctx, run)
+            st.did = st.result.summary()
+            st.changed = bool(getattr(st.result, "changed", False))
+            if not getattr(st.result, "ok", True):
+                problems = getattr(st.result, "problems", None)
+                problems = problems() if callable(problems) else problems
+                failure = "; ".join(problems) if problems else st.did
+        except Exception as e:  # a worker's own error: name the stage, not a traceback
+            failure = describe(e)[1]
+            st.did = failure
+        st.seconds = time.monotonic() - t0
+        st.ok = failure is None
+        log.debug("stage", stage=name, ok=st.ok, changed=st.changed,
+                  seconds=round(st.seconds, 2), did=st.did)
+        if on_stage:
+            on_stage(st)
+        if failure is not None:
+            return run, StageFailed(name, failure)
+    return run, None
+
+
+def main(ctx: Context, paths: list[str], *, report_dir: str, force_backup: bool = False
+         ) -> bool:
+    """Run every stage, print progress lines and the summary table, write the report."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+
+    def progress(st: Stage) -> None:
+        mark = ("[red]FAILED[/]" if not st.ok else
+                "[green]done[/]" if st.changed else "[dim]same[/]")
+        console.print(f"{mark} {st.name} ({st.seconds:.1f} s): {escape(st.did)}", highlight=False)
+
+    run, failure = run_all(ctx, paths, on_stage=progress, force_backup=force_backup)
+    try:
+        from workers.app import report
+
+        run.report = str(report.write(run, ctx.dsn("reader"), report_dir))
+    except Exception as e:  # the summary still matters when a figure cannot be drawn
+        console.print(f"[yellow]report not written: {type(e).__name__}: {e}[/]")
+    t = Table(title="tickstack make up — summary", show_lines=False)
+    t.add_column("stage")
+    t.add_column("what it did", overflow="fold")
+    t.add_column("time", justify="right")
+    for st in run.stages:
+        style = "red" if not st.ok else (None if st.changed else "dim")
+        t.add_row(st.name, escape(st.did), f"{st.seconds:.1f} s", style=style)
+    t.add_section()
+    t.add_row("total", "", f"{sum(st.seconds for st in run.stages):.1f} s")
+    console.print(t)
+    if run.report:
+        console.print(f"report: {run.report}")
+    if failure:
+        console.print(f"[red]make up stopped at {failure.stage}:[/] {escape(str(failure))}",
+                      highlight=False)
+        return False
+    console.print("nothing changed: the platform was already up to date with this data"
+                  if not run.changed else "done: the platform is up to date with this data")
+    return True

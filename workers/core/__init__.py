@@ -1,0 +1,2 @@
+"""Ground floor: settings, logging, errors, the tick schema and time units, SQL file loading,
+metrics and crash points. Everything above may use it; it uses nothing of the workers."""

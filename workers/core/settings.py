@@ -1,0 +1,131 @@
+"""The one settings object of the workers (environment variables with the prefix TICKSTACK_).
+
+Read once at the command boundary and passed down; deep code never reads the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TICKSTACK_", extra="ignore")
+
+    # DSNs may carry passwords: SecretStr keeps them out of reprs and logs.
+    primary_dsn: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/tickstack"),
+        description="Primary (TimescaleDB) connection string, as the migrator/owner.",
+    )
+    replica_dsn: SecretStr = Field(
+        SecretStr(""), description="Dual-write replica connection string; empty = no replica."
+    )
+    # Least-privilege logins the workers use (empty: fall back to the primary DSN).
+    ingest_dsn: SecretStr = SecretStr("")
+    embed_dsn: SecretStr = SecretStr("")
+    retention_dsn: SecretStr = SecretStr("")
+    reader_dsn: SecretStr = SecretStr("")
+    # The retention login on the replica (empty: the replica DSN itself).
+    replica_retention_dsn: SecretStr = SecretStr("")
+    worker_logins_file: str | None = Field(
+        None,
+        description="JSON file {group_role: {user, password}} of worker logins that `migrate` "
+        "creates (a Kubernetes Secret in the cloud, .tickstack/ locally).",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint (moto locally); unset = AWS's own endpoints."
+    )
+    aws_region: str = "us-east-1"
+    landing_bucket: str = "tickstack-landing"
+    backup_bucket: str = "tickstack-backup"
+    pgbackrest_config: str | None = Field(
+        None, description="pgbackrest.conf path (rendered by infra/configs.py)."
+    )
+    stanza: str = "tickstack"
+    pgbackrest_os_user: str | None = Field(
+        None, description="Run pgBackRest and pg_ctl as this OS user when running as root "
+        "(they must act as the database's owner; `postgres` locally).")
+    pgbackrest_exec_pod: str | None = Field(
+        None, description="Run pgBackRest in this pod (the primary's) through the Kubernetes "
+        "API instead of locally: the cloud's backup CronJobs, which have no data directory.")
+    pgbackrest_exec_container: str | None = None
+    pgbackrest_exec_namespace: str | None = Field(
+        None, description="The pod's namespace (default: the namespace this pod runs in).")
+    pg_bindir: str = Field(
+        "", description="PostgreSQL server binaries (pg_ctl), for `restore`; empty: from PATH. "
+        "The local environment and the worker image set it for the version table's major.")
+    archive_stall_seconds: int = Field(
+        300, ge=30, description="`backup --check`: a WAL segment waiting longer than this to be "
+        "archived means archiving is stalled.")
+    vector_index_min_rows: int = Field(
+        10_000, ge=1, description="Below this many embeddings, no ivfflat index (exact scan).")
+    ingest_block_bytes: int = Field(
+        512 << 10, ge=64 << 10, le=256 << 20,
+        description="CSV bytes parsed at a time (Arrow's parse buffers peak near 20x this).")
+    ingest_flush_rows: int = Field(
+        65_536, ge=1, le=10_000_000,
+        description="Rows landed and committed together (one transaction per flush).")
+    # --- live stream (`workers stream`) ------------------------------------------------------
+    stream_source: str = Field(
+        "stream:binance", description="ingestion.stream_offsets source name of the live stream "
+        "(keep it stable: the offset under it is where a restart resumes).")
+    stream_batch_rows: int = Field(1000, ge=1, le=1_000_000,
+                                   description="A micro-batch commits at this many trades...")
+    stream_batch_seconds: float = Field(1.0, gt=0, le=60,
+                                        description="...or when its oldest trade is this old.")
+    stream_silence_seconds: float = Field(
+        30.0, gt=0, description="No message for this long: the connection is dead, reconnect.")
+    stream_grace_seconds: float = Field(
+        10.0, ge=0, description="A bucket's landing object is compacted from its parts once "
+        "trades this far past the bucket's end arrive.")
+    stream_backoff_initial_seconds: float = Field(0.5, gt=0)
+    stream_backoff_max_seconds: float = Field(30.0, gt=0)
+    stream_max_message_bytes: int = Field(
+        65_536, ge=1024, description="Larger messages are quarantined unparsed (a trade "
+        "message is ~200 bytes); frames above 16 MiB close the connection.")
+    stream_ready_seconds: float = Field(
+        60.0, gt=0, description="/readyz: connected and a message within this many seconds.")
+    health_host: str = Field("0.0.0.0", description="Health/metrics HTTP bind address.")
+    health_port: int = Field(9108, ge=0, le=65535,
+                             description="/healthz, /readyz, /metrics (0: any free port).")
+    # --- dual-write replica ---------------------------------------------------------------
+    replica_timeout_seconds: float = Field(
+        2.0, gt=0, le=60, description="Deadline of one best-effort replica write (connect "
+        "included); a write past it is abandoned and the bucket recorded as replica lag.")
+    replica_breaker_failures: int = Field(
+        3, ge=1, description="Consecutive replica failures that open the circuit breaker.")
+    replica_breaker_cooldown_seconds: float = Field(
+        30.0, gt=0, description="Open breaker: no replica attempts for this long (half-open "
+        "after: one trial write).")
+    replica_queue: int = Field(
+        8, ge=1, description="Replica writes waiting behind a slow one; beyond, recorded as lag.")
+    crash_at: str = Field(
+        "", description="TESTS ONLY: `point:N` kills the process with SIGKILL the Nth time it "
+        "reaches a named crash point (see workers/crashpoint.py).")
+    report_dir: str = Field(
+        ".tickstack/report", description="Where `workers up` writes its HTML report and figures.")
+    log_format: Literal["json", "console", "auto"] = "auto"
+    log_level: str = "info"
+
+    def dsn_for(self, worker: Literal["ingest", "embed", "retention", "reader"]) -> str:
+        own = getattr(self, f"{worker}_dsn").get_secret_value().strip()
+        return own or self.primary_dsn.get_secret_value()
+
+    @property
+    def has_replica(self) -> bool:
+        return bool(self.replica_dsn.get_secret_value().strip())
+
+    def servers(self) -> list[tuple[str, str]]:
+        """(name, admin DSN) of every server migrations run on: primary, then replica."""
+        return [("primary", self.primary_dsn.get_secret_value())] + (
+            [("replica", self.replica_dsn.get_secret_value())] if self.has_replica else [])
+
+    def retention_targets(self) -> list[tuple[str, str]]:
+        """(server, DSN) pairs retention runs on: the primary, then the replica when set."""
+        out = [("primary", self.dsn_for("retention"))]
+        if self.has_replica:
+            out.append(("replica", self.replica_retention_dsn.get_secret_value().strip()
+                        or self.replica_dsn.get_secret_value()))
+        return out

@@ -1,0 +1,55 @@
+"""The tick contract every layer shares: the landed schema, its version, the bucket width and
+the conversions between microseconds since the epoch (how ticks are carried) and datetimes
+(how the database returns them).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+# What lands and loads (schema_version 1 of the landing objects).
+TICK_SCHEMA = pa.schema([
+    ("trade_id", pa.int64()),
+    ("event_time", pa.timestamp("us", tz="UTC")),
+    ("price", pa.decimal128(24, 8)),
+    ("quantity", pa.decimal128(24, 8)),
+    ("quote_quantity", pa.decimal128(32, 8)),
+    ("is_buyer_maker", pa.bool_()),
+])
+SCHEMA_VERSION = 1
+
+BUCKET_US = 300_000_000  # 5 minutes
+
+
+def to_dt(us: int) -> datetime:
+    """Microseconds since the epoch -> aware UTC datetime (exact: no float rounding)."""
+    return datetime.fromtimestamp(us // 1_000_000, UTC).replace(microsecond=us % 1_000_000)
+
+
+def to_us(t: datetime) -> int:
+    """Aware datetime -> microseconds since the epoch (exact)."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    delta = t - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def bucket_of(us: int) -> int:
+    """Start (µs) of the 5-minute bucket holding this instant."""
+    return us - us % BUCKET_US
+
+
+def iso(us: int) -> str:
+    """A bucket or instant as `YYYY-MM-DDTHH:MM:SSZ` for messages."""
+    return to_dt(us).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(value: str) -> int:
+    """An ISO timestamp (UTC when it names no zone) -> µs; ValueError with the text otherwise."""
+    try:
+        t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not an ISO timestamp: {value!r}") from None
+    return to_us(t)

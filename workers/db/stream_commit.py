@@ -1,0 +1,120 @@
+"""The primary's side of the live stream: a micro-batch's ticks, offset and gaps in one
+transaction; the trade-id gaps re-counted; closed buckets compacted from their landing parts
+into the bucket object and registered (see workers/landing/parts.py for the part layout).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+import pyarrow as pa
+
+from workers.core import crashpoint, logs
+from workers.core.sqlfiles import query
+from workers.core.ticks import BUCKET_US, iso, to_dt, to_us
+from workers.db.load import BucketLoad, advance_offset, load
+from workers.db.load import insert_ticks as load_ticks
+from workers.landing.parts import list_parts, read_parts
+from workers.landing.store import Landing, bucket_stats
+
+log = logs.get("stream")
+DEFAULT_SOURCE = "stream:binance"  # the stream_source setting's default
+
+
+@dataclass
+class Gap:
+    symbol: str
+    first_missing_id: int
+    last_missing_id: int
+    after_us: int  # trade time of the last id before the hole
+    before_us: int  # trade time of the first id after it
+
+    @property
+    def size(self) -> int:
+        return self.last_missing_id - self.first_missing_id + 1
+
+
+def insert_ticks(conn: psycopg.Connection, symbol: str, table: pa.Table) -> int:
+    """A batch's ticks through ON CONFLICT DO NOTHING (call inside a transaction)."""
+    if not table.num_rows:
+        return 0
+    with conn.cursor() as cur:
+        cur.execute("SET LOCAL TimeZone = 'UTC'")
+        return load_ticks(cur, [(symbol, [table])])
+
+
+def commit_batch(conn: psycopg.Connection, symbol: str, source: str, table: pa.Table,
+                 gaps: list[Gap]) -> int:
+    """One transaction: the batch's ticks, the offset (forward only) and the gaps it saw."""
+    with conn.transaction():
+        n = insert_ticks(conn, symbol, table)
+        if table.num_rows:
+            i = table.column("trade_id").to_pylist()
+            last = max(range(len(i)), key=i.__getitem__)
+            advance_offset(conn, source, symbol, i[last],
+                           table.column("event_time")[last].as_py())
+        for g in gaps:
+            conn.execute(
+                query(__package__, "record_gap"),
+                [source, g.symbol, g.first_missing_id, g.last_missing_id, to_dt(g.after_us),
+                 to_dt(g.before_us)])
+    return n
+
+
+def read_offset(conn: psycopg.Connection, source: str, symbol: str) -> tuple[int, int] | None:
+    """(last trade id, its trade time µs) or None."""
+    r = conn.execute("SELECT last_trade_id, last_event_time FROM ingestion.stream_offsets "
+                     "WHERE source = %s AND symbol = %s", [source, symbol]).fetchone()
+    if r is None:
+        return None
+    return r[0], to_us(r[1])
+
+
+def refresh_gaps(conn: psycopg.Connection, symbol: str | None = None) -> list[dict]:
+    """Re-count the ids present in every open gap; a gap is filled only when all of them are.
+    Returns all gaps (open first)."""
+    with conn.transaction():
+        conn.execute(query(__package__, "refresh_gaps"), {"symbol": symbol})
+    cols = ("source", "symbol", "first_missing_id", "last_missing_id", "after_time",
+            "before_time", "detected_at", "present_count", "checked_at", "filled_at")
+    rows = conn.execute(query(__package__, "list_gaps"), {"symbol": symbol})
+    return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def compact(conn: psycopg.Connection, landing: Landing, symbol: str, bucket_us: int,
+            source: str, replica=None) -> dict | None:
+    """Fold the bucket's parts into its landing object, register it, then delete the parts."""
+    parts = read_parts(landing, symbol, bucket_us)
+    if not parts:
+        return None
+    w = landing.merge_into(symbol, bucket_us, pa.concat_tables([t for _, t in parts]),
+                           trust_listing=False)
+    if w.merge.conflicts:
+        log.warning("stream trades conflict with the landed bucket (same id, other values); "
+                    "the landed rows win", symbol=symbol, bucket=iso(bucket_us),
+                    conflicts=len(w.merge.conflicts))
+    crashpoint.reach("compact_landed")
+    bl = BucketLoad(symbol, bucket_us, w.merge.table, True, landing.uri(w.key), w.sha256, w.size,
+                    bucket_stats(w.merge.table))
+    load(conn, [bl], source=source)
+    crashpoint.reach("compact_committed")
+    if replica is not None:
+        replica.submit([(symbol, bucket_us)], lambda c: load(c, [bl], source=source),
+                       what="compaction")
+    landing.delete([k for k, _ in parts])
+    return {"bucket": to_dt(bucket_us).isoformat(), "parts": len(parts),
+            "rows": w.merge.table.num_rows, "sha256": w.sha256}
+
+
+def compact_all(conn: psycopg.Connection, landing: Landing, source: str | None = None,
+                before_us: int | None = None, replica=None) -> int:
+    """Compact every bucket with parts (ending before `before_us` when given). For `restore`:
+    after a DR rebuild every accepted trade must be findable under raw/."""
+    n = 0
+    for (symbol, bucket), _ in sorted(list_parts(landing).items()):
+        if before_us is not None and bucket + BUCKET_US > before_us:
+            continue
+        if compact(conn, landing, symbol, bucket, source or DEFAULT_SOURCE, replica):
+            n += 1
+    return n

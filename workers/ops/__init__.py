@@ -1,0 +1,2 @@
+"""Operations on the stored data: retention jobs, pgBackRest backups and archive health, and the
+disaster-recovery restore."""
