@@ -31,9 +31,16 @@ def start(pgdata, sock, port: int, password: str | None) -> subprocess.Popen:
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+def accepting(port: int) -> bool:
+    """The port answers and the server accepts connections (not 'starting up')."""
+    return port_open(port) and subprocess.run(
+        [str(V.pg_bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)],
+        check=False).returncode == 0
+
+
 def wait_up(p: subprocess.Popen, port: int) -> None:
     deadline = time.monotonic() + 60
-    while not port_open(port):
+    while not accepting(port):
         assert p.poll() is None, p.stdout.read()
         assert time.monotonic() < deadline, "PostgreSQL did not start"
         time.sleep(0.2)
