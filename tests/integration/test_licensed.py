@@ -1,7 +1,8 @@
 """The licensed tier doing what production does, on the real Binance day: retention compresses
 the day's chunk, and everything downstream still works on it — per-bucket checksums unchanged,
 late trades merged into the compressed chunk exactly once, landing replay and `replicate`
-across it, `embed` and `similar` reading it, and a backup of it restoring to equal checksums.
+across it, `embed` and `similar` reading it. (A backup of compressed data restoring to equal
+checksums: tests/integration/test_backup_dr.py, whose drill runs on a compressed chunk.)
 
 "Unchanged" is measured against the same database before compression: its state (per-bucket
 checksums, landing registry, aggregates), its embeddings and its `similar` answers.
@@ -10,19 +11,12 @@ checksums, landing registry, aggregates), its embeddings and its `similar` answe
 from __future__ import annotations
 
 import json
-import shutil
-import time
 from dataclasses import dataclass
 from datetime import datetime
 
-import psycopg
 import pytest
 
-from infra.local.env import LocalEnv
-from tests.conftest import make_state_dir
 from tests.integration.pipeline import Stack
-from tests.integration.test_backup_dr import checksums as env_checksums
-from tests.integration.test_backup_dr import ok
 from tests.integration.test_ingest_bad_input import write
 from tests.integration.test_replica import Replica, cli, cli_env
 from workers.db.ingest import ingest_file, ingest_landing
@@ -182,43 +176,3 @@ def test_late_trades_into_the_compressed_chunk_land_exactly_once(day, tmp_path):
         again = ingest_file(conn, day.s.landing(), str(path))
     assert again.inserted == 0 and day.s.state() == state
     assert compressed_chunks(day.s)[0] >= 1
-
-
-@pytest.fixture(scope="module")
-def own_env():
-    """An environment of its own: the backup test destroys the primary's data directory."""
-    e = LocalEnv(make_state_dir())
-    try:
-        e.up()
-        yield e
-    finally:
-        try:
-            e.down(save_s3=False)
-        finally:
-            shutil.rmtree(e.state, ignore_errors=True)
-
-
-def test_backup_of_compressed_data_restores_to_equal_checksums(own_env, shared_data):
-    ok(own_env, "migrate")
-    ok(own_env, "ingest", str(shared_data / f"{DAY}.zip"))
-    out = ok(own_env, "retention")
-    assert "compress" in out
-    want = env_checksums(own_env)
-    ok(own_env, "backup", "--type", "full")
-    # pgBackRest picks the backup by its stop time in whole seconds: the target is a later one.
-    time.sleep(1.1)
-    with psycopg.connect(own_env.primary.dsn(), password=own_env.secrets["postgres_password"],
-                         autocommit=True) as c:
-        target = c.execute("SELECT clock_timestamp()").fetchone()[0]
-        assert c.execute(CHUNKS).fetchone()[0] >= 1
-        # Recovery stops at the first commit after the target: there must be one.
-        c.execute("SELECT pg_sleep(0.2); SELECT txid_current()")
-    ok(own_env, "backup", "--check")  # switches WAL: the archive reaches past the target
-    own_env.primary.stop()
-    shutil.rmtree(own_env.primary.data)
-    ok(own_env, "restore", "--target-time", target.isoformat())
-    assert env_checksums(own_env) == want
-    with psycopg.connect(own_env.primary.dsn(),
-                         password=own_env.secrets["postgres_password"]) as c:
-        done, total = c.execute(CHUNKS).fetchone()
-    assert done == total >= 1  # restored compressed, not rewritten
