@@ -30,7 +30,17 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from infra import versions
+
 NAMESPACE = "tickstack"  # the config namespace: keys are "tickstack:<key>"
+# Keys that named versions per stack; the version table names them once for every stack.
+RETIRED_KEYS = {
+    "primaryImage": "the primary image is the version table's (scripts/versions.env: "
+                    "PRIMARY_IMAGE_REPOSITORY, PRIMARY_IMAGE_DIGEST); to pull it from a mirror, "
+                    "set tickstack:primaryImageRepository",
+    "replicaEngineVersion": "the RDS engine major is the version table's (scripts/versions.env: "
+                            "RDS_ENGINE_MAJOR)",
+}
 SECRET_KEYS = frozenset({"kubeconfig"})  # only ever read as Pulumi secrets
 # What a cluster stack reference (or explicit config) must provide.
 CLUSTER_KEYS = ("kubeconfig", "oidcProviderArn", "oidcProviderUrl", "vpcId", "vpcCidr",
@@ -164,8 +174,13 @@ class StackConfig(_Model):
         None, pattern=r"^sha256:[0-9a-f]{64}$",
         description="The image's digest as pushed (CI sets it; prod gets dev's: the exact "
         "image dev ran). Unset: looked up in ECR by the tag. Pods always run it by digest.")
-    primary_image: str = Field("timescale/timescaledb-ha:pg16-ts2.17",
-                               pattern=r"^[a-z0-9./_-]+(:[A-Za-z0-9_.-]+)?(@sha256:[0-9a-f]{64})?$")
+    # The primary's image and the replica's engine come from the version table
+    # (scripts/versions.env), never from a stack: every stack runs the same versions. A stack
+    # may pull the table's image from a mirror (e.g. an ECR pull-through cache), same digest.
+    primary_image_repository: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9./_-]*$",
+        description="Where to pull the primary image from (default: the version table's "
+        "PRIMARY_IMAGE_REPOSITORY); the tag and digest are the table's.")
 
     # -- primary (TimescaleDB StatefulSet) ----------------------------------------------------
     primary_storage_size: Quantity = Field(
@@ -198,7 +213,6 @@ class StackConfig(_Model):
 
     # -- replica (RDS for PostgreSQL + pgvector) ----------------------------------------------
     replica_instance_class: str = Field("db.t4g.medium")
-    replica_engine_version: str = "16.4"
     replica_allocated_storage_gb: int = Field(20, ge=20, le=65536)
     replica_max_allocated_storage_gb: int = Field(100, ge=20, le=65536)
     replica_multi_az: bool = False
@@ -251,15 +265,6 @@ class StackConfig(_Model):
             raise ValueError(f"must look like db.<family>.<size>, e.g. db.t4g.medium (got {v!r})")
         return v
 
-    @field_validator("replica_engine_version")
-    @classmethod
-    def _engine_version(cls, v: str) -> str:
-        m = re.match(r"^([0-9]+)(\.[0-9]+)?$", v)
-        if not m or int(m.group(1)) not in (15, 16, 17):
-            raise ValueError(f"a PostgreSQL 15, 16 or 17 version with pgvector on RDS, e.g. 16.4 "
-                             f"(got {v!r})")
-        return v
-
     @field_validator("stream_url")
     @classmethod
     def _wss(cls, v: str) -> str:
@@ -267,6 +272,16 @@ class StackConfig(_Model):
         if u.scheme != "wss" or not u.hostname:
             raise ValueError(f"a wss:// URL (got {v!r})")
         return v
+
+    @property
+    def primary_image(self) -> str:
+        """The primary's image reference, from the version table (by digest once recorded)."""
+        return versions.load().primary_image(self.primary_image_repository)
+
+    @property
+    def replica_engine_version(self) -> str:
+        """The RDS engine version: the version table's major only (minors upgrade themselves)."""
+        return versions.load().rds_engine_version
 
     @property
     def stream_port(self) -> int:
@@ -300,7 +315,9 @@ def validate(raw: dict[str, Any], *, kubeconfig_given: bool,
         problems.append("aws:region: required (the AWS region, e.g. eu-west-1)")
     elif not re.match(r"^[a-z]{2}(-gov)?-[a-z]+-[0-9]$", region):
         problems.append(f"aws:region: not an AWS region name (got {region!r})")
-    unknown = sorted(set(raw) - KNOWN_KEYS)
+    for k in sorted(set(raw) & set(RETIRED_KEYS)):
+        problems.append(f"{NAMESPACE}:{k}: not a stack setting any more: {RETIRED_KEYS[k]}")
+    unknown = sorted(set(raw) - KNOWN_KEYS - set(RETIRED_KEYS))
     for k in unknown:
         close = difflib.get_close_matches(k, sorted(KNOWN_KEYS), n=1)
         problems.append(f"{NAMESPACE}:{k}: unknown key"
@@ -321,6 +338,7 @@ def validate(raw: dict[str, Any], *, kubeconfig_given: bool,
                     err["input"], dict | list):
                 msg += f" (got {err['input']!r})"
             problems.append(f"{NAMESPACE}:{key}: {msg}")
+    problems += _version_problems()
     if cfg is not None:
         problems += _cluster_problems(cfg, kubeconfig_given)
         if cfg.landing_glacier_ir_after_days < cfg.landing_ia_after_days + 30:
@@ -334,6 +352,20 @@ def validate(raw: dict[str, Any], *, kubeconfig_given: bool,
         raise ConfigError("invalid stack configuration:\n  " + "\n  ".join(problems))
     assert cfg is not None
     return cfg
+
+
+def _version_problems() -> list[str]:
+    """The version table must parse, and a recorded image digest must be for its versions."""
+    try:
+        v = versions.load()
+    except (OSError, versions.VersionTableError) as e:
+        return [f"version table: {e}"]
+    if v.primary_image_stale:
+        return [f"version table: PRIMARY_IMAGE_DIGEST was recorded for "
+                f"{v.primary_image_recorded_tag}, but the table's versions make "
+                f"{v.primary_image_tag}: run the primary-image workflow and merge the pull "
+                f"request it opens (docs/upgrading.md)"]
+    return []
 
 
 def _cluster_problems(cfg: StackConfig, kubeconfig_given: bool) -> list[str]:

@@ -1,4 +1,8 @@
-"""The primary database (Kubernetes): the primary image as a one-pod StatefulSet.
+"""The primary database (Kubernetes): tickstack's primary image as a one-pod StatefulSet.
+
+The image (infra/images/primary/Dockerfile) carries exactly the version table's PostgreSQL,
+TimescaleDB with TSL, pgvector and pgBackRest (scripts/versions.env), and is deployed by the
+digest CI recorded there (infra/versions.py `primary_image`).
 
 Its configuration comes from the one renderer the local environment also uses
 (infra/configs.py): `tickstack.conf` (postgres_conf(role="primary")), `pg_hba.conf` (TLS only
@@ -261,7 +265,6 @@ class Primary(pulumi.ComponentResource):
         env = [
             {"name": "PGDATA", "value": PGDATA},
             {"name": "PGBACKREST_CONFIG", "value": PGBACKREST_CONF},
-            {"name": "NO_TS_TUNE", "value": "true"},  # settings come from the renderer only
             {"name": "POSTGRES_PASSWORD",
              "value_from": {"secret_key_ref": {"name": kx.name_of(secret),
                                                "key": "POSTGRES_PASSWORD"}}},

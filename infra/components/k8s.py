@@ -18,7 +18,7 @@ REPLICA_CLIENT = "tickstack.io/replica-client"  # may reach RDS on 5432 (VPC CID
 HTTPS_EGRESS = "tickstack.io/https-egress"  # may reach S3/STS/Binance on 443
 BACKUP_CLIENT = "tickstack.io/backup-client"  # may reach pgBackRest's TLS server (8432)
 
-DB_UID = 1000  # the `postgres` user of timescale/timescaledb-ha
+DB_UID = 1000  # the `postgres` user of the primary image (infra/images/primary/Dockerfile)
 WORKER_UID = 10001  # the worker image's user (workers/Dockerfile)
 
 

@@ -109,6 +109,9 @@ class Replica(pulumi.ComponentResource):
             skip_final_snapshot=args.skip_final_snapshot,
             final_snapshot_identifier=final_snapshot,
             auto_minor_version_upgrade=True,
+            # The engine major is the version table's: a change there is a reviewed major
+            # upgrade (docs/upgrading.md), which RDS refuses without this flag.
+            allow_major_version_upgrade=True,
             enabled_cloudwatch_logs_exports=["postgresql"],
             opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
         )

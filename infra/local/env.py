@@ -29,8 +29,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra import configs
-from infra.local.postgres import DATABASE, PG_BIN, Cluster
+from infra import configs, versions
+from infra.local.postgres import DATABASE, PG_BIN, Cluster, install_problems
 from infra.local.procs import (
     PartError,
     blocking_dir,
@@ -282,6 +282,11 @@ class LocalEnv:
                 f"(PostgreSQL runs as `postgres`). Use a checkout outside private directories, "
                 f"or set --state-dir to a directory postgres can reach.",
             )
+        missing = install_problems()
+        if missing:
+            raise PartError("install", "the database stack does not match the version table "
+                            "(scripts/versions.env): " + "; ".join(missing)
+                            + ". Run `make install-system`.")
 
     def up(self) -> list[str]:
         """Start what is not running; returns what was started (empty: already up)."""
@@ -311,8 +316,48 @@ class LocalEnv:
         if not self.pgbr_server_healthy():
             self.start_pgbackrest_server()
             started.append("pgbackrest-server")
+        started += self.update_timescaledb()
         self.ensure_stanza()
         return started
+
+    # --- TimescaleDB updates in place ------------------------------------------------------
+
+    def update_timescaledb(self) -> list[str]:
+        """Move every database of the primary to the installed TimescaleDB; what was done.
+
+        A new TimescaleDB install keeps the older version's library, so a cluster made with it
+        still starts; `ALTER EXTENSION timescaledb UPDATE`, the first command of a fresh session
+        (before anything loads the old library), then moves each database. A primary started
+        before the install runs the old loader: it is restarted first.
+        """
+        want = versions.load().timescaledb
+        p = self.primary
+        dbs = p.psql("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
+                     "ORDER BY 1").splitlines()
+        behind = [(db, v) for db in dbs
+                  if (v := p.psql("SELECT extversion FROM pg_extension "
+                                  "WHERE extname = 'timescaledb'", db=db)) and v != want]
+        if not behind:
+            return []
+        done: list[str] = []
+        loader = Path(p.psql("SELECT setting FROM pg_config WHERE name = 'PKGLIBDIR'")) \
+            / "timescaledb.so"
+        started_at = float(p.psql("SELECT extract(epoch FROM pg_postmaster_start_time())"))
+        if loader.exists() and loader.stat().st_mtime > started_at:
+            p.stop()
+            p.start(env=self.pgbackrest_env())
+            done.append("primary restarted (its TimescaleDB loader predated the install)")
+        for db, old in behind:
+            # psql -c: a fresh session whose first command is the update (Cluster.psql).
+            p.psql("ALTER EXTENSION timescaledb UPDATE", db=db)
+            new = p.psql("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
+                         db=db)
+            if new != want:
+                raise PartError("primary", f"database {db}: ALTER EXTENSION timescaledb UPDATE "
+                                f"left version {new}, not {want}", p.log)
+            done.append(f"timescaledb {old} -> {new} in database {db} (updated in place: "
+                        f"ALTER EXTENSION timescaledb UPDATE)")
+        return done
 
     def ensure_stanza(self) -> None:
         # stanza-create is idempotent for a matching stanza (checked in DESIGN.md).

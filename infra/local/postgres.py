@@ -1,4 +1,4 @@
-"""A local PostgreSQL 15 cluster run as the `postgres` OS user, loopback only."""
+"""A local PostgreSQL cluster (the version table's major) run as `postgres`, loopback only."""
 
 from __future__ import annotations
 
@@ -8,11 +8,37 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra import configs
+from infra import configs, versions
 from infra.local.procs import PartError, chown_db, make_db_dir, port_open, run_db, tail_of
 
-PG_BIN = Path(os.environ.get("TICKSTACK_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_BIN = Path(os.environ.get("TICKSTACK_PG_BIN") or versions.load().pg_bindir)
 INCLUDE_LINE = "include_if_exists = 'tickstack.conf'"
+
+
+def install_problems() -> list[str]:
+    """What the installed PostgreSQL lacks against the version table (empty: all there)."""
+    v = versions.load()
+    pg_config = PG_BIN / "pg_config"
+    if not pg_config.exists():
+        return [f"PostgreSQL {v.pg_major} is not installed ({pg_config} is missing)"]
+    out = subprocess.run([str(pg_config), "--sharedir", "--pkglibdir"], check=True, text=True,
+                         capture_output=True).stdout.split()
+    share, lib = Path(out[0]), Path(out[1])
+    problems = []
+    for ext, want, libs in (("timescaledb", v.timescaledb,
+                             (f"timescaledb-{v.timescaledb}.so",
+                              f"timescaledb-tsl-{v.timescaledb}.so")),
+                            ("vector", v.pgvector, ("vector.so",))):
+        control = share / "extension" / f"{ext}.control"
+        have = None
+        if control.exists():
+            for line in control.read_text().splitlines():
+                if line.startswith("default_version"):
+                    have = line.split("=", 1)[1].strip().strip("'")
+        if have != want:
+            problems.append(f"{ext}: installed {have or 'nothing'}, the version table says {want}")
+        problems += [f"{ext}: {lib / f} is missing" for f in libs if not (lib / f).exists()]
+    return problems
 DATABASE = "tickstack"
 
 
@@ -94,6 +120,11 @@ class Cluster:
     def start(self, env: dict[str, str] | None = None) -> None:
         if self.running():
             return
+        major = (self.data / "PG_VERSION").read_text().strip()
+        if major != versions.load().pg_major:
+            raise PartError(self.name, f"{self.data} holds a PostgreSQL {major} cluster, the "
+                            f"version table says {versions.load().pg_major}: upgrade it with "
+                            f"pg_upgrade (docs/upgrading.md) or start afresh (`make clean`)")
         if port_open(self.port):
             raise PartError(self.name, f"port {self.port} is already in use by another program")
         self.log.touch()

@@ -1,8 +1,10 @@
 """Backup and disaster-recovery drills on an environment of their own (the primary is destroyed).
 
-Ingest part 1 of the real day, full backup, part 2, note T, part 3; destroy the primary's data
-directory; `restore --target-time T` gives exactly parts 1-2 from WAL, and with the landing
-replay parts 1-3 — per-bucket checksums identical to before the disaster.
+Ingest part 1 of the real day, let retention compress its chunk (licensed TimescaleDB, as in
+production), full backup of the compressed data, part 2, note T, part 3 (both merged into the
+compressed chunk); destroy the primary's data directory; `restore --target-time T` gives exactly
+parts 1-2 from WAL, and with the landing replay parts 1-3 — per-bucket checksums identical to
+before the disaster, and the chunk restored compressed.
 """
 
 from __future__ import annotations
@@ -62,6 +64,12 @@ def checksums(env: LocalEnv) -> list[tuple]:
         return c.execute(BUCKET_CHECKSUMS).fetchall()
 
 
+def compressed_chunks(env: LocalEnv) -> int:
+    with admin(env) as c:
+        return c.execute("SELECT count(*) FROM timescaledb_information.chunks "
+                         "WHERE hypertable_name = 'btc_ticks' AND is_compressed").fetchone()[0]
+
+
 def parts(shared_data: Path, tmp: Path) -> list[Path]:
     """The day's CSV cut at 08:00 and 16:00 UTC, each a file of its own."""
     cuts = [1_554_076_800_000 + h * 3_600_000 for h in (8, 16)]  # 2019-04-01 08:00, 16:00
@@ -81,6 +89,8 @@ def test_backup_check_and_dr_rebuild(env, shared_data, tmp_path):
     p1, p2, p3 = parts(shared_data, tmp_path)
     ok(env, "migrate")
     ok(env, "ingest", str(p1))
+    ok(env, "retention")  # the shipped job compresses the 2019 chunk
+    assert compressed_chunks(env) >= 1
     out = ok(env, "backup", "--type", "full")
     assert "backup: full" in out
     ok(env, "ingest", str(p2))
@@ -106,6 +116,7 @@ def test_backup_check_and_dr_rebuild(env, shared_data, tmp_path):
     out = ok(env, "restore", "--target-time", target.isoformat(), "--no-replay")
     assert "pgbackrest restore" in out and "WAL replay up to the target" in out
     assert checksums(env) == before_t  # exactly parts 1-2, from the backup and WAL
+    assert compressed_chunks(env) >= 1  # restored compressed, not rewritten
 
     out = ok(env, "restore", "--target-time", target.isoformat(), "--skip-pitr")
     assert "landing replay after the target" in out

@@ -68,6 +68,12 @@ def test_up_runs_every_stage_then_changes_nothing(stack, morning, tmp_path):
     assert "rows read" in stage_line(out, "ingest")
     assert stage_line(out, "backup").startswith("done") or "up to date" in out
     assert "healthy" in stage_line(out, "archive check")
+    # Licensed TimescaleDB: the shipped job (compress_after 30 days) compresses the 2019 chunk,
+    # and the summary and the report say so, with what it saved.
+    flat = " ".join(out.split())
+    assert re.search(r"btc_ticks: applied \(compressed 1 chunk\(s\), [\d,]+ rows \(licensed "
+                     r"TimescaleDB, [\d.]+ -> [\d.]+ MB\)\)", flat), flat
+    assert "licensed TimescaleDB, " in (report / "index.html").read_text()
     assert "tickstack make up — summary" in out and "done: the platform is up to date" in out
     before = stack.checksums()
     assert len(before) == 48

@@ -32,6 +32,22 @@ def test_pgbackrest_conf_cloud_defaults_use_irsa_and_verify_tls():
     assert not any("key-secret" in k or k == "repo1-s3-key" for k in g)
 
 
+def test_pgbackrest_bundles_files_and_uses_block_incremental_once_the_version_has_it():
+    """Both environments get bundling (one renderer); repo1-block only from the release where
+    block incremental left beta — the table's version decides by default."""
+    from infra import versions
+
+    since = ".".join(map(str, configs.BLOCK_INCREMENTAL_SINCE))
+    before = f"{configs.BLOCK_INCREMENTAL_SINCE[0]}.{configs.BLOCK_INCREMENTAL_SINCE[1] - 1}"
+    for version, block in ((since, True), (before, False)):
+        g = parse(configs.pgbackrest_conf(REPO, PG, pgbackrest_version=version))["global"]
+        assert g["repo1-bundle"] == "y"
+        assert ("repo1-block" in g) is block and (not block or g["repo1-block"] == "y")
+    table = tuple(map(int, versions.load().pgbackrest.split(".")))
+    g = parse(configs.pgbackrest_conf(REPO, PG))["global"]
+    assert ("repo1-block" in g) is (table >= configs.BLOCK_INCREMENTAL_SINCE)
+
+
 def test_pgbackrest_conf_local_s3_behind_tls_terminator():
     repo = configs.BackupRepo(bucket="bk", region="us-east-1", endpoint="127.0.0.1", port=4433,
                               uri_style="path", verify_tls=False, key_type="shared")

@@ -174,7 +174,8 @@ def program_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("diff-repo")
     shutil.copytree(REPO / "infra", root / "infra",
                     ignore=shutil.ignore_patterns("__pycache__", "local"))
-    for f in ("Pulumi.yaml", "Pulumi.dev.yaml", "Pulumi.prod.yaml"):
+    for f in ("Pulumi.yaml", "Pulumi.dev.yaml", "Pulumi.prod.yaml", "scripts/versions.env"):
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / f, root / f)
     dev = root / "Pulumi.dev.yaml"
     _replace(dev, "  # tickstack:restore:\n  #   targetTime: \"2025-03-01T12:00:00Z\"\n",

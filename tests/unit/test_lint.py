@@ -4,6 +4,7 @@ the Dockerfile must say (pinned actions, OIDC only, policy pack, concurrency, no
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -12,12 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from infra import versions
+
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
 WORKFLOWS = REPO / ".github" / "workflows"
 DOCKERFILE = REPO / "workers" / "Dockerfile"
+PRIMARY_DOCKERFILE = REPO / "infra" / "images" / "primary" / "Dockerfile"
 
 
 def tool(name: str) -> str:
@@ -33,9 +37,16 @@ def run(*cmd: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
 # --- hadolint ----------------------------------------------------------------------------------
 
 
-def test_hadolint_passes_the_worker_image() -> None:
-    r = run(tool("hadolint"), "--no-color", str(DOCKERFILE))
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, PRIMARY_DOCKERFILE], ids=["worker", "primary"])
+def test_hadolint_passes_the_images(dockerfile: Path) -> None:
+    r = run(tool("hadolint"), "--no-color", str(dockerfile))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_lint_script_hadolints_both_images() -> None:
+    text = (REPO / "scripts" / "lint.sh").read_text()
+    for f in (DOCKERFILE, PRIMARY_DOCKERFILE):
+        assert str(f.relative_to(REPO)) in text
 
 
 def test_hadolint_fails_a_broken_dockerfile(tmp_path: Path) -> None:
@@ -47,8 +58,8 @@ def test_hadolint_fails_a_broken_dockerfile(tmp_path: Path) -> None:
         assert rule in r.stdout
 
 
-def _instructions() -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+def _instructions(dockerfile: Path = DOCKERFILE) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
     out = []
     for line in text.splitlines():
         line = line.strip()
@@ -59,16 +70,17 @@ def _instructions() -> list[tuple[str, str]]:
 
 
 def test_dockerfile_entrypoint_user_and_stages() -> None:
-    import json
-
     from infra.components import k8s as kx
     from infra.components import workers as wk
 
     ins = _instructions()
     froms = [r for w, r in ins if w == "FROM"]
-    assert len(froms) == 2 and all("${PYTHON_IMAGE}" in f for f in froms)  # multi-stage
-    base = next(r for w, r in ins if w == "ARG" and r.startswith("PYTHON_IMAGE="))
-    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.\d+\.\d+-slim-\w+", base)
+    assert len(froms) == 2 and all("${WORKER_BASE_IMAGE}" in f for f in froms)  # multi-stage
+    # The base image and the PostgreSQL major are build args from the version table (no
+    # default here: a version is written only there).
+    args = {r for w, r in ins if w == "ARG"}
+    assert args == set(versions.BUILD_ARGS["worker"])
+    assert re.fullmatch(r"python:3\.\d+\.\d+-slim-\w+", versions.load().worker_base_image)
     # The entry point is the program's; the workload's command is the pod's args.
     assert [json.loads(r) for w, r in ins if w == "ENTRYPOINT"] == [wk.ENTRYPOINT]
     assert not [r for w, r in ins if w == "CMD"]
@@ -94,6 +106,30 @@ def test_dockerignore_allows_only_what_the_image_needs() -> None:
     copied = {r.split()[0].rstrip("/") for w, r in _instructions() if w == "COPY"
               and not r.startswith("--from")}
     assert copied <= {"pyproject.toml", "sql", "workers"} | {"pyproject.toml constraints.txt"}
+
+
+def test_primary_image_is_built_from_the_version_table_and_runs_as_the_db_user() -> None:
+    from infra.components import k8s as kx
+
+    ins = _instructions(PRIMARY_DOCKERFILE)
+    assert [r for w, r in ins if w == "FROM"] == ["${PRIMARY_BASE_IMAGE}"]
+    # Every build arg is the table's, without a default; the build checks them against it.
+    args = [r for w, r in ins if w == "ARG"]
+    assert set(args) == set(versions.BUILD_ARGS["primary"]) and all("=" not in a for a in args)
+    runs = " ".join(r for w, r in ins if w == "RUN")
+    assert "install_system.sh --profile image" in runs
+    assert "disagrees with scripts/versions.env" in runs
+    assert [r for w, r in ins if w == "USER"] == [f"{kx.DB_UID}:{kx.DB_UID}"]
+    assert f"--uid {kx.DB_UID}" in runs
+    assert [json.loads(r) for w, r in ins if w == "ENTRYPOINT"] == [["tickstack-postgres"]]
+    # Its own allow-list (BuildKit reads <Dockerfile>.dockerignore): exactly what it copies.
+    ignore = PRIMARY_DOCKERFILE.with_name("Dockerfile.dockerignore").read_text().splitlines()
+    allowed = {x[1:] for x in ignore if x.startswith("!")}
+    copied = set()
+    for w, r in ins:
+        if w == "COPY":
+            copied |= {p for p in r.split()[:-1] if not p.startswith("--")}
+    assert allowed == copied and ignore[[x.strip() for x in ignore].index("*")] == "*"
 
 
 # --- actionlint --------------------------------------------------------------------------------

@@ -81,14 +81,17 @@ def test_restore_needs_a_zone_and_a_past_time():
 
 
 def test_every_problem_is_reported_at_once():
-    msg = problems(replicaInstanceClass="x", replicaEngineVersion="14.9", namespace="Bad_NS")
+    msg = problems(replicaInstanceClass="x", replicaEngineVersion="latest", namespace="Bad_NS")
     for key in ("replicaInstanceClass", "replicaEngineVersion", "namespace"):
         assert f"tickstack:{key}:" in msg
 
 
-def test_pgvector_capable_engine_versions_only():
-    assert "tickstack:replicaEngineVersion: a PostgreSQL 15, 16 or 17" in problems(
-        replicaEngineVersion="11.22")
+def test_versions_are_not_stack_settings_and_the_error_names_the_table():
+    msg = problems(replicaEngineVersion="latest", primaryImage="example/postgres:latest")
+    assert "tickstack:replicaEngineVersion: not a stack setting any more" in msg
+    assert "tickstack:primaryImage: not a stack setting any more" in msg
+    assert msg.count("scripts/versions.env") == 2
+    assert "tickstack:primaryImageRepository" in msg  # what to set instead for a mirror
 
 
 def test_region_is_required_and_checked():

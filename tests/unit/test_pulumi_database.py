@@ -6,7 +6,7 @@ import configparser
 
 import pytest
 
-from infra import configs
+from infra import configs, versions
 from infra.components import access, database
 from infra.stack_config import StackConfig
 from tests.unit.pulumi_stacks import (
@@ -41,8 +41,10 @@ def test_one_timescaledb_pod_with_a_retained_volume_sized_by_config(stack):
     sts = statefulset(stack)
     spec = sts["spec"]
     assert spec["replicas"] == 1
-    assert postgres_container(sts)["image"] == stack_value(stack, "primaryImage")
-    assert postgres_container(sts)["image"].startswith("timescale/timescaledb-ha:")
+    v = versions.load()
+    assert postgres_container(sts)["image"] == v.primary_image()
+    assert postgres_container(sts)["image"].startswith(
+        f"{v.primary_image_repository}:{v.primary_image_tag}")
     [claim] = spec["volumeClaimTemplates"]
     assert claim["spec"]["resources"]["requests"]["storage"] == stack_value(
         stack, "primaryStorageSize")

@@ -6,6 +6,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from infra import versions
 from infra.components import replica, workers
 from infra.offline.mocking import example_cluster_outputs, unwrap
 from tests.unit.pulumi_stacks import STACKS, graph, stack_value
@@ -53,8 +54,7 @@ def test_tls_is_forced_by_the_parameter_group(stack):
     params = g.get("aws:rds/parameterGroup:ParameterGroup", "replica-params").plain
     values = {p["name"]: p["value"] for p in params["parameters"]}
     assert values["rds.force_ssl"] == "1"
-    major = str(stack_value(stack, "replicaEngineVersion")).split(".")[0]
-    assert params["family"] == f"postgres{major}"
+    assert params["family"] == f"postgres{versions.load().rds_engine_major}"
     assert instance(stack)["parameterGroupName"].startswith("replica-params-")
 
 
@@ -62,7 +62,10 @@ def test_tls_is_forced_by_the_parameter_group(stack):
 def test_engine_size_backups_and_protection_from_config(stack):
     db = instance(stack)
     assert db["engine"] == "postgres"
-    assert db["engineVersion"] == str(stack_value(stack, "replicaEngineVersion"))
+    # The major only: RDS upgrades minors itself (autoMinorVersionUpgrade).
+    assert db["engineVersion"] == versions.load().rds_engine_major
+    assert db["autoMinorVersionUpgrade"] is True
+    assert db["allowMajorVersionUpgrade"] is True  # a table change is a reviewed major upgrade
     assert db["instanceClass"] == stack_value(stack, "replicaInstanceClass")
     assert db["allocatedStorage"] == stack_value(stack, "replicaAllocatedStorageGb")
     assert db["maxAllocatedStorage"] == stack_value(stack, "replicaMaxAllocatedStorageGb")

@@ -41,7 +41,7 @@ def test_restore_runs_pgbackrest_before_postgres_starts(stack):
     pod = db_pod(g)
     [init] = pod["spec"]["initContainers"]
     [pg] = [c for c in pod["spec"]["containers"] if c["name"] == database.CONTAINER]
-    assert init["image"] == pg["image"]  # timescaledb-ha carries pgBackRest
+    assert init["image"] == pg["image"]  # the primary image carries pgBackRest
     assert init["securityContext"] == pg["securityContext"]
     assert init["volumeMounts"] == pg["volumeMounts"]  # same data volume, same pgbackrest.conf
     cmd = init["command"]

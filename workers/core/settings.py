@@ -57,8 +57,9 @@ class Settings(BaseSettings):
     pgbackrest_os_user: str | None = Field(
         None, description="Run pgBackRest and pg_ctl as this OS user when running as root "
         "(they must act as the database's owner; `postgres` locally).")
-    pg_bindir: str = Field("/usr/lib/postgresql/15/bin",
-                           description="PostgreSQL server binaries (pg_ctl), for `restore`.")
+    pg_bindir: str = Field(
+        "", description="PostgreSQL server binaries (pg_ctl), for `restore`; empty: from PATH. "
+        "The local environment and the worker image set it for the version table's major.")
     archive_stall_seconds: int = Field(
         300, ge=30, description="`backup --check`: a WAL segment waiting longer than this to be "
         "archived means archiving is stalled.")

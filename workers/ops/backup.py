@@ -89,7 +89,8 @@ def tail(text: str, n: int = 6) -> str:
 
 
 def ensure_stanza(tool: Tool) -> None:
-    """stanza-create succeeds again on a matching stanza (verified with pgBackRest 2.45)."""
+    """stanza-create succeeds again on a matching stanza (verified with the pgBackRest of the
+    version table, scripts/versions.env)."""
     tool.ok("stanza-create", timeout=300)
 
 

@@ -93,13 +93,16 @@ class RetentionReport:
                 if r.outcome in ("rejected", "failed")]
 
     def summary(self) -> str:
+        """One line: each job's outcome and what it did, e.g. `primary btc_ticks: applied
+        (compressed 1 chunk(s), 183,355 rows (licensed TimescaleDB, 35.1 -> 4.8 MB))`."""
         parts = []
         for server, rs in self.servers.items():
             for r in rs:
-                acted = r.rows or r.chunks
+                done = [_action_text(a, self.dry_run) for a in r.actions
+                        if a.get("rows") or a.get("chunks")]
                 skipped = [a["skipped"] for a in r.actions if "skipped" in a]
                 parts.append(f"{server} {r.job}: {r.outcome}"
-                             + (f" ({r.chunks} chunks, {r.rows:,} rows)" if acted else "")
+                             + (f" ({'; '.join(done)})" if done else "")
                              + (f" ({'; '.join(skipped)})" if skipped else ""))
         return "; ".join(parts) or "no enabled retention jobs"
 
@@ -130,6 +133,21 @@ class RetentionReport:
 
     def as_dict(self) -> dict:
         return {server: [r.as_dict() for r in rs] for server, rs in self.servers.items()}
+
+
+_VERBS = {"compress": ("would compress", "compressed"), "drop_chunks": ("would drop", "dropped"),
+          "delete": ("would delete", "deleted")}
+
+
+def _action_text(a: dict, dry_run: bool) -> str:
+    what = _VERBS.get(a["action"], (a["action"], a["action"]))[0 if dry_run else 1]
+    text = what + (f" {a['chunks']} chunk(s)," if a.get("chunks") else "") + \
+        f" {a.get('rows', 0):,} rows"
+    if a["action"] == "compress":
+        size = a.get("bytes")
+        text += " (licensed TimescaleDB" + (
+            f", {size[0] / 1e6:.1f} -> {size[1] / 1e6:.1f} MB)" if size else ")")
+    return text
 
 
 @dataclass(frozen=True)
@@ -259,7 +277,21 @@ def _compress(conn, table: str, cutoff: datetime, caps: Caps, dry_run: bool) -> 
     if chunks and not dry_run:
         for c in chunks:
             conn.execute("SELECT ops.retention_compress_chunk(%s, %s)", [table, c[0]])
+        a["bytes"] = _compressed_bytes(conn, table)
     return a
+
+
+def _compressed_bytes(conn, table: str) -> list[float] | None:
+    """[before, after] compression over the table's compressed chunks: what it saved."""
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT sum(before_compression_total_bytes)::float8, "
+                "sum(after_compression_total_bytes)::float8 "
+                "FROM hypertable_compression_stats(%s)", [table]).fetchone()
+    except psycopg.Error:  # the statistics are a report, never a reason to fail the job
+        return None
+    return [row[0], row[1]] if row and row[0] and row[1] else None
 
 
 def run_job(conn, caps: Caps, targets, name: str, table: object, policy: object, *,

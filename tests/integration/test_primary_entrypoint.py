@@ -1,0 +1,100 @@
+"""The primary image's entry point (infra/images/primary/entrypoint.sh), run on this machine the
+way the image runs it: an empty PGDATA is initialised (checksums, the password, the tickstack
+database) and PostgreSQL started with the pod's arguments; a second start keeps the data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import psycopg
+import pytest
+
+from infra import versions
+from infra.local.procs import db_user, free_port, make_db_dir, port_open, stop_pid
+from tests.conftest import REPO, make_state_dir
+
+ENTRYPOINT = REPO / "infra" / "images" / "primary" / "entrypoint.sh"
+V = versions.load()
+
+
+def start(pgdata, sock, port: int, password: str | None) -> subprocess.Popen:
+    u = db_user()
+    env = {"PATH": f"{V.pg_bindir}:/usr/bin:/bin", "PGDATA": str(pgdata), "HOME": str(sock),
+           "TMPDIR": str(sock), **({"POSTGRES_PASSWORD": password} if password else {})}
+    kw = {"user": u.pw_uid, "group": u.pw_gid, "extra_groups": []} if u else {}
+    return subprocess.Popen(
+        ["sh", str(ENTRYPOINT), "postgres", "-c", f"port={port}", "-c",
+         "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={sock}", "-c",
+         "shared_preload_libraries=timescaledb"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def accepting(port: int) -> bool:
+    """The port answers and the server accepts connections (not 'starting up')."""
+    return port_open(port) and subprocess.run(
+        [str(V.pg_bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)],
+        check=False).returncode == 0
+
+
+def wait_up(p: subprocess.Popen, port: int) -> None:
+    deadline = time.monotonic() + 60
+    while not accepting(port):
+        assert p.poll() is None, p.stdout.read()
+        assert time.monotonic() < deadline, "PostgreSQL did not start"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def root():
+    r = make_state_dir("tickstack-entrypoint-")
+    yield r
+    subprocess.run(["rm", "-rf", str(r)], check=False)
+
+
+def test_entrypoint_initialises_once_then_starts_postgres(root):
+    sock = make_db_dir(root / "run", 0o700)
+    pgdata = root / "pgdata" / "data"
+    make_db_dir(pgdata.parent, 0o700)
+    port = free_port()
+    p = start(pgdata, sock, port, "s3cret-pw")
+    try:
+        wait_up(p, port)
+        dsn = f"postgresql://postgres@127.0.0.1:{port}/tickstack"
+        with psycopg.connect(dsn, password="s3cret-pw", autocommit=True) as c:
+            assert c.execute("SHOW data_checksums").fetchone()[0] == "on"
+            c.execute("CREATE EXTENSION timescaledb; CREATE EXTENSION vector")
+            got = dict(c.execute("SELECT extname, extversion FROM pg_extension").fetchall())
+            lic = c.execute("SHOW timescaledb.license").fetchone()[0]
+            c.execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)")
+        assert got["timescaledb"] == V.timescaledb and got["vector"] == V.pgvector
+        assert lic == "timescale"
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(dsn, password="wrong").close()
+    finally:
+        stop_pid(p.pid)
+    out = p.stdout.read()
+    assert "initialising" in out and "created database tickstack" in out
+    assert "s3cret-pw" not in out
+
+    # A second start finds a database: nothing is initialised, nothing lost, no password needed.
+    p = start(pgdata, sock, port, None)
+    try:
+        wait_up(p, port)
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/tickstack",
+                             password="s3cret-pw") as c:
+            assert c.execute("SELECT v FROM kept").fetchone()[0] == 42
+    finally:
+        stop_pid(p.pid)
+    assert "initialising" not in p.stdout.read()
+
+
+def test_entrypoint_refuses_an_empty_pgdata_without_a_password(root):
+    sock = make_db_dir(root / "run", 0o700)
+    make_db_dir(root / "pgdata", 0o700)
+    p = start(root / "pgdata" / "data", sock, free_port(), None)
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 1 and "POSTGRES_PASSWORD is not set" in out
+    assert not (root / "pgdata" / "data" / "PG_VERSION").exists()
+    assert os.path.isdir(root / "pgdata")
