@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: up test down clean install install-system install-python lint status env
+.PHONY: up test bench down clean install install-system install-python lint status env
 
 # The real Binance day: ../shared/data's copy where it exists (the project's machines, CI), else
 # the same day fetched from Binance's public archive into the download cache (a user's clone).
@@ -26,6 +26,13 @@ up: install
 
 test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Every benchmark (bench/all.py), each on its own throwaway servers; figures (JSON, the month's
+# PNG) in .tickstack/bench/. BENCH_ARGS=--month adds the generated month (~30 min here),
+# BENCH_ARGS="--vectors 1000000" the million vectors. Never part of make test.
+BENCH_ARGS ?=
+bench: install
+	$(PY) bench/all.py $(BENCH_ARGS)
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m infra.local down; else echo "nothing to stop"; fi

@@ -1,14 +1,21 @@
-"""What the benchmarks share: a throwaway local environment and fresh migrated databases."""
+"""What the benchmarks share: a throwaway local environment, fresh migrated databases, the
+resident memory of a process over time, and where each bench writes its figures (a small JSON
+per bench, `bench/all.py` runs them all)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,3 +71,75 @@ def workers_cli(env_vars: dict[str, str], *args: str) -> subprocess.CompletedPro
         raise SystemExit(f"workers {' '.join(args)} failed ({r.returncode}):\n"
                          f"{r.stdout}\n{r.stderr[-3000:]}")
     return r
+
+
+def replica_db(env: LocalEnv, name: str) -> str:
+    """A migrated database of the same name on the replica cluster (the dual-write's target)."""
+    env.replica.psql(f'CREATE DATABASE "{name}"')
+    migrate.run(env.replica.dsn(name), password=env.secrets["postgres_password"],
+                logins=env.worker_logins())
+    return name
+
+
+def settle(env: LocalEnv) -> None:
+    """Checkpoint and let the WAL archiver catch up, so no run pays for the previous one's
+    WAL (archive-push compresses and uploads every segment on these 2 cores)."""
+    env.primary.psql("CHECKPOINT")
+    seg = env.primary.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+    env.primary.psql("SELECT pg_switch_wal()")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        done = env.primary.psql("SELECT coalesce(last_archived_wal >= %s, false) "
+                                "FROM pg_stat_archiver".replace("%s", f"'{seg}'"))
+        if done == "t":
+            return
+        time.sleep(0.5)
+    raise SystemExit("WAL archiving did not catch up within 10 minutes")
+
+
+class Watch:
+    """VmRSS and VmHWM of a running process, sampled every `every` seconds (from /proc: the
+    process itself, not the fork that started it)."""
+
+    def __init__(self, pid: int, every: float = 0.25):
+        self.pid, self.every = pid, every
+        self.samples: list[tuple[float, int]] = []  # (seconds since start, RSS bytes)
+        self.peak = 0  # VmHWM, bytes
+        self.t0 = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with open(f"/proc/{self.pid}/status") as f:
+                    st = f.read()
+                rss = int(st.split("VmRSS:")[1].split()[0]) * 1024
+                self.peak = max(self.peak, int(st.split("VmHWM:")[1].split()[0]) * 1024)
+                self.samples.append((time.monotonic() - self.t0, rss))
+            except (FileNotFoundError, IndexError, ValueError, ProcessLookupError):
+                pass
+            self._stop.wait(self.every)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def out_dir() -> Path:
+    """Where benches write their figures: $TICKSTACK_BENCH_OUT, else .tickstack/bench/."""
+    d = Path(os.environ.get("TICKSTACK_BENCH_OUT") or REPO / ".tickstack" / "bench")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def save(bench: str, figures: dict) -> Path:
+    """`{"bench": name, "at": ..., "machine": ..., **figures}` as <out>/<name>.json."""
+    p = out_dir() / f"{bench}.json"
+    doc = {"bench": bench, "at": datetime.now(UTC).isoformat(timespec="seconds"),
+           "machine": {"cpus": os.cpu_count(), "load_avg": os.getloadavg(),
+                       "python": platform.python_version()}, **figures}
+    p.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    print(f"figures: {p}")
+    return p

@@ -149,6 +149,12 @@ def main() -> None:
         print(f"\nmedian: baseline {b:.1f} s, tickstack {o:.1f} s — ratio {o / b:.2f}x "
               f"(tickstack adds verification and the landing replay of "
               f"{whole - upto_t:,} ticks the plain restore does not bring back)")
+        from common import save
+
+        save("dr", {"baseline_s": [round(x, 1) for x in base],
+                    "tickstack_s": [round(x, 1) for x in ours],
+                    "median_ratio": round(o / b, 3), "ticks_up_to_target": upto_t,
+                    "ticks_whole_day": whole})
         print("last tickstack run, as it reports itself:")
         print("\n".join("  " + ln for ln in last.strip().splitlines()))
 

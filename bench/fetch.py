@@ -141,13 +141,20 @@ def main() -> None:
             rows_out.append(("`workers fetch --since 2019-04 --until 2019-04` (process)", t))
             for label, t in rows_out:
                 print(f"{label:<62} {t:6.2f} s  = {t / base:5.2f} x baseline")
+            figures = {"trades": rows, "daily_bytes": daily_bytes, "baseline_get_s":
+                       round(base, 3), "runs": {label: {"seconds": round(t, 3),
+                                                       "ratio": round(t / base, 3)}
+                                               for label, t in rows_out}}
             if args.ingest_days:
-                ingest_overlap(server.url, work, args.ingest_days)
+                figures["ingest_overlap"] = ingest_overlap(server.url, work, args.ingest_days)
+            from common import save
+
+            save("fetch", figures)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def ingest_overlap(url: str, work: Path, n: int) -> None:
+def ingest_overlap(url: str, work: Path, n: int) -> dict:
     from common import fresh_db, landing_bucket, throwaway_env, worker_env, workers_cli
 
     until = (date(2019, 4, 1) + timedelta(days=n - 1)).isoformat()
@@ -172,6 +179,8 @@ def ingest_overlap(url: str, work: Path, n: int) -> None:
         a, b = out["fetch --ingest"], out["fetch, then ingest"]
         print(f"{n} day(s), {n * 183_355:,} trades: fetch --ingest {a:.1f} s, fetch then "
               f"ingest {b:.1f} s: {a / b:.2f} x")
+        return {"days": n, "fetch_ingest_s": round(a, 2), "fetch_then_ingest_s": round(b, 2),
+                "ratio": round(a / b, 3)}
 
 
 if __name__ == "__main__":

@@ -112,6 +112,11 @@ def main() -> None:
                 print(f"round {rnd + 1}: stream, {v:8s} replica: {t:6.2f} s", flush=True)
         print(f"\nhanging replica: {hung.accepted} connections accepted in all (the breaker "
               "stops retrying)")
+    from common import save
+
+    save("replica", {"seconds": times, "median_ratio_to_none": {
+        what: {v: round(statistics.median(rows[v]) / statistics.median(rows["none"]), 3)
+               for v in variants} for what, rows in times.items()}})
     print("\nmedian seconds and ratio to no replica (goal for hanging: <= 2x)")
     for what, rows in (("ingest 183,355 trades", times["ingest"]),
                        ("stream 9,757 messages", times["stream"])):

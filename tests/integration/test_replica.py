@@ -247,3 +247,53 @@ def test_stream_dual_writes_every_batch(stack, replica, tmp_path):
             (last,)]
     r = cli(stack, cli_env(stack, replica), "replicate", "--check")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_check_recomputes_what_changed_and_drills_into_the_day_that_differs(stack, replica,
+                                                                            shared_data,
+                                                                            tmp_path):
+    """Issue 19: per-day digests first, buckets only of the days that differ, and only the
+    buckets written since the last comparison are hashed again."""
+    lines = (shared_data / f"{DAY}.csv").read_text().splitlines()[:6_000]
+    days = []
+    for k in range(3):  # three days: the real first hour, shifted by whole days
+        d = tmp_path / f"d{k}" / f"{DAY}.csv"
+        d.parent.mkdir()
+        d.write_text("".join(f"{int(c[0]) + k * 10**6},{','.join(c[1:4])},"
+                             f"{int(c[4]) + k * 86_400_000},{','.join(c[5:])}\n"
+                             for c in (ln.split(",") for ln in lines)))
+        days.append(d)
+    with stack.ingest_conn() as conn:
+        for d in days:
+            ingest_file(conn, stack.landing(), str(d))
+    env = cli_env(stack, replica)
+    first = json.loads(cli(stack, env, "replicate", "--json").stdout)
+    assert first["differing"] == [] and first["after"]["days"] == 3
+    n_buckets = first["after"]["buckets"]
+    d = json.loads(cli(stack, env, "replicate", "--check", "--json").stdout)
+    assert d["differing"] == [] and d["before"]["days_differing"] == 0
+    assert [d["before"]["digests_recomputed"][s]["recomputed"] for s in ("primary", "replica")
+            ] == [0, 0]  # nothing written since: nothing hashed again
+    # Two trades more in one bucket of the middle day, on the primary only (no dual-write).
+    extra = tmp_path / "extra" / f"{DAY}.csv"
+    extra.parent.mkdir()
+    t = 1_554_076_800_000 + 86_400_000 + 600_500  # day 2, 00:10:00.5
+    extra.write_text(f"5000000001,4100.5,0.25,1025.125,{t},True,True\n"
+                     f"5000000002,4100.5,0.5,2050.25,{t + 1},False,True\n")
+    with stack.ingest_conn() as conn:
+        assert ingest_file(conn, stack.landing(), str(extra)).inserted == 2
+    r = cli(stack, env, "replicate", "--check", "--json")
+    assert r.returncode == 1
+    d = json.loads(r.stdout)
+    assert d["before"]["days_differing"] == 1 and d["before"]["days"] == 3
+    assert [d["before"]["digests_recomputed"][s]["recomputed"] for s in ("primary", "replica")
+            ] == [1, 0]
+    assert len(d["differing"]) == 1 and "2019-04-02T00:10" in d["differing"][0]
+    assert "rows on the primary" in d["differing"][0]
+    d = json.loads(cli(stack, env, "replicate", "--json").stdout)
+    assert d["caught_up"] == 1 and d["differing"] == [] and d["after"]["buckets"] == n_buckets
+    assert replica.checksums() == stack.checksums()
+    # The catch-up's delete-and-reload marked what it rewrote: no full rehash is owed.
+    with psycopg.connect(replica.dsn(user="replicate_worker")) as c:
+        assert c.execute("SELECT unmarked_change FROM market_data.tick_digest_state"
+                         ).fetchone() == (False,)

@@ -101,12 +101,15 @@ def ingest(
                                       help="Replay every landing object (with --since/--until)."),
     since: str | None = typer.Option(None, "--since", help="Replay from (ISO timestamp)."),
     until: str | None = typer.Option(None, "--until", help="Replay until (exclusive)."),
+    force: bool = typer.Option(False, "--force", help="Load files even when an earlier load "
+                               "of the same file completed and nothing it covered changed."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Ingest Binance trade dumps, or replay landing objects: landing first, then the primary.
 
     Bad rows are quarantined (line, reason) to quarantine/… in the landing bucket; a file that is
-    not a trade file at all fails with exit 2 and nothing of it is written.
+    not a trade file at all fails with exit 2 and nothing of it is written. A file loaded before
+    (same SHA-256) whose buckets' registry rows are unchanged since is skipped unread.
     """
     from workers.core.ticks import to_us
 
@@ -120,7 +123,7 @@ def ingest(
     run = operations.ingest(
         ctx, sources, symbol=symbol, market=market, since_us=to_us(since_t) if since_t else None,
         until_us=to_us(until_t) if until_t else None, progress=file_progress,
-        on_file=lambda r: _show(r, json_out))
+        on_file=lambda r: _show(r, json_out), force=force)
     if run.replica is not None and not json_out and (
             run.replica.get("written") or len(run.replica) > 1):
         typer.echo("replica (best effort): " + ", ".join(

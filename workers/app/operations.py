@@ -107,6 +107,9 @@ class IngestRun:
                 f"accepted, {sum(t.quarantined.values()):,} quarantined; {t.inserted:,} new "
                 f"ticks; {t.buckets_landed} buckets landed, {t.buckets_unchanged} already in "
                 "landing unchanged")
+        if t.files_skipped:
+            text += (f"; {t.files_skipped} file(s) unchanged since loaded (same checksum, same "
+                     "registry): skipped")
         if self.replica is not None:
             text += "; replica dual-write batches: " + (", ".join(
                 f"{v} {k}" for k, v in sorted(self.replica.items())) or "none needed")
@@ -121,10 +124,11 @@ class IngestRun:
 def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
            market: str | None = None, since_us: int | None = None, until_us: int | None = None,
            progress: Callable[[str], Callable] | None = None,
-           on_file: Callable | None = None) -> IngestRun:
+           on_file: Callable | None = None, force: bool = False) -> IngestRun:
     """Dump files (landed, loaded, dual-written to the replica) and s3:// landing prefixes
     (replayed). `progress(source)` gives a per-source progress callback; `on_file(summary)`
-    sees each source's summary as soon as it is done."""
+    sees each source's summary as soon as it is done. Files loaded before whose buckets are
+    unchanged are skipped unless `force`."""
     from workers.core.memory import limit_allocator_retention
     from workers.core.ticks import check_market, check_symbol
     from workers.db import ingest as pipeline
@@ -155,7 +159,8 @@ def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
                         conn, ctx.landing, src, symbol=symbol, market=market, progress=update,
                         block_bytes=s.ingest_block_bytes, flush_rows=s.ingest_flush_rows,
                         replica=writer, max_bucket_rows=s.ingest_max_bucket_rows,
-                        limits=Limits(s.ingest_max_zip_ratio, s.ingest_max_file_bytes))
+                        limits=Limits(s.ingest_max_zip_ratio, s.ingest_max_file_bytes),
+                        force=force)
                 run.files.append(r)
                 if on_file:
                     on_file(r)

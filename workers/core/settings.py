@@ -69,8 +69,10 @@ class Settings(BaseSettings):
         512 << 10, ge=64 << 10, le=256 << 20,
         description="CSV bytes parsed at a time (Arrow's parse buffers peak near 20x this).")
     ingest_flush_rows: int = Field(
-        65_536, ge=1, le=10_000_000,
-        description="Rows landed and committed together (one transaction per flush).")
+        32_768, ge=1, le=10_000_000,
+        description="Rows landed and committed together (one transaction per flush); up to "
+        "four flushes are in the worker's memory at once (measured: 65,536 peaked near 300 MB "
+        "RSS on a day of 2024 trades, 32,768 near 260 MB, at the same speed).")
     ingest_max_zip_ratio: float = Field(
         40.0, gt=1, description="A zip whose CSV is this many times larger than the zip is "
         "refused as a likely zip bomb (Binance dumps expand 4-6 times).")

@@ -18,10 +18,11 @@ timestamp) is quarantined as a conflicting duplicate, as within a bucket.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from workers.core.errors import Failed
 from workers.core.pg import require_autocommit, sibling
 from workers.core.sqlfiles import query
 from workers.core.ticks import iso, to_dt, to_us
+from workers.db import file_loads
 from workers.db.bucket_locks import SessionLocks, xact_lock
 from workers.db.load import BucketLoad, known_buckets, load
 from workers.landing.store import (
@@ -51,6 +53,7 @@ from workers.sources.validate import UnitState, validate
 
 log = logs.get("ingest")
 S3_THREADS = 3
+LOADERS = 2  # flushes loading at once, each on its own connection
 CONFLICT = "conflicting duplicate trade id (same id, different values)"
 
 
@@ -67,6 +70,9 @@ class Summary:
     quarantine_uri: str | None = None
     seconds: float = 0.0
     skipped_keys: list[str] = field(default_factory=list)  # replay: keys that are not objects
+    # Files left alone: already loaded, and nothing they covered changed (workers/db/file_loads)
+    files_skipped: int = 0
+    loaded_at: str | None = None  # when the skipped file's load completed
 
     @property
     def changed(self) -> bool:
@@ -75,13 +81,16 @@ class Summary:
     def add(self, other: Summary) -> None:
         """Fold another file's summary into this one (several files, one stage)."""
         for name in ("rows_read", "accepted", "inserted", "duplicates", "buckets_landed",
-                     "buckets_unchanged"):
+                     "buckets_unchanged", "files_skipped"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.quarantined.update(other.quarantined)
         self.skipped_keys += other.skipped_keys
         self.seconds += other.seconds
 
     def summary(self) -> str:
+        if self.loaded_at is not None:
+            return (f"{self.source}: unchanged since its load at {self.loaded_at} (same file "
+                    f"SHA-256, same registry over its buckets): skipped; {self.seconds:.1f} s")
         q = ", ".join(f"{k}: {v}" for k, v in sorted(self.quarantined.items())) or "none"
         text = (f"{self.source}: read {self.rows_read:,}, accepted {self.accepted:,}, "
                 f"inserted {self.inserted:,}, duplicates {self.duplicates:,}, quarantined "
@@ -102,11 +111,41 @@ class Summary:
                 "quarantined_by_reason": dict(self.quarantined),
                 "buckets_landed": self.buckets_landed,
                 "buckets_unchanged": self.buckets_unchanged,
-                "skipped_keys": self.skipped_keys,
+                "skipped_keys": self.skipped_keys, "files_skipped": self.files_skipped,
+                "loaded_at": self.loaded_at,
                 "quarantine_uri": self.quarantine_uri, "seconds": round(self.seconds, 3)}
 
 
 Pending = dict[int, list[tuple[pa.Table, np.ndarray]]]  # bucket µs -> [(rows, input positions)]
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A flush handed to the database threads: its load, locks, writes and buckets."""
+
+    future: Future
+    ids: list[tuple[str, str, int]]
+    writes: list[BucketWrite]
+    buckets: set[int]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a landed bucket will load, worked out on a landing thread: valid while the
+    registry still holds `registered` (its SHA-256 then; None: not registered)."""
+
+    registered: str | None
+    rows: pa.Table
+    stats: dict
+
+
+def _rows_to_load(w: BucketWrite, registered: str | None) -> pa.Table:
+    """An unregistered bucket holds no ticks (they commit with its registry row), so all of its
+    rows load. A registered one needs only what is new — unless its object had changed since it
+    was registered (a crash between landing and commit): then all of it goes through ON
+    CONFLICT to reconcile."""
+    return w.merge.new_rows if registered is not None and registered == w.before \
+        else w.merge.table
 
 
 class Pipeline:
@@ -124,16 +163,22 @@ class Pipeline:
         self.quarantine: list[dict] = []
         self._lock = threading.Lock()  # buckets land on threads; counters are shared
         self._pool = ThreadPoolExecutor(S3_THREADS)
-        # The database load of one flush overlaps the landing of the next; each flush is
-        # still landed before it is loaded, and loads stay in order on one connection.
-        self._db = ThreadPoolExecutor(1)
-        self._loading: Future | None = None
-        self._in_flight: tuple[list[tuple[str, str, int]], list[BucketWrite]] | None = None
+        # Database loads overlap the landing of the next flush, and up to LOADERS of them run
+        # at once on connections of their own: the server's share of a load (one backend, one
+        # core each) is the longest stage. Each flush is landed before it is loaded; flushes
+        # in flight at once hold disjoint buckets (a flush that shares one waits for them).
+        self._db = ThreadPoolExecutor(LOADERS)
+        self._conns: queue.SimpleQueue[psycopg.Connection] = queue.SimpleQueue()
+        self._opened: list[psycopg.Connection] = []
+        self._conns.put(conn)
+        self._in_flight: deque[InFlight] = deque()
         # Bucket locks and the lookups made under them, on a connection of their own (used by
-        # this thread only; loads run on `conn` in the database thread).
+        # this thread only; loads run on the database threads).
         self._lock_conn = sibling(conn)
         self.locks = SessionLocks(self._lock_conn)
         self._ranges: dict[int, tuple[int, int]] = {}  # trade ids of buckets landed this run
+        self.first_bucket: int | None = None  # the range of buckets this file landed
+        self.last_bucket: int | None = None
         self._stored: dict[str, str | None] = {}  # key -> ETag of this run's newest write
 
     def flush(self, buckets: Pending, describe: Callable[[int], dict]) -> None:
@@ -151,30 +196,44 @@ class Pipeline:
                       np.concatenate([p for _, p in buckets[b]])) for b in keys}
         merged = self._drop_conflicts(merged, describe)
         keys = sorted(merged)  # a bucket whose every row was a conflict is gone
+        if keys:
+            self.first_bucket = min(keys[0], self.first_bucket or keys[0])
+            self.last_bucket = max(keys[-1], self.last_bucket or keys[-1])
         moved = self._old_layout_keys(keys)
+        # What the registry holds of these buckets decides which rows load; under their locks
+        # only this run changes it, so ask now (unless a load in flight has one of them) and
+        # work out rows and aggregates on the landing threads, off the database threads.
+        if any(set(keys) & f.buckets for f in self._in_flight):
+            self.wait()
+        known = known_buckets(self._lock_conn, self.market, self.symbol, keys)
         landed = list(self._pool.map(
-            lambda b: self._land(b, *merged[b], describe, moved.get(b)), keys))
-        self.wait()
-        self._in_flight = (ids, [w for _, w in landed])
-        self._loading = self._db.submit(self._load, landed)
+            lambda b: self._land(b, *merged[b], describe, moved.get(b), known.get(b)), keys))
+        while len(self._in_flight) >= LOADERS:
+            self._complete()
+        if not self._opened and LOADERS > 1:
+            self._opened.append(sibling(self.conn))
+            self._conns.put(self._opened[-1])
+        self._in_flight.append(InFlight(self._db.submit(self._load, landed), ids,
+                                        [w for _, w, _ in landed], set(keys)))
 
     def wait(self) -> None:
-        """The previous flush committed: check what it registered is what landing holds, then
-        release its bucket locks."""
-        if self._loading is not None:
-            try:
-                self._loading.result()  # re-raises a load error here, in the caller's thread
-            finally:
-                self._loading = None
-            ids, writes = self._in_flight
-            self._in_flight = None
-            self._verify(writes)
-            self.locks.release(ids)
-            # mimalloc keeps freed pages for reuse; between flushes nothing needs them.
-            pa.default_memory_pool().release_unused()
+        """Every flush in flight committed, was checked and let go of its locks."""
+        while self._in_flight:
+            self._complete()
+
+    def _complete(self) -> None:
+        """The oldest flush in flight committed: check what it registered is what landing
+        holds, then release its bucket locks."""
+        f = self._in_flight.popleft()
+        f.future.result()  # re-raises a load error here, in the caller's thread
+        self._verify(f.writes)
+        self.locks.release(f.ids)
+        # Between flushes nothing needs the memory the allocator keeps for reuse.
+        pa.default_memory_pool().release_unused()
 
     def _land(self, bucket: int, incoming: pa.Table, positions: np.ndarray, describe,
-              current_key: str | None) -> tuple[int, BucketWrite]:
+              current_key: str | None, registered: str | None
+              ) -> tuple[int, BucketWrite, Prepared]:
         w = self.landing.merge_into(self.market, self.symbol, bucket, incoming,
                                     current_key=current_key)
         if w.merge.table.num_rows > self.max_bucket_rows:
@@ -191,27 +250,37 @@ class Pipeline:
                 self._stored[w.key] = w.etag
         ids = w.merge.table.column("trade_id")
         self._ranges[bucket] = (ids[0].as_py(), ids[-1].as_py())  # sorted by trade id
-        return bucket, w
+        prepared = None
+        if not (registered == w.sha256 and w.moved_from is None):
+            rows = _rows_to_load(w, registered)
+            prepared = Prepared(registered, rows, bucket_stats(w.merge.table))
+        return bucket, w, prepared
 
-    def _load(self, landed: list[tuple[int, BucketWrite]]) -> None:
-        known = known_buckets(self.conn, self.market, self.symbol, [b for b, _ in landed])
+    def _load(self, landed: list[tuple[int, BucketWrite, Prepared | None]]) -> None:
+        conn = self._conns.get()
+        try:
+            self._load_on(conn, landed)
+        finally:
+            self._conns.put(conn)
+
+    def _load_on(self, conn: psycopg.Connection,
+                 landed: list[tuple[int, BucketWrite, Prepared | None]]) -> None:
+        known = known_buckets(conn, self.market, self.symbol, [b for b, _, _ in landed])
         loads = []
-        for bucket, w in landed:
+        for bucket, w, prep in landed:
             if bucket in known and known[bucket] == w.sha256 and w.moved_from is None:
                 with self._lock:
                     self.summary.buckets_unchanged += 1
                 continue
-            # An unregistered bucket holds no ticks (they commit with its registry row), so all
-            # of its rows load. A registered one needs only what is new — unless its object had
-            # changed since it was registered (a crash between landing and commit): then all of
-            # it goes through ON CONFLICT to reconcile.
-            m = w.merge
-            rows = m.new_rows if bucket in known and known[bucket] == w.before else m.table
+            if prep is not None and prep.registered == known.get(bucket):
+                rows, stats = prep.rows, prep.stats
+            else:  # the registry is not what it was when the rows were chosen: choose again
+                rows = _rows_to_load(w, known.get(bucket))
+                stats = prep.stats if prep is not None else bucket_stats(w.merge.table)
             loads.append(BucketLoad(self.market, self.symbol, bucket, rows, bucket in known,
-                                    self.landing.uri(w.key), w.sha256, w.size,
-                                    bucket_stats(m.table)))
+                                    self.landing.uri(w.key), w.sha256, w.size, stats, w.etag))
         if loads:
-            n = load(self.conn, loads, source=self.source)
+            n = load(conn, loads, source=self.source)
             with self._lock:
                 self.summary.inserted += n
             if self.replica is not None:  # committed on the primary: now the replica, never
@@ -224,7 +293,8 @@ class Pipeline:
         (still under the bucket locks). Old-layout objects that were moved go now."""
         written = [w for w in writes if w.written and w.etag]
         for prefix in sorted({w.key.rsplit("/", 1)[0] + "/" for w in written}):
-            now = self.landing.etags(prefix)
+            mine = sorted(w.key for w in written if w.key.startswith(prefix))
+            now = self.landing.etags(prefix, mine[0], mine[-1])
             for w in written:  # a later flush of this run may have rewritten it since
                 if w.key.startswith(prefix) and now.get(w.key) != self._stored.get(w.key):
                     raise Failed(f"{self.landing.uri(w.key)} changed after this ingest stored "
@@ -300,6 +370,8 @@ class Pipeline:
         try:
             self._pool.shutdown()
             self._db.shutdown()
+            for c in self._opened:
+                c.close()
             if self.quarantine:
                 self.summary.quarantine_uri = self.landing.write_quarantine(
                     self.market, self.symbol, self.source, run_id, self.quarantine)
@@ -312,14 +384,27 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
                 symbol: str | None = None, market: str | None = None,
                 progress: Callable[[Summary], None] | None = None,
                 run_id: str | None = None, block_bytes: int = 512 << 10,
-                flush_rows: int = 65_536, replica=None, limits: Limits = Limits(),
-                max_bucket_rows: int = 5_000_000) -> Summary:
+                flush_rows: int = 32_768, replica=None, limits: Limits = Limits(),
+                max_bucket_rows: int = 5_000_000, force: bool = False) -> Summary:
     """Small parse blocks keep Arrow's CSV buffers small (they peak at ~20x the block); rows are
     flushed (landed, then loaded in one transaction) once `flush_rows` are ready; a bucket
-    holding more than four flushes' worth is flushed in parts, so memory stays bounded."""
+    holding more than four flushes' worth is flushed in parts, so memory stays bounded.
+
+    A file whose load completed before and whose buckets' registry rows are unchanged since is
+    skipped without reading it or landing (workers/db/file_loads.py); `force` loads it anyway.
+    """
     t0 = time.monotonic()
     tf: TradeFile = open_trade_file(path, symbol, market, limits)
     summary = Summary(source=str(path))
+    done = None if force else file_loads.unchanged(conn, tf.market, tf.symbol, tf.sha256)
+    if done is not None:
+        summary.files_skipped = 1
+        summary.loaded_at = done.loaded_at.isoformat(timespec="seconds")
+        summary.quarantine_uri = done.quarantine_uri
+        summary.seconds = time.monotonic() - t0
+        log.info("file unchanged since its load: skipped", file=tf.path.name,
+                 loaded_at=summary.loaded_at)
+        return summary
     pipe = Pipeline(conn, landing, tf.market, tf.symbol, f"file:{tf.path.name}", summary,
                     replica, max_bucket_rows=max_bucket_rows)
     units = UnitState()
@@ -387,6 +472,12 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
     finally:
         pipe.close(run_id or _run_id())
     summary.accepted -= sum(1 for q in pipe.quarantine if q["reason"] == CONFLICT)
+    if pipe.first_bucket is not None:  # every flush committed: the file is loaded
+        file_loads.record(conn, tf.market, tf.symbol, tf.sha256, tf.path.name,
+                          pipe.first_bucket, pipe.last_bucket, rows_read=summary.rows_read,
+                          accepted=summary.accepted,
+                          quarantined=sum(summary.quarantined.values()),
+                          quarantine_uri=summary.quarantine_uri)
     summary.seconds = time.monotonic() - t0
     return summary
 
@@ -454,7 +545,7 @@ def replay(conn: psycopg.Connection, landing: Landing, keys: list[str], *, sourc
                         continue
                     loads.append(BucketLoad(market, symbol, bucket, obj.table, bucket in known,
                                             landing.uri(key), obj.sha256, obj.size,
-                                            bucket_stats(obj.table)))
+                                            bucket_stats(obj.table), obj.etag))
                 if loads:
                     summary.inserted += load(conn, loads, source=f"{source}:{symbol}")
             summary.buckets_unchanged += len(loads)

@@ -5,8 +5,9 @@ them commit together: a crash leaves either all of a flush or none of it.
 
 Buckets the registry does not know yet cannot hold ticks (ticks and registry rows commit
 together), so their rows are COPYed straight into `btc_ticks`; known buckets go through a
-staging table and `INSERT … ON CONFLICT DO NOTHING`. COPY uses CSV rendered by Arrow's C++
-writer: the server parses the same format `psql \\copy` sends.
+staging table and `INSERT … ON CONFLICT DO NOTHING`. COPY sends PostgreSQL's binary format
+(workers/db/copy_binary.py: the server converts no text); what that layout cannot carry goes as
+CSV rendered by Arrow's C++ writer, the format `psql \\copy` sends.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,6 +25,7 @@ import pyarrow.csv as pacsv
 
 from workers.core.sqlfiles import query
 from workers.core.ticks import BUCKET_US, SCHEMA_VERSION, to_dt, to_us
+from workers.db import copy_binary
 from workers.landing.store import PRODUCER
 
 TICK_COLUMNS = ("bucket_5m", "market", "symbol", "trade_id", "event_time", "price", "quantity",
@@ -41,6 +44,18 @@ class BucketLoad:
     sha256: str
     size: int
     stats: dict  # from landing.bucket_stats over the bucket's full content
+    etag: str | None = None  # the object's ETag as the store reported it, when known
+
+    def metadata(self) -> dict:
+        """The registry row's metadata: checksum, rows, ids; the ETag lets a restore tell
+        from one listing which objects changed since they were registered."""
+        m = {"sha256": self.sha256, "row_count": self.stats["trade_count"],
+             "schema_version": SCHEMA_VERSION, "producer": PRODUCER,
+             "first_trade_id": self.stats["first_trade_id"],
+             "last_trade_id": self.stats["last_trade_id"]}
+        if self.etag:
+            m["etag"] = self.etag
+        return m
 
     @property
     def series(self) -> Series:
@@ -90,15 +105,34 @@ def _copy(cur: psycopg.Cursor, table: str, data: bytes) -> None:
             cp.write(view[i:i + (1 << 20)])
 
 
+def copy_rows(cur: psycopg.Cursor, table: str, series: Series, tables: list[pa.Table]) -> None:
+    """COPY one series' rows into `table`: binary when the layout can carry every table (each
+    is encoded as it is sent, so only one table's tuples exist at a time), else CSV. Call
+    inside a transaction with TimeZone UTC."""
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return
+    if not all(copy_binary.encodable(t) for t in tables):
+        _copy(cur, table, _csv(*series, tables))
+        return
+    cols = ", ".join(TICK_COLUMNS)
+    with cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT binary)") as cp:
+        cp.write(copy_binary.HEADER)
+        for t in tables:
+            for i in range(0, t.num_rows, 8192):
+                cp.write(copy_binary.rows(*series, t.slice(i, 8192)))
+        cp.write(copy_binary.TRAILER)
+
+
 def insert_ticks(cur: psycopg.Cursor, groups: list[tuple[Series, list[pa.Table]]]) -> int:
     """Ticks that may already be stored: through a staging table and ON CONFLICT DO NOTHING.
     Call inside a transaction with TimeZone UTC; returns the number inserted."""
     cur.execute("CREATE TEMP TABLE IF NOT EXISTS ticks_stage "
                 "(LIKE market_data.btc_ticks INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
     staged = 0
-    for (market, symbol), tables in groups:
+    for series, tables in groups:
         if any(t.num_rows for t in tables):
-            _copy(cur, "ticks_stage", _csv(market, symbol, tables))
+            copy_rows(cur, "ticks_stage", series, tables)
             staged += 1
     if not staged:
         return 0
@@ -108,11 +142,32 @@ def insert_ticks(cur: psycopg.Cursor, groups: list[tuple[Series, list[pa.Table]]
     return cur.rowcount
 
 
+def mark_digests_stale(cur: psycopg.Cursor | psycopg.Connection,
+                       buckets: list[tuple[str, str, int]]) -> None:
+    """Every writer of ticks calls this in the transaction that writes them: the buckets'
+    digests become stale (recomputed by `replicate`), and the statement trigger on btc_ticks
+    knows the change is accounted for (sql/017)."""
+    cur.execute("SELECT set_config('tickstack.digests_marked', 'on', true)")
+    keys = sorted(set(buckets))
+    if keys:
+        cur.execute(query(__package__, "mark_digests_stale"),
+                    [[m for m, _, _ in keys], [s for _, s, _ in keys],
+                     [to_dt(b) for _, _, b in keys]])
+
+
+def buckets_of(market: str, symbol: str, table: pa.Table) -> list[tuple[str, str, int]]:
+    """The (market, symbol, bucket) keys a table of ticks falls into."""
+    us = pc.cast(table.column("event_time"), pa.int64()).to_numpy()
+    return [(market, symbol, int(b)) for b in np.unique(us - us % BUCKET_US)]
+
+
 def load(conn: psycopg.Connection, loads: list[BucketLoad], *, source: str) -> int:
     """Apply one flush in one transaction; returns the number of ticks inserted."""
     inserted = 0
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("SET LOCAL TimeZone = 'UTC'")
+        mark_digests_stale(cur, [(b.market, b.symbol, b.bucket_us) for b in loads
+                                 if b.rows.num_rows])
         # The live stream commits ticks of a bucket before the bucket is registered (it is
         # registered when it closes): an unregistered bucket that already holds ticks goes
         # through ON CONFLICT like a known one.
@@ -122,8 +177,7 @@ def load(conn: psycopg.Connection, loads: list[BucketLoad], *, source: str) -> i
         old = [b for b in loads if b.rows.num_rows and (b.known or (*b.series, b.bucket_us)
                                                          in holding)]
         for group in _by_series(new):
-            _copy(cur, "market_data.btc_ticks",
-                  _csv(*group[0].series, [b.rows for b in group]))
+            copy_rows(cur, "market_data.btc_ticks", group[0].series, [b.rows for b in group])
             inserted += sum(b.rows.num_rows for b in group)
         if old:
             inserted += insert_ticks(cur, [(g[0].series, [b.rows for b in g])
@@ -131,12 +185,7 @@ def load(conn: psycopg.Connection, loads: list[BucketLoad], *, source: str) -> i
         cur.executemany(
             query(__package__, "upsert_registry"),
             [(b.market, b.symbol, to_dt(b.bucket_us), b.uri, b.size, b.stats["span"][0],
-              b.stats["span"][1],
-              json.dumps({"sha256": b.sha256, "row_count": b.stats["trade_count"],
-                          "schema_version": SCHEMA_VERSION, "producer": PRODUCER,
-                          "first_trade_id": b.stats["first_trade_id"],
-                          "last_trade_id": b.stats["last_trade_id"]}))
-             for b in loads],
+              b.stats["span"][1], json.dumps(b.metadata())) for b in loads],
         )
         # A bucket of flagged trades only (insurance fund, ADL) has no market price.
         aggregate = [b for b in loads if b.stats["ohlcv"] is not None]

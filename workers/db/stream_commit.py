@@ -14,7 +14,7 @@ from workers.core import crashpoint, logs
 from workers.core.sqlfiles import query
 from workers.core.ticks import BUCKET_US, iso, to_dt, to_us
 from workers.db.bucket_locks import xact_lock
-from workers.db.load import BucketLoad, advance_offset, load
+from workers.db.load import BucketLoad, advance_offset, buckets_of, load, mark_digests_stale
 from workers.db.load import insert_ticks as load_ticks
 from workers.landing.parts import list_parts, read_parts
 from workers.landing.store import Landing, bucket_stats
@@ -43,6 +43,7 @@ def insert_ticks(conn: psycopg.Connection, market: str, symbol: str, table: pa.T
         return 0
     with conn.cursor() as cur:
         cur.execute("SET LOCAL TimeZone = 'UTC'")
+        mark_digests_stale(cur, buckets_of(market, symbol, table))
         return load_ticks(cur, [((market, symbol), [table])])
 
 
@@ -125,7 +126,7 @@ def compact(conn: psycopg.Connection, landing: Landing, market: str, symbol: str
                         bucket=iso(bucket_us), conflicts=len(w.merge.conflicts))
         crashpoint.reach("compact_landed")
         bl = BucketLoad(market, symbol, bucket_us, w.merge.table, True, landing.uri(w.key),
-                        w.sha256, w.size, bucket_stats(w.merge.table))
+                        w.sha256, w.size, bucket_stats(w.merge.table), w.etag)
         load(conn, [bl], source=source)
     crashpoint.reach("compact_committed")
     if w.moved_from:

@@ -441,15 +441,33 @@ def replay_gap(conn: psycopg.Connection, landing: Landing, target: datetime) -> 
     # Live-stream parts not yet folded into their bucket object (the stream stopped before the
     # bucket closed): compact them first, so every accepted trade is under raw/.
     compact_all(conn, landing)
-    since = target - LANDING_MARGIN
-    registry = {(m, a, to_us(b)) for m, a, b in conn.execute(
-        "SELECT market, asset, bucket_5m FROM landing.raw_blobs_5m")}
-    changed = {o["Key"] for o in landing.listing(RAW) if o["LastModified"] >= since}
-    # Keys that are not bucket objects are skipped and reported (landing_keys), never loaded.
-    keys = [k for k in landing_keys(landing, RAW)
-            if bucket_of_key(k) not in registry or k in changed]
+    keys = gap_keys(conn, landing, target)
     # The restored registry may predate objects that changed after T: each object is checked
     # against the checksum stored with it, and only what the registry lacks is loaded.
     s = replay(conn, landing, keys, source="restore", registry_is_current=False,
                skip_unchanged=True)
     return s.buckets_unchanged, s.inserted
+
+
+def gap_keys(conn: psycopg.Connection, landing: Landing, target: datetime) -> list[str]:
+    """The landing objects a restore to `target` may lack, from one listing of landing and the
+    restored registry: objects the registry does not hold, and objects whose ETag is not the one
+    registered with them (rewritten since). Objects registered without an ETag (before issue
+    19) fall back to their age: modified within LANDING_MARGIN of the target or after."""
+    since = target - LANDING_MARGIN
+    registry = {(m, a, to_us(b)): etag for m, a, b, etag in conn.execute(
+        "SELECT market, asset, bucket_5m, metadata->>'etag' FROM landing.raw_blobs_5m")}
+    listed = {o["Key"]: o for o in landing.listing(RAW)}
+    # Keys that are not bucket objects are skipped and reported (landing_keys), never loaded.
+    keys = []
+    for k in landing_keys(landing, RAW):
+        b = bucket_of_key(k)
+        o = listed.get(k, {})
+        if b not in registry:
+            keys.append(k)
+        elif registry[b] is not None:
+            if o.get("ETag") != registry[b]:
+                keys.append(k)
+        elif o.get("LastModified") is None or o["LastModified"] >= since:
+            keys.append(k)
+    return keys

@@ -30,6 +30,7 @@ from psycopg import sql
 from workers.core import logs
 from workers.core.errors import BadInput
 from workers.core.pg import require_autocommit
+from workers.core.sqlfiles import query
 
 log = logs.get("retention")
 
@@ -38,6 +39,7 @@ MAX_INTERVAL = "100 years"
 DELETE_BATCH = 50_000
 _TABLE = re.compile(r"^([a-z_][a-z0-9_]*)\.([a-z_][a-z0-9_]*)$")
 POLICY_KEYS = ("compress_after", "drop_after")
+TICKS = "market_data.btc_ticks"
 
 
 class Rejected(ValueError):
@@ -235,10 +237,18 @@ def _drop_timescale(conn, table: str, cutoff: datetime, dry_run: bool) -> dict:
          "rows": sum(c[3] for c in chunks),
          "range": [chunks[0][1].isoformat(), chunks[-1][2].isoformat()] if chunks else None}
     if chunks and not dry_run:
-        dropped = conn.execute("SELECT * FROM ops.retention_drop_chunks(%s, %s)",
-                               [table, cutoff]).fetchall()
+        with conn.transaction():
+            _mark_digests(conn, table, cutoff)
+            dropped = conn.execute("SELECT * FROM ops.retention_drop_chunks(%s, %s)",
+                                   [table, cutoff]).fetchall()
         a["dropped"] = [d[0] for d in dropped]
     return a
+
+
+def _mark_digests(conn, table: str, cutoff: datetime) -> None:
+    """Ticks go: their buckets' digests are stale (call in the removing transaction)."""
+    if table == TICKS:
+        conn.execute(query(__package__, "mark_digests_before"), [cutoff])
 
 
 def _delete_batched(conn, table: str, time_col: str, cutoff: datetime, dry_run: bool) -> dict:
@@ -254,6 +264,7 @@ def _delete_batched(conn, table: str, time_col: str, cutoff: datetime, dry_run: 
         deleted, batches = 0, 0
         while True:  # one short transaction per batch: no long locks, bounded WAL bursts
             with conn.transaction():
+                _mark_digests(conn, table, cutoff)
                 k = conn.execute(stmt, [cutoff, DELETE_BATCH]).rowcount
             deleted += k
             batches += 1

@@ -1,20 +1,25 @@
 """`workers replicate`: catch the dual-write replica up from landing, then prove equality.
 
-1. Compare: per (symbol, 5-minute bucket) a row count and a content checksum, computed by the
-   same SQL on both servers (md5 over the canonical text of every tick, ordered by trade id; the
-   session runs in UTC so timestamps render identically on TimescaleDB and plain PostgreSQL).
+1. Compare, O(changed) rather than O(all): both servers keep a digest per (market, symbol,
+   5-minute bucket) of their own ticks (workers/replica/digests.py): row count and a hash over
+   every tick's values. Digests the writers marked stale since the last comparison are
+   recomputed from the ticks first (every digest, after a change no writer marked); then one
+   digest per day is compared, and only the days that differ are compared bucket by bucket.
 2. Catch up (not with --check): every bucket the replica misses or holds differently, and every
    bucket `ingestion.replica_lag` names, is rebuilt on the replica from landing — the bucket's
    object (SHA-256 checked against the primary's registry) and any live-stream parts not yet
-   compacted into it (SHA-256 checked against their stored checksum) — in one transaction per
-   bucket: delete the bucket's ticks there, insert the landed rows, upsert registry + aggregate.
+   compacted into it (SHA-256 checked against their stored checksum) — up to 64 buckets per
+   transaction: delete the buckets' ticks there, insert the landed rows, upsert registry +
+   aggregate. Landing is read on a few threads, each bucket under its lock (shared).
 3. Compare again; lag rows of buckets now equal are cleared. Buckets still differing are
    reported, and the command exits 1.
 """
 
 from __future__ import annotations
 
+import queue
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -23,14 +28,15 @@ import pyarrow as pa
 
 from workers.core import logs
 from workers.core.errors import Failed
-from workers.core.pg import require_autocommit
+from workers.core.pg import require_autocommit, sibling
 from workers.core.sqlfiles import query
 from workers.core.ticks import iso, to_dt, to_us
 from workers.db.bucket_locks import xact_lock
-from workers.db.load import BucketLoad, advance_offset, load
+from workers.db.load import BucketLoad, advance_offset, load, mark_digests_stale
 from workers.db.stream_commit import insert_ticks
 from workers.landing.parts import read_parts
 from workers.landing.store import Landing, bucket_stats, merge
+from workers.replica import digests
 
 log = logs.get("replicate")
 
@@ -44,8 +50,12 @@ class ReplicateError(Failed):
 
 @dataclass
 class Comparison:
-    primary: dict[Key, tuple[int, str]]
-    replica: dict[Key, tuple[int, str]]
+    """Bucket digests of the days that differ (the rest are equal), and each side's totals."""
+
+    primary: dict[Key, tuple[int | None, int | None]]
+    replica: dict[Key, tuple[int | None, int | None]]
+    totals: dict = field(default_factory=dict)  # buckets, rows per side; days compared/differing
+    refreshed: dict = field(default_factory=dict)  # digests recomputed per side
 
     @property
     def missing(self) -> list[Key]:
@@ -70,6 +80,8 @@ class Comparison:
             return f"{name}: missing on the replica (primary {p[0]} rows)"
         if p is None:
             return f"{name}: only on the replica ({r[0]} rows)"
+        if p[0] is None or r[0] is None:
+            return f"{name}: digest not recomputed yet (written while comparing)"
         if p[0] != r[0]:
             return f"{name}: {p[0]} rows on the primary, {r[0]} on the replica"
         return f"{name}: same row count ({p[0]}), different content (checksum)"
@@ -98,7 +110,13 @@ class Result:
     def details(self) -> list[str]:
         b = self.before
         out = [f"before: replica {b['buckets']} buckets / {b['rows']:,} rows; missing "
-               f"{b['missing']}, different {b['different']}, only on the replica {b['extra']}"]
+               f"{b['missing']}, different {b['different']}, only on the replica {b['extra']}"
+               f" (in {b['days_differing']} of {b['days']} days)"]
+        for side, r in b["digests_recomputed"].items():
+            if r["full"] or r["recomputed"] or r["removed"]:
+                out.append(f"digests recomputed on the {side}: {r['recomputed']} bucket(s)"
+                           + (" — all of them: ticks changed outside tickstack's writers"
+                              if r["full"] else "") + f" ({r['seconds']:.1f} s)")
         out += [f"differs: {line}" for line in self.differing[:50]]
         if len(self.differing) > 50:
             out.append(f"… and {len(self.differing) - 50} more")
@@ -113,7 +131,8 @@ class Result:
                    f"{self.lag_open}"
         verb = "compared" if self.check_only else f"caught up {self.caught_up} bucket(s) " \
             f"({self.rows_loaded:,} rows) from landing, then compared"
-        return f"{verb}: all {a.get('buckets', 0)} buckets equal (count + checksum) — {state}" \
+        return f"{verb}: all {a.get('buckets', 0)} buckets equal (count + checksum, " \
+               f"{a.get('days', 0)} day digests) — {state}" \
                f"; lag rows cleared {self.lag_cleared}, open {self.lag_open}"
 
     def as_dict(self) -> dict:
@@ -124,18 +143,25 @@ class Result:
                 "seconds": round(self.seconds, 3)}
 
 
-def checksums(conn: psycopg.Connection, since: datetime | None = None
-              ) -> dict[Key, tuple[int, str]]:
-    with conn.transaction():
-        conn.execute("SET LOCAL TimeZone = 'UTC'")
-        conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
-        rows = conn.execute(query(__package__, "bucket_checksums"), {"since": since}).fetchall()
-    return {(m, s, to_us(b)): (n, h) for m, s, b, n, h in rows}
-
-
 def compare(primary: psycopg.Connection, replica: psycopg.Connection,
             since: datetime | None = None) -> Comparison:
-    return Comparison(checksums(primary, since), checksums(replica, since))
+    """Refresh stale digests on both servers at once, compare per day, then per bucket within
+    the days that differ."""
+    with ThreadPoolExecutor(2) as ex:
+        fresh = list(ex.map(lambda c: digests.refresh(c, since), (primary, replica)))
+        pd, rd = ex.map(lambda c: digests.days(c, since), (primary, replica))
+    differing = sorted(k for k in pd.keys() | rd.keys() if pd.get(k) != rd.get(k))
+    with ThreadPoolExecutor(2) as ex:
+        pb, rb = ex.map(lambda c: digests.buckets(c, differing, since), (primary, replica))
+    totals = {"days": len(pd.keys() | rd.keys()), "days_differing": len(differing),
+              "primary_buckets": sum(d.buckets for d in pd.values()),
+              "primary_rows": sum(d.rows for d in pd.values()),
+              "buckets": sum(d.buckets for d in rd.values()),
+              "rows": sum(d.rows for d in rd.values())}
+    refreshed = {side: {"full": f.full, "recomputed": f.recomputed, "removed": f.removed,
+                        "seconds": round(f.seconds, 3)}
+                 for side, f in zip(("primary", "replica"), fresh, strict=True)}
+    return Comparison(pb, rb, totals, refreshed)
 
 
 def lag_buckets(primary: psycopg.Connection) -> list[Key]:
@@ -170,19 +196,48 @@ def landed_rows(primary: psycopg.Connection, landing: Landing, key: Key
     return table, None
 
 
-def catch_up_bucket(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landing,
-                    key: Key) -> int | None:
-    """Rebuild one bucket on the replica from landing; rows inserted (None: nothing landed)."""
-    table, bl = landed_rows(primary, landing, key)
-    if table is None:
-        return None
-    market, symbol, bucket = key
-    with replica.transaction():
-        replica.execute("DELETE FROM market_data.btc_ticks WHERE market = %s AND symbol = %s "
-                        "AND bucket_5m = %s", [market, symbol, to_dt(bucket)])
-        if bl is not None:  # a registered, complete bucket: registry and aggregate too
-            return load(replica, [bl], source="replicate")
-        return insert_ticks(replica, market, symbol, table)  # an open stream bucket: ticks
+def catch_up(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landing,
+             keys: list[Key], *, readers: int = 3, per_transaction: int = 64
+             ) -> tuple[int, int]:
+    """Rebuild these buckets on the replica from landing: (buckets rebuilt, rows inserted).
+    Buckets landing does not hold are left alone (reported by the comparison after)."""
+    caught = rows = 0
+    conns = [primary] + [sibling(primary) for _ in range(readers - 1)]
+    pool: queue.SimpleQueue = queue.SimpleQueue()
+    for c in conns:
+        pool.put(c)
+
+    def read(key: Key):
+        c = pool.get()
+        try:
+            return key, *landed_rows(c, landing, key)
+        finally:
+            pool.put(c)
+
+    try:
+        with ThreadPoolExecutor(readers) as ex:
+            for i in range(0, len(keys), per_transaction):
+                got = [g for g in ex.map(read, keys[i:i + per_transaction]) if g[1] is not None]
+                if not got:
+                    continue
+                with replica.transaction():
+                    mark_digests_stale(replica, [k for k, _, _ in got])
+                    replica.execute(query(__package__, "delete_buckets"), [
+                        [k[0] for k, _, _ in got], [k[1] for k, _, _ in got],
+                        [to_dt(k[2]) for k, _, _ in got]])
+                    full = [bl for _, _, bl in got if bl is not None]
+                    if full:  # registered, complete buckets: registry and aggregate too
+                        rows += load(replica, full, source="replicate")
+                    for (market, symbol, _), table, bl in got:
+                        if bl is None:  # an open stream bucket: ticks
+                            rows += insert_ticks(replica, market, symbol, table)
+                caught += len(got)
+                log.info("buckets caught up", buckets=len(got), first=iso(got[0][0][2]),
+                         last=iso(got[-1][0][2]))
+    finally:
+        for c in conns[1:]:
+            c.close()
+    return caught, rows
 
 
 def sync_offsets(primary: psycopg.Connection, replica: psycopg.Connection) -> None:
@@ -205,14 +260,7 @@ def run(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landi
     if not check_only:
         todo = sorted(set(cmp.missing) | set(cmp.different) | {
             k for k in lagging if since is None or k[2] >= to_us(since)})
-        for key in todo:
-            n = catch_up_bucket(primary, replica, landing, key)
-            if n is None:
-                continue
-            res.caught_up += 1
-            res.rows_loaded += n
-            log.info("bucket caught up", market=key[0], symbol=key[1], bucket=iso(key[2]),
-                     rows=n)
+        res.caught_up, res.rows_loaded = catch_up(primary, replica, landing, todo)
         if todo:
             cmp = compare(primary, replica, since)
         sync_offsets(primary, replica)
@@ -235,8 +283,5 @@ def run(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landi
 
 
 def _state(cmp: Comparison) -> dict:
-    return {"buckets": len(cmp.replica), "rows": sum(n for n, _ in cmp.replica.values()),
-            "primary_buckets": len(cmp.primary),
-            "primary_rows": sum(n for n, _ in cmp.primary.values()),
-            "missing": len(cmp.missing), "different": len(cmp.different),
-            "extra": len(cmp.extra)}
+    return {**cmp.totals, "missing": len(cmp.missing), "different": len(cmp.different),
+            "extra": len(cmp.extra), "digests_recomputed": cmp.refreshed}

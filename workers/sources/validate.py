@@ -48,6 +48,18 @@ def validate(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | None 
              ) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
     """Returns (accepted ticks, their row positions in the input, [(position, reason)]).
     `flagged`: rows the reader already knows are bad, with their reason."""
+    if not flagged and symbol is None and units.unit is not None:
+        clean = _clean(cols, units, now_us)
+        if clean is not None:
+            return clean, np.arange(len(cols["trade_id"])), []
+    return validate_rows(cols, units, symbol=symbol, now_us=now_us, flagged=flagged)
+
+
+def validate_rows(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | None = None,
+                  now_us: int | None = None, flagged: dict[int, str] | None = None
+                  ) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
+    """`validate`, every check on every row (what a batch with a bad row goes through)."""
+    cols = dict(cols)
     n = len(cols["trade_id"])
     reason = np.full(n, None, dtype=object)
     for i, why in (flagged or {}).items():
@@ -143,3 +155,48 @@ def validate(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | None 
     }, schema=TICK_SCHEMA)
     bad = [(int(i), str(reason[i])) for i in np.flatnonzero(reason != None)]  # noqa: E711
     return table, positions[sub_ok], bad
+
+
+BOOLEANS = pa.array(["True", "False", "true", "false"])
+
+
+def _clean(cols: dict[str, pa.Array], units: UnitState, now_us: int | None) -> pa.Table | None:
+    """The ticks of a batch in which every row is plainly good — each value exactly in the
+    form the checks above accept without trimming — or None: then the batch goes through them
+    row by row. Almost every batch of a real dump is clean, and this costs a fraction of the
+    full checks (one pattern a column, no trimming, no lower-casing), with the same result."""
+    def all_true(a) -> bool:
+        return a.null_count == 0 and pc.all(a).as_py() is not False
+
+    digits = 13 if units.unit == "ms" else 16
+    checks = [(cols["trade_id"], INTEGER), (cols["price"], DECIMAL),
+              (cols["quantity"], DECIMAL), (cols["time"], f"^[0-9]{{{digits}}}$")]
+    if "quote_quantity" in cols:
+        checks.append((cols["quote_quantity"], DECIMAL))
+    for a, pattern in checks:
+        if not all_true(pc.match_substring_regex(a, pattern)):
+            return None
+    if not all_true(pc.is_in(cols["is_buyer_maker"], BOOLEANS)):
+        return None
+    price = pc.cast(cols["price"], pa.decimal128(24, 8))
+    qty = pc.cast(cols["quantity"], pa.decimal128(24, 8))
+    zero = pa.scalar(0, pa.decimal128(24, 8))
+    if not (all_true(pc.greater(price, zero)) and all_true(pc.greater(qty, zero))):
+        return None
+    raw_t = pc.cast(cols["time"], pa.int64())
+    t_us = pc.multiply(raw_t, 1000) if units.unit == "ms" else raw_t
+    now = now_us or int(time.time() * 1_000_000)
+    lo, hi = pc.min_max(t_us).values()
+    if lo.as_py() < MIN_TIME_US or hi.as_py() > now + FUTURE_SLACK_US:
+        return None
+    quote = (pc.cast(cols["quote_quantity"], pa.decimal128(32, 8)) if "quote_quantity" in cols
+             else quote_of(price, qty))
+    return pa.table({
+        "trade_id": pc.cast(cols["trade_id"], pa.int64()),
+        "event_time": pc.cast(t_us, pa.timestamp("us", tz="UTC")),
+        "price": price,
+        "quantity": qty,
+        "quote_quantity": quote,
+        "is_buyer_maker": pc.is_in(cols["is_buyer_maker"], pa.array(["True", "true"])),
+        "trade_kind": pa.nulls(len(price), pa.string()),
+    }, schema=TICK_SCHEMA)
