@@ -10,7 +10,6 @@ the vectors have the distribution real windows' vectors have under this market, 
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -104,15 +103,18 @@ def buckets(numbers: np.ndarray) -> list[datetime]:
 
 
 def cached(n: int, seed: int, cache: Path) -> tuple[np.ndarray, np.ndarray]:
-    """generate(), kept in `cache` (a git-ignored directory) so reruns skip the generator."""
-    key = hashlib.sha256(f"{GENERATOR_VERSION}:{features.FEATURE_VERSION}:{n}:{seed}".encode())
-    path = cache / f"windows-{key.hexdigest()[:16]}.npz"
-    if path.exists():
-        with np.load(path) as z:
-            return z["numbers"], z["vecs"]
+    """generate(), kept in `cache` (a git-ignored directory) so reruns skip the generator. The
+    first n windows of a seed do not depend on how many follow: a bigger cached run serves."""
+    stem = f"windows-g{GENERATOR_VERSION}-f{features.FEATURE_VERSION}-s{seed}-n"
+    have = sorted((int(f.stem.removeprefix(stem)), f) for f in cache.glob(f"{stem}*.npz")
+                  if f.stem.removeprefix(stem).isdigit())
+    for size, path in have:
+        if size >= n:
+            with np.load(path) as z:
+                return z["numbers"][:n], z["vecs"][:n]
     numbers, vecs = generate(n, seed)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = cache / f"{stem}{n}.tmp.npz"
     np.savez(tmp, numbers=numbers, vecs=vecs)
-    tmp.replace(path)
+    tmp.replace(cache / f"{stem}{n}.npz")
     return numbers, vecs
