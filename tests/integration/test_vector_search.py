@@ -1,13 +1,20 @@
-"""The ivfflat lifecycle and `similar` on real windows."""
+"""The ivfflat lifecycle, its swap while readers query, and `similar` on real windows."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import psycopg
 import pytest
+from pgvector.psycopg import register_vector
 
+from tests.conftest import REPO
 from tests.integration.pipeline import Stack
 from workers.db.ingest import ingest_file
 from workers.signals import embed, similar, vector_index
@@ -15,18 +22,257 @@ from workers.signals import embed, similar, vector_index
 DAY = "BTCUSDT-trades-2019-04-01"
 
 
-def test_rules():
-    assert vector_index.lists_for(500) == 1
-    assert vector_index.lists_for(200_000) == 200  # the data model's lists = 200
-    assert vector_index.lists_for(4_000_000) == 2000
-    assert vector_index.probes_for(200) == 14 and vector_index.probes_for(1) == 1
-
-
 def index_names(stack: Stack) -> list[str]:
     with stack.admin() as c:
         return [r[0] for r in c.execute(
             "SELECT indexname FROM pg_indexes WHERE schemaname = 'signals' "
+            "AND tablename = 'btc_embeddings' AND indexdef LIKE '%%ivfflat%%' ORDER BY 1")]
+
+
+def index_defs(stack: Stack) -> list[str]:
+    with stack.admin() as c:
+        return [r[0] for r in c.execute(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = 'signals' "
             "AND tablename = 'btc_embeddings' AND indexdef LIKE '%%ivfflat%%'")]
+
+
+T0 = datetime(2018, 1, 1, tzinfo=UTC)
+
+
+def generated(n: int, seed: int = 1) -> np.ndarray:
+    """Unit vectors around 20 centres: clustered, as market windows are."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, 256))
+    v = centres[rng.integers(0, 20, n)] + rng.normal(scale=0.7, size=(n, 256))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def load_generated(stack: Stack, vecs: np.ndarray, first: int = 0) -> None:
+    """Windows first.. (5 minutes apart from T0) with these vectors, and their aggregate rows
+    (the foreign key's target), as the owner: what the benchmark loads, in small."""
+    buckets = [T0 + timedelta(minutes=5 * (first + i)) for i in range(len(vecs))]
+    with stack.admin() as c:
+        with c.transaction(), c.cursor() as cur, cur.copy(
+                "COPY market_data.btc_ohlcv_5m (market, symbol, bucket_5m, open, high, low, "
+                "close, volume, quote_volume, trade_count, buy_volume, first_trade_id, "
+                "last_trade_id) FROM STDIN") as cp:
+            for i, b in enumerate(buckets):
+                cp.write_row(("spot", "BTCUSDT", b, 1, 1, 1, 1, 1, 1, 1, 0, first + i, first + i))
+        c.execute("ANALYZE market_data.btc_ohlcv_5m")
+        register_vector(c)
+        with c.transaction(), c.cursor() as cur, cur.copy(
+                "COPY signals.btc_embeddings (market, symbol, bucket, feature_vector, "
+                "feature_version, source_sha256) FROM STDIN (FORMAT binary)") as cp:
+            cp.set_types(["text", "text", "timestamptz", "vector", "int2", "text"])
+            for b, v in zip(buckets, vecs, strict=True):
+                cp.write_row(("spot", "BTCUSDT", b, v, 2, "0" * 64))
+
+
+def reader(stack: Stack):
+    return stack.db.connect(user="reader", password=stack.env.secrets["reader"])
+
+
+def exact_answers(stack: Stack, queries: list[tuple[datetime, np.ndarray]]) -> list[list[str]]:
+    with reader(stack) as c:
+        register_vector(c)
+        return [[r[0].isoformat() for r in similar.nearest(
+            c, v, market="spot", symbol="BTCUSDT", upto=upto, k=10, exact=True)[0]]
+            for upto, v in queries]
+
+
+@pytest.fixture()
+def vectors3k(local_env):
+    """3,000 generated windows, indexed by the lifecycle rule."""
+    s = Stack(local_env)
+    load_generated(s, generated(3000))
+    with s.embed_conn() as conn:
+        assert vector_index.ensure(conn, min_rows=1000).action == "built"
+    yield s
+    s.close()
+
+
+def test_halfvec_index_serves_the_query_and_finds_the_exact_neighbours(vectors3k):
+    """The query's ORDER BY matches the index expression (the plan uses it); probing every
+    list gives the exact answer (float16 order, re-ranked by the float distance), and the
+    rule's probes most of it; a time filter that passes few rows still fills k (iterative
+    scan)."""
+    s = vectors3k
+    vecs = generated(3000)
+    late = T0 + timedelta(days=30)
+    queries = [(late, v) for v in generated(40, seed=2)]
+    queries += [(T0 + timedelta(minutes=5 * i - 61), vecs[i]) for i in range(100, 3000, 300)]
+    queries += [(T0 + timedelta(minutes=5 * 30), generated(1, seed=3)[0])]  # 31 rows pass
+    truth = exact_answers(s, queries)
+    idx = vector_index.current(s.admin())
+    assert idx.kind == "halfvec" and idx.lists == vector_index.lists_for(3000)
+    recall = []
+    with reader(s) as c:
+        register_vector(c)
+        with c.transaction():
+            c.execute(f"SET LOCAL ivfflat.probes = {idx.lists}")
+            plan = "\n".join(r[0] for r in c.execute(
+                "EXPLAIN " + query_text("knn"), {
+                    "q": queries[0][1], "market": "spot", "symbol": "BTCUSDT",
+                    "upto": late, "k": 10, "candidates": 20}))
+        assert f"Index Scan using {idx.name}" in plan
+        for (upto, v), want in zip(queries, truth, strict=True):
+            rows, used = similar.nearest(c, v, market="spot", symbol="BTCUSDT", upto=upto,
+                                         k=10, probes=idx.lists)
+            assert used == idx.lists and [r[0].isoformat() for r in rows] == want
+            exact_rows, _ = similar.nearest(c, v, market="spot", symbol="BTCUSDT", upto=upto,
+                                            k=10, exact=True)
+            assert [r[1] for r in rows] == pytest.approx([r[1] for r in exact_rows], abs=1e-9)
+            rows, used = similar.nearest(c, v, market="spot", symbol="BTCUSDT", upto=upto)
+            assert used == vector_index.probes_for(idx.lists) and len(rows) == 10
+            assert all(r[0] <= upto for r in rows)
+            recall.append(len({r[0].isoformat() for r in rows} & set(want)) / 10)
+    assert np.mean(recall) >= 0.9, recall
+    with reader(s) as c:  # `workers similar` takes the same path
+        r = similar.query(c, symbol="BTCUSDT", at=T0 + timedelta(minutes=5 * 2500), k=5)
+    assert r.index == idx.name and r.probes == vector_index.probes_for(idx.lists)
+    assert len(r.neighbours) == 5
+
+
+def query_text(name: str) -> str:
+    from workers.core.sqlfiles import query
+
+    return query("workers.signals", name)
+
+
+def test_an_index_from_before_halfvec_is_replaced_and_not_used_meanwhile(local_env):
+    s = Stack(local_env)
+    try:
+        load_generated(s, generated(2000))
+        old = "btc_embeddings_ivfflat_20240101000000000000"
+        with s.admin() as c:  # what sql/010's function built and recorded
+            c.execute(f"CREATE INDEX {old} ON signals.btc_embeddings "
+                      "USING ivfflat (feature_vector vector_cosine_ops) WITH (lists = 45)")
+            c.execute("INSERT INTO signals.vector_index_builds (index_name, rows, lists, "
+                      "seconds, built_at) VALUES (%s, 2000, 45, 1, now() - interval '1 day')",
+                      [old])
+        with reader(s) as c:
+            register_vector(c)
+            _, used = similar.nearest(c, generated(1, 5)[0], market="spot", symbol="BTCUSDT",
+                                      upto=T0 + timedelta(days=30))
+        assert used is None  # exact: the query's ORDER BY is not the old index's
+        with s.embed_conn() as conn:  # 2,000 rows: not doubled, but the wrong kind
+            st = vector_index.ensure(conn, min_rows=1000)
+        assert st.action == "rebuilt" and index_names(s) == [st.index]
+        assert vector_index.current(s.admin()).kind == "halfvec"
+    finally:
+        s.close()
+
+
+def test_rebuild_and_swap_while_a_reader_process_queries(vectors3k, tmp_path):
+    """Readers never wait for a build and always get full, exact answers across swaps."""
+    s = vectors3k
+    late = T0 + timedelta(days=30)
+    queries = [(late, v) for v in generated(20, seed=4)]
+    truth = exact_answers(s, queries)
+    stop = tmp_path / "stop"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.knn_reader",
+         s.db.cluster.dsn(s.db.name, user="reader"), "1000", str(stop)],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**subprocess.os.environ, "PGPASSWORD": s.env.secrets["reader"]})
+    proc.stdin.write(json.dumps([[u.isoformat(), v.tolist()] for u, v in queries]))
+    proc.stdin.close()
+    lines = [json.loads(proc.stdout.readline()) for _ in range(5)]  # it is querying
+    swaps = []
+    with s.embed_conn() as conn:
+        for _ in range(3):
+            t0 = time.time()
+            st = vector_index.rebuild(conn)
+            swaps.append((t0, time.time(), st.index))
+            assert st.action == "rebuilt"
+    time.sleep(0.5)
+    stop.touch()
+    out = proc.stdout.read()  # to EOF: the reader stops at the file
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    lines += [json.loads(x) for x in out.splitlines()]
+    errors = [x["error"] for x in lines if "error" in x]
+    assert errors == []
+    assert all(x["buckets"] == truth[x["i"]] for x in lines)
+    assert all(x["probes"] == 1000 for x in lines)  # the index path, every time
+    assert any(x["t1"] < swaps[0][0] for x in lines) and any(x["t0"] > swaps[-1][1]
+                                                             for x in lines)
+    assert index_names(s) == [swaps[-1][2]]
+
+
+def test_what_blocks_readers_during_a_swap(vectors3k):
+    """A build holds no lock readers wait for; the old index's DROP does, so it gives up
+    after lock_timeout while a reader holds the table, and readers queued behind it go on;
+    the next run drops it."""
+    s = vectors3k
+    q = {"q": generated(1, 6)[0], "market": "spot", "symbol": "BTCUSDT", "k": 10,
+         "upto": T0 + timedelta(days=30)}
+    before = vector_index.current(s.admin())
+    with s.embed_conn() as builder:
+        builder.autocommit = False  # the build's transaction stays open
+        new = builder.execute("SELECT signals.build_embedding_index(%s, %s)",
+                              [before.lists, before.name]).fetchone()[0]
+        with reader(s) as c:  # not blocked by the SHARE lock of the open build
+            register_vector(c)
+            c.execute("SET statement_timeout = '20s'")
+            rows, used = similar.nearest(c, q["q"], market="spot", symbol="BTCUSDT",
+                                         upto=q["upto"])
+            assert len(rows) == 10 and used is not None
+        builder.commit()
+    assert sorted(index_names(s)) == sorted([before.name, new])
+    holder = reader(s)
+    holder.autocommit = False
+    register_vector(holder)
+    holder.execute("SELECT count(*) FROM signals.btc_embeddings")  # holds ACCESS SHARE
+    try:
+        result = {}
+        with s.embed_conn() as conn:
+            t = threading.Thread(target=lambda: result.update(
+                dropped=vector_index.drop_replaced(conn, attempts=1)))
+            t.start()
+            with s.admin() as a:  # wait until the DROP is queued behind the holder
+                for _ in range(200):
+                    if a.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND "
+                                 "mode = 'AccessExclusiveLock'").fetchone()[0]:
+                        break
+                    time.sleep(0.01)
+                else:
+                    pytest.fail("the DROP never waited for the reader's lock")
+            with reader(s) as c:  # queued behind the DROP, released when it gives up
+                register_vector(c)
+                c.execute("SET statement_timeout = '20s'")
+                rows, _ = similar.nearest(c, q["q"], market="spot", symbol="BTCUSDT",
+                                          upto=q["upto"])
+                assert len(rows) == 10
+            t.join(timeout=30)
+        assert result == {"dropped": 0}
+        assert sorted(index_names(s)) == sorted([before.name, new])
+    finally:
+        holder.rollback()
+        holder.close()
+    with s.embed_conn() as conn:
+        st = vector_index.ensure(conn, min_rows=1000)
+    assert st.action == "kept" and st.index == new and index_names(s) == [new]
+
+
+def test_two_embed_workers_at_once_build_one_index(vectors3k):
+    """The table doubled; two `workers embed` see it at once: one builds, the other waits and
+    keeps what the first swapped in (compare-and-swap in build_embedding_index)."""
+    s = vectors3k
+    load_generated(s, generated(3000, seed=9), first=3000)
+    env = {**s.cli_env(), "TICKSTACK_VECTOR_INDEX_MIN_ROWS": "1000"}
+    procs = [subprocess.Popen([sys.executable, "-m", "workers", "embed", "--json"], cwd=REPO,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
+    results = sorted(json.loads(o.strip().splitlines()[-1])["index"] for o, _ in outs)
+    with s.admin() as c:
+        builds = c.execute("SELECT index_name, rows FROM signals.vector_index_builds "
+                           "ORDER BY built_at").fetchall()
+    assert len(builds) == 2 and builds[1][1] == 6000  # the fixture's build, then one more
+    assert index_names(s) == [builds[1][0]]
+    assert results[0].startswith("kept: " + builds[1][0])
+    assert results[1].startswith("rebuilt: " + builds[1][0])
 
 
 def test_index_absent_below_threshold_built_above_and_rebuilt_on_doubling(
@@ -55,17 +301,21 @@ def test_index_absent_below_threshold_built_above_and_rebuilt_on_doubling(
         second = index_names(s)
         assert len(second) == 1 and second != first  # new one built, old one dropped
         with s.admin() as c:
-            builds = c.execute("SELECT rows, lists, replaced FROM signals.vector_index_builds "
-                               "ORDER BY built_at").fetchall()
+            builds = c.execute("SELECT rows, lists, replaced, kind, bytes FROM "
+                               "signals.vector_index_builds ORDER BY built_at").fetchall()
             n = c.execute("SELECT count(*) FROM signals.btc_embeddings").fetchone()[0]
+            size = c.execute("SELECT pg_relation_size(%s::regclass)",
+                             [f"signals.{second[0]}"]).fetchone()[0]
         assert builds[0][2] is None and builds[1][2] == first[0]
         assert builds[1][0] == n and builds[1][1] == vector_index.lists_for(n)
+        assert [b[3] for b in builds] == ["halfvec", "halfvec"] and builds[1][4] == size
+        assert "halfvec(256)) halfvec_cosine_ops" in index_defs(s)[0]
         # The embed role cannot build an index by hand, only through the function.
         with s.embed_conn() as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("CREATE INDEX x ON signals.btc_embeddings (bucket)")
         with s.embed_conn() as conn, pytest.raises(psycopg.errors.InvalidParameterValue,
                                                         match="lists must be between"):
-            conn.execute("SELECT signals.build_embedding_index(0)")
+            conn.execute("SELECT signals.build_embedding_index(0, NULL)")
     finally:
         s.close()
 
@@ -79,10 +329,6 @@ def embedded(local_env, shared_data):
         embed.run(conn)
     yield s
     s.close()
-
-
-def reader(stack: Stack):
-    return stack.db.connect(user="reader", password=stack.env.secrets["reader"])
 
 
 def test_similar_finds_the_window_itself_when_not_excluded(embedded):

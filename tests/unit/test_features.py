@@ -58,3 +58,39 @@ def test_labels_appear_only_with_their_horizon():
     assert set(lab) == {"fwd_ret_5m", "fwd_ret_15m", "fwd_ret_60m", "fwd_vol_60m"}
     assert abs(lab["fwd_vol_60m"] - np.sqrt(12) * np.log(1.01)) < 1e-9
     assert features.labels(closes, W0 + 100 * step) == {}
+
+
+def test_batched_windows_equal_one_by_one():
+    """embed_windows (the worker's and the benchmark's path) gives embed_window's vectors, and
+    leaves out the windows embed_window leaves out: empty, below MIN_TRADES, leading empty
+    steps, trades in one burst, a flat price."""
+    rng = np.random.default_rng(7)
+    parts, starts, expected = [], [], []
+    sizes = [0, 5, features.MIN_TRADES - 1, features.MIN_TRADES, 31, 200, 1000, 2500] * 8
+    for i, n in enumerate(sizes):
+        start = W0 + i * features.WINDOW_US
+        lo, hi = [(0, 1), (0.5, 1), (0, 0.1), (0, 1)][i % 4]
+        t = start + np.sort(rng.integers(int(lo * features.WINDOW_US),
+                                         int(hi * features.WINDOW_US), n))
+        price = (np.full(n, 4000.0) if i % 4 == 3
+                 else 4000 * np.exp(np.cumsum(rng.normal(0, 2e-4, n))))
+        qty, bm = rng.exponential(0.05, n), rng.random(n) < 0.5
+        parts.append((t, price, qty, bm))
+        starts.append(start)
+        expected.append(features.embed_window(t, price, qty, bm, start))
+    offsets = np.concatenate([[0], np.cumsum([len(p[0]) for p in parts])])
+    cols = [np.concatenate([p[c] for p in parts]) for c in range(4)]
+    kept, vecs = features.embed_windows(offsets, *cols, np.array(starts))
+    assert list(kept) == [i for i, e in enumerate(expected) if e is not None]
+    assert vecs.dtype == np.float32 and vecs.shape == (len(kept), features.DIM)
+    assert np.allclose(vecs, np.stack([expected[i] for i in kept]), atol=1e-6)
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-6)
+
+
+def test_window_offsets_cut_sorted_buckets():
+    starts, offsets = features.window_offsets(np.array([5, 5, 7, 9, 9, 9]))
+    assert starts.tolist() == [5, 7, 9] and offsets.tolist() == [0, 2, 3, 6]
+    starts, offsets = features.window_offsets(np.array([], dtype=np.int64))
+    assert starts.tolist() == [] and offsets.tolist() == [0]
+    kept, vecs = features.embed_windows(offsets, *(np.array([]) for _ in range(4)), starts)
+    assert len(kept) == 0 and vecs.shape == (0, features.DIM)

@@ -110,18 +110,14 @@ def _embed_batch(conn: psycopg.Connection, market: str, symbol: str, todo: list,
     ticks = read_ticks(conn, market, symbol, [b for b, _ in todo])
     rows = []
     if ticks.num_rows:
-        b = ticks.column("b").to_numpy()
-        t = ticks.column("t").to_numpy()
-        price = ticks.column("price").to_numpy()
-        qty = ticks.column("qty").to_numpy()
-        bm = ticks.column("bm").to_numpy(zero_copy_only=False)
-        for bucket, lo, hi in features.windows_from_sorted(b):
-            v = features.embed_window(t[lo:hi], price[lo:hi], qty[lo:hi], bm[lo:hi], bucket)
-            if v is None:
-                s.skipped_few_trades += 1
-                continue
-            rows.append((market, symbol, to_dt(int(bucket)), v, features.FEATURE_VERSION,
-                         sha[bucket]))
+        starts, offsets = features.window_offsets(ticks.column("b").to_numpy())
+        kept, vecs = features.embed_windows(
+            offsets, ticks.column("t").to_numpy(), ticks.column("price").to_numpy(),
+            ticks.column("qty").to_numpy(), ticks.column("bm").to_numpy(zero_copy_only=False),
+            starts)
+        s.skipped_few_trades += len(starts) - len(kept)
+        rows = [(market, symbol, to_dt(int(starts[i])), v, features.FEATURE_VERSION,
+                 sha[int(starts[i])]) for i, v in zip(kept, vecs, strict=True)]
     if not rows:
         return
     with conn.transaction(), conn.cursor() as cur:

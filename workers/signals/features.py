@@ -119,14 +119,108 @@ def embed_window(t_us: np.ndarray, price: np.ndarray, qty: np.ndarray, buyer_mak
     return _unit(v).astype(np.float32)
 
 
-def windows_from_sorted(bucket_us: np.ndarray) -> list[tuple[int, int, int]]:
-    """(bucket, start, end) slices of rows already sorted by bucket."""
+def embed_windows(offsets: np.ndarray, t_us: np.ndarray, price: np.ndarray, qty: np.ndarray,
+                  buyer_maker: np.ndarray, window_start_us: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Many windows at once: embed_window's vectors, computed on (windows, 60) arrays.
+
+    Trades are sorted by (window, time); window i holds trades offsets[i]:offsets[i + 1] and
+    starts at window_start_us[i]. Returns (indices of the windows embedded, vectors): windows
+    below MIN_TRADES are left out, as embed_window leaves them out. The same numbers as
+    embed_window up to float rounding (tests/unit/test_features.py checks it), without
+    per-window numpy calls: the worker's batches and the million-vector benchmark use it.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    counts = np.diff(offsets)
+    kept = np.flatnonzero(counts >= MIN_TRADES)
+    if len(kept) == 0:
+        return kept, np.empty((0, DIM), np.float32)
+    if len(kept) < len(counts):  # only the trades of the windows embedded
+        sel = np.repeat(counts >= MIN_TRADES, counts)
+        t_us, price, qty, buyer_maker = t_us[sel], price[sel], qty[sel], buyer_maker[sel]
+        counts = counts[kept]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    ends = starts + counts
+    nw = len(kept)
+    w = np.repeat(np.arange(nw), counts)
+    step = np.clip((t_us - np.asarray(window_start_us)[kept][w]) // STEP_US, 0,
+                   STEPS - 1).astype(np.int64)
+    key = w * STEPS + step  # non-decreasing: trades are sorted by window and time
+    size = nw * STEPS
+    vol = np.bincount(key, weights=qty, minlength=size).reshape(nw, STEPS)
+    cnt = np.bincount(key, minlength=size).reshape(nw, STEPS).astype(np.float64)
+    sign = np.where(buyer_maker, -1.0, 1.0)
+    signed = np.bincount(key, weights=qty * sign, minlength=size).reshape(nw, STEPS)
+    total_vol = vol.sum(axis=1)
+    n = counts.astype(np.float64)
+
+    # Last trade of each step (where the key changes), carried forward over empty steps.
+    last = np.flatnonzero(np.diff(key, append=key[-1] + 1))
+    last_idx = np.full(size, -1)
+    last_idx[key[last]] = last
+    filled = np.maximum.accumulate(last_idx.reshape(nw, STEPS), axis=1)
+    logp = np.log(price)
+    logp0 = logp[starts]
+    step_logp = np.where(filled >= 0, logp[np.maximum(filled, 0)], logp0[:, None])
+    r = np.diff(np.concatenate([logp0[:, None], step_logp], axis=1), axis=1)
+    rv = np.sqrt(np.sum(r * r, axis=1))
+    sd = np.std(r, axis=1)
+
+    hi = np.maximum.reduceat(price, starts)
+    lo = np.minimum.reduceat(price, starts)
+    close = price[ends - 1]
+    rows = np.arange(nw)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (r - r.mean(axis=1, keepdims=True)) / sd[:, None]
+        skew = np.where(sd > 0, np.mean(z ** 3, axis=1), 0.0)
+        kurt = np.where(sd > 0, np.mean(z ** 4, axis=1) - 3.0, 0.0)
+        mean_q = np.bincount(w, weights=qty, minlength=nw) / n
+        sd_q = np.sqrt(np.bincount(w, weights=(qty - mean_q[w]) ** 2, minlength=nw) / n)
+        stats = np.stack([
+            logp[ends - 1] - logp0, rv, np.log(hi / lo),
+            np.where(hi > lo, (close - lo) / (hi - lo) - 0.5, 0.0),
+            np.bincount(w, weights=qty * ~buyer_maker, minlength=nw) / total_vol - 0.5,
+            np.sum((vol / total_vol[:, None]) ** 2, axis=1) - 1.0 / STEPS,
+            np.mean(cnt > 0, axis=1) - 0.5,
+            np.where(rv > 0, np.max(np.abs(r), axis=1) / rv, 0.0),
+            np.tanh(skew / 3), np.tanh(kurt / 10),
+            vol[:, :STEPS // 2].sum(axis=1) / total_vol - 0.5,
+            vol[:, -12:].sum(axis=1) / total_vol - 0.2,
+            signed.sum(axis=1) / total_vol,
+            sd_q / mean_q / 10,
+            np.maximum.reduceat(qty, starts) / total_vol,
+            np.mean(r > 0, axis=1) - 0.5,
+        ], axis=1)
+        stats[:, :3] *= 100
+        vw = np.bincount(key, weights=qty * logp, minlength=size).reshape(nw, STEPS) / vol
+    vw_idx = np.maximum.accumulate(np.where(vol > 0, np.arange(STEPS), -1), axis=1)
+    first = vw[rows, np.argmax(vol > 0, axis=1)]
+    vw_path = np.where(vw_idx >= 0, vw[rows[:, None], np.maximum(vw_idx, 0)], first[:, None])
+    path = vw_path - first[:, None]
+    ramp = np.arange(1, STEPS + 1) / STEPS
+    v = np.concatenate([
+        WEIGHTS["returns"] * _units(path - path.mean(axis=1, keepdims=True)),
+        WEIGHTS["volume"] * _units(np.cumsum(vol, axis=1) / total_vol[:, None] - ramp),
+        WEIGHTS["signed"] * _units(np.cumsum(signed, axis=1) / total_vol[:, None]),
+        WEIGHTS["count"] * _units(np.cumsum(cnt, axis=1) / n[:, None] - ramp),
+        WEIGHTS["stats"] * _units(stats),
+    ], axis=1)
+    return kept, _units(v).astype(np.float32)
+
+
+def _units(m: np.ndarray) -> np.ndarray:
+    """Each row to unit L2 norm (zero rows stay zero), as _unit does for one vector."""
+    norms = np.linalg.norm(m, axis=1, keepdims=True)
+    return np.divide(m, norms, out=np.zeros_like(m), where=norms > 0)
+
+
+def window_offsets(bucket_us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(window starts, offsets) of rows already sorted by bucket, as embed_windows takes them."""
     if len(bucket_us) == 0:
-        return []
+        return np.empty(0, np.int64), np.zeros(1, np.int64)
     cuts = np.flatnonzero(np.diff(bucket_us)) + 1
-    starts = np.concatenate([[0], cuts])
-    ends = np.concatenate([cuts, [len(bucket_us)]])
-    return [(int(bucket_us[s]), int(s), int(e)) for s, e in zip(starts, ends, strict=True)]
+    offsets = np.concatenate([[0], cuts, [len(bucket_us)]])
+    return bucket_us[offsets[:-1]], offsets
 
 
 def labels(closes: dict[int, float], bucket_us: int) -> dict:

@@ -15,6 +15,7 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from workers.core.errors import BadInput
+from workers.core.sqlfiles import query as query_sql
 from workers.signals import vector_index
 
 LABEL_KEYS = ("fwd_ret_5m", "fwd_ret_15m", "fwd_ret_60m", "fwd_vol_60m")
@@ -109,6 +110,29 @@ def latest_window(conn: psycopg.Connection, symbol: str, *, labelled: bool = Fal
     return row[0]
 
 
+def nearest(conn: psycopg.Connection, vec, *, market: str, symbol: str, upto: datetime,
+            k: int = 10, probes: int | None = None, exact: bool = False,
+            index: vector_index.Index | None = None) -> tuple[list[tuple], int | None]:
+    """The k windows of one series nearest to `vec` up to `upto`: (bucket, distance, labels)
+    rows and the probes used (None: exact scan). Through the ivfflat index when one of the
+    current kind is in use (`index`: as vector_index.current() returned it), else exact."""
+    if index is None and not exact:
+        index = vector_index.current(conn)
+    use_index = not exact and index is not None and index.kind == vector_index.KIND
+    params = {"q": vec, "market": market, "symbol": symbol, "upto": upto, "k": k,
+              "candidates": 2 * k}
+    with conn.transaction():
+        if not use_index:
+            return conn.execute(query_sql(__package__, "knn_exact"), params,
+                                prepare=True).fetchall(), None
+        used = int(probes or vector_index.probes_for(index.lists))
+        conn.execute(sql.SQL("SET LOCAL ivfflat.probes = {}").format(sql.Literal(used)))
+        # The filter is applied after the index scan: let pgvector (>= 0.8) keep scanning
+        # lists until enough rows pass it, instead of returning fewer than asked.
+        conn.execute("SET LOCAL ivfflat.iterative_scan = relaxed_order")
+        return conn.execute(query_sql(__package__, "knn"), params, prepare=True).fetchall(), used
+
+
 def query(conn: psycopg.Connection, *, symbol: str, at: datetime, k: int = 10,
           market: str = "spot",
           exclude_minutes: int = 60, probes: int | None = None) -> Similar:
@@ -123,28 +147,17 @@ def query(conn: psycopg.Connection, *, symbol: str, at: datetime, k: int = 10,
                           "window has no ticks, too few trades, or `embed` has not run yet)")
     vec, own_labels = row
     idx = vector_index.current(conn)
-    used_probes = probes or (vector_index.probes_for(idx[2]) if idx else None)
+    # Neighbours end before the query's own neighbourhood in time (its own window included
+    # when exclude_minutes is 0).
+    try:
+        upto = bucket - timedelta(minutes=exclude_minutes,
+                                  microseconds=1 if exclude_minutes else 0)
+    except OverflowError:  # before year 1: nothing is that old
+        raise BadInput(f"--exclude-minutes {exclude_minutes} reaches before year 1 from "
+                       f"{bucket:%Y-%m-%d %H:%M}") from None
+    rows, used_probes = nearest(conn, vec, market=market, symbol=symbol, upto=upto, k=k,
+                                probes=probes, index=idx)
     with conn.transaction():
-        if used_probes:
-            conn.execute(sql.SQL("SET LOCAL ivfflat.probes = {}").format(
-                sql.Literal(int(used_probes))))
-            # The time filter is applied after the index scan: let pgvector (>= 0.8) keep
-            # scanning lists until k rows pass it, instead of returning fewer than asked.
-            conn.execute("SET LOCAL ivfflat.iterative_scan = relaxed_order")
-        try:
-            limit = bucket - timedelta(minutes=exclude_minutes)
-        except OverflowError:  # before year 1: nothing is that old
-            raise BadInput(f"--exclude-minutes {exclude_minutes} reaches before year 1 from "
-                           f"{bucket:%Y-%m-%d %H:%M}") from None
-        op = "<=" if exclude_minutes == 0 else "<"
-        rows = conn.execute(
-            # relaxed_order may hand rows back slightly out of order: sort them again.
-            sql.SQL("WITH nn AS MATERIALIZED (SELECT bucket, feature_vector <=> %s AS distance, "
-                    "label_snapshot FROM signals.btc_embeddings "
-                    "WHERE market = %s AND symbol = %s AND bucket {} %s "
-                    "ORDER BY feature_vector <=> %s LIMIT %s) "
-                    "SELECT * FROM nn ORDER BY distance, bucket").format(sql.SQL(op)),
-            [vec, market, symbol, limit, vec, k]).fetchall()
         uncond = conn.execute(
             sql.SQL("SELECT {} FROM signals.btc_embeddings WHERE market = %s "
                     "AND symbol = %s").format(
@@ -159,4 +172,4 @@ def query(conn: psycopg.Connection, *, symbol: str, at: datetime, k: int = 10,
         means[key] = {"neighbours": sum(vals) / len(vals) if vals else None, "n": len(vals),
                       "unconditional": uncond[i]}
     return Similar(symbol, bucket.isoformat(), own_labels, k, exclude_minutes, used_probes,
-                   idx[0] if idx else None, neighbours, means, market)
+                   idx.name if idx and used_probes else None, neighbours, means, market)
