@@ -125,7 +125,7 @@ def test_embed_and_similar_read_compressed_windows(day):
 def test_landing_replay_over_compressed_chunks_changes_nothing(day):
     since = int(datetime.fromisoformat(LATE_HOURS).timestamp() * 1e6)
     with day.s.ingest_conn() as conn:
-        s = ingest_landing(conn, day.s.landing(), "raw/BTCUSDT/", since_us=since)
+        s = ingest_landing(conn, day.s.landing(), "raw/spot/BTCUSDT/", since_us=since)
     assert s.rows_read > 10_000 and s.buckets_unchanged > 40 and s.inserted == 0
     assert day.s.state() == day.before
     assert compressed_chunks(day.s)[0] >= 1

@@ -30,17 +30,20 @@ from workers.db.migrate import SQL_DIR
 from workers.ops import retention
 
 TIERS = ("licensed", "apache", "plain")
+# The migration that turns compression on for a database first migrated without the licence.
+UPGRADE = "016_compression_after_licence_upgrade.sql"
 
 
-def cluster_conf(c: Cluster, licence: str) -> str:
-    """The renderer's primary settings; no WAL archiving (a throwaway cluster has no stanza)."""
+def cluster_conf(c: Cluster, licence: str, tls) -> str:
+    """The renderer's primary settings; no WAL archiving (a throwaway cluster has no stanza).
+    TLS with the local environment's server certificate (it names the host, not a port)."""
     extra = {"archive_mode": "off"}
     if licence == "apache":
         extra["timescaledb.license"] = "apache"
     return configs.postgres_conf_text(configs.postgres_conf(
         role="primary", pgbackrest_config="/nonexistent/pgbackrest.conf",
         tuning=configs.PgTuning(extra=extra), listen_addresses="127.0.0.1", port=c.port,
-        socket_dir=str(c.socket_dir)))
+        socket_dir=str(c.socket_dir), tls=tls))
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +54,8 @@ def apache_env(local_env):
                 local_env.secrets["postgres_password"])
     try:
         c.init()
-        c.write_conf(cluster_conf(c, "apache"))
+        c.write_conf(cluster_conf(c, "apache", local_env.tls.server()))
         c.start()
-        c.ensure_database()
         yield SimpleNamespace(primary=c, replica=local_env.replica, secrets=local_env.secrets,
                               moto=local_env.moto, worker_logins=local_env.worker_logins)
     finally:
@@ -176,22 +178,22 @@ def test_a_database_migrated_apache_only_gets_compression_once_licensed(local_en
     old_sql = tmp_path / "sql"
     old_sql.mkdir()
     for f in SQL_DIR.glob("*.sql"):
-        if f.name == "_ledger.sql" or f.name < "014":
+        if f.name == "_ledger.sql" or f.name < UPGRADE:
             shutil.copy(f, old_sql / f.name)
     env = SimpleNamespace(primary=c, replica=local_env.replica, secrets=local_env.secrets,
                           moto=local_env.moto, worker_logins=local_env.worker_logins)
     try:
         c.init()
-        c.write_conf(cluster_conf(c, "apache"))
+        c.write_conf(cluster_conf(c, "apache", local_env.tls.server()))
         c.start()
         s = _bare_stack(env, old_sql)
         assert _compression_enabled(s) is False
         c.stop()
-        c.write_conf(cluster_conf(c, "timescale"))
+        c.write_conf(cluster_conf(c, "timescale", local_env.tls.server()))
         c.start()
         res = migrate.run(s.db.dsn, password=s.db.password)
         assert res.applied == [p.name for p in sorted(SQL_DIR.glob("*.sql"))
-                               if p.name[:3].isdigit() and p.name >= "014"]
+                               if p.name[:3].isdigit() and p.name >= UPGRADE]
         assert res.capabilities["timescaledb_license"] == "timescale"
         assert _compression_enabled(s) is True
         assert migrate.run(s.db.dsn, password=s.db.password).applied == []
