@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, throwaway_env  # noqa: E402,I001
+from common import REPO, save, throwaway_env  # noqa: E402,I001
 
 import boto3  # noqa: E402
 import urllib3  # noqa: E402
@@ -229,6 +229,13 @@ def main() -> int:
               f"(per-file {plain['per-file'] / plain['floor']:.1f}x); after compression "
               f"{comp['bundled'] / comp['floor']:.1f}x"
               + f" ({compressed} chunk(s) compressed)")
+        save("backup", {"uncompressed_s": plain, "compressed_s": comp,
+                        "chunks_compressed": compressed, "restore_compressed_s": round(rt, 2),
+                        "reverse_floor_s": round(rf, 2),
+                        "bundled_vs_floor": round(plain["bundled"] / plain["floor"], 2),
+                        "per_file_vs_floor": round(plain["per-file"] / plain["floor"], 2),
+                        "compressed_bundled_vs_floor": round(comp["bundled"] / comp["floor"], 2),
+                        "restore_vs_reverse_floor": round(rt / rf, 2)})
     return 0
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402,I001
-    REPO, fresh_db, landing_bucket, throwaway_env, worker_env, workers_cli,
+    REPO, fresh_db, landing_bucket, save, throwaway_env, worker_env, workers_cli,
 )
 
 import psycopg  # noqa: E402
@@ -123,7 +123,7 @@ def main() -> int:
                 record("late trades: 500 new ids into old buckets", k,
                        d.cli("ingest", str(late))[0])
                 record("landing replay, every bucket", k,
-                       d.cli("ingest", f"s3://{d.bucket}/raw/BTCUSDT/")[0])
+                       d.cli("ingest", f"s3://{d.bucket}/raw/spot/BTCUSDT/")[0])
                 record("replicate: full catch-up of an empty replica", k,
                        d.cli("replicate", TICKSTACK_REPLICA_DSN=replica_db(env))[0])
                 d.sql("DELETE FROM signals.btc_embeddings")
@@ -135,9 +135,14 @@ def main() -> int:
         print(f"  both databases hold {same[0][0]:,} ticks; equal: {same[0] == same[1]}")
 
     print("\nmedian seconds, compressed (C) vs uncompressed (U), and the ratio C / U")
+    ratios: dict[str, dict] = {}
     for what, rows in times.items():
         cm, um = statistics.median(rows["C"]), statistics.median(rows["U"])
         print(f"  {what:<48} C {cm:6.2f} s  U {um:6.2f} s  {cm / um:5.2f}x")
+        ratios[what] = {"compressed_s": cm, "uncompressed_s": um, "ratio": round(cm / um, 3)}
+    save("compression", {"chunk_bytes_before": stats[0], "chunk_bytes_after": stats[1],
+                         "ratio": round(stats[0] / stats[1], 2), "compress_cli_s": round(dt, 2),
+                         "paths": ratios})
     return 0
 
 

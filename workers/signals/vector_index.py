@@ -2,7 +2,7 @@
 
 * Below MIN_ROWS no index: exact search is fast there, and ivfflat trained on few rows has
   poor recall.
-* The index is over `feature_vector::halfvec(256)` (sql/016): half the bytes per probed row
+* The index is over `feature_vector::halfvec(256)` (sql/017): half the bytes per probed row
   for the same neighbours; the query re-ranks its candidates by the exact float distance.
 * lists = sqrt(rows) at every size. Query cost is about lists + probes * rows / lists row
   distances, so more, smaller lists pay while the probes needed grow slowly: at 100k generated
@@ -14,7 +14,7 @@
   18), where sqrt(lists) (pgvector's starting point) over-probes large indexes (32 at 1000
   lists: recall 0.996 at 1.7x the time).
 * Rebuild when the table has at least doubled since the last build, or when the index in use
-  is not the current kind (a vector(256) index from before sql/016): build new, then swap.
+  is not the current kind (a vector(256) index from before sql/017): build new, then swap.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class Index:
     name: str
     rows: int  # rows when built
     lists: int
-    kind: str  # "halfvec" | "vector" (before sql/016)
+    kind: str  # "halfvec" | "vector" (before sql/017)
 
 
 @dataclass
