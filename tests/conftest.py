@@ -6,6 +6,7 @@ the `postgres` user cannot traverse) and are torn down and deleted at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -33,9 +34,8 @@ def make_state_dir(prefix: str = "tickstack-test-") -> Path:
     return d
 
 
-@pytest.fixture(scope="session")
-def local_env():
-    """A complete local environment (primary, replica, S3 + TLS, pgBackRest), up for the session."""
+@contextlib.contextmanager
+def _environment():
     from infra.local.env import LocalEnv
 
     state = make_state_dir()
@@ -48,6 +48,21 @@ def local_env():
             env.down(save_s3=False)
         finally:
             shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def local_env():
+    """A complete local environment (primary, replica, S3 + TLS, pgBackRest), up for the session."""
+    with _environment() as env:
+        yield env
+
+
+@pytest.fixture
+def own_local_env():
+    """A complete local environment of the test's own: for tests that stop and start every part
+    (the session's S3 server holds every earlier test's backups, which a restart re-reads)."""
+    with _environment() as env:
+        yield env
 
 
 @pytest.fixture(scope="session")

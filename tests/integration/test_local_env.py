@@ -157,7 +157,8 @@ def test_env_prints_exports_without_secrets(local_env):
     assert q.returncode != 0 and "no pg_hba.conf entry" in q.stderr, q.stderr
 
 
-def test_down_then_up_keeps_data(local_env):
+def test_down_then_up_keeps_data(own_local_env):
+    local_env = own_local_env
     s3 = s3_client(local_env.moto.endpoint)
     s3.put_object(Bucket=LANDING_BUCKET, Key="probe/x", Body=b"v1")
     s3.put_object(Bucket=LANDING_BUCKET, Key="probe/x", Body=b"v2")

@@ -263,10 +263,8 @@ def similar(
     exclude_minutes: int = typer.Option(
         60, "--exclude-minutes", min=0,
         help="Ignore windows this close before the query (0: include the window itself)."),
-    probes: int | None = typer.Option(
-        None, "--probes", min=1, max=32768,
-        help="ivfflat lists to probe (default: 2.7 ln(lists), the rule measured for recall@10 "
-        ">= 0.98); more is slower and closer to exact. Ignored below the index threshold."),
+    probes: int | None = typer.Option(None, "--probes", min=1, help="ivfflat lists to probe "
+        "(default 2.7 ln(lists), measured for recall@10 >= 0.98); more is slower, nearer exact."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Nearest past windows and what followed them, against the unconditional mean."""
