@@ -27,14 +27,15 @@ from workers.db import migrate  # noqa: E402
 
 
 @contextlib.contextmanager
-def throwaway_env() -> Iterator[LocalEnv]:
-    """Own clusters and S3 under /tmp (never the `make up` environment), removed afterwards."""
+def throwaway_env(tuning=None) -> Iterator[LocalEnv]:
+    """Own clusters and S3 under /tmp (never the `make up` environment), removed afterwards.
+    `tuning`: the primary's settings (infra.configs.PgTuning), else the local defaults."""
     from workers.core import logs
 
     logs.configure("console", "warning")
     state = Path(tempfile.mkdtemp(prefix="tickstack-bench-", dir="/tmp"))
     os.chmod(state, 0o755)  # the postgres user must reach the cluster directories
-    env = LocalEnv(state)
+    env = LocalEnv(state, tuning=tuning)
     try:
         print(f"starting a throwaway environment in {state}")
         env.up()

@@ -42,12 +42,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, fresh_db, landing_bucket, throwaway_env, worker_env, workers_cli  # noqa: E402,I001
+from common import (  # noqa: E402,I001
+    REPO, fresh_db, landing_bucket, out_dir, throwaway_env, worker_env, workers_cli,
+)
 
 import psycopg  # noqa: E402
 from pgvector.psycopg import register_vector  # noqa: E402
 
 import windowgen  # noqa: E402
+from infra.configs import PgTuning  # noqa: E402
 from workers.signals import features, similar, vector_index  # noqa: E402
 
 DAY = REPO.parent / "shared" / "data" / "BTCUSDT-trades-2019-04-01.zip"
@@ -261,11 +264,17 @@ def main() -> int:
                     help="largest table size (steps of 1k, 10k, 100k, 1M up to it)")
     ap.add_argument("--queries", type=int, default=300,
                     help="queries per step (half of it above 100k: exact takes a second there)")
-    ap.add_argument("--out", type=Path, default=REPO / ".tickstack" / "bench",
-                    help="where vectors.json and vectors.png go (git-ignored)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where vectors.json and vectors.png go (default: $TICKSTACK_BENCH_OUT, "
+                    "else .tickstack/bench/, git-ignored)")
     ap.add_argument("--cache", type=Path, default=REPO / ".tickstack" / "bench" / "cache",
                     help="generated windows are kept here between runs")
+    ap.add_argument("--shared-buffers", default="2GB",
+                    help="the primary's shared_buffers (default 2GB: twice the 1M index, as the "
+                    "embeddings worker asks to prewarm it; the prod stack has 4GB, the local "
+                    "default 256MB holds the 100k index but not the 1M one)")
     args = ap.parse_args()
+    args.out = args.out or out_dir()
     if args.vectors < 1000 or args.queries < 20:
         ap.error("--vectors must be at least 1000 and --queries at least 20")
     if not DAY.exists():
@@ -275,7 +284,8 @@ def main() -> int:
     curve: list[dict] = []
     t_start = time.perf_counter()
 
-    with throwaway_env() as env:
+    figures["shared_buffers"] = args.shared_buffers
+    with throwaway_env(PgTuning(shared_buffers=args.shared_buffers)) as env:
         # 1. Embed throughput on the real day, through the worker's CLI.
         fresh_db(env, "v_day")
         landing_bucket(env, "bench-landing")

@@ -63,10 +63,12 @@ class PartStatus:
 
 class LocalEnv:
     def __init__(self, state_dir: Path = DEFAULT_STATE, *, landing_bucket: str = LANDING_BUCKET,
-                 backup_bucket: str = BACKUP_BUCKET):
+                 backup_bucket: str = BACKUP_BUCKET, tuning: configs.PgTuning | None = None):
         """`landing_bucket`/`backup_bucket`: the buckets' names (a test that runs a rendered
-        stack's workloads gives the stack's)."""
+        stack's workloads gives the stack's). `tuning`: the primary's (a benchmark sized like
+        a production server); the renderer's defaults otherwise."""
         self.landing_bucket, self.backup_bucket = landing_bucket, backup_bucket
+        self.tuning = tuning or configs.PgTuning()
         self.state = Path(state_dir).absolute()
         self.state.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state, 0o755)  # postgres must traverse it to reach its own dirs
@@ -182,6 +184,7 @@ class LocalEnv:
                 pgbackrest_config=str(self.pgbackrest_conf_path) if role == "primary" else None,
                 listen_addresses="127.0.0.1", port=cluster.port,
                 socket_dir=str(cluster.socket_dir), tls=self.tls.server(),
+                tuning=self.tuning if role == "primary" else configs.PgTuning(),
             )
             cluster.write_conf(configs.postgres_conf_text(settings))
             cluster.write_hba(configs.pg_hba(["127.0.0.1/32"]))

@@ -133,6 +133,22 @@ def test_halfvec_index_serves_the_query_and_finds_the_exact_neighbours(vectors3k
     assert len(r.neighbours) == 5
 
 
+def test_the_lifecycle_prewarms_the_index_it_uses(vectors3k):
+    """The embeddings worker loads the index in use into shared_buffers (pg_prewarm, as its
+    own login): every block of it after a build and on a run that keeps it; a name that is
+    not an index of signals loads nothing."""
+    s = vectors3k
+    idx = vector_index.current(s.admin())
+    with s.admin() as c:
+        blocks = c.execute("SELECT pg_relation_size(%s::regclass) / 8192",
+                           [f"signals.{idx.name}"]).fetchone()[0]
+    with s.embed_conn() as conn:
+        assert vector_index.prewarm(conn, idx.name) == blocks > 0
+        assert vector_index.ensure(conn, min_rows=1000).action == "kept"
+        assert vector_index.prewarm(conn, "btc_embeddings") is None  # the table, not an index
+        assert vector_index.prewarm(conn, "no_such_index'; DROP TABLE x; --") is None
+
+
 def query_text(name: str) -> str:
     from workers.core.sqlfiles import query
 
