@@ -43,9 +43,11 @@ def env():
             shutil.rmtree(e.state, ignore_errors=True)
 
 
-def cli(env: LocalEnv, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def cli(env: LocalEnv, *args: str, timeout: float = 600,
+        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "workers", *args], cwd=REPO,
-                          env={**os.environ, **env.env(), "TICKSTACK_LOG_FORMAT": "json"},
+                          env={**os.environ, **env.env(), "TICKSTACK_LOG_FORMAT": "json",
+                               **(extra_env or {})},
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -135,10 +137,14 @@ def test_backup_check_fails_when_archiving_is_broken(env):
     # gone, as far as archiving can tell (without losing moto's in-memory backups).
     env.stunnel.stop()
     try:
-        # Bounded: the check's own archive timeout ends it; a hang fails on this timeout.
-        r = cli(env, "backup", "--check", timeout=300)
+        # Bounded by the check's deadline (TICKSTACK_ARCHIVE_CHECK_SECONDS, 75 s by default);
+        # a hang fails on this test's timeout.
+        t0 = time.monotonic()
+        r = cli(env, "backup", "--check", timeout=300,
+                extra_env={"TICKSTACK_ARCHIVE_CHECK_SECONDS": "20"})
         assert r.returncode == 1, (r.stdout, r.stderr)
         assert "UNHEALTHY" in r.stdout and "pgbackrest check failed" in r.stdout
+        assert time.monotonic() - t0 < 60, "the check outlived its 20 s deadline"
     finally:
         env.stunnel.start()
 

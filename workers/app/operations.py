@@ -258,7 +258,8 @@ def archive_check(ctx: Context):
 
     tool = ctx.pgbackrest()
     with ctx.connect("backup") as conn:
-        return backups.check(conn, tool, stall_seconds=ctx.settings.archive_stall_seconds)
+        return backups.check(conn, tool, stall_seconds=ctx.settings.archive_stall_seconds,
+                             deadline_seconds=ctx.settings.archive_check_seconds)
 
 
 def restore(ctx: Context, target: datetime, *, force: bool = False, skip_pitr: bool = False,

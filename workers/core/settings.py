@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     archive_stall_seconds: int = Field(
         300, ge=30, description="`backup --check`: a WAL segment waiting longer than this to be "
         "archived means archiving is stalled.")
+    archive_check_seconds: int = Field(
+        75, ge=10, le=3600, description="`backup --check`: how long pgBackRest's own check (a "
+        "WAL switch that must reach the repository) may take; an unreachable repository makes "
+        "pgBackRest retry until then, and the check then fails saying so.")
     vector_index_min_rows: int = Field(
         10_000, ge=1, description="Below this many embeddings, no ivfflat index (exact scan).")
     ingest_block_bytes: int = Field(

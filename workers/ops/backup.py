@@ -206,7 +206,7 @@ class ArchiveCheck:
 
 
 def check(conn: psycopg.Connection, tool: Tool, *, stall_seconds: int,
-          archive_timeout: int = 30) -> ArchiveCheck:
+          deadline_seconds: int = 75) -> ArchiveCheck:
     """Archive state from pg_stat_archiver, the waiting segments and pgBackRest: healthy only
     when nothing is failing or stuck, a fresh WAL switch reaches the repository, and the
     archive holds every segment recovery from the oldest backup on needs."""
@@ -227,9 +227,10 @@ def check(conn: psycopg.Connection, tool: Tool, *, stall_seconds: int,
     # pgBackRest's own check: switches WAL and waits (bounded) until the segment is archived.
     # An unreachable repository makes pgBackRest retry for a while: bound it, and call a
     # check that does not finish in time a failed one.
+    archive_timeout = max(5, min(30, deadline_seconds * 2 // 5))  # 30 of the default 75 s
     try:
-        r = tool.run("check", f"--archive-timeout={archive_timeout}", "--io-timeout=15",
-                     timeout=archive_timeout + 45)
+        r = tool.run("check", f"--archive-timeout={archive_timeout}",
+                     f"--io-timeout={min(15, archive_timeout)}", timeout=deadline_seconds)
     except BackupError as e:
         r = None
         c.problems.append(f"pgbackrest check failed: {e}")
