@@ -38,11 +38,12 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from workers.core import logs
 from workers.core.errors import BadInput, Failed
+from workers.sources.binance_files import ARCHIVE_MARKET_PATHS, parse_checksum, sha256_file
 
 log = logs.get("fetch")
 
 # --market option -> the archive's folder.
-MARKETS = {"spot": "spot", "um": "futures/um", "cm": "futures/cm"}
+MARKETS = ARCHIVE_MARKET_PATHS
 KINDS = ("trades", "aggTrades")
 # Spot and USDⓈ-M pairs (BTCUSDT), COIN-M perpetuals (BTCUSD_PERP), delivery contracts (_240628).
 _SYMBOL = re.compile(r"^[A-Z0-9]{2,20}(?:_PERP|_\d{6})?$")
@@ -760,26 +761,15 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 def _parse_checksum(f: ArchiveFile, text: str) -> str:
     """`<sha256>  <zip name>` (Binance's format) -> the sha256."""
-    parts = text.split()
-    if not parts or not re.fullmatch(r"[0-9a-fA-F]{64}", parts[0]):
-        raise ArchiveError(f"{f.name}.CHECKSUM is not a `<sha256>  <name>` checksum file: "
-                           f"{text[:80]!r}")
-    if len(parts) > 1 and parts[1].lstrip("*") != f.name:
-        raise ArchiveError(f"{f.name}.CHECKSUM is for another file ({parts[1]})")
-    return parts[0].lower()
+    try:
+        return parse_checksum(text, f.name)
+    except ValueError as e:
+        raise ArchiveError(str(e)) from None
 
 
 def _range_start(content_range: str) -> int | None:
     m = re.match(r"bytes (\d+)-\d+/(?:\d+|\*)", content_range.strip())
     return int(m.group(1)) if m else None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _checksum_path(zip_path: Path) -> Path:

@@ -72,8 +72,10 @@ FUT_AGG = Layout("aggTrades", AGG_COLUMNS[:7], "agg_trade_id", "quantity", "tran
 
 _TS = re.compile(rb"^\d{10,19}$")
 _SYMBOL = re.compile(r"^([A-Z0-9_]{2,32})-(?:trades|aggTrades)-")
-# Where the archive keeps each market's files (data/<market path>/<daily|monthly>/...).
-_MARKET_DIRS = {("spot",): "spot", ("futures", "um"): "um", ("futures", "cm"): "cm"}
+# Where the archive keeps each market's files (data/<market path>/<daily|monthly>/...); the
+# fetcher lays its cache out by the same table.
+ARCHIVE_MARKET_PATHS = {"spot": "spot", "um": "futures/um", "cm": "futures/cm"}
+_MARKET_DIRS = {tuple(p.split("/")): m for m, p in ARCHIVE_MARKET_PATHS.items()}
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ def open_trade_file(path: str | Path, symbol: str | None = None, market: str | N
         raise BadFile(path, "not a regular file")
     if path.stat().st_size == 0:
         raise BadFile(path, "empty file")
-    sha = _verify_checksum(path) if path.suffix == ".zip" else _sha256_of(path)
+    sha = _verify_checksum(path) if path.suffix == ".zip" else sha256_file(path)
     with _open_csv(path, limits) as f:
         head = f.read(64 * 1024)
     if head.startswith(b"\xef\xbb\xbf"):
@@ -334,12 +336,25 @@ def _blank(col: pa.Array, mask: pa.Array) -> pa.Array:
                     pa.binary()).cast(pa.string())
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def parse_checksum(text: str, name: str) -> str:
+    """The SHA-256 a `<name>.CHECKSUM` file gives (`<sha256>  <name>`, Binance's format);
+    ValueError saying what is wrong when it is not one, or names another file."""
+    parts = text.split()
+    if not parts or not re.fullmatch(r"[0-9a-fA-F]{64}", parts[0]):
+        raise ValueError(f"{name}.CHECKSUM is not a `<sha256>  <name>` checksum file: "
+                         f"{text[:80]!r}")
+    named = parts[1].lstrip("*") if len(parts) > 1 else None
+    if named is not None and Path(named).name != name:
+        raise ValueError(f"{name}.CHECKSUM is the checksum of {named}, not of {name}")
+    return parts[0].lower()
 
 
 def _verify_checksum(path: Path) -> str:
@@ -348,18 +363,15 @@ def _verify_checksum(path: Path) -> str:
     A zip that matches its publisher's checksum is the publisher's intact file; one without a
     CHECKSUM is read through once (every member's CRC) so a truncated zip fails here rather
     than halfway through its rows. (The CRCs are checked again as the rows are read.)"""
-    digest = _sha256_of(path)
+    digest = sha256_file(path)
     cs = path.with_name(path.name + ".CHECKSUM")
     if cs.exists():
-        parts = cs.read_text(errors="replace").split()
-        if not parts or not re.fullmatch(r"[0-9a-fA-F]{64}", parts[0]):
-            raise BadFile(path, f"{cs.name} is not a `<sha256>  <name>` checksum file")
-        named = parts[1].lstrip("*") if len(parts) > 1 else None
-        if named is not None and Path(named).name != path.name:
-            raise BadFile(path, f"{cs.name} is the checksum of {named}, not of {path.name}")
-        if parts[0].lower() != digest:
-            raise BadFile(path, f"checksum mismatch: {cs.name} says {parts[0].lower()}, "
-                                f"the file is {digest}")
+        try:
+            want = parse_checksum(cs.read_text(errors="replace"), path.name)
+        except ValueError as e:
+            raise BadFile(path, str(e)) from None
+        if want != digest:
+            raise BadFile(path, f"checksum mismatch: {cs.name} says {want}, the file is {digest}")
     try:
         with zipfile.ZipFile(path) as z:
             bad = None if cs.exists() else z.testzip()
