@@ -5,8 +5,10 @@ database) and PostgreSQL started with the pod's arguments; a second start keeps 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -24,11 +26,17 @@ def start(pgdata, sock, port: int, password: str | None) -> subprocess.Popen:
     env = {"PATH": f"{V.pg_bindir}:/usr/bin:/bin", "PGDATA": str(pgdata), "HOME": str(sock),
            "TMPDIR": str(sock), **({"POSTGRES_PASSWORD": password} if password else {})}
     kw = {"user": u.pw_uid, "group": u.pw_gid, "extra_groups": []} if u else {}
+    # The script as the image holds it: a copy the database user can read, run from a directory
+    # it can enter (CI's checkout sits in a 0700 temporary directory it cannot traverse).
+    here = Path(sock).parent
+    script = here / ENTRYPOINT.name
+    shutil.copyfile(ENTRYPOINT, script)
+    script.chmod(0o755)
     return subprocess.Popen(
-        ["sh", str(ENTRYPOINT), "postgres", "-c", f"port={port}", "-c",
+        ["sh", str(script), "postgres", "-c", f"port={port}", "-c",
          "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={sock}", "-c",
          "shared_preload_libraries=timescaledb"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=here, **kw)
 
 
 def accepting(port: int) -> bool:
