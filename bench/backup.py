@@ -18,7 +18,8 @@ runs; each backup's phases (checks, checkpoint, copy, stop, manifest) are printe
 It prints each time, the ratios backup / floor (goal: <= 2x with bundling) and the objects each
 wrote. The same is then measured after retention compressed the day's chunk (licensed
 TimescaleDB), and the compressed cluster's newest backup is restored into an empty directory
-against the reverse floor (one GET, zstd -d, tar x).
+against the reverse floor (one GET, zstd -d, tar x). Last, block incremental (off by default)
+is measured against bundling alone: a full backup and its restore each.
 """
 
 from __future__ import annotations
@@ -221,8 +222,17 @@ def main() -> int:
             chown_db(scratch, 0o755)
             rt = restore(env, scratch / "restore")
             rf = reverse_floor(env, scratch / "floor")
+            # Block incremental (opt-in, infra/configs.py): a full backup in block format and
+            # its restore, against the bundled pair measured just before it.
+            bt, _, _ = backup(env)
+            brt = restore(env, scratch / "bundled")
+            kt, _, _ = backup(env, "--repo1-block")
+            krt = restore(env, scratch / "block")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+        print(f"\nblock incremental (off by default): full backup {kt:.1f} s (bundled {bt:.1f} s), "
+              f"its restore {krt:.1f} s (bundled {brt:.1f} s): a block-format restore reads file "
+              "by file")
         print(f"\nrestore of the compressed cluster's newest backup: {rt:.1f} s = "
               f"{rt / rf:.1f}x the reverse floor ({rf:.1f} s: one GET, zstd -d, tar x)")
         print(f"\nsummary: bundled full backup = {plain['bundled'] / plain['floor']:.1f}x floor "
@@ -235,7 +245,10 @@ def main() -> int:
                         "bundled_vs_floor": round(plain["bundled"] / plain["floor"], 2),
                         "per_file_vs_floor": round(plain["per-file"] / plain["floor"], 2),
                         "compressed_bundled_vs_floor": round(comp["bundled"] / comp["floor"], 2),
-                        "restore_vs_reverse_floor": round(rt / rf, 2)})
+                        "restore_vs_reverse_floor": round(rt / rf, 2),
+                        "block_incremental_s": {"backup": round(kt, 2), "restore": round(krt, 2),
+                                                "bundled_backup": round(bt, 2),
+                                                "bundled_restore": round(brt, 2)}})
     return 0
 
 

@@ -3,11 +3,13 @@
 # Debian packages): PostgreSQL PG_MAJOR, pgBackRest, pgvector, and TimescaleDB with its TSL part
 # (compression, job policies) built from the verified upstream source.
 #
-#   Debian 12: PostgreSQL and pgBackRest are Debian packages.
-#   Debian 13: it has no postgresql-PG_MAJOR and a newer pgBackRest, so both are built from
-#              Debian 12's *source* packages (a private apt configuration adds a bookworm deb-src
-#              line; the machine's own apt sources are never changed) and installed as .debs.
-#   Both:      pgvector from Debian trixie's source package (private apt configuration again);
+#   Debian 12: PostgreSQL is the Debian package.
+#   Debian 13: it has no postgresql-PG_MAJOR, so it is built from Debian 12's *source* package
+#              (a private apt configuration adds a bookworm deb-src line; the machine's own apt
+#              sources are never changed) and installed as .debs.
+#   Both:      pgBackRest is Debian trixie's binary package of the table's version (private apt
+#              configuration; on Debian 12 its t64-renamed dependencies are mapped back, see
+#              install_pgbackrest); pgvector from Debian trixie's source package;
 #              TimescaleDB from ../shared/vendor or a download of the same release, checked by
 #              scripts/timescaledb_source.sh against the table's hashes.
 #
@@ -22,7 +24,8 @@
 #   --os-release F   read the Debian release from F instead of /etc/os-release
 #   --profile P      local (default): everything `make up`/`make test` need;
 #                    image: the database server only, build tools removed afterwards (the
-#                    primary's image, infra/images/primary.Dockerfile)
+#                    primary's image, infra/images/primary/Dockerfile);
+#                    pgbackrest: pgBackRest only (the workers' image, workers/Dockerfile)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 say() { echo "install_system: $*"; }
@@ -41,7 +44,8 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-case $PROFILE in local|image) ;; *) echo "install_system: --profile local|image" >&2; exit 2 ;; esac
+case $PROFILE in local|image|pgbackrest) ;;
+  *) echo "install_system: --profile local|image|pgbackrest" >&2; exit 2 ;; esac
 [ $FRESH = 0 ] || [ $DRY = 1 ] || { echo "install_system: --assume-fresh needs --dry-run" >&2; exit 2; }
 
 set -a; . "$ROOT/scripts/versions.env"; set +a
@@ -63,8 +67,9 @@ JOBS=$(nproc)
 --dry-run shows the plan without root"
 export DEBIAN_FRONTEND=noninteractive
 [ $DRY = 1 ] && say "DRY RUN: nothing is fetched, built or installed"
-say "Debian $DEBIAN, profile $PROFILE: PostgreSQL $PG_MAJOR ($PG_FROM), pgBackRest \
-$PGBACKREST_VERSION, pgvector $PGVECTOR_VERSION, TimescaleDB $TIMESCALEDB_VERSION (TSL)"
+if [ $PROFILE = pgbackrest ]; then say "Debian $DEBIAN, profile $PROFILE: pgBackRest $PGBACKREST_VERSION"
+else say "Debian $DEBIAN, profile $PROFILE: PostgreSQL $PG_MAJOR ($PG_FROM), pgBackRest \
+$PGBACKREST_VERSION, pgvector $PGVECTOR_VERSION, TimescaleDB $TIMESCALEDB_VERSION (TSL)"; fi
 
 LOG="$BUILD_ROOT/build.log"
 run() {  # run NAME CMD... : run and log (dry run: print); on failure show the log's tail
@@ -100,14 +105,16 @@ have_timescaledb() {  # the table's version, its library AND its TSL library
 }
 
 # --- Debian packages --------------------------------------------------------------------------
-DEB_PACKAGES=(cmake build-essential dpkg-dev ca-certificates curl)
+if [ $PROFILE = pgbackrest ]; then DEB_PACKAGES=(ca-certificates)
+else DEB_PACKAGES=(cmake build-essential dpkg-dev ca-certificates curl); fi
 [ $PROFILE = local ] && DEB_PACKAGES+=(
   stunnel4 openssl iproute2
   zstd  # bench/backup.py's floor; `workers restore` reads archived WAL (compress-type=zst)
   chromium  # headless browser: the report test opens the HTML report
 )
-if [ $PG_FROM = debian-package ]; then
-  DEB_PACKAGES+=("postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" pgbackrest)
+if [ $PROFILE = pgbackrest ]; then :
+elif [ $PG_FROM = debian-package ]; then
+  DEB_PACKAGES+=("postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR")
 else
   # Debian 13's postgresql-common serves every major; the server itself is built below.
   DEB_PACKAGES+=(postgresql-common libpq-dev)
@@ -133,20 +140,26 @@ mirror() {  # the machine's Debian mirror: the URIs: line of the deb822 file, no
 }
 declare -A APT_READY=()
 apt_src() {  # apt_src SUITE ARGS...: apt-get with only SUITE's deb-src, in private directories
-  local suite=$1; shift
-  local dir="$BUILD_ROOT/apt-$suite"
+  apt_private deb-src "$@"
+}
+apt_bin() {  # apt_bin SUITE ARGS...: apt-get with only SUITE's binary index, in private directories
+  apt_private deb "$@"
+}
+apt_private() {  # apt_private deb|deb-src SUITE ARGS...
+  local kind=$1 suite=$2; shift 2
+  local dir="$BUILD_ROOT/apt-$suite-$kind"
   local opts=(-o "Dir::Etc::sourcelist=$dir/sources.list" -o "Dir::Etc::sourceparts=$dir/sources.list.d"
               -o "Dir::State::Lists=$dir/lists" -o "Dir::Cache=$dir/cache" -o "APT::Sandbox::User=root")
-  if [ -z "${APT_READY[$suite]:-}" ]; then
-    local line="deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(mirror) $suite main"
+  if [ -z "${APT_READY[$suite-$kind]:-}" ]; then
+    local line="$kind [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(mirror) $suite main"
     if [ $DRY = 1 ]; then
       echo "  would configure private apt in $dir: $line"
     else
       mkdir -p "$dir/sources.list.d" "$dir/lists/partial" "$dir/cache/archives/partial"
       echo "$line" > "$dir/sources.list"
     fi
-    run "apt-get update ($suite sources)" apt-get "${opts[@]}" update
-    APT_READY[$suite]=1
+    run "apt-get update ($suite $kind)" apt-get "${opts[@]}" update
+    APT_READY[$suite-$kind]=1
   fi
   run "apt-get $* ($suite)" apt-get "${opts[@]}" "$@"
 }
@@ -192,21 +205,67 @@ build_debs() {  # build_debs SUITE SRCPKG DIRGLOB BINPKG...: build Debian packag
   run "install $src packages" apt-get install -y -qq --no-install-recommends "${debs[@]}"
 }
 
-# --- PostgreSQL and pgBackRest on Debian 13 (from Debian 12's source packages) -----------------
-if [ $PG_FROM = bookworm-source ]; then
+# --- PostgreSQL on Debian 13 (from Debian 12's source package) --------------------------------
+if [ $PG_FROM = bookworm-source ] && [ $PROFILE != pgbackrest ]; then
   if have_pg; then say "PostgreSQL $PG_MAJOR: installed"
   else build_debs bookworm "postgresql-$PG_MAJOR" "postgresql-$PG_MAJOR-*" \
          "postgresql-$PG_MAJOR" "postgresql-client-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR"
   fi
-  if [ "$(pgbackrest_version)" = "$PGBACKREST_VERSION" ]; then say "pgBackRest: installed"
-  else build_debs bookworm pgbackrest "pgbackrest-*" pgbackrest
-  fi
 fi
+
+# --- pgBackRest: Debian trixie's binary package, on both releases -----------------------------
+# Older releases (Debian 12 ships one) poll every query to PostgreSQL with a 100 ms sleep, which
+# made a backup's fixed cost ~2 s of waiting (bench/backup.py), and lack block incremental.
+# trixie's package of the table's version is the one build for both: its library dependencies
+# were renamed for the 64-bit time_t transition (libssl3t64, libssh2-1t64), a rename that on
+# 64-bit architectures changed no ABI, so on Debian 12 the package's control file is rewritten
+# to the old names and installed like any .deb; the binary is then checked to load and to
+# report the table's version. Its source package is not fetchable here, so it is not rebuilt.
+install_pgbackrest() {
+  if [ "$(pgbackrest_version)" = "$PGBACKREST_VERSION" ]; then
+    say "pgBackRest $PGBACKREST_VERSION: installed"; return; fi
+  say "installing pgBackRest $PGBACKREST_VERSION (Debian trixie's binary package)"
+  local arch deb
+  arch=$(dpkg --print-architecture)
+  case $arch in amd64|arm64) ;; *) die "pgBackRest from trixie: $arch is not a 64-bit \
+architecture this install maps the t64 packages on" ;; esac
+  if [ $DRY = 1 ]; then
+    apt_bin trixie download "pgbackrest=$PGBACKREST_VERSION-*"
+    [ "$DEBIAN" = 12 ] && echo "  would rewrite its Depends for Debian 12 (libssl3t64 -> libssl3," \
+      "libssh2-1t64 -> libssh2-1, libzstd1 without the trixie minimum)"
+    echo "  would run: apt-get install $WORK/pgbackrest_$PGBACKREST_VERSION-*_$arch.deb"
+    return
+  fi
+  cd "$WORK"
+  apt_bin trixie download "pgbackrest=$PGBACKREST_VERSION-*"
+  deb=$(ls "$WORK"/pgbackrest_"$PGBACKREST_VERSION"-*_"$arch".deb 2>/dev/null | head -n1)
+  [ -n "$deb" ] || die "Debian trixie has no pgbackrest $PGBACKREST_VERSION for $arch"
+  if [ "$DEBIAN" = 12 ]; then
+    run "unpack $deb" dpkg-deb -R "$deb" "$WORK/pgbackrest-deb"
+    sed -i -e '/^Depends:/{s/libssl3t64/libssl3/; s/libssh2-1t64/libssh2-1/;' \
+           -e 's/libzstd1 ([^)]*)/libzstd1/; }' \
+           -e 's/^Version: \(.*\)$/Version: \1+tickstack.deb12/' "$WORK/pgbackrest-deb/DEBIAN/control"
+    deb="$WORK/pgbackrest_deb12.deb"
+    run "repack for Debian 12" dpkg-deb -b "$WORK/pgbackrest-deb" "$deb"
+  fi
+  cd /
+  run "install pgbackrest" apt-get install -y -qq --no-install-recommends --allow-downgrades "$deb"
+  if ldd "$(command -v pgbackrest)" | grep -q "not found"; then
+    die "pgBackRest $PGBACKREST_VERSION does not load on Debian $DEBIAN: $(ldd \
+"$(command -v pgbackrest)" | grep "not found" | tr -s ' \n' ' ')"
+  fi
+}
+install_pgbackrest
 if [ $DRY = 0 ]; then
-  have_pg || die "PostgreSQL $PG_MAJOR is not installed ($PG_CONFIG)"
+  [ $PROFILE = pgbackrest ] || have_pg || die "PostgreSQL $PG_MAJOR is not installed ($PG_CONFIG)"
   got=$(pgbackrest_version)
   [ "$got" = "$PGBACKREST_VERSION" ] || die "pgBackRest is ${got:-missing}, the version table \
 says $PGBACKREST_VERSION (PGBACKREST_VERSION in scripts/versions.env)"
+fi
+if [ $PROFILE = pgbackrest ]; then
+  [ $DRY = 1 ] || run "apt clean" sh -c 'apt-get clean && rm -rf /var/lib/apt/lists/* "$0"' "$BUILD_ROOT"
+  [ $DRY = 1 ] || say "pgBackRest $PGBACKREST_VERSION ready"
+  exit 0
 fi
 
 # --- pgvector (Debian trixie's source package) ------------------------------------------------

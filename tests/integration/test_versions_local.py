@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from infra import configs, versions
+from infra import versions
 from infra.local.env import LocalEnv
 from infra.local.procs import run_db
 from tests.conftest import make_state_dir
@@ -53,9 +53,8 @@ def test_pgbackrest_is_the_tables_and_bundles_files(local_env):
     assert r.stdout.strip() == f"pgBackRest {V.pgbackrest}"
     conf = local_env.pgbackrest_conf_path.read_text()
     assert "repo1-bundle=y" in conf
-    # Block incremental is a release feature only from the next version (beta before).
-    assert ("repo1-block=y" in conf) == (
-        tuple(map(int, V.pgbackrest.split("."))) >= configs.BLOCK_INCREMENTAL_SINCE)
+    # Block incremental stays off (its restores read file by file: configs.BLOCK_INCREMENTAL_SINCE).
+    assert "repo1-block" not in conf
 
 
 def test_local_environment_refuses_an_install_that_differs_from_the_table(monkeypatch):

@@ -32,20 +32,21 @@ def test_pgbackrest_conf_cloud_defaults_use_irsa_and_verify_tls():
     assert not any("key-secret" in k or k == "repo1-s3-key" for k in g)
 
 
-def test_pgbackrest_bundles_files_and_uses_block_incremental_once_the_version_has_it():
-    """Both environments get bundling (one renderer); repo1-block only from the release where
-    block incremental left beta — the table's version decides by default."""
-    from infra import versions
-
+def test_pgbackrest_bundles_files_and_block_incremental_is_opt_in_where_the_version_has_it():
+    """Both environments get bundling (one renderer); repo1-block only when asked for (its
+    restores read file by file: BLOCK_INCREMENTAL_SINCE) and only from the release where block
+    incremental left beta."""
     since = ".".join(map(str, configs.BLOCK_INCREMENTAL_SINCE))
     before = f"{configs.BLOCK_INCREMENTAL_SINCE[0]}.{configs.BLOCK_INCREMENTAL_SINCE[1] - 1}"
-    for version, block in ((since, True), (before, False)):
+    for version in (since, before):
         g = parse(configs.pgbackrest_conf(REPO, PG, pgbackrest_version=version))["global"]
-        assert g["repo1-bundle"] == "y"
-        assert ("repo1-block" in g) is block and (not block or g["repo1-block"] == "y")
-    table = tuple(map(int, versions.load().pgbackrest.split(".")))
-    g = parse(configs.pgbackrest_conf(REPO, PG))["global"]
-    assert ("repo1-block" in g) is (table >= configs.BLOCK_INCREMENTAL_SINCE)
+        assert g["repo1-bundle"] == "y" and "repo1-block" not in g
+    g = parse(configs.pgbackrest_conf(REPO, PG, pgbackrest_version=since,
+                                      block_incremental=True))["global"]
+    assert g["repo1-bundle"] == "y" and g["repo1-block"] == "y"
+    with pytest.raises(ValueError, match=f"need pgBackRest {since} or newer, not {before}"):
+        configs.pgbackrest_conf(REPO, PG, pgbackrest_version=before, block_incremental=True)
+    assert "repo1-block" not in parse(configs.pgbackrest_conf(REPO, PG))["global"]
 
 
 def test_pgbackrest_conf_local_s3_behind_tls_terminator():

@@ -174,7 +174,7 @@ def _install(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     return r
 
 
-def test_debian_13_dry_run_builds_postgres_and_pgbackrest_from_bookworm_sources(tmp_path):
+def test_debian_13_dry_run_builds_postgres_from_bookworm_sources(tmp_path):
     osr = tmp_path / "os-release"
     osr.write_text('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nID=debian\nVERSION_ID="13"\n'
                    "VERSION_CODENAME=trixie\n")
@@ -186,23 +186,46 @@ def test_debian_13_dry_run_builds_postgres_and_pgbackrest_from_bookworm_sources(
     apt_install = next(line for line in out.splitlines()
                        if "apt-get install" in line and ".deb" not in line)
     assert f"postgresql-{V.pg_major}" not in apt_install.split()
-    # PostgreSQL and pgBackRest: bookworm deb-src through a private apt config, built, installed.
-    assert re.search(r"private apt in \S+/apt-bookworm: deb-src \[signed-by=\S+\] \S+ bookworm "
-                     r"main", out)
-    for pkg in (f"postgresql-{V.pg_major}", "pgbackrest"):
-        assert re.search(rf"Dir::State::Lists=\S+/apt-bookworm/lists .*source --download-only "
-                         rf"{pkg}$", out, re.M), pkg
-        assert f"building {pkg} from Debian bookworm's source" in out
-    assert out.count("dpkg-buildpackage -b -uc -us") == 2
+    # PostgreSQL: bookworm deb-src through a private apt config, built, installed.
+    assert re.search(r"private apt in \S+/apt-bookworm-deb-src: deb-src \[signed-by=\S+\] \S+ "
+                     r"bookworm main", out)
+    assert re.search(rf"Dir::State::Lists=\S+/apt-bookworm-deb-src/lists .*source "
+                     rf"--download-only postgresql-{V.pg_major}$", out, re.M)
+    assert f"building postgresql-{V.pg_major} from Debian bookworm's source" in out
+    assert out.count("dpkg-buildpackage -b -uc -us") == 1
     assert f"/postgresql-server-dev-{V.pg_major}_*.deb" in out
-    assert "/pgbackrest_*.deb" in out
+    # pgBackRest: trixie's binary package of the table's version, as is (no Debian 12 rewrite).
+    assert re.search(rf"apt-trixie-deb/lists .*download pgbackrest={re.escape(V.pgbackrest)}-\*$",
+                     out, re.M)
+    assert "rewrite its Depends" not in out
     # pgvector from trixie sources; TimescaleDB with TSL (no APACHE_ONLY) from the vendored copy.
-    assert re.search(r"apt-trixie/lists .*source --download-only pgvector$", out, re.M)
+    assert re.search(r"apt-trixie-deb-src/lists .*source --download-only pgvector$", out, re.M)
     assert f"building TimescaleDB {V.timescaledb} with its TSL part" in out
     assert "vendored ../shared/vendor" in out and "(sha256 matches)" in out
     assert "APACHE_ONLY" not in out and "-DPG_CONFIG=" in out
     # The machine's own sources are never the target.
     assert "/etc/apt/sources.list" not in out.replace("Dir::Etc::sourcelist=", "")
+
+
+def test_debian_12_dry_run_maps_pgbackrests_t64_dependencies(tmp_path):
+    """Debian 12 installs trixie's pgBackRest with its dependencies renamed back (pre-t64)."""
+    osr = tmp_path / "os-release"
+    osr.write_text('ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n')
+    r = _install("--dry-run", "--assume-fresh", "--os-release", str(osr), tmp=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "dpkg-buildpackage" not in out  # nothing is built from source but extensions
+    assert re.search(r"private apt in \S+/apt-trixie-deb: deb \[signed-by=\S+\] \S+ trixie main",
+                     out)
+    assert re.search(rf"download pgbackrest={re.escape(V.pgbackrest)}-\*$", out, re.M)
+    assert "libssl3t64 -> libssl3" in out and "libssh2-1t64 -> libssh2-1" in out
+    for profile, extensions in (("pgbackrest", False), ("image", True)):
+        r = _install("--dry-run", "--assume-fresh", "--os-release", str(osr), "--profile", profile,
+                     tmp=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "download pgbackrest=" in r.stdout
+        assert ("pgvector" in r.stdout) is extensions, r.stdout
+        assert ("TimescaleDB" in r.stdout) is extensions, r.stdout
 
 
 def test_dry_run_on_this_machine_has_nothing_to_do() -> None:
