@@ -40,9 +40,19 @@ T0 = datetime(2018, 1, 1, tzinfo=UTC)
 
 
 def generated(n: int, seed: int = 1) -> np.ndarray:
-    """Unit vectors around 20 centres: clustered, as market windows are."""
+    """Unit vectors around 20 centres: clustered, as market windows are. Another seed draws
+    other centres too: windows unlike any in a table made with the first."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(20, 256))
+    v = centres[rng.integers(0, 20, n)] + rng.normal(scale=0.7, size=(n, 256))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def held_out(n: int, seed: int) -> np.ndarray:
+    """New windows like those of generated(n) (its centres, other draws): what a new market
+    window is to a table of past ones."""
+    centres = np.random.default_rng(1).normal(size=(20, 256))  # generated()'s, seed 1
+    rng = np.random.default_rng([seed, 1])
     v = centres[rng.integers(0, 20, n)] + rng.normal(scale=0.7, size=(n, 256))
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
@@ -99,7 +109,7 @@ def test_halfvec_index_serves_the_query_and_finds_the_exact_neighbours(vectors3k
     s = vectors3k
     vecs = generated(3000)
     late = T0 + timedelta(days=30)
-    queries = [(late, v) for v in generated(40, seed=2)]
+    queries = [(late, v) for v in held_out(30, seed=2)] + [(late, v) for v in generated(10, seed=2)]
     queries += [(T0 + timedelta(minutes=5 * i - 61), vecs[i]) for i in range(100, 3000, 300)]
     queries += [(T0 + timedelta(minutes=5 * 30), generated(1, seed=3)[0])]  # 31 rows pass
     truth = exact_answers(s, queries)
@@ -123,14 +133,85 @@ def test_halfvec_index_serves_the_query_and_finds_the_exact_neighbours(vectors3k
                                             k=10, exact=True)
             assert [r[1] for r in rows] == pytest.approx([r[1] for r in exact_rows], abs=1e-9)
             rows, used = similar.nearest(c, v, market="spot", symbol="BTCUSDT", upto=upto)
-            assert used == vector_index.probes_for(idx.lists) and len(rows) == 10
+            assert used == idx.probes and len(rows) == 10  # as calibrated at the build
             assert all(r[0] <= upto for r in rows)
             recall.append(len({r[0].isoformat() for r in rows} & set(want)) / 10)
     assert np.mean(recall) >= 0.9, recall
     with reader(s) as c:  # `workers similar` takes the same path
         r = similar.query(c, symbol="BTCUSDT", at=T0 + timedelta(minutes=5 * 2500), k=5)
-    assert r.index == idx.name and r.probes == vector_index.probes_for(idx.lists)
+    assert r.index == idx.name and r.probes == idx.probes
     assert len(r.neighbours) == 5
+
+
+def test_each_build_records_the_probes_its_recall_needs(vectors3k):
+    """The build measures its probes on windows of the table (sql/020): the recorded probes
+    reach the recall target on that sample, fewer do not (or it is 1), and on other queries,
+    answered exactly here, they keep recall@10 above 0.98. The embeddings worker records them
+    through the function only."""
+    s = vectors3k
+    with s.admin() as c:
+        name, lists, probes, recall, n = c.execute(
+            "SELECT index_name, lists, probes, probes_recall, probes_queries "
+            "FROM signals.vector_index_builds ORDER BY built_at DESC LIMIT 1").fetchone()
+    idx = vector_index.current(s.admin())
+    assert (idx.name, idx.probes) == (name, probes) and idx.query_probes == probes
+    assert 1 <= probes <= lists and n >= 30
+    assert recall >= vector_index.RECALL_TARGET or probes == lists
+    with s.embed_conn() as conn:  # measured again on a new sample: the search's own rule
+        cal = vector_index.calibrate(conn, idx)
+    assert cal.tried[cal.probes] >= vector_index.RECALL_TARGET or cal.probes == lists
+    # From the formula's probes, and above them only because fewer fell short.
+    assert min(cal.tried) == vector_index.probes_for(lists) <= cal.probes
+    assert all(r < vector_index.RECALL_TARGET for p, r in cal.tried.items() if p < cal.probes)
+    # A target the formula misses makes the search go up.
+    with s.embed_conn() as conn:
+        strict = vector_index.calibrate(conn, idx, target=1.01)
+    assert strict.probes == lists and len(strict.tried) > 1
+    with s.embed_conn() as conn:  # leave the recorded probes as the build measured them
+        vector_index.calibrate(conn, idx)
+    vecs = generated(3000)
+    queries = [(T0 + timedelta(minutes=5 * i - 61), vecs[i]) for i in range(50, 3000, 60)]
+    queries += [(T0 + timedelta(days=30), v) for v in held_out(50, seed=7)]
+    truth = exact_answers(s, queries)
+    got = []
+    with reader(s) as c:
+        register_vector(c)
+        for upto, v in queries:
+            rows, used = similar.nearest(c, v, market="spot", symbol="BTCUSDT", upto=upto)
+            assert used == cal.probes
+            got.append({r[0].isoformat() for r in rows})
+    assert np.mean([len(g & set(t)) / 10 for g, t in zip(got, truth, strict=True)]) >= 0.98
+    with s.embed_conn() as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("UPDATE signals.vector_index_builds SET probes = 1")
+
+
+def test_calibration_waits_while_a_replaced_index_is_still_there(local_env):
+    """With two ivfflat indexes the planner may use either: nothing is recorded, the index is
+    answered with the formula's probes meanwhile, and the next run that keeps it calibrates."""
+    s = Stack(local_env)
+    try:
+        load_generated(s, generated(2000))
+        with s.embed_conn() as conn:
+            st = vector_index.ensure(conn, min_rows=1000)
+        assert st.action == "built" and st.probes is not None
+        with s.admin() as c:
+            c.execute("UPDATE signals.vector_index_builds SET probes = NULL")
+            c.execute("CREATE INDEX leftover ON signals.btc_embeddings USING ivfflat "
+                      "((feature_vector::halfvec(256)) halfvec_cosine_ops) WITH (lists = 5)")
+        idx = vector_index.current(s.admin())
+        assert idx.probes is None and idx.query_probes == vector_index.probes_for(idx.lists)
+        with s.embed_conn() as conn:
+            assert vector_index.calibrate(conn, idx) is None
+        with s.admin() as c:
+            assert c.execute("SELECT probes FROM signals.vector_index_builds").fetchone()[0] \
+                is None
+            c.execute("DROP INDEX signals.leftover")
+        with s.embed_conn() as conn:
+            st = vector_index.ensure(conn, min_rows=1000)
+        assert st.action == "kept" and st.calibration is not None
+        assert vector_index.current(s.admin()).probes == st.probes == st.calibration.probes
+    finally:
+        s.close()
 
 
 def test_the_lifecycle_prewarms_the_index_it_uses(vectors3k):

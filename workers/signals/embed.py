@@ -97,7 +97,8 @@ def run(conn: psycopg.Connection, *, symbol: str | None = None, market: str | No
             _embed_batch(conn, mkt, sym, todo[i:i + batch_windows], s)
         s.labels_updated += _update_labels(conn, mkt, sym)
     st = vector_index.ensure(conn, min_rows=index_min_rows)
-    s.index = (f"{st.action}: {st.index} (lists {st.lists}, built at {st.built_rows} rows; "
+    s.index = (f"{st.action}: {st.index} (lists {st.lists}, probes "
+               f"{st.probes or 'not calibrated'}, built at {st.built_rows} rows; "
                f"{st.rows} rows now)" if st.index else f"{st.action}: {st.rows} rows")
     s.seconds = time.monotonic() - t0
     log.info("embed done", **s.as_dict())

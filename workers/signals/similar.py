@@ -124,7 +124,7 @@ def nearest(conn: psycopg.Connection, vec, *, market: str, symbol: str, upto: da
     if not use_index:
         return conn.execute(query_sql(__package__, "knn_exact"), params,
                             prepare=True).fetchall(), None
-    used = int(probes or vector_index.probes_for(index.lists))
+    used = int(probes or index.query_probes)
     # One round trip: the settings are local to a transaction (a pooled connection keeps no
     # probes of ours), and the pipeline sends BEGIN, both SETs, the query and COMMIT at once —
     # five sequential round trips were ~1 ms of a 3 ms query at 100k vectors (bench/vectors.py).

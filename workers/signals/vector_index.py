@@ -7,12 +7,19 @@
 * lists = sqrt(rows) at every size. Query cost is about lists + probes * rows / lists row
   distances, so more, smaller lists pay while the probes needed grow slowly: at 100k generated
   windows sqrt (316 lists) answered at recall@10 0.985 in about half the time of rows/1000
-  (100 lists). Build cost bounds it from above: pgvector's k-means trains on 50 rows per list,
-  so it grows with lists squared (1M rows: 1000 lists built in 2-3 min, 2000 lists in 8).
+  (100 lists). rows/100 (1000 lists) was ~10% faster again at the same recall but took 5x as
+  long to build (31 s); pgvector's k-means trains on 50 rows per list, so build cost grows with
+  lists squared (1M rows: 1000 lists built in 1-3 min, 2000 lists in 3-8).
 * probes = 2.7 ln(lists), rounded up: the probes recall@10 >= 0.985 needed on generated
   windows grew about logarithmically with lists (100 lists: 9; 316: 14-16; 1000 at 1M rows:
-  18), where sqrt(lists) (pgvector's starting point) over-probes large indexes (32 at 1000
+  18-19), where sqrt(lists) (pgvector's starting point) over-probes large indexes (32 at 1000
   lists: recall 0.996 at 1.7x the time).
+* ...and then checked on the data (calibrate): after each build CALIBRATION_QUERIES random
+  windows of the table are answered exactly and through the new index; when the formula's
+  probes fall short of RECALL_TARGET there, probes go up by a quarter until they reach it, and
+  the build records what it measured (sql/020). Never below the formula: a sample of this size
+  estimates recall to about +-0.01, and searching downwards picked probes that missed the
+  target on other queries (bench/vectors.py: 0.948 where the sample said 0.99).
 * Rebuild when the table has at least doubled since the last build, or when the index in use
   is not the current kind (a vector(256) index from before sql/017): build new, then swap.
 """
@@ -24,12 +31,16 @@ import time
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 
 from workers.core import logs
 from workers.core.sqlfiles import query as query_sql
 
 MIN_ROWS = 10_000
 KIND = "halfvec"  # what build_embedding_index builds; the query must match it to use it
+RECALL_TARGET = 0.99  # recall@10 the recorded probes reach on the calibration sample
+CALIBRATION_QUERIES = 60  # windows per calibration: each costs one exact scan
+K = 10
 
 log = logs.get("vector_index")
 
@@ -48,6 +59,12 @@ class Index:
     rows: int  # rows when built
     lists: int
     kind: str  # "halfvec" | "vector" (before sql/017)
+    probes: int | None = None  # measured by calibrate (sql/020); None: not yet
+
+    @property
+    def query_probes(self) -> int:
+        """The probes a query uses: the calibrated ones, else the formula's."""
+        return self.probes or probes_for(self.lists)
 
 
 @dataclass
@@ -58,12 +75,15 @@ class IndexState:
     lists: int | None
     action: str  # "none (below threshold)" | "kept" | "built" | "rebuilt"
     seconds: float = 0.0  # this run's build, if any
+    probes: int | None = None  # the index's calibrated probes
+    calibration: Calibration | None = None  # this run's, if any
 
 
 def current(conn: psycopg.Connection) -> Index | None:
     """The index in use (the newest recorded build that still exists), if any."""
     row = conn.execute(
-        "SELECT b.index_name, b.rows, b.lists, b.kind FROM signals.vector_index_builds b "
+        "SELECT b.index_name, b.rows, b.lists, b.kind, b.probes "
+        "FROM signals.vector_index_builds b "
         "JOIN pg_class c ON c.relname = b.index_name "
         "JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'signals' "
         "ORDER BY b.built_at DESC, b.index_name DESC LIMIT 1").fetchone()
@@ -79,11 +99,80 @@ def ensure(conn: psycopg.Connection, *, min_rows: int = MIN_ROWS) -> IndexState:
     if last is not None and last.kind == KIND and rows < 2 * last.rows:
         drop_replaced(conn)  # leftovers of a swap that timed out earlier
         prewarm(conn, last.name)  # after a restart its buffers are gone; cheap when resident
-        return IndexState(rows, last.name, last.rows, last.lists, "kept")
-    state = rebuild(conn, rows=rows, expected=last)
-    if state.index:
-        prewarm(conn, state.index)
-    return state
+        cal = calibrate(conn, last) if last.probes is None else None  # built before sql/020
+        return IndexState(rows, last.name, last.rows, last.lists, "kept",
+                          probes=cal.probes if cal else last.probes, calibration=cal)
+    return rebuild(conn, rows=rows, expected=last)
+
+
+@dataclass
+class Calibration:
+    probes: int
+    recall: float  # recall@K at those probes on the sample
+    queries: int
+    tried: dict[int, float]  # probes -> recall, in the order measured
+    seconds: float
+
+
+def calibrate(conn: psycopg.Connection, index: Index, *, target: float = RECALL_TARGET,
+              queries: int = CALIBRATION_QUERIES) -> Calibration | None:
+    """The probes for this index: the formula's, or more when recall@K on a sample of the
+    table's windows falls short of `target` with them; recorded with the build. None (nothing
+    recorded; the next run tries again) when another ivfflat index is still on the table — the
+    planner could pick either — or the sample has no window with K earlier ones."""
+    others = [r[0] for r in conn.execute(query_sql(__package__, "ivfflat_indexes"))
+              if r[0] != index.name]
+    if others:
+        log.info("probes not calibrated yet: a replaced index is still there", index=index.name,
+                 others=others)
+        return None
+    t0 = time.monotonic()
+    sample = conn.execute(query_sql(__package__, "calibration_sample"), {"n": queries}).fetchall()
+    knn, exact = query_sql(__package__, "knn"), query_sql(__package__, "knn_exact")
+    asks, truths = [], []
+    for market, symbol, upto, vec in sample:
+        params = {"q": vec, "market": market, "symbol": symbol, "upto": upto, "k": K,
+                  "candidates": 2 * K}
+        # Short transactions (a swap's DROP INDEX waits for open ones), and one core for each
+        # exact scan: readers keep the other, as this runs beside them.
+        with conn.transaction():
+            conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+            truth = {r[0] for r in conn.execute(exact, params).fetchall()}
+        if len(truth) == K:
+            asks.append(params)
+            truths.append(truth)
+    if not asks:
+        return None
+
+    tried: dict[int, float] = {}
+
+    def recall(probes: int) -> float:
+        if probes not in tried:
+            hits = 0
+            for params, truth in zip(asks, truths, strict=True):
+                with conn.transaction():
+                    conn.execute(sql.SQL("SET LOCAL ivfflat.probes = {}").format(
+                        sql.Literal(probes)))
+                    conn.execute("SET LOCAL ivfflat.iterative_scan = relaxed_order")
+                    hits += len(truth & {r[0] for r in conn.execute(knn, params).fetchall()})
+            tried[probes] = hits / (K * len(asks))
+        return tried[probes]
+
+    # From the formula's probes, up by a quarter until the target is reached (or every list
+    # is probed); never down (see the module notes).
+    probes = min(index.lists, probes_for(index.lists))
+    while recall(probes) < target and probes < index.lists:
+        probes = min(index.lists, math.ceil(probes * 1.25))
+    cal = Calibration(probes, tried[probes], len(asks), tried, time.monotonic() - t0)
+    conn.execute("SELECT signals.record_embedding_index_probes(%s, %s::integer, %s::real, "
+                 "%s::integer)",
+                 [index.name, cal.probes, cal.recall, cal.queries])
+    if not conn.autocommit:
+        conn.commit()
+    log.info("probes calibrated", index=index.name, lists=index.lists, probes=cal.probes,
+             recall=round(cal.recall, 4), queries=cal.queries, seconds=round(cal.seconds, 1),
+             tried={p: round(r, 4) for p, r in tried.items()})
+    return cal
 
 
 def prewarm(conn: psycopg.Connection, index: str) -> int | None:
@@ -127,7 +216,10 @@ def rebuild(conn: psycopg.Connection, *, rows: int | None = None,
     drop_replaced(conn)
     log.info("index built", index=name, rows=rows, lists=lists, seconds=round(seconds, 1),
              replaced=expected.name if expected else None)
-    return IndexState(rows, name, rows, lists, "rebuilt" if expected else "built", seconds)
+    prewarm(conn, name)
+    cal = calibrate(conn, Index(name, rows, lists, KIND))
+    return IndexState(rows, name, rows, lists, "rebuilt" if expected else "built", seconds,
+                      probes=cal.probes if cal else None, calibration=cal)
 
 
 def drop_replaced(conn: psycopg.Connection, *, attempts: int = 5) -> int:
