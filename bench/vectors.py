@@ -343,6 +343,12 @@ def main() -> int:
             point = {"vectors": size, "lists": st.lists, "action": st.action,
                      "build_s": round(st.seconds, 2), "index_mb": round(size_b / 2**20, 1),
                      "load_s": round(load_s, 1), **m}
+            cal = st.calibration  # the build's check of its probes (vector_index.calibrate)
+            if cal is not None:
+                point["calibration"] = {
+                    "probes": cal.probes, "recall": round(cal.recall, 4), "queries": cal.queries,
+                    "seconds": round(cal.seconds, 1),
+                    "tried": {str(p): round(r, 4) for p, r in cal.tried.items()}}
             curve.append(point)
             print(f"{size:>9,} {st.lists:>5} {m['probes']:>6} {st.seconds:>6.1f}s "
                   f"{point['index_mb']:>6.1f}MB  "
@@ -351,6 +357,10 @@ def main() -> int:
                   f"{m['ratio_p95']:>5.1f}x  {m['recall_at_10']:.4f} "
                   + " ".join(f"{k} {v:.3f}" for k, v in m["recall_by_kind"].items()),
                   flush=True)
+            if cal is not None:
+                print(f"{'':>16}probes checked on {cal.queries} windows of the table in "
+                      f"{cal.seconds:.1f} s: " + ", ".join(
+                          f"{p} -> recall {r:.3f}" for p, r in cal.tried.items()), flush=True)
         for size, x in GOALS.items():
             p = next((p for p in curve if p["vectors"] == size), None)
             if p:
