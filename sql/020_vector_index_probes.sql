@@ -1,8 +1,9 @@
--- Query-time probes measured for each index instead of taken from a formula: right after a
--- build the embeddings worker samples windows of the table, answers them exactly and through
--- the new index, and records the fewest probes whose recall@10 reaches its target
--- (workers/signals/vector_index.py calibrate). A formula fitted to generated windows says
--- nothing about recall on real ones; this is measured on the data the index serves.
+-- Query-time probes checked for each index instead of only taken from a formula: right after
+-- a build the embeddings worker samples windows of the table, answers them exactly and through
+-- the new index, and records the probes (the formula's, or more when those fall short) whose
+-- recall@10 reaches its target (workers/signals/vector_index.py calibrate). A formula fitted
+-- to generated windows says nothing about recall on real ones; this is measured on the data
+-- the index serves.
 ALTER TABLE signals.vector_index_builds
     ADD COLUMN probes integer CHECK (probes >= 1),
     ADD COLUMN probes_recall real CHECK (probes_recall BETWEEN 0 AND 1),

@@ -264,7 +264,7 @@ def similar(
         60, "--exclude-minutes", min=0,
         help="Ignore windows this close before the query (0: include the window itself)."),
     probes: int | None = typer.Option(None, "--probes", min=1, help="ivfflat lists to probe "
-        "(default: what the index's build measured for recall@10 >= 0.99); more is slower."),
+        "(default: what the index's build measured for recall@10 >= 0.985); more is slower."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Nearest past windows and what followed them, against the unconditional mean."""

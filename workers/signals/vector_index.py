@@ -16,12 +16,10 @@
   lists: recall 0.996 at 1.7x the time).
 * ...and then checked on the data (calibrate): after each build CALIBRATION_QUERIES random
   windows of the table are answered exactly and through the new index; when the formula's
-  probes fall short of RECALL_TARGET there, probes go up by a quarter until they reach it, and
+  probes fall short of RECALL_TARGET there, probes go up by a tenth until they reach it, and
   the build records what it measured (sql/020). Never below the formula: a sample of this size
-  estimates recall to about +-0.01, and searching downwards picked probes that missed the
-  target on other queries (bench/vectors.py: 0.948 where the sample said 0.99).
-* Rebuild when the table has at least doubled since the last build, or when the index in use
-  is not the current kind (a vector(256) index from before sql/017): build new, then swap.
+  estimates recall to about +-0.01, and a downward search stops where the sample happened to
+  do well.
 """
 
 from __future__ import annotations
@@ -38,7 +36,10 @@ from workers.core.sqlfiles import query as query_sql
 
 MIN_ROWS = 10_000
 KIND = "halfvec"  # what build_embedding_index builds; the query must match it to use it
-RECALL_TARGET = 0.99  # recall@10 the recorded probes reach on the calibration sample
+# recall@10 the recorded probes reach on the calibration sample: the 0.98 users are promised
+# plus half the sample's error; the sample is of the harder kind (windows of the table asked
+# for earlier neighbours, ~0.01 below new windows in bench/vectors.py), which adds margin.
+RECALL_TARGET = 0.985
 CALIBRATION_QUERIES = 60  # windows per calibration: each costs one exact scan
 K = 10
 
@@ -161,11 +162,12 @@ def calibrate(conn: psycopg.Connection, index: Index, *, target: float = RECALL_
             tried[probes] = hits / (K * len(asks))
         return tried[probes]
 
-    # From the formula's probes, up by a quarter until the target is reached (or every list
-    # is probed); never down (see the module notes).
+    # From the formula's probes, up by a tenth (each step is one index query per window:
+    # cheap next to the exact scans) until the target is reached or every list is probed;
+    # never down (see the module notes).
     probes = min(index.lists, probes_for(index.lists))
     while recall(probes) < target and probes < index.lists:
-        probes = min(index.lists, math.ceil(probes * 1.25))
+        probes = min(index.lists, max(probes + 1, math.ceil(probes * 1.1)))
     cal = Calibration(probes, tried[probes], len(asks), tried, time.monotonic() - t0)
     conn.execute("SELECT signals.record_embedding_index_probes(%s, %s::integer, %s::real, "
                  "%s::integer)",
