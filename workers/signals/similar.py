@@ -119,22 +119,12 @@ def nearest(conn: psycopg.Connection, vec, *, market: str, symbol: str, upto: da
     if index is None and not exact:
         index = vector_index.current(conn)
     use_index = not exact and index is not None and index.kind == vector_index.KIND
-    params = {"q": vec, "market": market, "symbol": symbol, "upto": upto, "k": k,
-              "candidates": 2 * k}
+    params = vector_index.knn_params(vec, market=market, symbol=symbol, upto=upto, k=k)
     if not use_index:
         return conn.execute(query_sql(__package__, "knn_exact"), params,
                             prepare=True).fetchall(), None
     used = int(probes or index.query_probes)
-    # One round trip: the settings are local to a transaction (a pooled connection keeps no
-    # probes of ours), and the pipeline sends BEGIN, both SETs, the query and COMMIT at once —
-    # five sequential round trips were ~1 ms of a 3 ms query at 100k vectors (bench/vectors.py).
-    with conn.pipeline(), conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL ivfflat.probes = {}").format(sql.Literal(used)))
-        # The filter is applied after the index scan: let pgvector (>= 0.8) keep scanning
-        # lists until enough rows pass it, instead of returning fewer than asked.
-        conn.execute("SET LOCAL ivfflat.iterative_scan = relaxed_order")
-        cur = conn.execute(query_sql(__package__, "knn"), params, prepare=True)
-    return cur.fetchall(), used
+    return vector_index.search(conn, params, used), used
 
 
 def query(conn: psycopg.Connection, *, symbol: str, at: datetime, k: int = 10,

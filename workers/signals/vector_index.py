@@ -20,6 +20,8 @@
   the build records what it measured (sql/020). Never below the formula: a sample of this size
   estimates recall to about +-0.01, and a downward search stops where the sample happened to
   do well.
+* Rebuild when the table has at least doubled since the last build, or when the index in use
+  is not the current kind (a vector(256) index from before sql/017): build new, then swap.
 """
 
 from __future__ import annotations
@@ -66,6 +68,27 @@ class Index:
     def query_probes(self) -> int:
         """The probes a query uses: the calibrated ones, else the formula's."""
         return self.probes or probes_for(self.lists)
+
+
+def knn_params(vec, *, market: str, symbol: str, upto, k: int) -> dict:
+    """Parameters of knn.sql / knn_exact.sql: 2k candidates by the halfvec distance."""
+    return {"q": vec, "market": market, "symbol": symbol, "upto": upto, "k": k,
+            "candidates": 2 * k}
+
+
+def search(conn: psycopg.Connection, params: dict, probes: int) -> list[tuple]:
+    """knn.sql through the ivfflat index with `probes`, in one round trip: the settings are
+    local to a transaction (a pooled connection keeps no probes of ours), and the pipeline
+    sends BEGIN, both SETs, the query and COMMIT at once — five sequential round trips were
+    ~1 ms of a 3 ms query at 100k vectors (bench/vectors.py). Prepared: the generic plan
+    always takes the index (a custom plan may answer a narrow --at window exactly)."""
+    with conn.pipeline(), conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL ivfflat.probes = {}").format(sql.Literal(probes)))
+        # The filter is applied after the index scan: let pgvector (>= 0.8) keep scanning
+        # lists until enough rows pass it, instead of returning fewer than asked.
+        conn.execute("SET LOCAL ivfflat.iterative_scan = relaxed_order")
+        cur = conn.execute(query_sql(__package__, "knn"), params, prepare=True)
+    return cur.fetchall()
 
 
 @dataclass
@@ -129,11 +152,10 @@ def calibrate(conn: psycopg.Connection, index: Index, *, target: float = RECALL_
         return None
     t0 = time.monotonic()
     sample = conn.execute(query_sql(__package__, "calibration_sample"), {"n": queries}).fetchall()
-    knn, exact = query_sql(__package__, "knn"), query_sql(__package__, "knn_exact")
+    exact = query_sql(__package__, "knn_exact")
     asks, truths = [], []
     for market, symbol, upto, vec in sample:
-        params = {"q": vec, "market": market, "symbol": symbol, "upto": upto, "k": K,
-                  "candidates": 2 * K}
+        params = knn_params(vec, market=market, symbol=symbol, upto=upto, k=K)
         # Short transactions (a swap's DROP INDEX waits for open ones), and one core for each
         # exact scan: readers keep the other, as this runs beside them.
         with conn.transaction():
@@ -149,16 +171,8 @@ def calibrate(conn: psycopg.Connection, index: Index, *, target: float = RECALL_
 
     def recall(probes: int) -> float:
         if probes not in tried:
-            hits = 0
-            for params, truth in zip(asks, truths, strict=True):
-                with conn.transaction():
-                    conn.execute(sql.SQL("SET LOCAL ivfflat.probes = {}").format(
-                        sql.Literal(probes)))
-                    conn.execute("SET LOCAL ivfflat.iterative_scan = relaxed_order")
-                    # Prepared, as similar.nearest runs it: the generic plan always takes the
-                    # index, where a custom plan may answer a narrow --at window exactly.
-                    hits += len(truth & {r[0] for r in conn.execute(
-                        knn, params, prepare=True).fetchall()})
+            hits = sum(len(truth & {r[0] for r in search(conn, params, probes)})
+                       for params, truth in zip(asks, truths, strict=True))
             tried[probes] = hits / (K * len(asks))
         return tried[probes]
 
