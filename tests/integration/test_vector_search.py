@@ -143,6 +143,51 @@ def test_halfvec_index_serves_the_query_and_finds_the_exact_neighbours(vectors3k
     assert len(r.neighbours) == 5
 
 
+def test_search_keeps_its_settings_on_the_connection_and_notices_when_they_are_lost(vectors3k):
+    """One statement per query: the probes are set on the connection once. When the session
+    loses them behind the search's back (RESET ALL, a rolled-back transaction, a pool's
+    DISCARD ALL) the next query notices from the settings its answer reports and runs again
+    with them: probing every list still gives the exact answer, not the default 1 probe's."""
+    s = vectors3k
+    late = T0 + timedelta(days=30)
+    queries = [(late, v) for v in held_out(8, seed=5)]
+    truth = exact_answers(s, queries)
+    idx = vector_index.current(s.admin())
+
+    def answers(c):
+        return [[r[0].isoformat() for r in vector_index.search(c, vector_index.knn_params(
+            v, market="spot", symbol="BTCUSDT", upto=upto, k=10), idx.lists)]
+            for upto, v in queries]
+
+    def shown(c):  # NULL until pgvector's library is loaded in the session
+        return c.execute("SELECT current_setting('ivfflat.probes', true), "
+                         "current_setting('ivfflat.iterative_scan', true)").fetchone()
+
+    wanted = (str(idx.lists), "relaxed_order")
+    with reader(s) as c:
+        register_vector(c)
+        assert shown(c) != wanted
+        assert answers(c) == truth and shown(c) == wanted
+        c.execute("RESET ALL")
+        assert shown(c) == ("1", "off")
+        assert answers(c) == truth and shown(c) == wanted
+        c.execute("DISCARD ALL")
+        assert shown(c) == ("1", "off")
+        assert answers(c) == truth and shown(c) == wanted
+        c.execute("RESET ALL")
+        with pytest.raises(LookupError), c.transaction():  # set inside, rolled back
+            assert answers(c) == truth
+            raise LookupError("roll back")
+        assert shown(c) == ("1", "off")
+        assert answers(c) == truth and shown(c) == wanted
+    # One probe (the default) would not have found them all: the checks above can fail.
+    with reader(s) as c:
+        register_vector(c)
+        one = [[r[0].isoformat() for r in vector_index.search(c, vector_index.knn_params(
+            v, market="spot", symbol="BTCUSDT", upto=upto, k=10), 1)] for upto, v in queries]
+    assert one != truth
+
+
 def test_each_build_records_the_probes_its_recall_needs(vectors3k):
     """The build measures its probes on windows of the table (sql/020): the recorded probes
     reach the recall target on that sample, fewer do not (or it is 1), and on other queries,

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
 from workers.core import logs
+from workers.core.errors import Failed
 from workers.core.sqlfiles import query as query_sql
 
 MIN_ROWS = 10_000
@@ -77,18 +79,47 @@ def knn_params(vec, *, market: str, symbol: str, upto, k: int) -> dict:
 
 
 def search(conn: psycopg.Connection, params: dict, probes: int) -> list[tuple]:
-    """knn.sql through the ivfflat index with `probes`, in one round trip: the settings are
-    local to a transaction (a pooled connection keeps no probes of ours), and the pipeline
-    sends BEGIN, both SETs, the query and COMMIT at once — five sequential round trips were
-    ~1 ms of a 3 ms query at 100k vectors (bench/vectors.py). Prepared: the generic plan
-    always takes the index (a custom plan may answer a narrow --at window exactly)."""
-    with conn.pipeline(), conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL ivfflat.probes = {}").format(sql.Literal(probes)))
-        # The filter is applied after the index scan: let pgvector (>= 0.8) keep scanning
-        # lists until enough rows pass it, instead of returning fewer than asked.
-        conn.execute("SET LOCAL ivfflat.iterative_scan = relaxed_order")
-        cur = conn.execute(query_sql(__package__, "knn"), params, prepare=True)
-    return cur.fetchall()
+    """knn.sql through the ivfflat index with `probes`: one prepared statement per query.
+
+    The two settings it needs are set on the connection (session level) the first time and
+    whenever they differ, not around every query: a transaction with SET LOCALs was BEGIN,
+    two SETs, the query and COMMIT — five statements, ~0.4 ms of a 4 ms query at 100k vectors
+    and most of its tail (bench/vectors.py). Session settings can be lost behind our back (a
+    rolled-back transaction, RESET ALL, a pool's DISCARD), so every answer carries the
+    settings it ran with and is asked again once they are set when they are not the ones
+    wanted, or when it has fewer than k rows. The settings steer ivfflat scans only, and
+    every one of ours comes through here. Prepared: the generic plan always takes the index
+    (a custom plan may answer a narrow --at window exactly)."""
+    want = _scan_settings(probes)
+    if _applied.get(conn) != want:
+        _apply(conn, probes)
+    text = query_sql(__package__, "knn")
+    rows = conn.execute(text, params, prepare=True).fetchall()
+    if len(rows) < params["k"] or any(r[-1] != want for r in rows):
+        _apply(conn, probes)
+        rows = conn.execute(text, params, prepare=True).fetchall()
+        if any(r[-1] != want for r in rows):  # the server does not keep what it was told
+            raise Failed(f"ivfflat settings did not take: wanted {want}, the query ran "
+                         f"with {rows[0][-1]}")
+    return [r[:-1] for r in rows]
+
+
+# Connections whose session has the ivfflat settings we set, and which: {conn: "probes/mode"}.
+_applied: weakref.WeakKeyDictionary[psycopg.Connection, str] = weakref.WeakKeyDictionary()
+ITERATIVE_SCAN = "relaxed_order"
+
+
+def _scan_settings(probes: int) -> str:
+    """What knn.sql reports of the settings it ran with, for these probes."""
+    return f"{int(probes)}/{ITERATIVE_SCAN}"
+
+
+def _apply(conn: psycopg.Connection, probes: int) -> None:
+    # The filter is applied after the index scan: iterative scans (pgvector >= 0.8) keep
+    # probing lists until enough rows pass it, instead of returning fewer than asked.
+    conn.execute(sql.SQL("SET ivfflat.probes = {}; SET ivfflat.iterative_scan = {}").format(
+        sql.Literal(int(probes)), sql.Literal(ITERATIVE_SCAN)))
+    _applied[conn] = _scan_settings(probes)
 
 
 @dataclass
