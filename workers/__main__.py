@@ -8,6 +8,9 @@ def main() -> None:
     import os
     import sys
 
+    from workers.core.memory import choose_arrow_pool
+
+    choose_arrow_pool()  # before anything imports pyarrow
     code = 0
     try:
         from workers.app.cli import app
