@@ -183,3 +183,46 @@ def test_kill_9_mid_file_then_rerun_is_exact(stack, local_env, shared_data):
         assert stack.state() == clean.state()
     finally:
         clean.close()
+
+
+def test_an_object_changed_behind_the_locks_fails_the_ingest_with_its_name(stack, shared_data,
+                                                                           tmp_path):
+    """A writer outside tickstack's bucket locks overwrites a landing object right after the
+    ingest stored it: the check after the commit (on the loading thread) finds another ETag
+    and the ingest fails naming the object; a rerun reconciles (the registry again describes
+    the object in landing)."""
+    from workers.core.errors import Failed
+    from workers.landing.store import Landing
+
+    lines = (shared_data / f"{DAY}.csv").read_text().splitlines(keepends=True)[:60_000]
+    part = tmp_path / f"{DAY}-head.csv"
+    part.write_text("".join(lines))
+    hit: list[str] = []
+
+    class Intruded(Landing):
+        def write(self, key, table, symbol, **kw):
+            out = super().write(key, table, symbol, **kw)
+            if not hit and key.endswith("/0100.parquet"):  # one object, once
+                hit.append(key)  # a valid object, one trade short: another writer's idea
+                super().write(key, table.slice(1), symbol, **{k: v for k, v in kw.items()
+                                                              if k == "market"})
+            return out
+
+    with stack.ingest_conn() as conn, pytest.raises(Failed) as e:
+        ingest_file(conn, Intruded(stack.s3, stack.bucket), str(part), symbol="BTCUSDT")
+    assert hit and hit[0] in str(e.value) and "changed after this ingest" in str(e.value)
+    with stack.ingest_conn() as conn:
+        again = ingest_file(conn, stack.landing(), str(part), symbol="BTCUSDT")
+    assert again.buckets_landed >= 1
+    landing = stack.landing()
+    stored = landing.read(hit[0])
+    registered = {b.strftime("%H%M"): sha for _, b, sha, *_ in stack.registry()}
+    assert registered["0100"] == stored.sha256
+    assert stored.table.num_rows == sum(1 for ln in lines if _hhmm(ln) == "0100")
+
+
+def _hhmm(line: str) -> str:
+    """The 5-minute bucket (HHMM, UTC) of one spot trade line (time in ms, 5th column)."""
+    ms = int(line.split(",")[4])
+    t = datetime.fromtimestamp(ms / 1000, UTC)
+    return f"{t:%H}{t.minute - t.minute % 5:02d}"
