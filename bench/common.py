@@ -128,6 +128,62 @@ class Watch:
         self._thread.join()
 
 
+def _proc_cpu() -> dict[int, tuple[int, float]]:
+    """{pid: (parent pid, CPU seconds of the process and of the children it reaped)}."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        # utime, stime, cutime, cstime: a backend that exited was reaped by the postmaster
+        # and lives on in its cutime/cstime, so a tree's sum stays whole as backends come and go.
+        out[int(name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / tick)
+    return out
+
+
+def cpu_by_part(env: LocalEnv) -> dict[str, float]:
+    """CPU seconds used so far by each part of a local environment: each PostgreSQL cluster
+    (postmaster, backends, autovacuum, and what they ran: archive-push), the S3 server, the
+    TLS terminator. Take it before and after a phase (`cpu_delta`); the benchmark's own
+    children are in resource.getrusage(RUSAGE_CHILDREN)."""
+    def pid_of(path: Path) -> int | None:
+        try:
+            return int(path.read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return None
+
+    roots = {"primary": pid_of(env.primary.data / "postmaster.pid"),
+             "replica": pid_of(env.replica.data / "postmaster.pid"),
+             "s3": env.moto.pid(), "tls": env.stunnel.pid()}
+    by_pid = {pid: part for part, pid in roots.items() if pid}
+    procs = _proc_cpu()
+    out = dict.fromkeys(roots, 0.0)
+    for pid, (_, cpu) in procs.items():
+        p, seen = pid, 0
+        while p in procs and p not in by_pid and seen < 64:
+            p, seen = procs[p][0], seen + 1
+        if p in by_pid:
+            out[by_pid[p]] += cpu
+    return out
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's children that have been waited for."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
+
+
 def out_dir() -> Path:
     """Where benches write their figures: $TICKSTACK_BENCH_OUT, else .tickstack/bench/."""
     d = Path(os.environ.get("TICKSTACK_BENCH_OUT") or REPO / ".tickstack" / "bench")

@@ -41,6 +41,9 @@ import monthgen  # noqa: E402
 from common import (  # noqa: E402
     REPO,
     Watch,
+    children_cpu,
+    cpu_by_part,
+    cpu_delta,
     fresh_db,
     landing_bucket,
     out_dir,
@@ -97,9 +100,10 @@ def ingest(e: dict[str, str], files: list[Path], log: Path) -> dict:
     return {"wall": wall, "files": done, "rss": watch.samples, "peak_rss": watch.peak}
 
 
-def copy_day(env, db: str, zip_path: Path, tmp: Path) -> tuple[float, int]:
+def copy_day(env, db: str, zip_path: Path, tmp: Path) -> tuple[float, int, dict]:
     csv = tmp / (zip_path.stem + ".copy.csv")
     rows = monthgen.copy_csv(zip_path, csv)  # untimed
+    cpu0, kids0 = cpu_by_part(env), children_cpu()
     t0 = time.perf_counter()
     r = subprocess.run(
         ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", env.primary.dsn(db), "-c",
@@ -108,10 +112,12 @@ def copy_day(env, db: str, zip_path: Path, tmp: Path) -> tuple[float, int]:
         env={**os.environ, "PGPASSWORD": env.secrets["postgres_password"]},
         capture_output=True, text=True)
     secs = time.perf_counter() - t0
+    cpu = cpu_delta(cpu0, cpu_by_part(env))
+    cpu["psql"] = round(children_cpu() - kids0, 2)
     csv.unlink()
     if r.returncode != 0:
         raise SystemExit(f"psql \\copy failed: {r.stderr}")
-    return secs, rows
+    return secs, rows, cpu
 
 
 def scalar(env, db: str, sql: str, cluster: str = "primary") -> str:
@@ -227,7 +233,10 @@ def main() -> None:
 
         # 1. the month, minus the held-back day, in one process with the dual-write on.
         settle(env)
+        cpu0, kids0 = cpu_by_part(env), children_cpu()
         run = ingest(e, first_files, tmp / "ingest.log")
+        cpu = cpu_delta(cpu0, cpu_by_part(env))
+        cpu["ingest process"] = round(children_cpu() - kids0, 2)
         days = run["files"]
         rates = [d["rows_read"] / d["seconds"] for d in days]
         rows1 = sum(d["rows_read"] for d in days)
@@ -244,11 +253,22 @@ def main() -> None:
                          "seconds": d["seconds"], "rows_per_s": round(r)}
                         for d, r in zip(days, rates, strict=True)],
             "rss_mb": [(round(t, 1), round(r / MB)) for t, r in run["rss"][::8]],
+            # Where the machine's time went: CPU seconds per million rows by part, and how
+            # many of the 2 cores were busy on average.
+            "cpu_s_per_million": {k: per_million(v, rows1) for k, v in cpu.items()},
+            "cpu_s_per_million_total": per_million(sum(cpu.values()), rows1),
+            "cores_busy": round(sum(cpu.values()) / run["wall"], 2),
         }
         print(f"ingest: {len(days)} files, {rows1:,} rows in {run['wall']:.0f} s "
               f"({rows1 / run['wall']:,.0f} rows/s); first day {rates[0]:,.0f} rows/s, last "
-              f"{rates[-1]:,.0f}, slowest {min(rates):,.0f}; peak RSS "
-              f"{run['peak_rss'] / MB:.0f} MB", flush=True)
+              f"{rates[-1]:,.0f}, slowest {min(rates):,.0f}; last week "
+              f"{fig['ingest']['last_week_vs_first_day']:.2f}x the first day (goal >= 0.85x);"
+              f" peak RSS {run['peak_rss'] / MB:.0f} MB (goal <= 300)", flush=True)
+        print("  CPU s per million rows: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in sorted(fig["ingest"]["cpu_s_per_million"].items(),
+                                              key=lambda kv: -kv[1]))
+              + f"; total {fig['ingest']['cpu_s_per_million_total']:.2f} on "
+              f"{fig['ingest']['cores_busy']:.2f} cores busy on average", flush=True)
         lag = int(scalar(env, db, "SELECT count(*) FROM ingestion.replica_lag"))
         fig["ingest"]["replica_lag_buckets"] = lag
 
@@ -266,20 +286,33 @@ def main() -> None:
                 cum += by_name[f.name]["rows_read"]
                 if i not in picks:
                     continue
-                secs, n = copy_day(env, cdb, f, tmp)
+                secs, n, ccpu = copy_day(env, cdb, f, tmp)
                 d = by_name[f.name]
                 copy_days.append({"file": f.name, "rows": n, "copy_s": round(secs, 2),
                                   "ingest_s": d["seconds"], "cum_rows": cum,
-                                  "ratio": round(d["seconds"] / secs, 3)})
+                                  "ratio": round(d["seconds"] / secs, 3), "cpu": ccpu})
                 print(f"  {f.name}: psql \\copy {secs:6.1f} s, ingest {d['seconds']:6.1f} s "
                       f"= {d['seconds'] / secs:4.2f}x", flush=True)
             env.primary.psql(f'DROP DATABASE "{cdb}" WITH (FORCE)')
             ing = sum(d["ingest_s"] for d in copy_days)
             cp = sum(d["copy_s"] for d in copy_days)
+            crows = sum(d["rows"] for d in copy_days)
+            ccpu = {k: per_million(sum(d["cpu"].get(k, 0) for d in copy_days), crows)
+                    for k in ("primary", "psql")}
+            ing_cpu = fig["ingest"]["cpu_s_per_million_total"]
+            # With every core busy all the time the ingest could not take less than its CPU
+            # over the cores; against \copy's wall time per million rows that is a floor for
+            # the ratio no overlap can beat.
+            floor = ing_cpu / (os.cpu_count() or 1) / per_million(cp, crows)
             fig["copy"] = {"days": copy_days, "ingest_s": round(ing, 1), "copy_s": round(cp, 1),
-                           "ratio": round(ing / cp, 3)}
+                           "ratio": round(ing / cp, 3), "cpu_s_per_million": ccpu,
+                           "cpu_s_per_million_total": round(sum(ccpu.values()), 3),
+                           "ratio_floor_all_cores_busy": round(floor, 3)}
             print(f"ingest / psql \\copy over the same {len(copy_days)} days = {ing / cp:.2f}x "
-                  f"(goal <= 1.0x)", flush=True)
+                  f"(goal <= 1.0x); \\copy used {sum(ccpu.values()):.2f} CPU s per million "
+                  f"rows (server {ccpu['primary']:.2f}, psql {ccpu['psql']:.2f}), the ingest "
+                  f"{ing_cpu:.2f}: with all {os.cpu_count()} cores busy all the time it could "
+                  f"not beat {floor:.2f}x", flush=True)
 
         # 3. reruns: unchanged, then one file changed.
         if "rerun" not in skip:

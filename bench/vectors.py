@@ -146,7 +146,10 @@ def measure(env, queries: list[tuple]) -> dict:
                 kinds.append(kind)
     by_kind = {k: round(float(np.mean([r for r, kk in zip(recall, kinds, strict=True)
                                        if kk == k])), 4) for k in sorted(set(kinds))}
+    p95_by_kind = {k: round(pct([t for t, kk in zip(ix, kinds, strict=True) if kk == k], 95), 2)
+                   for k in sorted(set(kinds))}
     return {"probes": probes, "exact_p50_ms": pct(ex, 50), "exact_p95_ms": pct(ex, 95),
+            "index_p95_ms_by_kind": p95_by_kind,
             "index_p50_ms": pct(ix, 50), "index_p95_ms": pct(ix, 95),
             "recall_at_10": round(float(np.mean(recall)), 4), "recall_by_kind": by_kind,
             "queries": len(queries), "ratio_p95": pct(ex, 95) / pct(ix, 95),
@@ -357,6 +360,8 @@ def main() -> int:
                   f"{m['ratio_p95']:>5.1f}x  {m['recall_at_10']:.4f} "
                   + " ".join(f"{k} {v:.3f}" for k, v in m["recall_by_kind"].items()),
                   flush=True)
+            print(f"{'':>16}index p95 by query kind: " + ", ".join(
+                f"{k} {v:.2f} ms" for k, v in m["index_p95_ms_by_kind"].items()), flush=True)
             if cal is not None:
                 print(f"{'':>16}probes checked on {cal.queries} windows of the table in "
                       f"{cal.seconds:.1f} s: " + ", ".join(
