@@ -128,8 +128,8 @@ class Watch:
         self._thread.join()
 
 
-def _proc_cpu() -> dict[int, tuple[int, float]]:
-    """{pid: (parent pid, CPU seconds of the process and of the children it reaped)}."""
+def _proc_cpu() -> dict[int, tuple[int, float, str]]:
+    """{pid: (parent pid, CPU seconds of the process and of the children it reaped, title)}."""
     tick = os.sysconf("SC_CLK_TCK")
     out = {}
     for name in os.listdir("/proc"):
@@ -138,19 +138,31 @@ def _proc_cpu() -> dict[int, tuple[int, float]]:
         try:
             with open(f"/proc/{name}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                title = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
         # utime, stime, cutime, cstime: a backend that exited was reaped by the postmaster
         # and lives on in its cutime/cstime, so a tree's sum stays whole as backends come and go.
-        out[int(name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / tick)
+        out[int(name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / tick, title)
     return out
 
 
-def cpu_by_part(env: LocalEnv) -> dict[str, float]:
-    """CPU seconds used so far by each part of a local environment: each PostgreSQL cluster
-    (postmaster, backends, autovacuum, and what they ran: archive-push), the S3 server, the
-    TLS terminator. Take it before and after a phase (`cpu_delta`); the benchmark's own
-    children are in resource.getrusage(RUSAGE_CHILDREN)."""
+def _pg_role(pid: int, root: int, title: str) -> str:
+    """What a process of a cluster's tree is, for the CPU budget."""
+    if pid == root:  # its own work and every child it reaped: autovacuum workers, short backends
+        return "exited (autovacuum workers, short sessions)"
+    if "autovacuum" in title:
+        return "autovacuum"
+    if "archiver" in title or "pgbackrest" in title:
+        return "WAL archiving"
+    if title.startswith("postgres: ") and any(w in title for w in (
+            "writer", "checkpointer", "walwriter", "logical replication", "TimescaleDB")):
+        return "background"
+    return "sessions"
+
+
+def _roots(env: LocalEnv) -> dict[str, int]:
     def pid_of(path: Path) -> int | None:
         try:
             return int(path.read_text().split()[0])
@@ -160,16 +172,73 @@ def cpu_by_part(env: LocalEnv) -> dict[str, float]:
     roots = {"primary": pid_of(env.primary.data / "postmaster.pid"),
              "replica": pid_of(env.replica.data / "postmaster.pid"),
              "s3": env.moto.pid(), "tls": env.stunnel.pid()}
-    by_pid = {pid: part for part, pid in roots.items() if pid}
+    return {part: pid for part, pid in roots.items() if pid}
+
+
+def _by_tree(env: LocalEnv) -> dict[int, tuple[str, str, float, int]]:
+    """{pid: (part, kind, CPU seconds, parent pid)} of every process in the environment's
+    trees."""
+    roots = _roots(env)
+    by_pid = {pid: part for part, pid in roots.items()}
     procs = _proc_cpu()
-    out = dict.fromkeys(roots, 0.0)
-    for pid, (_, cpu) in procs.items():
+    out = {}
+    for pid, (_, cpu, title) in procs.items():
         p, seen = pid, 0
         while p in procs and p not in by_pid and seen < 64:
             p, seen = procs[p][0], seen + 1
         if p in by_pid:
-            out[by_pid[p]] += cpu
+            part = by_pid[p]
+            kind = _pg_role(pid, p, title) if part in ("primary", "replica") else part
+            out[pid] = (part, kind, cpu, procs[pid][0])
     return out
+
+
+def cpu_by_part(env: LocalEnv) -> dict[str, float]:
+    """CPU seconds used so far by each part of a local environment: each PostgreSQL cluster
+    (postmaster, backends, autovacuum, and what they ran: archive-push), the S3 server, the
+    TLS terminator. Take it before and after a phase (`cpu_delta`); the benchmark's own
+    children are in resource.getrusage(RUSAGE_CHILDREN)."""
+    out = dict.fromkeys(_roots(env), 0.0)
+    for part, _, cpu, _ in _by_tree(env).values():
+        out[part] += cpu
+    return out
+
+
+class CpuKinds:
+    """The clusters' CPU during a phase by kind of process (sessions, autovacuum, WAL
+    archiving, background), sampled every `every` seconds: a process that ends is counted up
+    to its last sample, and what its parent reaped beyond that goes to the "exited" kind, so
+    the kinds add up to the clusters' exact total."""
+
+    def __init__(self, env: LocalEnv, every: float = 0.5):
+        self.env, self.every = env, every
+        self.first = _by_tree(env)
+        self.last = dict(self.first)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.last.update(_by_tree(self.env))
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        end = _by_tree(self.env)
+        self.last.update(end)
+        out: dict[str, float] = {}
+        for pid, (part, kind, cpu, ppid) in self.last.items():
+            if part not in ("primary", "replica"):
+                continue
+            key = f"{part}: {kind}"
+            out[key] = out.get(key, 0.0) + cpu - (self.first[pid][2] if pid in self.first else 0)
+            if pid not in end and ppid in self.last:
+                # It ended during the phase, and its parent's reaped time counts all of it
+                # again: take that back from the parent's kind.
+                parent = f"{part}: {self.last[ppid][1]}"
+                out[parent] = out.get(parent, 0.0) - cpu
+        return out
 
 
 def children_cpu() -> float:

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import monthgen  # noqa: E402
 from common import (  # noqa: E402
     REPO,
+    CpuKinds,
     Watch,
     children_cpu,
     cpu_by_part,
@@ -233,9 +234,11 @@ def main() -> None:
 
         # 1. the month, minus the held-back day, in one process with the dual-write on.
         settle(env)
+        kinds = CpuKinds(env)
         cpu0, kids0 = cpu_by_part(env), children_cpu()
         run = ingest(e, first_files, tmp / "ingest.log")
         cpu = cpu_delta(cpu0, cpu_by_part(env))
+        detail = kinds.stop()
         cpu["ingest process"] = round(children_cpu() - kids0, 2)
         days = run["files"]
         rates = [d["rows_read"] / d["seconds"] for d in days]
@@ -258,6 +261,8 @@ def main() -> None:
             "cpu_s_per_million": {k: per_million(v, rows1) for k, v in cpu.items()},
             "cpu_s_per_million_total": per_million(sum(cpu.values()), rows1),
             "cores_busy": round(sum(cpu.values()) / run["wall"], 2),
+            "cpu_s_per_million_clusters": {k: per_million(v, rows1)
+                                           for k, v in sorted(detail.items())},
         }
         print(f"ingest: {len(days)} files, {rows1:,} rows in {run['wall']:.0f} s "
               f"({rows1 / run['wall']:,.0f} rows/s); first day {rates[0]:,.0f} rows/s, last "
@@ -269,6 +274,9 @@ def main() -> None:
                                               key=lambda kv: -kv[1]))
               + f"; total {fig['ingest']['cpu_s_per_million_total']:.2f} on "
               f"{fig['ingest']['cores_busy']:.2f} cores busy on average", flush=True)
+        print("  of the clusters: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in fig["ingest"]["cpu_s_per_million_clusters"].items()
+            if abs(v) >= 0.01), flush=True)
         lag = int(scalar(env, db, "SELECT count(*) FROM ingestion.replica_lag"))
         fig["ingest"]["replica_lag_buckets"] = lag
 
