@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -243,8 +244,6 @@ class CpuKinds:
 
 def children_cpu() -> float:
     """CPU seconds of this process's children that have been waited for."""
-    import resource
-
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
 from dataclasses import dataclass
 
 import psycopg
@@ -81,18 +80,16 @@ def knn_params(vec, *, market: str, symbol: str, upto, k: int) -> dict:
 def search(conn: psycopg.Connection, params: dict, probes: int) -> list[tuple]:
     """knn.sql through the ivfflat index with `probes`: one prepared statement per query.
 
-    The two settings it needs are set on the connection (session level) the first time and
-    whenever they differ, not around every query: a transaction with SET LOCALs was BEGIN,
-    two SETs, the query and COMMIT — five statements, ~0.4 ms of a 4 ms query at 100k vectors
-    and most of its tail (bench/vectors.py). Session settings can be lost behind our back (a
-    rolled-back transaction, RESET ALL, a pool's DISCARD), so every answer carries the
-    settings it ran with and is asked again once they are set when they are not the ones
-    wanted, or when it has fewer than k rows. The settings steer ivfflat scans only, and
-    every one of ours comes through here. Prepared: the generic plan always takes the index
-    (a custom plan may answer a narrow --at window exactly)."""
-    want = _scan_settings(probes)
-    if _applied.get(conn) != want:
-        _apply(conn, probes)
+    The two settings it needs live on the connection (session level), set only when an answer
+    shows they are not the ones wanted: a transaction with SET LOCALs around every query was
+    BEGIN, two SETs, the query and COMMIT — five statements, ~0.4 ms of a 4 ms query at 100k
+    vectors and most of its tail (bench/vectors.py). Every answer reports the settings it ran
+    with, so a connection that never had them, or lost them behind our back (a rolled-back
+    transaction, RESET ALL, a pool's DISCARD), or had other probes, is set and asked again;
+    so is an answer with fewer than k rows. The settings steer ivfflat scans only, and every
+    one of ours comes through here. Prepared: the generic plan always takes the index (a
+    custom plan may answer a narrow --at window exactly)."""
+    want = f"{int(probes)}/{ITERATIVE_SCAN}"  # as knn.sql's last column reports them
     text = query_sql(__package__, "knn")
     rows = conn.execute(text, params, prepare=True).fetchall()
     if len(rows) < params["k"] or any(r[-1] != want for r in rows):
@@ -104,14 +101,7 @@ def search(conn: psycopg.Connection, params: dict, probes: int) -> list[tuple]:
     return [r[:-1] for r in rows]
 
 
-# Connections whose session has the ivfflat settings we set, and which: {conn: "probes/mode"}.
-_applied: weakref.WeakKeyDictionary[psycopg.Connection, str] = weakref.WeakKeyDictionary()
 ITERATIVE_SCAN = "relaxed_order"
-
-
-def _scan_settings(probes: int) -> str:
-    """What knn.sql reports of the settings it ran with, for these probes."""
-    return f"{int(probes)}/{ITERATIVE_SCAN}"
 
 
 def _apply(conn: psycopg.Connection, probes: int) -> None:
@@ -119,7 +109,6 @@ def _apply(conn: psycopg.Connection, probes: int) -> None:
     # probing lists until enough rows pass it, instead of returning fewer than asked.
     conn.execute(sql.SQL("SET ivfflat.probes = {}; SET ivfflat.iterative_scan = {}").format(
         sql.Literal(int(probes)), sql.Literal(ITERATIVE_SCAN)))
-    _applied[conn] = _scan_settings(probes)
 
 
 @dataclass
