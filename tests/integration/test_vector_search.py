@@ -319,7 +319,14 @@ def test_rebuild_and_swap_while_a_reader_process_queries(vectors3k, tmp_path):
         text=True, env={**subprocess.os.environ, "PGPASSWORD": s.env.secrets["reader"]})
     proc.stdin.write(json.dumps([[u.isoformat(), v.tolist()] for u, v in queries]))
     proc.stdin.close()
-    lines = [json.loads(proc.stdout.readline()) for _ in range(5)]  # it is querying
+    # Its output is drained as it comes: a full pipe would stop the reader between queries
+    # (at ~1 ms a query the 64 KB pipe fills during the swaps).
+    lines: list[dict] = []
+    drain = threading.Thread(target=lambda: lines.extend(json.loads(x) for x in proc.stdout))
+    drain.start()
+    while len(lines) < 5:  # it is querying
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.01)
     swaps = []
     with s.embed_conn() as conn:
         for _ in range(3):
@@ -329,9 +336,8 @@ def test_rebuild_and_swap_while_a_reader_process_queries(vectors3k, tmp_path):
             assert st.action == "rebuilt"
     time.sleep(0.5)
     stop.touch()
-    out = proc.stdout.read()  # to EOF: the reader stops at the file
+    drain.join(timeout=60)  # to EOF: the reader stops at the file
     assert proc.wait(timeout=60) == 0, proc.stderr.read()
-    lines += [json.loads(x) for x in out.splitlines()]
     errors = [x["error"] for x in lines if "error" in x]
     assert errors == []
     assert all(x["buckets"] == truth[x["i"]] for x in lines)
