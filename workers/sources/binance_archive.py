@@ -262,7 +262,7 @@ class Fetcher:
                 return Result(f, "cached", self.dest(f), size=self.dest(f).stat().st_size)
             t = Transfer(f.name, self.cfg, None)
             t.seconds = self.cfg.deadline_floor  # a CHECKSUM and a HEAD
-            probing[self.pool.submit(self._guard, f, t, self._probe, f, t.start())] = f
+            probing[self.pool.submit(self._guard, f, t, self._probe, f, t)] = f
             return None
 
         for f in files:
@@ -330,6 +330,7 @@ class Fetcher:
     def _probe(self, f: ArchiveFile, t: Transfer) -> Planned | Result:
         """The file's CHECKSUM and size, before any download: a missing file is known early and
         the progress bar has a total."""
+        t.start()  # from when it runs, not from when it was queued
         text = self.http.retrying(t, lambda: self._small(f, ".CHECKSUM", t), f.name + ".CHECKSUM")
         size = self.http.retrying(t, lambda: self._head(f, t))
         if text is None:
