@@ -52,7 +52,8 @@ def test_a_files_deadline_and_budget_follow_its_size():
 
 def test_urls_are_shown_without_credentials_or_query():
     assert _shown("https://user:pw@cdn.example.com:8443/data/x.zip?X-Amz-Signature=abc") == \
-        "https://cdn.example.com:8443/data/x.zip"
+        "https://cdn.example.com:8443/data/x.zip?…"
+    assert _shown("http://127.0.0.1:8000/data/x.zip") == "http://127.0.0.1:8000/data/x.zip"
 
 
 def test_redirect_hosts_come_from_the_setting_and_the_option(monkeypatch):

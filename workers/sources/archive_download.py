@@ -310,15 +310,15 @@ def host_of(url: str) -> str:
 
 
 def _shown(url: str) -> str:
-    """A URL for messages and logs: without credentials or query (a presigned URL's signature
-    is one)."""
+    """A URL for messages and logs: without credentials, its query shown as `?…` (a presigned
+    URL's signature is in it)."""
     u = urlsplit(url)
     netloc = u.hostname or ""
     if ":" in netloc:
         netloc = f"[{netloc}]"
     if u.port:
         netloc += f":{u.port}"
-    return urlunsplit((u.scheme, netloc, u.path, "", ""))
+    return urlunsplit((u.scheme, netloc, u.path, "", "")) + ("?…" if u.query else "")
 
 
 def answer_bound(cfg: ArchiveConfig, what: str, size: int | None, have: int,

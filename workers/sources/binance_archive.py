@@ -355,8 +355,9 @@ class Fetcher:
             if r.status_code == 404:
                 return None
             self.http.check(r, what)
-            body = io.BytesIO()
+            body, before = io.BytesIO(), t.received
             self.http.read_into(r, body, 4096, "4 KiB (not a checksum file)", t, lambda n: None)
+            t.received = before  # counted: the zip's bytes (a CHECKSUM too big stays counted)
             return body.getvalue().decode("utf-8", "replace")
 
     def _head(self, f: ArchiveFile, t: Transfer) -> int | None:
