@@ -11,7 +11,16 @@ for every GET of a path:
 * `stall(n)`: the file up to byte `n`, then silence until the server stops (`n=None`: silence
   before the headers);
 * `status(code, retry_after)`: an error answer (429, 503…) with an optional Retry-After;
-* `corrupt()`: the file with one byte changed; `throttle(bytes_per_s)`: the file, slowly.
+* `corrupt()`: the file with one byte changed; `throttle(bytes_per_s)`: the file, slowly;
+* `ignore_range()` (or `cut(n, ignore_range=True)`): a Range request answered 200 with the whole
+  file, as a server without Range support does;
+* `endless(n)`: no Content-Length, the file and then zeros until `n` bytes are sent (the server
+  closes); `hide_length=True`: its HEAD does not say the size either;
+* `redirect_loop()` (A -> A?loop=1 -> A), `redirect_chain()` (A -> A?hop=1 -> A?hop=2 …),
+  `redirect_to(base_url)`: 302 to the same path under another server. These (and a hidden
+  length) apply to HEAD as well, when set with `always`.
+
+`sent[path]` counts the body bytes written for each path (all requests).
 
 The builders make such a directory from the real day in ../shared/data (its real CHECKSUM) and
 from generated days in the spot `trades` layout.
@@ -38,14 +47,42 @@ REAL_NAME = "BTCUSDT-trades-2019-04-01"
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # cut | truncated | stall | status | corrupt | throttle
+    kind: str  # cut | truncated | stall | status | corrupt | throttle | plain | endless | loop
+    #            | chain | redirect
     n: int | None = None
     code: int = 0
     retry_after: str | None = None
+    ignore_range: bool = False
+    hide_length: bool = False
+    to: str | None = None
+
+    @property
+    def on_head(self) -> bool:
+        return self.kind in ("loop", "chain", "redirect") or self.hide_length
 
 
-def cut(n: int) -> Fault:
-    return Fault("cut", n)
+def cut(n: int, ignore_range: bool = False) -> Fault:
+    return Fault("cut", n, ignore_range=ignore_range)
+
+
+def ignore_range() -> Fault:
+    return Fault("plain", ignore_range=True)
+
+
+def endless(n: int, hide_length: bool = False) -> Fault:
+    return Fault("endless", n, hide_length=hide_length)
+
+
+def redirect_loop() -> Fault:
+    return Fault("loop")
+
+
+def redirect_chain() -> Fault:
+    return Fault("chain")
+
+
+def redirect_to(base_url: str) -> Fault:
+    return Fault("redirect", to=base_url.rstrip("/"))
 
 
 def truncated(n: int) -> Fault:
@@ -78,11 +115,13 @@ class Req:
 
 
 class ArchiveServer:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, host: str = "127.0.0.1"):
         self.root = Path(root)
+        self.host = host  # any of 127.0.0.0/8 on Linux: a second server is another host
         self.requests: list[Req] = []
         self.queued: dict[str, list[Fault]] = {}
         self.every: dict[str, Fault] = {}
+        self.sent: dict[str, int] = {}
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -105,6 +144,7 @@ class ArchiveServer:
             self.queued.clear()
             self.every.clear()
             self.requests.clear()
+            self.sent.clear()
 
     def gets(self, suffix: str = "") -> list[Req]:
         return [r for r in self.requests if r.method == "GET" and r.path.endswith(suffix)]
@@ -115,6 +155,15 @@ class ArchiveServer:
             if q:
                 return q.pop(0)
             return self.every.get(path)
+
+    def _head_fault(self, path: str) -> Fault | None:
+        with self._lock:
+            f = self.every.get(path)
+        return f if f is not None and f.on_head else None
+
+    def _sent(self, path: str, n: int) -> None:
+        with self._lock:
+            self.sent[path] = self.sent.get(path, 0) + n
 
     def _record(self, req: Req) -> None:
         with self._lock:
@@ -132,7 +181,7 @@ class ArchiveServer:
         class Handler(_Handler):
             archive = server
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer((self.host, 0), Handler)
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, daemon=True,
                          name="archive-server").start()
@@ -165,11 +214,22 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(body=True)
 
     def _serve(self, body: bool) -> None:
-        path = self.path.split("?", 1)[0].lstrip("/")
+        path, _, query = self.path.partition("?")
+        path = path.lstrip("/")
         rng = self.headers.get("Range")
-        fault = self.archive._next_fault(path) if body else None
+        fault = self.archive._next_fault(path) if body else self.archive._head_fault(path)
         file = (self.archive.root / path).resolve()
         inside = self.archive.root.resolve() in file.parents
+        if fault and fault.kind in ("loop", "chain", "redirect"):
+            if fault.kind == "loop":
+                to = f"/{path}" if query else f"/{path}?loop=1"
+            elif fault.kind == "chain":
+                hop = int(query.split("=", 1)[1]) if query.startswith("hop=") else 0
+                to = f"/{path}?hop={hop + 1}"
+            else:
+                to = f"{fault.to}/{path}"
+            self._record(path, rng, 302)
+            return self._plain(302, b"", {"Location": to})
         if fault and fault.kind == "status":
             self._record(path, rng, fault.code)
             extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
@@ -181,8 +241,10 @@ class _Handler(BaseHTTPRequestHandler):
         if fault and fault.kind == "corrupt":
             mid = len(data) // 2
             data = data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1:]
+        if fault and fault.kind == "endless":
+            return self._endless(path, rng, data, fault, body)
         start, code = 0, 200
-        if rng and rng.startswith("bytes="):
+        if rng and rng.startswith("bytes=") and not fault_ignores_range(fault):
             first = rng[6:].split("-", 1)[0]
             start = int(first) if first.isdigit() else 0
             if start >= len(data):
@@ -210,6 +272,7 @@ class _Handler(BaseHTTPRequestHandler):
                 keep = fault.n if fault.kind == "cut" else max(0, fault.n - start)
                 self.wfile.write(payload[:keep])
                 self.wfile.flush()
+                self.archive._sent(path, len(payload[:keep]))
                 if fault.kind == "stall":
                     self.archive.stopping.wait(120)
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -219,11 +282,39 @@ class _Handler(BaseHTTPRequestHandler):
                 for i in range(0, len(payload), step):
                     self.wfile.write(payload[i:i + step])
                     self.wfile.flush()
+                    self.archive._sent(path, len(payload[i:i + step]))
                     time.sleep(step / fault.n)
             else:
                 self.wfile.write(payload)
+                self.archive._sent(path, len(payload))
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+    def _endless(self, path: str, rng: str | None, data: bytes, fault: Fault, body: bool) -> None:
+        """No length announced (HEAD: only with hide_length): the file, then zeros up to n bytes
+        in all, then the connection closes."""
+        self._record(path, rng, 200)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/zip")
+        if not body:  # a HEAD (only with hide_length): no size either
+            self.end_headers()
+            return
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        sent = 0
+        try:
+            self.wfile.write(data)
+            sent = len(data)
+            zeros = bytes(65536)
+            while sent < fault.n and not self.archive.stopping.is_set():
+                piece = zeros[:fault.n - sent]
+                self.wfile.write(piece)
+                sent += len(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            self.archive._sent(path, sent)
 
     def _plain(self, code: int, text: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(code)
@@ -237,6 +328,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _record(self, path: str, rng: str | None, code: int) -> None:
         self.archive._record(Req(time.monotonic(), self.command, path, rng, code))
+
+
+def fault_ignores_range(fault: Fault | None) -> bool:
+    return fault is not None and fault.ignore_range
 
 
 # --- building an archive tree ----------------------------------------------------------------

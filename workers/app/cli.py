@@ -145,28 +145,41 @@ def fetch(
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Files the archive lacks "
                                        "(404) do not fail the run."),
     verify: bool = typer.Option(False, "--verify", help="Re-hash cached files first."),
+    allow_redirect_host: list[str] = typer.Option(
+        [], "--allow-redirect-host", metavar="HOST", help="Follow the archive's redirects to "
+        "this host too (repeatable; also TICKSTACK_ARCHIVE_REDIRECT_HOSTS). Redirects to other "
+        "hosts fail the file; each redirect followed is logged."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Binance public archive -> verified local cache (TICKSTACK_ARCHIVE_CACHE_DIR).
 
-    Monthly files for whole months, daily files for the rest; TICKSTACK_ARCHIVE_PARALLEL
-    downloads at once, resumed (HTTP Range) and verified against their .CHECKSUM; what the cache
-    holds verified is not fetched again. Exit 0: every file verified (and ingested); 1: a file
-    failed or is missing (a rerun completes it); 2: bad options, or an unknown symbol.
+    Monthly files for whole months, daily files for the rest, resumed (HTTP Range)
+    and verified against their .CHECKSUM; verified files are not fetched again.
+
+    Each file is bounded (settings TICKSTACK_ARCHIVE_…): never read past its
+    announced size, or MAX_FILE_BYTES; done within DEADLINE_FLOOR_SECONDS +
+    size / MIN_BYTES_PER_SECOND; at most MAX_RECEIVED_RATIO x its size received
+    in all. A file that fails is named, with its URL; the others go on.
+
+    Exit 0: every file verified (and ingested); 1: a file failed or is missing
+    (listed at the end; a rerun completes it); 2: bad options, or an unknown
+    symbol.
     """
     from workers.app import fetching
     from workers.sources import binance_archive as archive
 
     ctx = _context("fetch")
     req = archive.Request.parse(symbol, market, kind, since, until)
+    hosts = tuple(allow_redirect_host)
+    archive.ArchiveConfig.from_settings(ctx.settings, hosts)  # bad hosts: exit 2 before anything
     if dry_run:
-        rows = fetching.dry_run(ctx, req)
+        rows = fetching.dry_run(ctx, req, hosts)
         if json_out:
             typer.echo(json.dumps({"request": req.describe(), "files": rows}))
         for line in ([] if json_out else fetching.dry_run_lines(req, rows)):
             typer.echo(line)
         return
-    report = fetching.fetch(ctx, req, ingest=ingest, verify=verify,
+    report = fetching.fetch(ctx, req, ingest=ingest, verify=verify, redirect_hosts=hosts,
                             progress=None if json_out else archive.progress_for(),
                             on_file=None if json_out else lambda r: _show(r, False))
     code = report.exit_code(allow_missing)

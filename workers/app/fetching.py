@@ -45,12 +45,13 @@ def archive_loader(ctx: Context, on_file: Callable | None = None) -> Iterator[Ca
 
 
 def fetch(ctx: Context, req, *, ingest: bool = False, verify: bool = False,
-          progress=None, on_file: Callable | None = None):
+          progress=None, on_file: Callable | None = None, redirect_hosts: tuple[str, ...] = ()):
     """Fetch the request's files into the cache (and ingest each as soon as it is verified);
-    the archive client's Report."""
+    the archive client's Report. `redirect_hosts`: hosts the archive may redirect to, besides
+    TICKSTACK_ARCHIVE_REDIRECT_HOSTS."""
     from workers.sources import binance_archive as archive
 
-    cfg = archive.ArchiveConfig.from_settings(ctx.settings)
+    cfg = archive.ArchiveConfig.from_settings(ctx.settings, redirect_hosts)
     t0 = time.monotonic()
     results: list = []
     with archive.Fetcher(cfg, progress, verify_cached=verify) as fetcher:
@@ -64,12 +65,13 @@ def fetch(ctx: Context, req, *, ingest: bool = False, verify: bool = False,
     return archive.Report(req.describe(), cfg.cache_dir, results, time.monotonic() - t0)
 
 
-def dry_run(ctx: Context, req) -> list[dict]:
+def dry_run(ctx: Context, req, redirect_hosts: tuple[str, ...] = ()) -> list[dict]:
     """What a fetch would do, file by file, downloading nothing."""
     from workers.sources import binance_archive as archive
 
     rows = []
-    with archive.Fetcher(archive.ArchiveConfig.from_settings(ctx.settings)) as fetcher:
+    cfg = archive.ArchiveConfig.from_settings(ctx.settings, redirect_hosts)
+    with archive.Fetcher(cfg) as fetcher:
         for out in fetcher.survey(fetcher.plan(req)):
             if isinstance(out, archive.Planned):
                 rows.append({"path": out.file.path, "status": "to fetch", "size": out.size,

@@ -145,6 +145,22 @@ class Settings(BaseSettings):
     archive_backoff_seconds: float = Field(
         0.5, gt=0, description="First wait between attempts without Retry-After (doubling, "
         "jittered, up to 30 s).")
+    archive_max_file_bytes: int = Field(
+        16 * 2**30, ge=1, description="The largest file fetched, and how far an answer that "
+        "announces no size is read (16 GiB: a monthly BTCUSDT trades file of the busiest months "
+        "is a few GB). An answer is never read past the size announced.")
+    archive_min_bytes_per_second: float = Field(
+        50_000, gt=0, description="A file's overall deadline is the floor plus its size at this "
+        "rate (all its requests, attempts and waits): a trickling server fails the file.")
+    archive_deadline_floor_seconds: float = Field(
+        600, gt=0, description="The least time a file is given (and a file's probe: its "
+        "CHECKSUM and HEAD).")
+    archive_max_received_ratio: float = Field(
+        3.0, ge=1, description="Bytes received for a file in one run, in all its attempts, "
+        "beyond this many times its size fail it (a server that ignores Range and cuts).")
+    archive_redirect_hosts: str = Field(
+        "", description="Comma-separated hosts the archive may redirect to (besides its own); "
+        "other redirects across hosts are refused. `fetch --allow-redirect-host` adds to it.")
     crash_at: str = Field(
         "", description="TESTS ONLY: `point:N` kills the process with SIGKILL the Nth time it "
         "reaches a named crash point (see workers/crashpoint.py).")
