@@ -320,3 +320,35 @@ def test_stream_trades_ahead_of_the_clock_are_quarantined(stack):
         (40, last["t"])]
     q = quarantined(stack, "quarantine/spot/")
     assert len(q) == 2 and all(e["reason"].startswith("future_time: ") for e in q), q
+
+
+def test_fetch_coin_m_ingest_loads_binance_layout_files(stack, tmp_path):
+    root = tmp_path / "archive"
+    days = {"2024-08-08": cm_trades(40, 900_000_000),
+            "2024-08-09": cm_trades(40, 900_000_040, T_CM + 86_400_000)}
+    for day, trades in days.items():
+        csv = (["id,price,qty,base_qty,time,is_buyer_maker"] + [
+            f"{i},{p},{n},{base_of(p, n, 100)},{t},{str(m).lower()}" for i, p, n, t, m in trades])
+        arc.put(root, arc.archive_path("daily", "BTCUSD_PERP", day, market="futures/cm"),
+                ("\n".join(csv) + "\n").encode())
+    env = {**stack.cli_env(), "TICKSTACK_ARCHIVE_CACHE_DIR": str(tmp_path / "cache"),
+           "TICKSTACK_ARCHIVE_ATTEMPTS": "2", "TICKSTACK_ARCHIVE_BACKOFF_SECONDS": "0.05"}
+    with ArchiveServer(root) as server:
+        env["TICKSTACK_ARCHIVE_BASE_URL"] = server.url
+
+        def fetch(symbol: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "workers", "fetch", "--market", "cm",
+                                   "--symbol", symbol, "--since", "2024-08-08", "--until",
+                                   "2024-08-09", "--ingest"], cwd=REPO, env=env,
+                                  capture_output=True, text=True, timeout=300)
+
+        r = fetch("BTCUSD_PERP")
+        assert r.returncode == 0, (r.stdout, r.stderr[-3000:])
+        every = [t for trades in days.values() for t in trades]
+        assert rows(stack, "SELECT market, symbol, trade_id, quantity, quote_quantity FROM "
+                           "market_data.btc_ticks ORDER BY trade_id") == [
+            ("cm", "BTCUSD_PERP", i, Decimal(n), Decimal(n * 100)) for i, _, n, _, _ in every]
+        gets = len(server.gets())
+        r = fetch("BTCUSDT")  # not a COIN-M symbol: no contract size, refused before fetching
+        assert r.returncode == 2 and "unknown COIN-M symbol" in r.stderr, r.stderr[-2000:]
+        assert len(server.gets()) == gets
