@@ -167,11 +167,16 @@ def fetch(
     """
     from workers.app import fetching
     from workers.sources import binance_archive as archive
+    from workers.sources.binance_files import check_ingestible
+    from workers.sources.markets import instrument
 
     ctx = _context("fetch")
     req = archive.Request.parse(symbol, market, kind, since, until)
     hosts = tuple(allow_redirect_host)
     archive.ArchiveConfig.from_settings(ctx.settings, hosts)  # bad hosts: exit 2 before anything
+    if ingest:  # refused before downloading: aggTrades (fetched, never ingested as trades),
+        check_ingestible(req.kind)  # a COIN-M symbol whose contract size is not known
+        instrument(req.market, req.symbol)
     if dry_run:
         rows = fetching.dry_run(ctx, req, hosts)
         if json_out:

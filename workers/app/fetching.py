@@ -34,7 +34,7 @@ def archive_loader(ctx: Context, on_file: Callable | None = None) -> Iterator[Ca
                     conn, ctx.landing, str(path), block_bytes=s.ingest_block_bytes,
                     flush_rows=s.ingest_flush_rows, replica=writer,
                     max_bucket_rows=s.ingest_max_bucket_rows,
-                    limits=Limits(s.ingest_max_zip_ratio, s.ingest_max_file_bytes))
+                    limits=Limits.from_settings(s))
                 log.info("ingested", file=str(path), rows=r.rows_read, inserted=r.inserted)
                 if on_file:
                     on_file(r)

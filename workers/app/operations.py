@@ -159,7 +159,7 @@ def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
                         conn, ctx.landing, src, symbol=symbol, market=market, progress=update,
                         block_bytes=s.ingest_block_bytes, flush_rows=s.ingest_flush_rows,
                         replica=writer, max_bucket_rows=s.ingest_max_bucket_rows,
-                        limits=Limits(s.ingest_max_zip_ratio, s.ingest_max_file_bytes),
+                        limits=Limits.from_settings(s),
                         force=force)
                 run.files.append(r)
                 if on_file:
@@ -336,10 +336,12 @@ def stream(ctx: Context, url: str, symbol: str, market: str | None = None) -> di
     from workers.core.ticks import check_symbol
     from workers.db import stream as live
     from workers.sources.binance_stream import market_of_url
+    from workers.sources.markets import instrument
 
     s = ctx.settings
     check_symbol(symbol.upper())
     market = market_of_url(url, market)  # the host says, or --market; never the symbol
+    instrument(market, symbol.upper())  # an unknown COIN-M contract size: exit 2 now
     crashpoint.configure(s.crash_at)
     cfg = live.StreamConfig.from_settings(s, url, symbol, market)
     metrics = Metrics()

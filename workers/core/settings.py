@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     ingest_max_bucket_rows: int = Field(
         5_000_000, ge=1000, description="Most trades one 5-minute bucket may hold (the "
         "busiest real buckets hold ~100k); beyond, the file fails with the bucket named.")
+    future_tolerance_seconds: float = Field(
+        300.0, ge=0, le=86_400, description="Clock skew allowed: a trade (file or stream) whose "
+        "time is further ahead of this machine's clock is quarantined as `future_time`.")
     # --- live stream (`workers stream`) ------------------------------------------------------
     stream_source: str = Field(
         "stream:binance", description="ingestion.stream_offsets source name of the live stream "

@@ -49,7 +49,7 @@ from workers.landing.store import (
     split_by_bucket,
 )
 from workers.sources.binance_files import BadFile, Limits, RawBatch, TradeFile, open_trade_file
-from workers.sources.validate import UnitState, validate
+from workers.sources.validate import UnitState
 
 log = logs.get("ingest")
 S3_THREADS = 3
@@ -410,7 +410,6 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
     pipe = Pipeline(conn, landing, tf.market, tf.symbol, f"file:{tf.path.name}", summary,
                     replica, max_bucket_rows=max_bucket_rows)
     units = UnitState()
-    lay = tf.layout
     pending: Pending = {}
     held: dict[int, RawBatch] = {}  # text of batches with rows still pending (for quarantine)
 
@@ -430,12 +429,7 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
                                     bad_line.reason)
             if not batch.num_rows:
                 continue
-            cols = {"trade_id": batch.column(lay.id_col), "price": batch.column("price"),
-                    "quantity": batch.column(lay.qty_col), "time": batch.column(lay.time_col),
-                    "is_buyer_maker": batch.column("is_buyer_maker")}
-            if lay.quote_col:
-                cols["quote_quantity"] = batch.column(lay.quote_col)
-            table, pos, bad = validate(cols, units, flagged={
+            table, pos, bad = tf.validate(batch, units, flagged={
                 i: "invalid UTF-8 bytes" for i in rb.bad_utf8})
             for i, reason in bad:
                 info = _row_info(tf, rb, k0 + i)

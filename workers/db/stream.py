@@ -46,6 +46,8 @@ from workers.db.stream_commit import Gap, commit_batch, compact, read_offset, re
 from workers.landing.parts import list_parts, read_part, write_part
 from workers.landing.store import Landing, split_by_bucket
 from workers.sources.binance_stream import HARD_FRAME_LIMIT, Reject, parse, trades_table
+from workers.sources.markets import Instrument, instrument
+from workers.sources.validate import DEFAULT_FUTURE_TOLERANCE_US
 
 log = logs.get("stream")
 
@@ -65,6 +67,12 @@ class StreamConfig:
     backoff_max: float = 30.0
     max_message_bytes: int = 65_536
     ready_seconds: float = 60.0
+    future_us: int = DEFAULT_FUTURE_TOLERANCE_US  # clock skew a trade time may have
+
+    @property
+    def instrument(self) -> Instrument:
+        """What the market's quantities mean (BadInput for an unknown COIN-M symbol)."""
+        return instrument(self.market, self.symbol)
 
     @classmethod
     def from_settings(cls, s, url: str, symbol: str, market: str) -> StreamConfig:
@@ -74,7 +82,8 @@ class StreamConfig:
                    backoff_initial=s.stream_backoff_initial_seconds,
                    backoff_max=s.stream_backoff_max_seconds,
                    max_message_bytes=s.stream_max_message_bytes,
-                   ready_seconds=s.stream_ready_seconds)
+                   ready_seconds=s.stream_ready_seconds,
+                   future_us=int(s.future_tolerance_seconds * 1_000_000))
 
 
 @dataclass
@@ -92,15 +101,16 @@ class Batch:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def table(self) -> pa.Table:
+    def table(self, inst: Instrument) -> pa.Table:
         return trades_table(self.ids, self.prices, self.qtys, self.times, self.makers,
-                            self.kinds)
+                            self.kinds, inst)
 
 
 class StreamWorker:
     def __init__(self, cfg: StreamConfig, conn: psycopg.Connection, landing: Landing,
                  replica=None, metrics: Metrics | None = None):
         self.cfg = cfg
+        self.instrument = cfg.instrument  # an unknown COIN-M symbol fails here, before reading
         self.conn = require_autocommit(conn, "the stream")
         self.landing = landing
         self.replica = replica
@@ -175,7 +185,8 @@ class StreamWorker:
         cfg = self.cfg
         try:
             tid, p, q, us, m, kind = parse(raw, cfg.symbol, cfg.max_message_bytes,
-                                           market=cfg.market)
+                                           market=cfg.market, instrument=self.instrument,
+                                           future_us=cfg.future_us)
         except Reject as r:
             self.metrics.messages.labels(r.kind).inc()
             if r.kind != "other":
@@ -252,7 +263,7 @@ class StreamWorker:
                                           b.quarantine)
         if not len(b):
             return
-        table = b.table()
+        table = b.table(self.instrument)
         buckets = split_by_bucket(table, np.arange(table.num_rows))
         for bucket in sorted(buckets):  # in id order: a crash leaves a prefix of the batch
             write_part(self.landing, cfg.market, cfg.symbol, bucket, buckets[bucket][0])

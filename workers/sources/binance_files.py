@@ -1,9 +1,16 @@
 """Binance trade dump files: open (.zip verified against .CHECKSUM, or .csv), detect, stream.
 
 Layouts (DESIGN.md): spot `trades` — id, price, qty, quote_qty, time, is_buyer_maker,
-is_best_match, no header; futures `trades` — the same first six columns with a header;
-`aggTrades` — agg_trade_id, price, quantity, first_trade_id, last_trade_id, transact_time,
-is_buyer_maker[, is_best_match], with or without header.
+is_best_match, no header; USDⓈ-M `trades` — the same first six columns with a header; COIN-M
+`trades` — id, price, qty, base_qty, time, is_buyer_maker with a header (qty in contracts,
+base_qty in the coin; workers/sources/markets.py says what is stored).
+
+`aggTrades` files (agg_trade_id, price, quantity, first_trade_id, last_trade_id, transact_time,
+is_buyer_maker[, is_best_match]) are refused (exit 2): an aggregate trade id is another sequence
+than a trade id and one aggregate stands for several trades, so storing them beside the trades
+would double counts and volumes. They are recognised by name (`-aggTrades-`) and by columns
+(a header, or a first row's shape: where the timestamp and the booleans sit), so a renamed one
+does not pass as trades.
 
 Every column is read as text and converted by `workers.sources.validate`, so one bad value
 quarantines its row instead of failing the file — bytes that are not UTF-8 included. Batches
@@ -12,7 +19,8 @@ expands more than `max_ratio` times its size, or beyond `max_bytes`, fails as a 
 
 The market (spot, USDⓈ-M `um`, COIN-M `cm`) is never guessed from the symbol: it comes from the
 archive path (`.../spot/...`, `.../futures/um/...`, `.../futures/cm/...`) or the caller, with the
-file's columns as a cross-check (spot trades: 7 columns, no header; futures: a header and 6).
+file's columns as a cross-check (spot trades: 7 columns, no header; futures: a header and 6,
+`quote_qty` on USDⓈ-M, `base_qty` on COIN-M).
 """
 
 from __future__ import annotations
@@ -29,18 +37,28 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from workers.core.errors import BadInput
-from workers.core.ticks import check_market, check_symbol, printable
+from workers.core.ticks import check_symbol
+from workers.sources import validate as checks
+from workers.sources.layouts import (
+    ARCHIVE_MARKET_PATHS,
+    FUT_TRADES,
+    TRADES_OF_MARKET,
+    BadFile,
+    Layout,
+    check_ingestible,
+    layout_from_header,
+    layout_from_rows,
+    market_of,
+    refuse_aggregates,
+    symbol_from_name,
+)
+from workers.sources.markets import Instrument, instrument
+
+# Re-exported: callers (the archive client, the CLI) import them from here.
+__all__ = ["ARCHIVE_MARKET_PATHS", "BadFile", "Limits", "RawBatch", "TradeFile", "check_ingestible",
+           "open_trade_file", "parse_checksum", "sha256_file"]
 
 BLOCK_SIZE = 8 << 20  # bytes per parsed block: ~150k rows, a few tens of MB of Arrow memory
-
-
-class BadFile(BadInput):
-    """The file is not a usable trade file; the message names it and says why (exit 2)."""
-
-    def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"{printable(str(path))}: {printable(reason)}")
-        self.path = str(path)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -49,33 +67,13 @@ class Limits:
 
     max_ratio: float = 40.0  # uncompressed / compressed: Binance dumps are ~4-6x
     max_bytes: int = 64 << 30  # uncompressed bytes of one file
+    # How far ahead of this machine's clock a trade time may be (clock skew), µs.
+    future_us: int = checks.DEFAULT_FUTURE_TOLERANCE_US
 
-
-@dataclass(frozen=True)
-class Layout:
-    kind: str  # "trades" | "aggTrades"
-    columns: tuple[str, ...]  # names of the file's columns, in order
-    id_col: str
-    qty_col: str
-    time_col: str
-    quote_col: str | None
-
-
-SPOT_TRADES = Layout("trades", ("id", "price", "qty", "quote_qty", "time", "is_buyer_maker",
-                                "is_best_match"), "id", "qty", "time", "quote_qty")
-# The futures layouts (a header, one column less): what the columns say of the market.
-FUT_TRADES = Layout("trades", SPOT_TRADES.columns[:6], "id", "qty", "time", "quote_qty")
-AGG_COLUMNS = ("agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id",
-               "transact_time", "is_buyer_maker", "is_best_match")
-SPOT_AGG = Layout("aggTrades", AGG_COLUMNS, "agg_trade_id", "quantity", "transact_time", None)
-FUT_AGG = Layout("aggTrades", AGG_COLUMNS[:7], "agg_trade_id", "quantity", "transact_time", None)
-
-_TS = re.compile(rb"^\d{10,19}$")
-_SYMBOL = re.compile(r"^([A-Z0-9_]{2,32})-(?:trades|aggTrades)-")
-# Where the archive keeps each market's files (data/<market path>/<daily|monthly>/...); the
-# fetcher lays its cache out by the same table.
-ARCHIVE_MARKET_PATHS = {"spot": "spot", "um": "futures/um", "cm": "futures/cm"}
-_MARKET_DIRS = {tuple(p.split("/")): m for m, p in ARCHIVE_MARKET_PATHS.items()}
+    @classmethod
+    def from_settings(cls, s) -> Limits:
+        return cls(s.ingest_max_zip_ratio, s.ingest_max_file_bytes,
+                   int(s.future_tolerance_seconds * 1_000_000))
 
 
 @dataclass(frozen=True)
@@ -108,6 +106,7 @@ class TradeFile:
     sha256: str  # of the file as it is (a zip: checked against its CHECKSUM file if any)
     market: str = "spot"
     limits: Limits = Limits()
+    instrument: Instrument = checks.SPOT_BASE
     # File lines of the invalid rows seen so far, ascending: for line numbers of later rows.
     _invalid_lines: list[int] = field(default_factory=list, repr=False)
 
@@ -153,6 +152,26 @@ class TradeFile:
             yield RawBatch(pa.RecordBatch.from_pylist([], schema=pa.schema(
                 [(c, pa.string()) for c in self.layout.columns])), emitted, list(found))
 
+    def columns(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
+        """A parsed block's text columns under the names `validate` checks."""
+        lay = self.layout
+        cols = {"trade_id": batch.column(lay.id_col), "price": batch.column("price"),
+                "quantity": batch.column(lay.qty_col), "time": batch.column(lay.time_col),
+                "is_buyer_maker": batch.column("is_buyer_maker")}
+        if lay.quote_col:
+            cols["quote_quantity"] = batch.column(lay.quote_col)
+        if lay.base_col:
+            cols["base_quantity"] = batch.column(lay.base_col)
+        return cols
+
+    def validate(self, batch: pa.RecordBatch, units: checks.UnitState, *,
+                 flagged: dict[int, str] | None = None, now_us: int | None = None):
+        """A parsed block through `workers.sources.validate.validate` with this file's quantity
+        semantics (a COIN-M notional is contracts x contract size, its base_qty cross-checked)
+        and its limits (the clock-skew tolerance): (ticks, their positions, [(pos, reason)])."""
+        return checks.validate(self.columns(batch), units, flagged=flagged, now_us=now_us,
+                               instrument=self.instrument, future_us=self.limits.future_us)
+
     def line_of(self, k: int) -> int:
         """File line number of the k-th row read (0-based), accounting for invalid lines."""
         line = k + (2 if self.header else 1)
@@ -186,12 +205,13 @@ def open_trade_file(path: str | Path, symbol: str | None = None, market: str | N
     header = bool(first) and not first[0].isdigit()
     if header:
         names = tuple(c.strip().lower() for c in first.split(","))
-        layout = _layout_from_header(path, names)
+        layout = layout_from_header(path, names)
         if len(lines) < 2:
             raise BadFile(path, "header only, no rows")
     else:
-        layout = _layout_from_row(path, lines[0].split(b","))
-    named = _symbol_from_name(path)
+        layout = layout_from_rows(path, lines[:64])
+    refuse_aggregates(path, layout, header)
+    named = symbol_from_name(path)
     sym = (symbol or named or "").upper()
     if not sym:
         raise BadFile(path, "cannot tell the symbol from the file name; pass --symbol")
@@ -201,61 +221,18 @@ def open_trade_file(path: str | Path, symbol: str | None = None, market: str | N
         raise BadFile(path, str(e)) from None
     if symbol and named and named != symbol.upper():
         raise BadFile(path, f"--symbol {symbol} contradicts the file name ({named})")
-    return TradeFile(path, layout, header, sym, sha, _market_of(path, layout, market), limits)
-
-
-def market_from_path(path: Path) -> str | None:
-    """The market an archive path names (`.../data/futures/um/daily/trades/...`), if any."""
-    parts = path.resolve().parts
-    found = {m for dirs, m in _MARKET_DIRS.items()
-             for i in range(len(parts) - len(dirs) + 1) if parts[i:i + len(dirs)] == dirs}
-    return found.pop() if len(found) == 1 else None  # naming two markets names none
-
-
-def _market_of(path: Path, layout: Layout, given: str | None) -> str:
-    """The market from the caller or the archive path, checked against the columns."""
-    from_path = market_from_path(path)
-    if given and from_path and given != from_path:
-        raise BadFile(path, f"--market {given} contradicts the archive path ({from_path})")
-    market = given or from_path
-    futures_layout = layout in (FUT_TRADES, FUT_AGG)
-    if market is None:
-        if futures_layout:
-            raise BadFile(path, "futures columns (a header, no is_best_match), but neither the "
-                                "path nor --market says which futures market: pass --market "
-                                "um or cm")
-        return "spot"
-    check_market(market)
-    if (market == "spot") == futures_layout:
-        raise BadFile(path, f"the columns are a {'futures' if futures_layout else 'spot'} "
-                            f"file's, but the market is {market}: two markets are never mixed")
-    return market
-
-
-def _layout_from_header(path: Path, names: tuple[str, ...]) -> Layout:
-    for layout in (FUT_TRADES, SPOT_TRADES, FUT_AGG, SPOT_AGG):
-        if names == layout.columns:
-            return layout
-    raise BadFile(path, f"not a Binance trades/aggTrades file: header {','.join(names)}")
-
-
-def _layout_from_row(path: Path, cells: list[bytes]) -> Layout:
-    cells = [c.strip() for c in cells]
-    if len(cells) == 7 and _TS.match(cells[4]):
-        return SPOT_TRADES
-    if len(cells) == 6 and _TS.match(cells[4]):
-        return FUT_TRADES
-    if len(cells) == 8 and _TS.match(cells[5]):
-        return SPOT_AGG
-    if len(cells) == 7 and _TS.match(cells[5]):
-        return FUT_AGG
-    raise BadFile(path, f"not a Binance trades/aggTrades file: first row has {len(cells)} "
-                        "columns in no known layout")
-
-
-def _symbol_from_name(path: Path) -> str | None:
-    m = _SYMBOL.match(path.name)
-    return m.group(1) if m else None
+    market = market_of(path, layout, market)
+    if not header and layout is FUT_TRADES:  # six columns, no header: the market says which
+        layout = TRADES_OF_MARKET[market]
+    elif layout is not TRADES_OF_MARKET[market]:
+        raise BadFile(path, f"header {','.join(layout.columns)} is not the {market} trades "
+                            f"layout ({','.join(TRADES_OF_MARKET[market].columns)}): two "
+                            "markets are never mixed")
+    try:
+        inst = instrument(market, sym)
+    except BadInput as e:
+        raise BadFile(path, str(e)) from None
+    return TradeFile(path, layout, header, sym, sha, market, limits, inst)
 
 
 def _open_csv(path: Path, limits: Limits = Limits()) -> io.BufferedIOBase:

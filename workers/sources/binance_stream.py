@@ -5,7 +5,11 @@ reported as "other" (counted, ignored), broken ones as "malformed"/"too_large" (
 
 The market comes from the stream's host (or an explicit option), never from the symbol, and
 every message is checked against it: spot trades carry `M` (best match), futures trades carry
-`X` (MARKET, or INSURANCE_FUND / ADL / NA — kept, flagged by `trade_kind`).
+`X` (MARKET, or INSURANCE_FUND / ADL / NA — kept, flagged by `trade_kind`). On COIN-M, `q` counts
+contracts: it must be whole, and the notional is contracts × contract size (markets.py), as for
+COIN-M files. Aggregate trades (`<symbol>@aggTrade`, `"e": "aggTrade"`) are another dataset: a
+URL naming that stream is refused, and such events are counted, never stored as trades. A trade
+time further ahead of the clock than the tolerance is quarantined (`future_time`).
 """
 
 from __future__ import annotations
@@ -18,9 +22,21 @@ import pyarrow as pa
 
 from workers.core.errors import BadInput
 from workers.core.ticks import TICK_SCHEMA, check_market, printable
-from workers.sources.validate import DECIMAL, FUTURE_SLACK_US, MIN_TIME_US, quote_of
+from workers.sources.markets import Instrument
+from workers.sources.validate import (
+    DECIMAL,
+    DEFAULT_FUTURE_TOLERANCE_US,
+    MIN_TIME_US,
+    SPOT_BASE,
+    WHOLE,
+    future_reason,
+    too_old_reason,
+)
 
 _DECIMAL = re.compile(DECIMAL)
+_WHOLE = re.compile(WHOLE)
+# A stream name of aggregate trades in a URL: `btcusdt@aggTrade` (raw or combined form).
+_AGG_STREAM = re.compile(r"@aggtrade\b", re.IGNORECASE)
 # Binance's trade stream hosts and the market each serves.
 STREAM_HOSTS = {
     "stream.binance.com": "spot",
@@ -35,6 +51,10 @@ def market_of_url(url: str, given: str | None = None) -> str:
     BadInput when neither says, or they disagree."""
     from urllib.parse import urlparse
 
+    if _AGG_STREAM.search(url):
+        raise BadInput(f"{printable(url)[:200]}: an aggregate-trade stream (@aggTrade) — "
+                       "aggregate trades are another dataset (their ids are another sequence) "
+                       "and are never stored as trades; subscribe to <symbol>@trade")
     host = (urlparse(url).hostname or "").lower()
     from_host = STREAM_HOSTS.get(host)
     if given is not None:
@@ -60,13 +80,15 @@ class Reject(Exception):
 
 
 def parse(raw: str | bytes, symbol: str, max_bytes: int, now_us: int | None = None, *,
-          market: str = "spot") -> tuple[int, str, str, int, bool, str | None]:
+          market: str = "spot", instrument: Instrument | None = None,
+          future_us: int = DEFAULT_FUTURE_TOLERANCE_US
+          ) -> tuple[int, str, str, int, bool, str | None]:
     """One websocket message -> (trade id, price text, qty text, trade time µs, buyer is maker,
     trade kind: None for an ordinary trade).
 
-    Raises Reject("other", …) for messages that are not trades of this symbol (ignored, counted)
-    and Reject("malformed"|"too_large"|"wrong_market", …) for broken ones (quarantined,
-    counted)."""
+    Raises Reject("other"|"aggTrade", …) for messages that are not trades of this symbol
+    (ignored, counted) and Reject("malformed"|"too_large"|"wrong_market"|"future_time", …) for
+    broken ones (quarantined, counted)."""
     if len(raw) > max_bytes:
         raise Reject("too_large", f"message of {len(raw)} bytes (limit {max_bytes})")
     try:
@@ -78,6 +100,8 @@ def parse(raw: str | bytes, symbol: str, max_bytes: int, now_us: int | None = No
     data = msg["data"] if "data" in msg and "stream" in msg else msg
     if not isinstance(data, dict):
         raise Reject("malformed", "combined-stream data is not an object")
+    if data.get("e") == "aggTrade":
+        raise Reject("aggTrade", "an aggregate trade (another dataset), not a trade")
     if data.get("e") != "trade":
         raise Reject("other", f"event {data.get('e')!r}" if "e" in data else "no event type")
     if data.get("s") != symbol:
@@ -105,9 +129,13 @@ def parse(raw: str | bytes, symbol: str, max_bytes: int, now_us: int | None = No
         us = tt
     else:
         raise Reject("malformed", "trade time is neither ms nor µs")
+    if instrument is not None and instrument.contract_usd and not _WHOLE.match(q):
+        raise Reject("malformed", f"quantity {q[:40]!r} is not a whole number of contracts")
     now = now_us or int(time.time() * 1_000_000)
-    if us < MIN_TIME_US or us > now + FUTURE_SLACK_US:
-        raise Reject("malformed", "trade time outside 2017-07-01 .. now+1 day")
+    if us < MIN_TIME_US:
+        raise Reject("malformed", too_old_reason())
+    if us > now + future_us:
+        raise Reject("future_time", future_reason(future_us))
     kind = data.get("X")
     if market == "spot":
         if kind is not None:
@@ -122,8 +150,10 @@ def parse(raw: str | bytes, symbol: str, max_bytes: int, now_us: int | None = No
 
 
 def trades_table(ids: list[int], prices: list[str], qtys: list[str], times_us: list[int],
-                 makers: list[bool], kinds: list[str | None] | None = None) -> pa.Table:
-    """Parsed trades as typed tick columns (what `parse` accepted needs no second validation)."""
+                 makers: list[bool], kinds: list[str | None] | None = None,
+                 instrument: Instrument = SPOT_BASE) -> pa.Table:
+    """Parsed trades as typed tick columns (what `parse` accepted needs no second validation);
+    the quote is the instrument's notional (COIN-M: contracts x contract size)."""
     price = pa.array(prices, pa.string()).cast(pa.decimal128(24, 8))
     qty = pa.array(qtys, pa.string()).cast(pa.decimal128(24, 8))
     return pa.table({
@@ -131,7 +161,7 @@ def trades_table(ids: list[int], prices: list[str], qtys: list[str], times_us: l
         "event_time": pa.array(times_us, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
         "price": price,
         "quantity": qty,
-        "quote_quantity": quote_of(price, qty),
+        "quote_quantity": instrument.quote(price, qty),
         "is_buyer_maker": pa.array(makers, pa.bool_()),
         "trade_kind": pa.array(kinds if kinds is not None else [None] * len(ids), pa.string()),
     }, schema=TICK_SCHEMA)

@@ -1,9 +1,13 @@
 """Row validation, vectorised: text columns in, typed accepted rows + quarantined rows out.
 
 A row is quarantined (with its reason) when it cannot be parsed, its price or quantity is not a
-positive finite decimal with at most 8 places, its timestamp is outside a sane range or in another
-unit than the rest of its file, its boolean is not True/False, or its symbol differs. Nothing is
-silently dropped: every input row is either accepted or quarantined.
+positive finite decimal with at most 8 places, its timestamp is before Binance's first trades or
+more than the clock-skew tolerance ahead of now (`future_time`), or in another unit than the rest
+of its file, its boolean is not True/False, or its symbol differs; on a contract-denominated
+market (COIN-M) also when its quantity is not a whole number of contracts or the file's base
+quantity disagrees with contracts × contract size / price. Nothing is silently dropped: every
+input row is either accepted or quarantined. The quote quantity is the instrument's notional
+(workers/sources/markets.py).
 """
 
 from __future__ import annotations
@@ -16,13 +20,29 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from workers.core.ticks import TICK_SCHEMA
+from workers.sources.markets import Instrument
 
 # Below 10^10 with at most 8 places: fits numeric(24,8) and an exact price x quantity.
 DECIMAL = r"^[0-9]{1,10}(\.[0-9]{1,8})?$"
 INTEGER = r"^[0-9]{1,18}$"
-# Binance spot opened in July 2017; nothing real is older or far in the future.
+# Binance spot opened in July 2017; nothing real is older.
 MIN_TIME_US = 1_498_867_200_000_000  # 2017-07-01
-FUTURE_SLACK_US = 86_400_000_000
+# A trade time ahead of this machine's clock by more than this is quarantined (`future_time`):
+# clock skew between the exchange and us, never a day (TICKSTACK_FUTURE_TOLERANCE_SECONDS).
+DEFAULT_FUTURE_TOLERANCE_US = 300_000_000
+WHOLE = r"^[0-9]{1,10}(\.0{1,8})?$"  # a whole number of contracts
+SPOT_BASE = Instrument("spot", "")  # quantity in the base asset: quote = price x quantity
+
+
+def too_old_reason() -> str:
+    return "timestamp before 2017-07-01 (older than any Binance trade)"
+
+
+def future_reason(tolerance_us: int) -> str:
+    """The one quarantine reason of a trade too far ahead of the clock (constant per run, so
+    quarantine counts group by it)."""
+    return (f"future_time: trade time more than {tolerance_us / 1e6:g} s ahead of this "
+            "machine's clock (TICKSTACK_FUTURE_TOLERANCE_SECONDS)")
 
 
 @dataclass
@@ -37,26 +57,31 @@ def _unit_of(digits: int) -> str | None:
 
 
 def quote_of(price: pa.Array, qty: pa.Array) -> pa.Array:
-    """price x quantity, exact, then cut to 8 places (for sources that send no quote)."""
-    return pc.cast(pc.multiply(pc.cast(price, pa.decimal128(18, 8)),
-                               pc.cast(qty, pa.decimal128(18, 8))),
-                   pa.decimal128(32, 8), safe=False)
+    """price x quantity, exact, then cut to 8 places (base-asset quantities without a quote)."""
+    return SPOT_BASE.quote(price, qty)
 
 
 def validate(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | None = None,
-             now_us: int | None = None, flagged: dict[int, str] | None = None
+             now_us: int | None = None, flagged: dict[int, str] | None = None,
+             instrument: Instrument = SPOT_BASE,
+             future_us: int = DEFAULT_FUTURE_TOLERANCE_US
              ) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
     """Returns (accepted ticks, their row positions in the input, [(position, reason)]).
-    `flagged`: rows the reader already knows are bad, with their reason."""
+    `flagged`: rows the reader already knows are bad, with their reason. `instrument` says
+    what the quantity is and gives the quote (a contract market's file quote is not used);
+    `future_us`: how far ahead of now a trade time may be."""
     if not flagged and symbol is None and units.unit is not None:
-        clean = _clean(cols, units, now_us)
+        clean = _clean(cols, units, now_us, instrument, future_us)
         if clean is not None:
             return clean, np.arange(len(cols["trade_id"])), []
-    return validate_rows(cols, units, symbol=symbol, now_us=now_us, flagged=flagged)
+    return validate_rows(cols, units, symbol=symbol, now_us=now_us, flagged=flagged,
+                         instrument=instrument, future_us=future_us)
 
 
 def validate_rows(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | None = None,
-                  now_us: int | None = None, flagged: dict[int, str] | None = None
+                  now_us: int | None = None, flagged: dict[int, str] | None = None,
+                  instrument: Instrument = SPOT_BASE,
+                  future_us: int = DEFAULT_FUTURE_TOLERANCE_US
                   ) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
     """`validate`, every check on every row (what a batch with a bad row goes through)."""
     cols = dict(cols)
@@ -89,9 +114,18 @@ def validate_rows(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | 
         flag(~np_mask(pc.match_substring_regex(a, DECIMAL)), f"non-numeric {label}")
         cols[name] = a
 
+    contracts = instrument.contract_usd is not None
+    if contracts:
+        flag(~np_mask(pc.match_substring_regex(cols["quantity"], WHOLE)),
+             "quantity is not a whole number of contracts")
+        cols.pop("quote_quantity", None)  # the notional follows from the contracts
     if "quote_quantity" in cols:
         flag(~np_mask(pc.match_substring_regex(cols["quote_quantity"], DECIMAL)),
              "non-numeric quote quantity")
+    if "base_quantity" in cols:
+        cols["base_quantity"] = pc.utf8_trim_whitespace(cols["base_quantity"])
+        flag(~np_mask(pc.match_substring_regex(cols["base_quantity"], DECIMAL)),
+             "non-numeric base quantity")
 
     t = pc.utf8_trim_whitespace(cols["time"])
     t_ok = np_mask(pc.match_substring_regex(t, r"^[0-9]{1,19}$"))
@@ -128,17 +162,24 @@ def validate_rows(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | 
     if "quote_quantity" in take:
         quote = pc.cast(take["quote_quantity"], pa.decimal128(32, 8))
     else:
-        quote = quote_of(price, qty)  # aggTrades carry no quote quantity
+        quote = instrument.quote(price, qty)
     now = now_us or int(time.time() * 1_000_000)
     zero = pa.scalar(0, pa.decimal128(24, 8))
     bad_price = np_mask(pc.less_equal(price, zero))
     bad_qty = np_mask(pc.less_equal(qty, zero))
     t_np = raw_t.to_numpy() * (1000 if units.unit == "ms" else 1)
-    bad_t = (t_np < MIN_TIME_US) | (t_np > now + FUTURE_SLACK_US)
+    bad_base = np.zeros(len(idx), dtype=bool)
+    base_why = "base quantity disagrees with the quantity"
+    if "base_quantity" in take and contracts:
+        bad_base = _base_disagrees(price, qty, take["base_quantity"], instrument.contract_usd)
+        base_why = (f"base_qty disagrees with qty x {instrument.contract_usd} USD / price "
+                    f"(the contract size of {instrument.symbol})")
     sub_ok = np.ones(len(idx), dtype=bool)
     positions = idx.to_numpy()
     for mask, why in ((bad_price, "zero price"), (bad_qty, "zero quantity"),
-                      (bad_t, "timestamp outside 2017-07-01 .. now+1 day")):
+                      (t_np < MIN_TIME_US, too_old_reason()),
+                      (t_np > now + future_us, future_reason(future_us)),
+                      (bad_base, base_why)):
         hit = mask & sub_ok
         reason[positions[hit]] = why
         sub_ok &= ~hit
@@ -160,7 +201,19 @@ def validate_rows(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | 
 BOOLEANS = pa.array(["True", "False", "true", "false"])
 
 
-def _clean(cols: dict[str, pa.Array], units: UnitState, now_us: int | None) -> pa.Table | None:
+def _base_disagrees(price: pa.Array, contracts: pa.Array, base: pa.Array, usd: int
+                    ) -> np.ndarray:
+    """Rows whose base quantity is not contracts x usd / price up to its 8 places (Binance
+    truncates it; a wrong contract size is off by a factor, far beyond this)."""
+    p = np.asarray(pc.cast(price, pa.float64()).to_numpy(zero_copy_only=False))
+    n = np.asarray(pc.cast(contracts, pa.float64()).to_numpy(zero_copy_only=False))
+    b = np.asarray(pc.cast(pc.cast(base, pa.decimal128(24, 8)), pa.float64())
+                   .to_numpy(zero_copy_only=False))
+    return np.abs(b * p - n * usd) > p * 2e-8 + 1e-9
+
+
+def _clean(cols: dict[str, pa.Array], units: UnitState, now_us: int | None,
+           instrument: Instrument, future_us: int) -> pa.Table | None:
     """The ticks of a batch in which every row is plainly good — each value exactly in the
     form the checks above accept without trimming — or None: then the batch goes through them
     row by row. Almost every batch of a real dump is clean, and this costs a fraction of the
@@ -171,7 +224,12 @@ def _clean(cols: dict[str, pa.Array], units: UnitState, now_us: int | None) -> p
     digits = 13 if units.unit == "ms" else 16
     checks = [(cols["trade_id"], INTEGER), (cols["price"], DECIMAL),
               (cols["quantity"], DECIMAL), (cols["time"], f"^[0-9]{{{digits}}}$")]
-    if "quote_quantity" in cols:
+    contracts = instrument.contract_usd is not None
+    if contracts:
+        checks.append((cols["quantity"], WHOLE))
+        if "base_quantity" in cols:
+            checks.append((cols["base_quantity"], DECIMAL))
+    elif "quote_quantity" in cols:
         checks.append((cols["quote_quantity"], DECIMAL))
     for a, pattern in checks:
         if not all_true(pc.match_substring_regex(a, pattern)):
@@ -187,10 +245,13 @@ def _clean(cols: dict[str, pa.Array], units: UnitState, now_us: int | None) -> p
     t_us = pc.multiply(raw_t, 1000) if units.unit == "ms" else raw_t
     now = now_us or int(time.time() * 1_000_000)
     lo, hi = pc.min_max(t_us).values()
-    if lo.as_py() < MIN_TIME_US or hi.as_py() > now + FUTURE_SLACK_US:
+    if lo.as_py() < MIN_TIME_US or hi.as_py() > now + future_us:
         return None
-    quote = (pc.cast(cols["quote_quantity"], pa.decimal128(32, 8)) if "quote_quantity" in cols
-             else quote_of(price, qty))
+    if contracts and "base_quantity" in cols and _base_disagrees(
+            price, qty, cols["base_quantity"], instrument.contract_usd).any():
+        return None
+    quote = (pc.cast(cols["quote_quantity"], pa.decimal128(32, 8))
+             if "quote_quantity" in cols and not contracts else instrument.quote(price, qty))
     return pa.table({
         "trade_id": pc.cast(cols["trade_id"], pa.int64()),
         "event_time": pc.cast(t_us, pa.timestamp("us", tz="UTC")),
