@@ -18,11 +18,13 @@ digest. Every DSN verifies the server (`sslmode=verify-full`): the primary with 
 Least privilege: every workload connects as its own login (sql/002_roles.sql groups, logins
 `workers migrate` creates from the logins Secret), gets its DSNs from its own Secret (never a
 ConfigMap), and runs under a service account that grants only the AWS/Kubernetes access it
-needs (access.py). Non-secret settings come from infra/configs.worker_env, as locally.
+needs: its own, with its own IRSA role granting exactly its row of grants.GRANTS
+(access.py). Non-secret settings come from infra/configs.worker_env, as locally.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,10 +33,11 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from infra import configs
-from infra.components import access
+from infra.components import grants
 from infra.components import database as db
 from infra.components import k8s as kx
-from infra.stack_config import Resources, Schedules
+from infra import cron
+from infra.stack_config import JobDeadlines, Resources, Schedules
 
 # The stream worker's HTTP endpoint (TICKSTACK_HEALTH_PORT, the worker's default): /healthz
 # (alive), /readyz (connected and writing), /metrics (Prometheus).
@@ -57,7 +60,6 @@ Login = Literal["admin", "tickstack_ingest", "tickstack_embed", "tickstack_reten
 @dataclass(frozen=True)
 class Workload:
     args: tuple[str, ...]
-    service_account: str
     primary: Login
     replica: Login | None = None
     https: bool = False  # S3 landing / STS
@@ -65,6 +67,11 @@ class Workload:
     backup_client: bool = False  # talks to pgBackRest's TLS server with the client certificate
     secret: str = ""  # which DSN Secret (default: the workload's name)
     extra_env: dict[str, str] = field(default_factory=dict)
+    identity: str = ""  # grants.GRANTS row / service account (set by `workloads`)
+
+    @property
+    def service_account(self) -> str:
+        return grants.service_account(self.identity)
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,7 @@ class WorkersArgs:
     replica_master_user: str
     replica_master_password: pulumi.Input[str]
     schedules: Schedules
+    job_deadlines: JobDeadlines
     stream_url: str
     stream_symbol: str
     stream_market: str
@@ -103,26 +111,25 @@ def workloads(a: WorkersArgs) -> dict[str, Workload]:
     migrate_env = {"TICKSTACK_RESTORE_TARGET": a.restore_target} if a.restore_target else {}
 
     def backup(*args: str) -> Workload:
-        return Workload(("backup", *args), access.BACKUP_SA, "tickstack_backup", https=True,
+        return Workload(("backup", *args), "tickstack_backup", https=True,
                         secret="backup", backup_client=True, extra_env=backup_env)
 
     w = {
         # The restore target is part of the migrate Job's pod: a rebuild replaces the Job, so
         # migrations run again on the restored database.
-        "migrate": Workload(("migrate",), access.WORKER_SA, "admin", "admin", logins_file=True,
+        "migrate": Workload(("migrate",), "admin", "admin", logins_file=True,
                             extra_env=migrate_env),
         "stanza": backup("--stanza-create"),
         "ingest": Workload(("stream", "--url", a.stream_url, "--symbol", a.stream_symbol,
                             "--market", a.stream_market),
-                           access.LANDING_SA, "tickstack_ingest", "tickstack_ingest", https=True,
+                           "tickstack_ingest", "tickstack_ingest", https=True,
                            extra_env={"TICKSTACK_HEALTH_PORT": str(HEALTH_PORT)}),
         # Reads the primary as ingest does; rebuilds differing buckets on the replica with
         # its own login, which may delete ticks there (sql/015).
-        "replicate": Workload(("replicate",), access.LANDING_SA, "tickstack_ingest",
-                              "tickstack_replicate", https=True),
-        "embed": Workload(("embed",), access.WORKER_SA, "tickstack_embed"),
-        "retention": Workload(("retention",), access.WORKER_SA, "tickstack_retention",
-                              "tickstack_retention"),
+        "replicate": Workload(("replicate",), "tickstack_ingest", "tickstack_replicate",
+                              https=True),
+        "embed": Workload(("embed",), "tickstack_embed"),
+        "retention": Workload(("retention",), "tickstack_retention", "tickstack_retention"),
         "backup-full": backup("--type", "full"),
         "backup-diff": backup("--type", "diff"),
         "backup-check": backup("--check"),
@@ -131,8 +138,9 @@ def workloads(a: WorkersArgs) -> dict[str, Workload]:
         # The primary was restored to the target by its init container (database.py); this
         # closes the gap after the target from landing.
         w["restore"] = Workload(("restore", "--target-time", a.restore_target, "--skip-pitr"),
-                                access.LANDING_SA, "admin", https=True)
-    return w
+                                "admin", https=True)
+    # Each workload its own service account and IRSA role (grants.GRANTS: its S3 actions).
+    return {k: dataclasses.replace(v, identity=grants.identity_of(k)) for k, v in w.items()}
 
 
 class Workers(pulumi.ComponentResource):
@@ -191,11 +199,11 @@ class Workers(pulumi.ComponentResource):
         after = pulumi.ResourceOptions(parent=self, depends_on=ready)
 
         self._deployment("ingest", table["ingest"], after)
-        s = args.schedules
-        for key, schedule in (("embed", s.embed), ("replicate", s.replicate),
-                              ("retention", s.retention), ("backup-full", s.backup_full),
-                              ("backup-diff", s.backup_diff), ("backup-check", s.backup_check)):
-            self._cronjob(key, table[key], schedule, after)
+        for key in ("embed", "replicate", "retention", "backup-full", "backup-diff",
+                    "backup-check"):
+            field_name = key.replace("-", "_")
+            self._cronjob(key, table[key], getattr(args.schedules, field_name),
+                          getattr(args.job_deadlines, field_name), after)
         self.register_outputs({"migrateJob": kx.name_of(self.migrate_job)})
 
     # --- secrets ---------------------------------------------------------------------------
@@ -297,6 +305,9 @@ class Workers(pulumi.ComponentResource):
         meta: dict = {"labels": kx.labels(
             component, db_client=True, replica_client=wl.replica is not None,
             https_egress=wl.https, backup_client=wl.backup_client)}
+        # Which workload this is (its row of grants.GRANTS): the policy pack checks that no
+        # two workloads share a service account.
+        meta["labels"][kx.WORKLOAD] = wl.identity
         if key == "ingest":
             meta["annotations"] = {"prometheus.io/scrape": "true",
                                    "prometheus.io/port": str(HEALTH_PORT),
@@ -341,10 +352,17 @@ class Workers(pulumi.ComponentResource):
             },
             opts=opts)
 
-    def _cronjob(self, key: str, wl: Workload, schedule: str,
+    def _cronjob(self, key: str, wl: Workload, schedule: str, deadline: int,
                  opts: pulumi.ResourceOptions) -> None:
         a = self._args
         component = key.split("-")[0]
+        # The run ends (deadline) before the next is due, also when it started late: a hung
+        # run never silences the next (concurrencyPolicy Forbid skips runs while one is on).
+        interval = cron.min_interval_seconds(schedule)
+        if deadline >= interval:
+            raise ValueError(f"CronJob {key}: deadline {deadline} s is not shorter than its "
+                             f"schedule's interval ({schedule!r}: {interval} s)")
+        starting = max(10, min(600, interval - deadline))
         pod = self._pod(key, wl, a.job_resources, restart_policy="Never", component=component)
         k8s.batch.v1.CronJob(
             f"{self._name}-{key}",
@@ -354,11 +372,11 @@ class Workers(pulumi.ComponentResource):
                 "schedule": schedule,
                 "time_zone": "Etc/UTC",
                 "concurrency_policy": "Forbid",
-                "starting_deadline_seconds": 600,
+                "starting_deadline_seconds": starting,
                 "successful_jobs_history_limit": 3,
                 "failed_jobs_history_limit": 3,
                 "job_template": {"spec": {"backoff_limit": 2,
-                                          "active_deadline_seconds": 6 * 3600,
+                                          "active_deadline_seconds": deadline,
                                           "template": pod}},
             },
             opts=opts)

@@ -194,7 +194,7 @@ def _cases() -> list[tuple[str, str, Callable[[], list[Resource]], str]]:
     pab = f"{rules.BUCKET_PAB}::storage-landing-public-access-block"
     pol = f"{rules.BUCKET_POLICY}::storage-landing-policy"
     rds = f"{rules.RDS_INSTANCE}::replica-db"
-    role = f"{rules.IAM_ROLE}::access-landing"
+    role = f"{rules.IAM_ROLE}::access-ingest"
     ingest = f"{DEPLOY}::workers-ingest"
     embed = f"{CRON}::workers-embed"
     db = f"{STS}::primary-statefulset"
@@ -232,11 +232,11 @@ def _cases() -> list[tuple[str, str, Callable[[], list[Resource]], str]]:
          lambda: broken(rules.RDS_INSTANCE, "replica-db", lambda p: p.pop("storageEncrypted")),
          rds),
         ("trust-without-sub", "iam-trust-service-account",
-         lambda: broken(rules.IAM_ROLE, "access-landing", trust_statement(no_sub)), role),
+         lambda: broken(rules.IAM_ROLE, "access-ingest", trust_statement(no_sub)), role),
         ("trust-wildcard-service-account", "iam-trust-service-account",
-         lambda: broken(rules.IAM_ROLE, "access-landing", trust_statement(wildcard_sub)), role),
+         lambda: broken(rules.IAM_ROLE, "access-ingest", trust_statement(wildcard_sub)), role),
         ("trust-everyone", "iam-trust-service-account",
-         lambda: broken(rules.IAM_ROLE, "access-landing", trust_statement(
+         lambda: broken(rules.IAM_ROLE, "access-ingest", trust_statement(
              lambda s: s.update(Principal={"AWS": "*"}, Action="sts:AssumeRole"))), role),
         ("iam-access-key", "no-static-access-keys",
          lambda: [*resources(), key], f"{rules.IAM_ACCESS_KEY}::ci-user-key"),

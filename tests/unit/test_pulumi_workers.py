@@ -28,19 +28,19 @@ SECRET = "kubernetes:core/v1:Secret"
 
 # resource name -> (type, args after `python -m workers`, service account, primary login)
 WORKLOADS = {
-    "workers-migrate": (JOB, ["migrate"], access.WORKER_SA, "postgres"),
+    "workers-migrate": (JOB, ["migrate"], "tickstack-migrate", "postgres"),
     "workers-ingest": (DEPLOY, ["stream", "--url", None, "--symbol", "BTCUSDT", "--market",
                                  "spot"],
-                       access.LANDING_SA, "ingest_worker"),
-    "workers-replicate": (CRON, ["replicate"], access.LANDING_SA, "ingest_worker"),
-    "workers-embed": (CRON, ["embed"], access.WORKER_SA, "embed_worker"),
-    "workers-retention": (CRON, ["retention"], access.WORKER_SA, "retention_worker"),
-    "workers-stanza": (JOB, ["backup", "--stanza-create"], access.BACKUP_SA, "backup_worker"),
-    "workers-backup-full": (CRON, ["backup", "--type", "full"], access.BACKUP_SA,
+                       "tickstack-ingest", "ingest_worker"),
+    "workers-replicate": (CRON, ["replicate"], "tickstack-replicate", "ingest_worker"),
+    "workers-embed": (CRON, ["embed"], "tickstack-embed", "embed_worker"),
+    "workers-retention": (CRON, ["retention"], "tickstack-retention", "retention_worker"),
+    "workers-stanza": (JOB, ["backup", "--stanza-create"], "tickstack-stanza", "backup_worker"),
+    "workers-backup-full": (CRON, ["backup", "--type", "full"], "tickstack-backup",
                             "backup_worker"),
-    "workers-backup-diff": (CRON, ["backup", "--type", "diff"], access.BACKUP_SA,
+    "workers-backup-diff": (CRON, ["backup", "--type", "diff"], "tickstack-backup",
                             "backup_worker"),
-    "workers-backup-check": (CRON, ["backup", "--check"], access.BACKUP_SA, "backup_worker"),
+    "workers-backup-check": (CRON, ["backup", "--check"], "tickstack-backup-check", "backup_worker"),
 }
 # The login each workload uses on the replica (None: it does not connect there).
 REPLICA_LOGINS = {"workers-migrate": replica.MASTER_USER, "workers-ingest": "ingest_worker",
