@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+# A check job (an alarm: its failure is the alert) must end within this many seconds.
+CHECK_DEADLINE_MAX_SECONDS = 300
 HORIZON_DAYS = 2 * 366 + 7  # covers every day-of-month/day-of-week/month combination's gap
 
 

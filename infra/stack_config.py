@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from infra import versions
+from infra.cron import CHECK_DEADLINE_MAX_SECONDS, min_interval_seconds
 
 NAMESPACE = "tickstack"  # the config namespace: keys are "tickstack:<key>"
 # Keys that named versions per stack; the version table names them once for every stack.
@@ -123,8 +124,7 @@ class Schedules(_Model):
         return self
 
 
-# A check job (an alarm: its failure is the alert) must end within this many seconds.
-CHECK_DEADLINE_MAX_SECONDS = 300
+
 
 
 class JobDeadlines(_Model):
@@ -314,13 +314,11 @@ class StackConfig(_Model):
 def _deadline_problems(cfg: StackConfig) -> list[str]:
     """Each CronJob's deadline ends before its next run is due (or a hung run silences the
     next ones)."""
-    from infra import cron
-
     out = []
     for name in JobDeadlines.model_fields:
         key = to_camel(name)
         schedule = getattr(cfg.schedules, name)
-        interval = cron.min_interval_seconds(schedule)
+        interval = min_interval_seconds(schedule)
         deadline = getattr(cfg.job_deadlines, name)
         if deadline >= interval:
             out.append(f"{NAMESPACE}:jobDeadlines.{key}: {deadline} s is not shorter than "

@@ -16,10 +16,10 @@ digest. Every DSN verifies the server (`sslmode=verify-full`): the primary with 
 (the `tickstack-ca` ConfigMap), RDS with Amazon's CA bundle, which the worker image carries.
 
 Least privilege: every workload connects as its own login (sql/002_roles.sql groups, logins
-`workers migrate` creates from the logins Secret), gets its DSNs from its own Secret (never a
-ConfigMap), and runs under a service account that grants only the AWS/Kubernetes access it
-needs: its own, with its own IRSA role granting exactly its row of grants.GRANTS
-(access.py). Non-secret settings come from infra/configs.worker_env, as locally.
+`workers migrate` creates from the logins Secret), gets its DSNs from its own Secret mounted as
+files (never a ConfigMap, never environment variables), and runs under its own service account
+with its own IRSA role granting exactly its row of grants.GRANTS (access.py). Non-secret
+settings come from infra/configs.worker_env, as locally.
 """
 
 from __future__ import annotations
@@ -32,17 +32,19 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from infra import configs
-from infra.components import grants
+from infra import configs, cron
 from infra.components import database as db
+from infra.components import grants
 from infra.components import k8s as kx
-from infra import cron
 from infra.stack_config import JobDeadlines, Resources, Schedules
 
 # The stream worker's HTTP endpoint (TICKSTACK_HEALTH_PORT, the worker's default): /healthz
 # (alive), /readyz (connected and writing), /metrics (Prometheus).
 HEALTH_PORT = 9108
 LOGINS_DIR = "/etc/tickstack/logins"
+# The workload's DSN Secret as files (TICKSTACK_PRIMARY_DSN, ...): the workers' Settings read
+# them from TICKSTACK_SECRETS_DIR (workers/core/settings.py). Never environment variables.
+SECRETS_DIR = "/etc/tickstack/secrets"
 ENTRYPOINT = ["python", "-m", "workers"]
 CA_DIR = "/etc/tickstack/ca"  # the stack's CA (ConfigMap): the primary's certificate's issuer
 PRIMARY_CA = f"{CA_DIR}/ca.crt"
@@ -247,7 +249,11 @@ class Workers(pulumi.ComponentResource):
         # Every worker verifies the primary's certificate against the stack's CA.
         volumes = [tmp_vol, {"name": "ca", "config_map": {"name": a.ca_config_map}}]
         mounts = [tmp_mount, {"name": "ca", "mount_path": CA_DIR, "read_only": True}]
-        env = {"HOME": "/tmp", "TMPDIR": "/tmp", **wl.extra_env}
+        env = {"HOME": "/tmp", "TMPDIR": "/tmp", "TICKSTACK_SECRETS_DIR": SECRETS_DIR,
+               **wl.extra_env}
+        volumes.append({"name": "secrets", "secret": {
+            "secret_name": self._dsn_secrets[wl.secret or key], "default_mode": 0o440}})
+        mounts.append({"name": "secrets", "mount_path": SECRETS_DIR, "read_only": True})
         if wl.backup_client:
             volumes += [{"name": "pgbackrest-client", "config_map": {
                             "name": a.pgbackrest_client_config_map}},
@@ -274,8 +280,7 @@ class Workers(pulumi.ComponentResource):
                 {"name": "TICKSTACK_HEALTH_HOST",
                  "value_from": {"field_ref": {"field_path": "status.podIP"}}}]
                 if key == "ingest" else []),
-            "env_from": [{"config_map_ref": {"name": self._env_map}},
-                         {"secret_ref": {"name": self._dsn_secrets[wl.secret or key]}}],
+            "env_from": [{"config_map_ref": {"name": self._env_map}}],
             "resources": resources.k8s(),
             "security_context": kx.container_security_context(kx.WORKER_UID),
             "volume_mounts": mounts,

@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from infra.policy import workload_rules as wr
 from infra.policy.model import (  # noqa: F401 (re-exported: the pack and tests use them)
     ACCESS_KEY_ID,
     BUCKET,
@@ -398,6 +399,19 @@ RULES: tuple[Rule, ...] = (
          "volume is protected, and StorageClasses keep volumes (reclaimPolicy Retain).",
          resource_check=_data_volume_protected,
          types=frozenset({STATEFULSET, PVC, STORAGE_CLASS})),
+    Rule("iam-policy-least-privilege",
+         "IAM role policies name their actions and resources: no wildcards, no NotAction, "
+         "object actions scoped to key prefixes (infra/components/grants.py).",
+         resource_check=wr._iam_least_privilege, types=frozenset({wr.ROLE_POLICY})),
+    Rule("one-service-account-per-workload",
+         "Each workload runs under its own service account (and IRSA role); none under "
+         "`default`.", stack_check=wr._one_account_per_workload),
+    Rule("no-secrets-in-env",
+         "Secrets reach containers as mounted files, never as environment variables.",
+         resource_check=wr._secret_in_env, types=frozenset(POD_SPEC_PATHS)),
+    Rule("cronjob-deadline-before-next-run",
+         "CronJobs forbid overlapping runs and stop a run before the next is due; check jobs "
+         "within minutes.", resource_check=wr._cron_deadlines, types=frozenset({wr.CRONJOB})),
     Rule("dsn-sslmode-verify-full",
          "Database connection strings in Secrets and ConfigMaps use sslmode=verify-full.",
          resource_check=_dsn_verify_full, types=frozenset({CONFIG_MAP, K8S_SECRET})),
