@@ -124,6 +124,31 @@ def test_every_rendered_workload_runs_and_succeeds(sims, stack, tmp_path):
     assert info.returncode == 0 and '"type":"diff"' in info.stdout.replace(" ", "")
 
 
+def test_the_dr_replay_jobs_s3_calls_are_in_its_iam_row(sims, tmp_path):
+    """The restore Job (only in a DR rebuild's render) compacts the stream's leftover parts
+    into their bucket objects, deletes the parts, then replays landing: each of its S3 requests
+    must be in its own IAM row."""
+    env, r = sims("dev")
+    rebuild = cloudsim.rendered(pulumi_stacks.restore_graph("dev"))
+    assert rebuild.outputs["landingBucket"] == r.outputs["landingBucket"]
+    m = cloudsim.Mapping(env, rebuild)
+    run = cloudsim.run_job(m, rebuild.workloads["workers-migrate"], tmp_path)
+    assert run.ok, explain(run)
+    with ReplayServer(trade_messages()) as srv:  # leaves parts of open buckets in landing
+        m.replay_url = srv.url
+        run = cloudsim.run_deployment(m, rebuild.workloads["workers-ingest"], tmp_path)
+    assert run.ok, explain(run)
+    with s3record.Recording(env.moto.endpoint) as rec:
+        run = cloudsim.run_job(m, rebuild.workloads["workers-restore"], tmp_path)
+    assert run.ok, explain(run)
+    calls = rec.calls(cloudsim.identities_by_key())
+    buckets = {r.outputs["landingBucket"]: "landing", r.outputs["backupBucket"]: "backup"}
+    assert s3record.outside_grants(calls, buckets) == []
+    made = {(c.identity, c.action, c.key.split("/")[0]) for c in calls}
+    assert {("restore", "s3:ListBucket", "raw"), ("restore", "s3:GetObject", "raw"),
+            ("restore", "s3:DeleteObject", "stream")} <= made, " ".join(map(str, sorted(made)))
+
+
 def _broken(r: cloudsim.Rendered, edit) -> cloudsim.Rendered:
     b = copy.deepcopy(r)
     edit(b)
