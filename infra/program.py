@@ -14,6 +14,7 @@ import pulumi_aws as aws
 from infra import configs
 from infra import stack_config as sc
 from infra.components import access as acc
+from infra.components import grants
 from infra.components.access import Access, AccessArgs
 from infra.components.cluster import Cluster, ClusterArgs
 from infra.components.database import Primary, PrimaryArgs
@@ -49,6 +50,7 @@ def build(cfg: sc.StackConfig, region: str,
         oidc_issuer=cluster.oidc_issuer, kms_key_arn=storage.kms_key_arn,
         landing_bucket_arn=storage.landing_bucket_arn,
         backup_bucket_arn=storage.backup_bucket_arn,
+        identities=grants.identities(restore=cfg.restore is not None),
     ), opts=on_cluster)
     network = NetworkPolicies("network", NetworkArgs(
         namespace=ns, vpc_cidr=cluster.vpc_cidr, stream_port=cfg.stream_port,
@@ -89,7 +91,8 @@ def build(cfg: sc.StackConfig, region: str,
         primary_host=primary.host, primary_password=primary.superuser_password,
         replica_host=replica.address, replica_port=REPLICA_PORT,
         replica_master_user=MASTER_USER, replica_master_password=replica.master_password,
-        schedules=cfg.schedules, stream_url=cfg.stream_url, stream_symbol=cfg.stream_symbol,
+        schedules=cfg.schedules, job_deadlines=cfg.job_deadlines, stream_url=cfg.stream_url,
+        stream_symbol=cfg.stream_symbol,
         stream_market=cfg.stream_market,
         ingest_grace_period_seconds=cfg.ingest_grace_period_seconds,
         ingest_resources=cfg.ingest_resources, job_resources=cfg.job_resources,
@@ -113,9 +116,9 @@ def build(cfg: sc.StackConfig, region: str,
         "primaryHost": primary.host,
         "replicaEndpoint": replica.endpoint,
         "replicaAddress": replica.address,
-        "dbRoleArn": access.db_role_arn,
-        "landingRoleArn": access.landing_role_arn,
-        "backupRoleArn": access.backup_role_arn,
+        "dbRoleArn": access.role_arns["db"],
+        # identity -> IRSA role ARN, one per workload that touches AWS (grants.GRANTS).
+        "roleArns": pulumi.Output.all(**access.role_arns),
         "caCert": primary.ca_cert,
         "restoreTarget": pulumi.Output.from_input(
             cfg.restore.target_iso if cfg.restore else ""),

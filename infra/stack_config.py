@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from infra import versions
+from infra.cron import CHECK_DEADLINE_MAX_SECONDS, min_interval_seconds
 
 NAMESPACE = "tickstack"  # the config namespace: keys are "tickstack:<key>"
 # Keys that named versions per stack; the version table names them once for every stack.
@@ -121,6 +122,24 @@ class Schedules(_Model):
         if self.backup_full == self.backup_diff:
             raise ValueError("backupFull and backupDiff must not run at the same times")
         return self
+
+
+
+
+
+class JobDeadlines(_Model):
+    """activeDeadlineSeconds of each CronJob's Job: what the job needs, and always shorter than
+    its schedule's shortest interval (checked against `schedules`), so a hung run is stopped
+    before the next one is due instead of silencing it (concurrencyPolicy Forbid)."""
+
+    embed: int = Field(240, ge=60, le=86400)
+    replicate: int = Field(600, ge=60, le=86400)
+    retention: int = Field(2 * 3600, ge=60, le=86400)
+    # The stack's backup budget: a full backup that has not finished by then has failed.
+    backup_full: int = Field(4 * 3600, ge=300, le=7 * 86400)
+    backup_diff: int = Field(2 * 3600, ge=300, le=86400)
+    # An alarm: minutes (pgBackRest's check is bounded by TICKSTACK_ARCHIVE_CHECK_SECONDS).
+    backup_check: int = Field(180, ge=60, le=CHECK_DEADLINE_MAX_SECONDS)
 
 
 class Restore(_Model):
@@ -239,6 +258,7 @@ class StackConfig(_Model):
 
     # -- workers -----------------------------------------------------------------------------
     schedules: Schedules = Schedules()
+    job_deadlines: JobDeadlines = JobDeadlines()
     stream_url: str = "wss://stream.binance.com:9443/ws/btcusdt@trade"
     stream_symbol: str = Field("BTCUSDT", pattern=r"^[A-Z0-9]{5,20}$")
     # Named, not guessed: the stream worker checks it against the URL's host at start.
@@ -289,6 +309,22 @@ class StackConfig(_Model):
 
 
 # --- reading ---------------------------------------------------------------------------------
+
+
+def _deadline_problems(cfg: StackConfig) -> list[str]:
+    """Each CronJob's deadline ends before its next run is due (or a hung run silences the
+    next ones)."""
+    out = []
+    for name in JobDeadlines.model_fields:
+        key = to_camel(name)
+        schedule = getattr(cfg.schedules, name)
+        interval = min_interval_seconds(schedule)
+        deadline = getattr(cfg.job_deadlines, name)
+        if deadline >= interval:
+            out.append(f"{NAMESPACE}:jobDeadlines.{key}: {deadline} s is not shorter than "
+                       f"the shortest interval of schedules.{key} ({schedule!r}: {interval} s)")
+    return out
+
 
 FIELDS_BY_KEY = {f.alias: name for name, f in StackConfig.model_fields.items()}
 KNOWN_KEYS = frozenset(FIELDS_BY_KEY) | SECRET_KEYS
@@ -345,6 +381,7 @@ def validate(raw: dict[str, Any], *, kubeconfig_given: bool,
             problems.append(f"{NAMESPACE}:landingGlacierIrAfterDays: must be at least 30 days "
                             f"after landingIaAfterDays ({cfg.landing_ia_after_days}), as S3 "
                             f"requires (got {cfg.landing_glacier_ir_after_days})")
+        problems += _deadline_problems(cfg)
         if cfg.replica_max_allocated_storage_gb < cfg.replica_allocated_storage_gb:
             problems.append(f"{NAMESPACE}:replicaMaxAllocatedStorageGb: must be at least "
                             f"replicaAllocatedStorageGb ({cfg.replica_allocated_storage_gb})")

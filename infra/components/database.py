@@ -63,6 +63,9 @@ PG_CONFIG_DIR = "/etc/tickstack/postgres"
 PGBACKREST_DIR = "/etc/pgbackrest"
 PGBACKREST_CONF = f"{PGBACKREST_DIR}/pgbackrest.conf"
 TLS_DIR = "/etc/tickstack/tls"  # the server's certificate, key and CA (Secret)
+# The superuser's password (Secret volume): the image's entry point reads POSTGRES_PASSWORD_FILE.
+SUPERUSER_DIR = "/etc/tickstack/superuser"
+SUPERUSER_PASSWORD_KEY = "POSTGRES_PASSWORD"
 SERVER_TLS = configs.TlsFiles(cert=f"{TLS_DIR}/tls.crt", key=f"{TLS_DIR}/tls.key",
                               ca=f"{TLS_DIR}/ca.crt")
 CLOUD_PATHS = configs.PgBackRestPaths(log="/var/log/pgbackrest", lock="/tmp/pgbackrest",
@@ -212,7 +215,7 @@ class Primary(pulumi.ComponentResource):
         secret = k8s.core.v1.Secret(
             f"{name}-superuser",
             metadata={"name": f"{NAME}-superuser", "namespace": ns, "labels": lbl},
-            type="Opaque", string_data={"POSTGRES_PASSWORD": password.result}, opts=child)
+            type="Opaque", string_data={SUPERUSER_PASSWORD_KEY: password.result}, opts=child)
 
         tls_objects = self._tls(name, args, lbl, child)
 
@@ -261,13 +264,16 @@ class Primary(pulumi.ComponentResource):
         self.host = pulumi.Output.concat(kx.name_of(service), ".", ns, ".svc.cluster.local")
 
         volumes, mounts = self._volumes()
+        # Only the postgres container reads the password (initdb on an empty volume).
+        pg_mounts = [*mounts, {"name": "superuser", "mount_path": SUPERUSER_DIR,
+                               "read_only": True}]
         security = kx.container_security_context(kx.DB_UID)
         env = [
             {"name": "PGDATA", "value": PGDATA},
             {"name": "PGBACKREST_CONFIG", "value": PGBACKREST_CONF},
-            {"name": "POSTGRES_PASSWORD",
-             "value_from": {"secret_key_ref": {"name": kx.name_of(secret),
-                                               "key": "POSTGRES_PASSWORD"}}},
+            # A file, never an environment variable (inherited by every child process).
+            {"name": "POSTGRES_PASSWORD_FILE",
+             "value": f"{SUPERUSER_DIR}/{SUPERUSER_PASSWORD_KEY}"},
         ]
         pg_isready = ["pg_isready", "-q", "-h", SOCKET_DIR, "-p", str(PORT), "-U", SUPERUSER]
         container = {
@@ -279,7 +285,7 @@ class Primary(pulumi.ComponentResource):
             "ports": [{"name": "postgres", "container_port": PORT, "protocol": "TCP"}],
             "resources": args.resources.k8s(),
             "security_context": security,
-            "volume_mounts": mounts,
+            "volume_mounts": pg_mounts,
             "startup_probe": {"exec": {"command": pg_isready}, "period_seconds": 10,
                               "timeout_seconds": 5,
                               "failure_threshold": max(6, args.startup_seconds // 10)},
@@ -354,6 +360,9 @@ class Primary(pulumi.ComponentResource):
                                      "config_map": {"name": kx.name_of(br_conf)}},
                                     {"name": "tls", "secret": {
                                         "secret_name": tls_objects["server_secret"],
+                                        "default_mode": 0o440}},
+                                    {"name": "superuser", "secret": {
+                                        "secret_name": kx.name_of(secret),
                                         "default_mode": 0o440}}],
                     },
                 },

@@ -17,6 +17,8 @@ DB_CLIENT = "tickstack.io/db-client"  # may reach the primary on 5432
 REPLICA_CLIENT = "tickstack.io/replica-client"  # may reach RDS on 5432 (VPC CIDR)
 HTTPS_EGRESS = "tickstack.io/https-egress"  # may reach S3/STS/Binance on 443
 BACKUP_CLIENT = "tickstack.io/backup-client"  # may reach pgBackRest's TLS server (8432)
+# The workload a pod belongs to (infra/components/grants.py): its service account and IAM row.
+WORKLOAD = "tickstack.io/workload"
 
 DB_UID = 1000  # the `postgres` user of the primary image (infra/images/primary/Dockerfile)
 WORKER_UID = 10001  # the worker image's user (workers/Dockerfile)

@@ -16,13 +16,15 @@ digest. Every DSN verifies the server (`sslmode=verify-full`): the primary with 
 (the `tickstack-ca` ConfigMap), RDS with Amazon's CA bundle, which the worker image carries.
 
 Least privilege: every workload connects as its own login (sql/002_roles.sql groups, logins
-`workers migrate` creates from the logins Secret), gets its DSNs from its own Secret (never a
-ConfigMap), and runs under a service account that grants only the AWS/Kubernetes access it
-needs (access.py). Non-secret settings come from infra/configs.worker_env, as locally.
+`workers migrate` creates from the logins Secret), gets its DSNs from its own Secret mounted as
+files (never a ConfigMap, never environment variables), and runs under its own service account
+with its own IRSA role granting exactly its row of grants.GRANTS (access.py). Non-secret
+settings come from infra/configs.worker_env, as locally.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,16 +32,19 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from infra import configs
-from infra.components import access
+from infra import configs, cron
 from infra.components import database as db
+from infra.components import grants
 from infra.components import k8s as kx
-from infra.stack_config import Resources, Schedules
+from infra.stack_config import JobDeadlines, Resources, Schedules
 
 # The stream worker's HTTP endpoint (TICKSTACK_HEALTH_PORT, the worker's default): /healthz
 # (alive), /readyz (connected and writing), /metrics (Prometheus).
 HEALTH_PORT = 9108
 LOGINS_DIR = "/etc/tickstack/logins"
+# The workload's DSN Secret as files (TICKSTACK_PRIMARY_DSN, ...): the workers' Settings read
+# them from TICKSTACK_SECRETS_DIR (workers/core/settings.py). Never environment variables.
+SECRETS_DIR = "/etc/tickstack/secrets"
 ENTRYPOINT = ["python", "-m", "workers"]
 CA_DIR = "/etc/tickstack/ca"  # the stack's CA (ConfigMap): the primary's certificate's issuer
 PRIMARY_CA = f"{CA_DIR}/ca.crt"
@@ -57,7 +62,6 @@ Login = Literal["admin", "tickstack_ingest", "tickstack_embed", "tickstack_reten
 @dataclass(frozen=True)
 class Workload:
     args: tuple[str, ...]
-    service_account: str
     primary: Login
     replica: Login | None = None
     https: bool = False  # S3 landing / STS
@@ -65,6 +69,11 @@ class Workload:
     backup_client: bool = False  # talks to pgBackRest's TLS server with the client certificate
     secret: str = ""  # which DSN Secret (default: the workload's name)
     extra_env: dict[str, str] = field(default_factory=dict)
+    identity: str = ""  # grants.GRANTS row / service account (set by `workloads`)
+
+    @property
+    def service_account(self) -> str:
+        return grants.service_account(self.identity)
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,7 @@ class WorkersArgs:
     replica_master_user: str
     replica_master_password: pulumi.Input[str]
     schedules: Schedules
+    job_deadlines: JobDeadlines
     stream_url: str
     stream_symbol: str
     stream_market: str
@@ -103,26 +113,25 @@ def workloads(a: WorkersArgs) -> dict[str, Workload]:
     migrate_env = {"TICKSTACK_RESTORE_TARGET": a.restore_target} if a.restore_target else {}
 
     def backup(*args: str) -> Workload:
-        return Workload(("backup", *args), access.BACKUP_SA, "tickstack_backup", https=True,
+        return Workload(("backup", *args), "tickstack_backup", https=True,
                         secret="backup", backup_client=True, extra_env=backup_env)
 
     w = {
         # The restore target is part of the migrate Job's pod: a rebuild replaces the Job, so
         # migrations run again on the restored database.
-        "migrate": Workload(("migrate",), access.WORKER_SA, "admin", "admin", logins_file=True,
+        "migrate": Workload(("migrate",), "admin", "admin", logins_file=True,
                             extra_env=migrate_env),
         "stanza": backup("--stanza-create"),
         "ingest": Workload(("stream", "--url", a.stream_url, "--symbol", a.stream_symbol,
                             "--market", a.stream_market),
-                           access.LANDING_SA, "tickstack_ingest", "tickstack_ingest", https=True,
+                           "tickstack_ingest", "tickstack_ingest", https=True,
                            extra_env={"TICKSTACK_HEALTH_PORT": str(HEALTH_PORT)}),
         # Reads the primary as ingest does; rebuilds differing buckets on the replica with
         # its own login, which may delete ticks there (sql/015).
-        "replicate": Workload(("replicate",), access.LANDING_SA, "tickstack_ingest",
-                              "tickstack_replicate", https=True),
-        "embed": Workload(("embed",), access.WORKER_SA, "tickstack_embed"),
-        "retention": Workload(("retention",), access.WORKER_SA, "tickstack_retention",
-                              "tickstack_retention"),
+        "replicate": Workload(("replicate",), "tickstack_ingest", "tickstack_replicate",
+                              https=True),
+        "embed": Workload(("embed",), "tickstack_embed"),
+        "retention": Workload(("retention",), "tickstack_retention", "tickstack_retention"),
         "backup-full": backup("--type", "full"),
         "backup-diff": backup("--type", "diff"),
         "backup-check": backup("--check"),
@@ -131,8 +140,9 @@ def workloads(a: WorkersArgs) -> dict[str, Workload]:
         # The primary was restored to the target by its init container (database.py); this
         # closes the gap after the target from landing.
         w["restore"] = Workload(("restore", "--target-time", a.restore_target, "--skip-pitr"),
-                                access.LANDING_SA, "admin", https=True)
-    return w
+                                "admin", https=True)
+    # Each workload its own service account and IRSA role (grants.GRANTS: its S3 actions).
+    return {k: dataclasses.replace(v, identity=grants.identity_of(k)) for k, v in w.items()}
 
 
 class Workers(pulumi.ComponentResource):
@@ -191,11 +201,11 @@ class Workers(pulumi.ComponentResource):
         after = pulumi.ResourceOptions(parent=self, depends_on=ready)
 
         self._deployment("ingest", table["ingest"], after)
-        s = args.schedules
-        for key, schedule in (("embed", s.embed), ("replicate", s.replicate),
-                              ("retention", s.retention), ("backup-full", s.backup_full),
-                              ("backup-diff", s.backup_diff), ("backup-check", s.backup_check)):
-            self._cronjob(key, table[key], schedule, after)
+        for key in ("embed", "replicate", "retention", "backup-full", "backup-diff",
+                    "backup-check"):
+            field_name = key.replace("-", "_")
+            self._cronjob(key, table[key], getattr(args.schedules, field_name),
+                          getattr(args.job_deadlines, field_name), after)
         self.register_outputs({"migrateJob": kx.name_of(self.migrate_job)})
 
     # --- secrets ---------------------------------------------------------------------------
@@ -239,7 +249,11 @@ class Workers(pulumi.ComponentResource):
         # Every worker verifies the primary's certificate against the stack's CA.
         volumes = [tmp_vol, {"name": "ca", "config_map": {"name": a.ca_config_map}}]
         mounts = [tmp_mount, {"name": "ca", "mount_path": CA_DIR, "read_only": True}]
-        env = {"HOME": "/tmp", "TMPDIR": "/tmp", **wl.extra_env}
+        env = {"HOME": "/tmp", "TMPDIR": "/tmp", "TICKSTACK_SECRETS_DIR": SECRETS_DIR,
+               **wl.extra_env}
+        volumes.append({"name": "secrets", "secret": {
+            "secret_name": self._dsn_secrets[wl.secret or key], "default_mode": 0o440}})
+        mounts.append({"name": "secrets", "mount_path": SECRETS_DIR, "read_only": True})
         if wl.backup_client:
             volumes += [{"name": "pgbackrest-client", "config_map": {
                             "name": a.pgbackrest_client_config_map}},
@@ -266,8 +280,7 @@ class Workers(pulumi.ComponentResource):
                 {"name": "TICKSTACK_HEALTH_HOST",
                  "value_from": {"field_ref": {"field_path": "status.podIP"}}}]
                 if key == "ingest" else []),
-            "env_from": [{"config_map_ref": {"name": self._env_map}},
-                         {"secret_ref": {"name": self._dsn_secrets[wl.secret or key]}}],
+            "env_from": [{"config_map_ref": {"name": self._env_map}}],
             "resources": resources.k8s(),
             "security_context": kx.container_security_context(kx.WORKER_UID),
             "volume_mounts": mounts,
@@ -297,6 +310,9 @@ class Workers(pulumi.ComponentResource):
         meta: dict = {"labels": kx.labels(
             component, db_client=True, replica_client=wl.replica is not None,
             https_egress=wl.https, backup_client=wl.backup_client)}
+        # Which workload this is (its row of grants.GRANTS): the policy pack checks that no
+        # two workloads share a service account.
+        meta["labels"][kx.WORKLOAD] = wl.identity
         if key == "ingest":
             meta["annotations"] = {"prometheus.io/scrape": "true",
                                    "prometheus.io/port": str(HEALTH_PORT),
@@ -341,10 +357,17 @@ class Workers(pulumi.ComponentResource):
             },
             opts=opts)
 
-    def _cronjob(self, key: str, wl: Workload, schedule: str,
+    def _cronjob(self, key: str, wl: Workload, schedule: str, deadline: int,
                  opts: pulumi.ResourceOptions) -> None:
         a = self._args
         component = key.split("-")[0]
+        # The run ends (deadline) before the next is due, also when it started late: a hung
+        # run never silences the next (concurrencyPolicy Forbid skips runs while one is on).
+        interval = cron.min_interval_seconds(schedule)
+        if deadline >= interval:
+            raise ValueError(f"CronJob {key}: deadline {deadline} s is not shorter than its "
+                             f"schedule's interval ({schedule!r}: {interval} s)")
+        starting = max(10, min(600, interval - deadline))
         pod = self._pod(key, wl, a.job_resources, restart_policy="Never", component=component)
         k8s.batch.v1.CronJob(
             f"{self._name}-{key}",
@@ -354,11 +377,11 @@ class Workers(pulumi.ComponentResource):
                 "schedule": schedule,
                 "time_zone": "Etc/UTC",
                 "concurrency_policy": "Forbid",
-                "starting_deadline_seconds": 600,
+                "starting_deadline_seconds": starting,
                 "successful_jobs_history_limit": 3,
                 "failed_jobs_history_limit": 3,
                 "job_template": {"spec": {"backoff_limit": 2,
-                                          "active_deadline_seconds": 6 * 3600,
+                                          "active_deadline_seconds": deadline,
                                           "template": pod}},
             },
             opts=opts)

@@ -15,157 +15,44 @@ A rule returns messages; a Violation names the rule and the resource (`type::nam
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-BUCKET = "aws:s3/bucket:Bucket"
-BUCKET_SSE = ("aws:s3/bucketServerSideEncryptionConfiguration:"
-              "BucketServerSideEncryptionConfiguration")
-BUCKET_PAB = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
-BUCKET_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
-BUCKET_ACL = "aws:s3/bucketAcl:BucketAcl"
-RDS_INSTANCE = "aws:rds/instance:Instance"
-RDS_CLUSTER = "aws:rds/cluster:Cluster"
-RDS_CLUSTER_INSTANCE = "aws:rds/clusterInstance:ClusterInstance"
-IAM_ROLE = "aws:iam/role:Role"
-IAM_ACCESS_KEY = "aws:iam/accessKey:AccessKey"
-CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
-K8S_SECRET = "kubernetes:core/v1:Secret"
-
-# Kubernetes kinds that carry a pod template, and where it is.
-POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
-    "kubernetes:core/v1:Pod": ("spec",),
-    "kubernetes:apps/v1:Deployment": ("spec", "template", "spec"),
-    "kubernetes:apps/v1:StatefulSet": ("spec", "template", "spec"),
-    "kubernetes:apps/v1:DaemonSet": ("spec", "template", "spec"),
-    "kubernetes:apps/v1:ReplicaSet": ("spec", "template", "spec"),
-    "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
-    "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
-}
-PUBLIC_ACLS = frozenset({"public-read", "public-read-write", "authenticated-read"})
-STATIC_KEY_NAMES = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"})
-ACCESS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
-# ConfigMap keys that name a secret, and values that hold one.
-SECRET_KEY_NAME = re.compile(
-    r"(?i)(pass(word|wd)?|secret|token|credential|api[_-]?key|private[_-]?key|access[_-]?key"
-    r"|_dsn$|^dsn$|\.pgpass$)")
-SECRET_VALUE = (
-    re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key)\s*[:=]\s*['\"]?[^\s'\"#]+"),
-    re.compile(r"(?i)[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"),  # scheme://user:password@host
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
-    re.compile(r"(?i)repo[0-9]+-s3-key(-secret)?\s*="),  # pgBackRest static S3 keys
+from infra.policy import workload_rules as wr
+from infra.policy.model import (  # noqa: F401 (re-exported: the pack and tests use them)
     ACCESS_KEY_ID,
+    BUCKET,
+    BUCKET_ACL,
+    BUCKET_PAB,
+    BUCKET_POLICY,
+    BUCKET_SSE,
+    CONFIG_MAP,
+    IAM_ACCESS_KEY,
+    IAM_ROLE,
+    K8S_SECRET,
+    POD_SPEC_PATHS,
+    PUBLIC_ACLS,
+    RDS_CLUSTER,
+    RDS_CLUSTER_INSTANCE,
+    RDS_INSTANCE,
+    SECRET_KEY_NAME,
+    SECRET_VALUE,
+    STATIC_KEY_NAMES,
+    Resource,
+    ResourceCheck,
+    Rule,
+    StackCheck,
+    Violation,
+    _as_list,
+    _children,
+    _containers,
+    _get,
+    _json_doc,
+    _linked,
+    _pod_spec,
+    _statements,
 )
-
-
-@dataclass(frozen=True)
-class Resource:
-    """What a rule sees of a resource."""
-
-    type: str
-    name: str
-    props: Mapping[str, Any]
-    urn: str = ""
-    # URNs of the resources this one's inputs come from (parents excluded).
-    depends_on: tuple[str, ...] = ()
-    # Property paths that are Pulumi secrets (known offline only; the engine unwraps them).
-    secret_paths: tuple[str, ...] = ()
-    # The resource's `protect` option, and whether its stack must protect its data (the
-    # stack's tickstack:protectData, or a stack named prod).
-    protect: bool = False
-    production: bool = False
-
-    @property
-    def label(self) -> str:
-        return f"{self.type}::{self.name}"
-
-
-@dataclass(frozen=True)
-class Violation:
-    rule: str
-    resource: str  # type::name
-    message: str
-
-    def __str__(self) -> str:
-        return f"[{self.rule}] {self.resource}: {self.message}"
-
-
-ResourceCheck = Callable[[Resource], list[str]]
-StackCheck = Callable[[Sequence[Resource]], list[Violation]]
-
-
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    description: str
-    resource_check: ResourceCheck | None = None
-    stack_check: StackCheck | None = None
-    types: frozenset[str] = field(default_factory=frozenset)  # empty: every type
-
-    def check(self, resources: Sequence[Resource]) -> list[Violation]:
-        out: list[Violation] = []
-        if self.resource_check:
-            for r in resources:
-                if not self.types or r.type in self.types:
-                    out += [Violation(self.name, r.label, m) for m in self.resource_check(r)]
-        if self.stack_check:
-            out += self.stack_check(resources)
-        return out
-
-
-# --- helpers ---------------------------------------------------------------------------------
-
-
-def _get(d: Any, *path: str) -> Any:
-    for p in path:
-        if not isinstance(d, Mapping):
-            return None
-        d = d.get(p)
-    return d
-
-
-def _json_doc(value: Any) -> dict:
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, str) and value.strip():
-        try:
-            doc = json.loads(value)
-        except json.JSONDecodeError:
-            return {}
-        return doc if isinstance(doc, dict) else {}
-    return {}
-
-
-def _statements(policy: Any) -> list[dict]:
-    st = _json_doc(policy).get("Statement", [])
-    return [s for s in (st if isinstance(st, list) else [st]) if isinstance(s, dict)]
-
-
-def _as_list(v: Any) -> list:
-    if v is None:
-        return []
-    if isinstance(v, Sequence) and not isinstance(v, str | bytes):
-        return list(v)  # lists, and the engine's list proxies
-    return [v]
-
-
-def _linked(sub: Resource, bucket: Resource) -> bool:
-    """Does `sub` (an S3 sub-resource) configure `bucket`?"""
-    if bucket.urn and bucket.urn in sub.depends_on:
-        return True
-    try:
-        name = sub.props.get("bucket")
-        return bool(name) and name in (bucket.props.get("bucket"), bucket.props.get("id"))
-    except Exception:  # the engine's UnknownValueError: a name not known during preview
-        return False
-
-
-def _children(resources: Sequence[Resource], type_: str, bucket: Resource) -> list[Resource]:
-    return [r for r in resources if r.type == type_ and _linked(r, bucket)]
-
 
 # --- S3 ----------------------------------------------------------------------------------------
 
@@ -301,19 +188,6 @@ def _trust_problems(r: Resource) -> list[str]:
 
 
 # --- static keys -------------------------------------------------------------------------------
-
-
-def _containers(pod_spec: Any) -> list[dict]:
-    out = []
-    for key in ("initContainers", "containers", "ephemeralContainers"):
-        out += [c for c in _as_list(_get(pod_spec, key)) if isinstance(c, Mapping)]
-    return out
-
-
-def _pod_spec(r: Resource) -> Mapping | None:
-    path = POD_SPEC_PATHS.get(r.type)
-    spec = _get(r.props, *path) if path else None
-    return spec if isinstance(spec, Mapping) else None
 
 
 def _static_keys(r: Resource) -> list[str]:
@@ -525,6 +399,19 @@ RULES: tuple[Rule, ...] = (
          "volume is protected, and StorageClasses keep volumes (reclaimPolicy Retain).",
          resource_check=_data_volume_protected,
          types=frozenset({STATEFULSET, PVC, STORAGE_CLASS})),
+    Rule("iam-policy-least-privilege",
+         "IAM role policies name their actions and resources: no wildcards, no NotAction, "
+         "object actions scoped to key prefixes (infra/components/grants.py).",
+         resource_check=wr._iam_least_privilege, types=frozenset({wr.ROLE_POLICY})),
+    Rule("one-service-account-per-workload",
+         "Each workload runs under its own service account (and IRSA role); none under "
+         "`default`.", stack_check=wr._one_account_per_workload),
+    Rule("no-secrets-in-env",
+         "Secrets reach containers as mounted files, never as environment variables.",
+         resource_check=wr._secret_in_env, types=frozenset(POD_SPEC_PATHS)),
+    Rule("cronjob-deadline-before-next-run",
+         "CronJobs forbid overlapping runs and stop a run before the next is due; check jobs "
+         "within minutes.", resource_check=wr._cron_deadlines, types=frozenset({wr.CRONJOB})),
     Rule("dsn-sslmode-verify-full",
          "Database connection strings in Secrets and ConfigMaps use sslmode=verify-full.",
          resource_check=_dsn_verify_full, types=frozenset({CONFIG_MAP, K8S_SECRET})),

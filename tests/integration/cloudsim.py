@@ -8,10 +8,10 @@ exact `command` + `args`, with the environment Kubernetes would give it — `env
 does) — and its volumes materialised from the rendered ConfigMaps and Secrets.
 
 The servers are bootstrapped from the render too, as the cloud's would be: the primary as its
-image's entry point does from the StatefulSet's env (the superuser's password from its
-secretKeyRef, a POSTGRES_DB if one is set — none is: `workers migrate` creates its database),
-the replica as RDS does from the instance's inputs (master user, password, db_name). Nothing
-else is created: a DSN naming a database nobody creates fails.
+image's entry point does from the StatefulSet's env (the superuser's password from the Secret
+file POSTGRES_PASSWORD_FILE names, a POSTGRES_DB if one is set — none is: `workers migrate`
+creates its database), the replica as RDS does from the instance's inputs (master user,
+password, db_name). Nothing else is created: a DSN naming a database nobody creates fails.
 
 What stands in for what (MAPPING below says it once):
 * in-cluster and AWS host names -> the local servers on 127.0.0.1 (their ports);
@@ -137,20 +137,54 @@ def container_env(r: Rendered, c: dict) -> dict[str, str]:
     return env
 
 
+def mounted_file(r: Rendered, pod: dict, c: dict, path: str) -> str:
+    """What the container reads at `path` from its ConfigMap/Secret volumes; a path no volume
+    holds fails as the program inside would."""
+    vols = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+    for m in c.get("volumeMounts") or []:
+        if not path.startswith(m["mountPath"].rstrip("/") + "/"):
+            continue
+        v = vols.get(m["name"])
+        if v is None:
+            raise Unresolvable(f"volume {m['name']!r} is mounted but not declared")
+        key = path[len(m["mountPath"].rstrip("/")) + 1:]
+        if "secret" in v:
+            kind, name = "Secret", v["secret"]["secretName"]
+        elif "configMap" in v:
+            kind, name = "ConfigMap", v["configMap"]["name"]
+        else:
+            continue
+        data = _data(r.get(kind, name))
+        if key not in data:
+            raise Unresolvable(f"{path}: {kind} {name!r} has no key {key!r}")
+        return data[key]
+    raise Unresolvable(f"{path}: no volume of container {c['name']!r} holds it")
+
+
 # --- the local stand-in for the cloud ---------------------------------------------------------
+
+
+def primary_boot_env(r: Rendered) -> dict[str, str]:
+    """What the primary image's entry point sees: the StatefulSet container's env, with the
+    superuser's password read from the Secret file POSTGRES_PASSWORD_FILE names."""
+    sts = r.get("StatefulSet", db.NAME)
+    [pg] = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == db.CONTAINER]
+    boot = container_env(r, pg)
+    if boot.get("POSTGRES_PASSWORD_FILE"):
+        boot["POSTGRES_PASSWORD"] = mounted_file(
+            r, sts["spec"]["template"], pg, boot["POSTGRES_PASSWORD_FILE"]).splitlines()[0]
+    if boot.get("POSTGRES_USER", configs.PRIMARY_ADMIN) != configs.PRIMARY_ADMIN:
+        raise Unresolvable("the primary image's superuser is postgres")
+    if not boot.get("POSTGRES_PASSWORD"):
+        raise Unresolvable("the primary's container has no POSTGRES_PASSWORD(_FILE): the "
+                           "image's entry point refuses to initialise")
+    return boot
 
 
 def bootstrap(graph: Graph, state: Path) -> tuple[LocalEnv, Rendered]:
     """A local environment bootstrapped as the cloud's servers would be from this render."""
     r = rendered(graph)
-    sts = r.get("StatefulSet", db.NAME)
-    [pg] = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == db.CONTAINER]
-    boot = container_env(r, pg)
-    if boot.get("POSTGRES_USER", configs.PRIMARY_ADMIN) != configs.PRIMARY_ADMIN:
-        raise Unresolvable("the primary image's superuser is postgres")
-    if not boot.get("POSTGRES_PASSWORD"):
-        raise Unresolvable("the primary's container has no POSTGRES_PASSWORD: the image's "
-                           "entry point refuses to initialise")
+    boot = primary_boot_env(r)
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o755)
     secrets = {"postgres_password": boot["POSTGRES_PASSWORD"],
@@ -211,9 +245,10 @@ class Mapping:
             value = value.replace(f"\0{cloud}\0", local)
         return value
 
-    def pgbackrest_conf(self, text: str, mounts: dict[str, Path]) -> str:
+    def pgbackrest_conf(self, text: str, mounts: dict[str, Path], key: str = "") -> str:
         """The backup workers' pgbackrest.conf: the cloud's S3 -> the local S3 (its repo1-*
-        options), the primary's TLS server and paths -> the local ones."""
+        options; `key`: the workload's own access key id), the primary's TLS server and paths
+        -> the local ones."""
         here = configparser.ConfigParser(interpolation=None)
         here.read_string(self.env.pgbackrest_conf_path.read_text())
         conf = configparser.ConfigParser(interpolation=None)
@@ -224,6 +259,8 @@ class Mapping:
         for k, v in here["global"].items():
             if k.startswith(("repo1-s3", "repo1-storage")):
                 g[k] = v
+        if key:
+            g["repo1-s3-key"] = key
         st = conf[configs.STANZA]
         if st.get("pg1-host") != self.r.outputs["primaryHost"]:
             raise Unresolvable(f"pg1-host {st.get('pg1-host')!r} is not the primary's Service")
@@ -245,6 +282,30 @@ class Mapping:
 
 
 # --- running a workload -------------------------------------------------------------------------
+
+WORKLOAD_LABEL = "tickstack.io/workload"
+
+
+def identity(w: Workload) -> str:
+    """The workload's identity (its row of infra/components/grants.GRANTS)."""
+    return ((w.pod.get("metadata") or {}).get("labels") or {}).get(WORKLOAD_LABEL, "")
+
+
+def access_key(w: Workload) -> str:
+    """The workload's own access key id for the local S3 (it accepts any): IRSA gives each
+    workload its own role; here its requests are told apart by this (tests/integration/
+    s3record.py)."""
+    return f"sim-{identity(w)}" if identity(w) else "tickstack-local"
+
+
+def identities_by_key() -> dict[str, str]:
+    """Access key id -> identity, for a recording of the local S3 (the environment's own key is
+    the local primary's WAL archiving: `db`)."""
+    from infra.components import grants
+    from infra.local.s3 import MOTO_KEY
+
+    return {f"sim-{i}": i for i in grants.GRANTS} | {MOTO_KEY: "db"}
+
 
 
 @dataclass
@@ -282,11 +343,12 @@ def prepare(m: Mapping, w: Workload, c: dict, root: Path) -> tuple[list[str], di
             pending += [(d / k, val, True) for k, val in
                         _data(m.r.get("Secret", v["secret"]["secretName"])).items()]
     pems = m.pems()
+    key = access_key(w)
     for path, value, secret in pending:
         if value in pems:
             value = pems[value]
         elif path.name == "pgbackrest.conf":
-            value = m.pgbackrest_conf(value, mounts)
+            value = m.pgbackrest_conf(value, mounts, key)
         else:
             value = m.text(value, mounts)
         path.write_text(value)
@@ -294,7 +356,7 @@ def prepare(m: Mapping, w: Workload, c: dict, root: Path) -> tuple[list[str], di
     env = {k: m.text(v, mounts) for k, v in container_env(m.r, c).items()}
     # The cloud's S3 and IRSA -> the local S3; the pod's own network -> loopback.
     env.update({"TICKSTACK_S3_ENDPOINT_URL": m.env.moto.endpoint,
-                "AWS_ACCESS_KEY_ID": "tickstack-local",
+                "AWS_ACCESS_KEY_ID": key,
                 "AWS_SECRET_ACCESS_KEY": "tickstack-local-secret",
                 "TICKSTACK_HEALTH_HOST": "127.0.0.1",
                 "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"})
@@ -317,8 +379,10 @@ def run_job(m: Mapping, w: Workload, root: Path, timeout: float = 600) -> Run:
     return Run(w.name, c["name"], argv, p.returncode, p.stdout + p.stderr)
 
 
-def run_deployment(m: Mapping, w: Workload, root: Path, *, ready_within: float = 60) -> Run:
-    """Started, ready (its readiness probe's path answers 200), then SIGTERM: exit 0."""
+def run_deployment(m: Mapping, w: Workload, root: Path, *, ready_within: float = 60,
+                   until=None, until_within: float = 120) -> Run:
+    """Started, ready (its readiness probe's path answers 200), then — when `until` is given —
+    running until `until()` holds, then SIGTERM: exit 0."""
     [c] = w.pod["spec"]["containers"]
     try:
         argv, env = prepare(m, w, c, root / w.name)
@@ -341,6 +405,11 @@ def run_deployment(m: Mapping, w: Workload, root: Path, *, ready_within: float =
             if ready:
                 break
             time.sleep(0.5)
+        if ready and until is not None:
+            end = time.monotonic() + until_within
+            while not until() and p.poll() is None and time.monotonic() < end:
+                time.sleep(0.5)
+            met = until()
     finally:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -350,5 +419,8 @@ def run_deployment(m: Mapping, w: Workload, root: Path, *, ready_within: float =
                 p.kill()
                 p.wait()
     code = p.returncode if ready else (p.returncode or -1) if p.returncode else -1
-    return Run(w.name, c["name"], argv, code, log.read_text()
-               + ("" if ready else f"\nnot ready within {ready_within:.0f} s at {url}"))
+    note = "" if ready else f"\nnot ready within {ready_within:.0f} s at {url}"
+    if ready and until is not None and not met:
+        code, note = -1, f"\nready, but {until.__doc__ or until} did not happen within " \
+                         f"{until_within:.0f} s"
+    return Run(w.name, c["name"], argv, code, log.read_text() + note)

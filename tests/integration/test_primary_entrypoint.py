@@ -21,10 +21,12 @@ ENTRYPOINT = REPO / "infra" / "images" / "primary" / "entrypoint.sh"
 V = versions.load()
 
 
-def start(pgdata, sock, port: int, password: str | None) -> subprocess.Popen:
+def start(pgdata, sock, port: int, password: str | None,
+          password_file: str | None = None) -> subprocess.Popen:
     u = db_user()
     env = {"PATH": f"{V.pg_bindir}:/usr/bin:/bin", "PGDATA": str(pgdata), "HOME": str(sock),
-           "TMPDIR": str(sock), **({"POSTGRES_PASSWORD": password} if password else {})}
+           "TMPDIR": str(sock), **({"POSTGRES_PASSWORD": password} if password else {}),
+           **({"POSTGRES_PASSWORD_FILE": password_file} if password_file else {})}
     kw = {"user": u.pw_uid, "group": u.pw_gid, "extra_groups": []} if u else {}
     # The script as the image holds it: a copy the database user can read, run from a directory
     # it can enter (CI's checkout sits in a 0700 temporary directory it cannot traverse).
@@ -106,3 +108,29 @@ def test_entrypoint_refuses_an_empty_pgdata_without_a_password(root):
     assert p.returncode == 1 and "POSTGRES_PASSWORD is not set" in out
     assert not (root / "pgdata" / "data" / "PG_VERSION").exists()
     assert os.path.isdir(root / "pgdata")
+
+
+def test_entrypoint_takes_the_password_from_a_mounted_file(root):
+    """The cloud mounts the superuser's Secret as a file (POSTGRES_PASSWORD_FILE), never an
+    environment variable; a named file that is missing refuses to initialise."""
+    sock = make_db_dir(root / "run", 0o700)
+    pgdata = root / "pgdata" / "data"
+    make_db_dir(pgdata.parent, 0o700)
+    secret = make_db_dir(root / "secret", 0o750) / "POSTGRES_PASSWORD"
+    p = start(pgdata, sock, free_port(), None, str(secret))
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 1 and "missing or empty" in out and str(secret) in out
+    assert not (pgdata / "PG_VERSION").exists()
+
+    secret.write_text("f1le-pw\n")
+    secret.chmod(0o444)
+    port = free_port()
+    p = start(pgdata, sock, port, None, str(secret))
+    try:
+        wait_up(p, port)
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/tickstack",
+                             password="f1le-pw") as c:
+            assert c.execute("SELECT 1").fetchone()[0] == 1
+    finally:
+        stop_pid(p.pid)
+    assert "f1le-pw" not in p.stdout.read()

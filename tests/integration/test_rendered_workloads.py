@@ -9,6 +9,9 @@ Deployment (ready, then a clean SIGTERM), and every CronJob — a backup taken t
 pgBackRest's TLS server with the client certificate, `backup --check` healthy after it,
 replicate as its own replica login.
 
+Every S3 request each workload makes is recorded by the local S3 server and must be in that
+workload's IAM row (infra/components/grants.py): the IAM policies are tied to the code.
+
 Then deliberately broken renders — a wrong env name, a missing secret key, a DSN naming a
 database nobody creates, a wrong argument — must each fail here: what mocks let through.
 """
@@ -20,8 +23,9 @@ import shutil
 
 import pytest
 
+from infra.local.s3 import s3_client
 from tests.conftest import make_state_dir
-from tests.integration import cloudsim
+from tests.integration import cloudsim, s3record
 from tests.integration.wsreplay import ReplayServer, trade_messages
 from tests.unit import pulumi_stacks
 
@@ -38,11 +42,16 @@ def sims():
     def get(stack: str) -> tuple:
         if stack not in made:
             state = make_state_dir("tickstack-cloudsim-")
+            # The local S3 server's request recorder writes here (s3record.Recording).
+            mp = pytest.MonkeyPatch()
+            mp.setenv("MOTO_RECORDER_FILEPATH", str(state / "s3-recording.jsonl"))
             try:
                 env, r = cloudsim.bootstrap(pulumi_stacks.graph(stack), state)
             except BaseException:
                 shutil.rmtree(state, ignore_errors=True)
                 raise
+            finally:
+                mp.undo()
             made[stack] = (env, r, state)
         return made[stack][:2]
 
@@ -69,17 +78,43 @@ def test_every_rendered_workload_runs_and_succeeds(sims, stack, tmp_path):
     # Nothing of ours exists on the primary before the migrations Job: it creates it.
     assert env.primary.psql("SELECT count(*) FROM pg_database WHERE datname = 'tickstack'") == "0"
     m = cloudsim.Mapping(env, r)
+    calls: list[s3record.S3Call] = []
+
+    def recorded(run_it):
+        with s3record.Recording(env.moto.endpoint) as rec:
+            run = run_it()
+        calls.extend(rec.calls(cloudsim.identities_by_key()))
+        return run
+
     for name in JOBS:
-        run = cloudsim.run_job(m, r.workloads[name], tmp_path)
+        run = recorded(lambda n=name: cloudsim.run_job(m, r.workloads[n], tmp_path))
         assert run.ok, explain(run)
     assert env.primary.psql("SELECT count(*) FROM pg_database WHERE datname = 'tickstack'") == "1"
+    landing = s3_client(env.moto.endpoint)
+
+    def compacted() -> bool:
+        """a closed bucket compacted into its landing object (its parts then deleted)"""
+        return bool(landing.list_objects_v2(Bucket=r.outputs["landingBucket"],
+                                            Prefix="raw/").get("KeyCount"))
+
     with ReplayServer(trade_messages()) as srv:
         m.replay_url = srv.url
-        run = cloudsim.run_deployment(m, r.workloads["workers-ingest"], tmp_path)
+        # Runs until the stream has compacted a bucket (the replay crosses 5-minute
+        # boundaries): the read-merge-write and the deletion of the parts are exercised too.
+        run = recorded(lambda: cloudsim.run_deployment(m, r.workloads["workers-ingest"],
+                                                       tmp_path, until=compacted))
     assert run.ok, explain(run)
     for name in CRONJOBS:
-        run = cloudsim.run_job(m, r.workloads[name], tmp_path)
+        run = recorded(lambda n=name: cloudsim.run_job(m, r.workloads[n], tmp_path))
         assert run.ok, explain(run)
+    # Every S3 request each workload made (its own key) is in its IAM row (issue 27, 9): a new
+    # S3 call in the code without a grant fails here, as it would fail in the cloud.
+    buckets = {r.outputs["landingBucket"]: "landing", r.outputs["backupBucket"]: "backup"}
+    assert s3record.outside_grants(calls, buckets) == []
+    made = {(c.identity, c.action) for c in calls}
+    assert {("ingest", "s3:PutObject"), ("ingest", "s3:DeleteObject"), ("db", "s3:PutObject"),
+            ("backup", "s3:PutObject"), ("backup-check", "s3:GetObject")} <= made, \
+        " ".join(map(str, sorted(made)))
     # The stream's trades reached both servers (the replica as the ingest login), and the
     # backup went through the TLS server into the stack's backup bucket.
     ticks = env.primary.psql("SELECT count(*) FROM market_data.btc_ticks", db="tickstack")
@@ -87,6 +122,31 @@ def test_every_rendered_workload_runs_and_succeeds(sims, stack, tmp_path):
     assert env.replica.psql("SELECT count(*) FROM market_data.btc_ticks", db="tickstack") == ticks
     info = env.pgbackrest("info", "--output=json", client=True)
     assert info.returncode == 0 and '"type":"diff"' in info.stdout.replace(" ", "")
+
+
+def test_the_dr_replay_jobs_s3_calls_are_in_its_iam_row(sims, tmp_path):
+    """The restore Job (only in a DR rebuild's render) compacts the stream's leftover parts
+    into their bucket objects, deletes the parts, then replays landing: each of its S3 requests
+    must be in its own IAM row."""
+    env, r = sims("dev")
+    rebuild = cloudsim.rendered(pulumi_stacks.restore_graph("dev"))
+    assert rebuild.outputs["landingBucket"] == r.outputs["landingBucket"]
+    m = cloudsim.Mapping(env, rebuild)
+    run = cloudsim.run_job(m, rebuild.workloads["workers-migrate"], tmp_path)
+    assert run.ok, explain(run)
+    with ReplayServer(trade_messages()) as srv:  # leaves parts of open buckets in landing
+        m.replay_url = srv.url
+        run = cloudsim.run_deployment(m, rebuild.workloads["workers-ingest"], tmp_path)
+    assert run.ok, explain(run)
+    with s3record.Recording(env.moto.endpoint) as rec:
+        run = cloudsim.run_job(m, rebuild.workloads["workers-restore"], tmp_path)
+    assert run.ok, explain(run)
+    calls = rec.calls(cloudsim.identities_by_key())
+    buckets = {r.outputs["landingBucket"]: "landing", r.outputs["backupBucket"]: "backup"}
+    assert s3record.outside_grants(calls, buckets) == []
+    made = {(c.identity, c.action, c.key.split("/")[0]) for c in calls}
+    assert {("restore", "s3:ListBucket", "raw"), ("restore", "s3:GetObject", "raw"),
+            ("restore", "s3:DeleteObject", "stream")} <= made, " ".join(map(str, sorted(made)))
 
 
 def _broken(r: cloudsim.Rendered, edit) -> cloudsim.Rendered:
@@ -144,13 +204,13 @@ def test_a_broken_render_fails(sims, tmp_path, edit, workload, says):
 
 
 def test_a_broken_bootstrap_contract_fails(tmp_path):
-    """The primary's password comes from the StatefulSet's secretKeyRef: a wrong key fails
-    before any server starts (the kubelet would not start the container)."""
+    """The primary's password is the Secret file POSTGRES_PASSWORD_FILE names: a file the
+    Secret does not have fails before any server starts (the entry point would refuse)."""
     g = pulumi_stacks.graph("dev")
     r = cloudsim.rendered(g)
     sts = r.get("StatefulSet", "tickstack-db")
     [pg] = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "postgres"]
-    [pw] = [e for e in pg["env"] if e["name"] == "POSTGRES_PASSWORD"]
-    pw["valueFrom"]["secretKeyRef"]["key"] = "password"
+    [pw] = [e for e in pg["env"] if e["name"] == "POSTGRES_PASSWORD_FILE"]
+    pw["value"] = pw["value"].rsplit("/", 1)[0] + "/password"
     with pytest.raises(cloudsim.Unresolvable, match="has no key 'password'"):
-        cloudsim.container_env(r, pg)
+        cloudsim.primary_boot_env(r)

@@ -221,7 +221,9 @@ def test_diff_of_two_commits_and_the_working_tree(program_repo: Path) -> None:
     n_before = len(json.loads(subprocess.run(
         [sys.executable, "-m", "infra.render", "--stack", "dev"], cwd=program_repo, env=env,
         capture_output=True, text=True, timeout=300, check=True).stdout)["resources"])
-    assert f"2 to delete** ({n_before + 1} → {n_before} resources)" in md
+    # The replay Job, its DSN Secret, and its own identity (service account, IRSA role, policy).
+    assert "- `aws:iam/role:Role` **access-restore**" in md
+    assert f"5 to delete** ({n_before + 4} → {n_before} resources)" in md
     # Secrets never leak: the generated passwords' values are not in the diff.
     from infra.offline.mocking import mock_password
 

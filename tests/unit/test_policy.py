@@ -151,6 +151,7 @@ DEPLOY = "kubernetes:apps/v1:Deployment"
 STS = "kubernetes:apps/v1:StatefulSet"
 CRON = "kubernetes:batch/v1:CronJob"
 CM = rules.CONFIG_MAP
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 
 
 def _cases() -> list[tuple[str, str, Callable[[], list[Resource]], str]]:
@@ -194,11 +195,13 @@ def _cases() -> list[tuple[str, str, Callable[[], list[Resource]], str]]:
     pab = f"{rules.BUCKET_PAB}::storage-landing-public-access-block"
     pol = f"{rules.BUCKET_POLICY}::storage-landing-policy"
     rds = f"{rules.RDS_INSTANCE}::replica-db"
-    role = f"{rules.IAM_ROLE}::access-landing"
+    role = f"{rules.IAM_ROLE}::access-ingest"
     ingest = f"{DEPLOY}::workers-ingest"
     embed = f"{CRON}::workers-embed"
     db = f"{STS}::primary-statefulset"
     env_cm = f"{CM}::workers-env"
+    replicate_policy = f"{ROLE_POLICY}::access-replicate-policy"
+    check = f"{CRON}::workers-backup-check"
     key = Resource(type=rules.IAM_ACCESS_KEY, name="ci-user-key", props={"user": "ci"})
     return [
         ("bucket-without-encryption", "s3-bucket-encrypted",
@@ -232,11 +235,11 @@ def _cases() -> list[tuple[str, str, Callable[[], list[Resource]], str]]:
          lambda: broken(rules.RDS_INSTANCE, "replica-db", lambda p: p.pop("storageEncrypted")),
          rds),
         ("trust-without-sub", "iam-trust-service-account",
-         lambda: broken(rules.IAM_ROLE, "access-landing", trust_statement(no_sub)), role),
+         lambda: broken(rules.IAM_ROLE, "access-ingest", trust_statement(no_sub)), role),
         ("trust-wildcard-service-account", "iam-trust-service-account",
-         lambda: broken(rules.IAM_ROLE, "access-landing", trust_statement(wildcard_sub)), role),
+         lambda: broken(rules.IAM_ROLE, "access-ingest", trust_statement(wildcard_sub)), role),
         ("trust-everyone", "iam-trust-service-account",
-         lambda: broken(rules.IAM_ROLE, "access-landing", trust_statement(
+         lambda: broken(rules.IAM_ROLE, "access-ingest", trust_statement(
              lambda s: s.update(Principal={"AWS": "*"}, Action="sts:AssumeRole"))), role),
         ("iam-access-key", "no-static-access-keys",
          lambda: [*resources(), key], f"{rules.IAM_ACCESS_KEY}::ci-user-key"),
@@ -277,6 +280,40 @@ def _cases() -> list[tuple[str, str, Callable[[], list[Resource]], str]]:
          lambda: [replace(r, props={**r.props, "reclaimPolicy": "Delete"})
                   for r in resources("prod") if r.type == rules.STORAGE_CLASS],
          f"{rules.STORAGE_CLASS}::primary-storage-class"),
+        ("iam-wildcard-action", "iam-policy-least-privilege",
+         lambda: broken(ROLE_POLICY, "access-replicate-policy", lambda p: set_policy(p, add={
+             "Sid": "Everything", "Effect": "Allow", "Action": "s3:*",
+             "Resource": "arn:aws:s3:::storage-landing-0ec7b85"})), replicate_policy),
+        ("iam-objects-of-the-whole-bucket", "iam-policy-least-privilege",
+         lambda: broken(ROLE_POLICY, "access-replicate-policy", lambda p: set_policy(p, add={
+             "Sid": "Wide", "Effect": "Allow", "Action": ["s3:DeleteObject"],
+             "Resource": "arn:aws:s3:::storage-landing-0ec7b85/*"})), replicate_policy),
+        ("two-workloads-share-an-account", "one-service-account-per-workload",
+         lambda: broken(CRON, "workers-embed", lambda p: p["spec"]["jobTemplate"]["spec"][
+             "template"]["spec"].update(serviceAccountName="tickstack-ingest")), embed),
+        ("default-service-account", "one-service-account-per-workload",
+         lambda: broken(CRON, "workers-embed", lambda p: p["spec"]["jobTemplate"]["spec"][
+             "template"]["spec"].pop("serviceAccountName")), embed),
+        ("dsn-secret-as-env-from", "no-secrets-in-env",
+         lambda: broken(CRON, "workers-embed", lambda p: pod_container(p, "CronJob").setdefault(
+             "envFrom", []).append({"secretRef": {"name": "tickstack-dsn-embed"}})), embed),
+        ("password-from-secret-key-ref", "no-secrets-in-env",
+         lambda: broken(STS, "primary-statefulset", lambda p: p["spec"]["template"]["spec"][
+             "containers"][0]["env"].append({"name": "POSTGRES_PASSWORD", "valueFrom": {
+                 "secretKeyRef": {"name": "tickstack-db-superuser",
+                                  "key": "POSTGRES_PASSWORD"}}})), db),
+        ("dsn-with-password-in-env", "no-secrets-in-env",
+         lambda: broken(DEPLOY, "workers-ingest", env_add(
+             "TICKSTACK_INGEST_URL", "postgresql://ingest:s3cr3t@db:5432/tickstack")), ingest),
+        ("check-deadline-of-6-hours", "cronjob-deadline-before-next-run",
+         lambda: broken(CRON, "workers-backup-check", lambda p: p["spec"]["jobTemplate"][
+             "spec"].update(activeDeadlineSeconds=6 * 3600)), check),
+        ("cronjob-without-deadline", "cronjob-deadline-before-next-run",
+         lambda: broken(CRON, "workers-embed", lambda p: p["spec"]["jobTemplate"][
+             "spec"].pop("activeDeadlineSeconds")), embed),
+        ("cronjob-runs-may-overlap", "cronjob-deadline-before-next-run",
+         lambda: broken(CRON, "workers-retention", lambda p: p["spec"].update(
+             concurrencyPolicy="Allow")), f"{CRON}::workers-retention"),
         ("dsn-sslmode-require", "dsn-sslmode-verify-full",
          lambda: broken(rules.K8S_SECRET, "workers-dsn-embed", lambda p: p["stringData"].update(
              TICKSTACK_EMBED_DSN="postgresql://embed_worker:pw@db:5432/tickstack"

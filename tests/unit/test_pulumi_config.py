@@ -139,3 +139,29 @@ def test_config_error_stops_the_program_before_any_resource(monkeypatch):
     # The same harness does record resources for a good config (the check above can fail).
     mocking.run(config("dev"), stack="dev")
     assert len(recorded) > 50
+
+
+def test_a_job_deadline_must_end_before_the_next_run():
+    """11b: a deadline as long as the schedule's interval lets a hung run silence the next."""
+    msg = problems(schedules={"backupCheck": "*/5 * * * *"},
+                   jobDeadlines={"backupCheck": 300, "embed": 300})
+    assert ("tickstack:jobDeadlines.backupCheck: 300 s is not shorter than the shortest "
+            "interval of schedules.backupCheck ('*/5 * * * *': 300 s)") in msg
+    assert "tickstack:jobDeadlines.embed: 300 s" in msg
+    # A check job (an alarm) gets minutes, whatever its schedule.
+    assert "jobDeadlines.backupCheck" in problems(jobDeadlines={"backupCheck": 3600})
+    cfg = sc.validate(raw("prod", jobDeadlines={"backupFull": 6 * 3600}),
+                      kubeconfig_given=False, region="eu-west-1")
+    assert cfg.job_deadlines.backup_full == 6 * 3600
+
+
+@pytest.mark.parametrize(("schedule", "seconds"), [
+    ("*/5 * * * *", 300), ("*/15 * * * *", 900), ("*/10 * * * *", 600),
+    ("30 2 * * *", 86400), ("0 3 * * 0", 7 * 86400), ("0 3 * * 1-6", 86400),
+    ("0,50 * * * *", 600), ("0 0 1 * *", 28 * 86400), ("0 12 * * 7", 7 * 86400),
+    ("0 0 31 * *", 31 * 86400), ("5/20 * * * *", 20 * 60), ("0 1 1 * 1", 86400),
+])
+def test_cron_shortest_interval(schedule, seconds):
+    from infra import cron
+
+    assert cron.min_interval_seconds(schedule) == seconds

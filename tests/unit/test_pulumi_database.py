@@ -8,6 +8,7 @@ import pytest
 
 from infra import configs, versions
 from infra.components import access, database
+from infra.offline.mocking import unwrap
 from infra.stack_config import StackConfig
 from tests.unit.pulumi_stacks import (
     STACKS,
@@ -118,10 +119,19 @@ def test_superuser_password_is_generated_and_only_in_a_secret(stack):
     assert pw.plain["length"] >= 32
     secret = g.get("kubernetes:core/v1:Secret", "primary-superuser")
     assert secret.secret_paths() == ["stringData"]
-    env = {e["name"]: e for e in postgres_container(statefulset(stack))["env"]}
-    assert "value" not in env["POSTGRES_PASSWORD"]
-    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-        "name": secret.plain["metadata"]["name"], "key": "POSTGRES_PASSWORD"}
+    pg = postgres_container(statefulset(stack))
+    env = {e["name"]: e for e in pg["env"]}
+    # A mounted file (the image's entry point reads POSTGRES_PASSWORD_FILE), not the env.
+    assert "POSTGRES_PASSWORD" not in env
+    path = env["POSTGRES_PASSWORD_FILE"]["value"]
+    directory, key = path.rsplit("/", 1)
+    [mount] = [m for m in pg["volumeMounts"] if m["mountPath"] == directory]
+    assert mount["readOnly"] is True
+    [vol] = [v for v in statefulset(stack)["spec"]["template"]["spec"]["volumes"]
+             if v["name"] == mount["name"]]
+    assert vol["secret"] == {"secretName": secret.plain["metadata"]["name"],
+                             "defaultMode": 0o440}
+    assert key in unwrap(secret.inputs)["stringData"]
     # No generated password in any ConfigMap.
     texts = [str(r.plain) for r in g.of_type("kubernetes:core/v1:ConfigMap")]
     for p in passwords(g):

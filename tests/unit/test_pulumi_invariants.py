@@ -8,7 +8,8 @@ a render (the problem is found), so a pass means something.
 * everything that holds data is protected where the stack protects data, and kept on delete;
 * every DSN names a database that something in the graph creates;
 * images are pinned by digest;
-* TLS settings agree on both ends (server, clients, certificates, pgBackRest).
+* TLS settings agree on both ends (server, clients, certificates, pgBackRest);
+* secrets reach containers as read-only files, never through the environment.
 """
 
 from __future__ import annotations
@@ -163,6 +164,18 @@ def protection_problems(v: View) -> list[str]:
 # --- 3. every DSN's database is created by something in the graph -----------------------------
 
 
+def dsn_secret_refs(pod: dict, c: dict) -> list[str]:
+    """The Secrets a worker container reads its settings from: mounted where TICKSTACK_SECRETS_DIR
+    says (workers/core/settings.py), or (formerly) envFrom."""
+    refs = [e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e]
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    vols = {x["name"]: x for x in pod["spec"].get("volumes") or []}
+    for m in c.get("volumeMounts") or []:
+        if m["mountPath"] == env.get("TICKSTACK_SECRETS_DIR") and "secret" in vols[m["name"]]:
+            refs.append(vols[m["name"]]["secret"]["secretName"])
+    return refs
+
+
 def created_databases(v: View) -> set[tuple[str, str]]:
     """(host, database) pairs something in the graph creates."""
     out = set()
@@ -180,8 +193,7 @@ def created_databases(v: View) -> set[tuple[str, str]]:
     migrate = v.one(JOB, "workers-migrate")
     [c] = pod_of(migrate)["spec"]["containers"]
     if c["args"][:1] == ["migrate"]:
-        refs = [e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e]
-        for ref in refs:
+        for ref in dsn_secret_refs(pod_of(migrate), c):
             s = v.by_meta(SECRET, ref)
             for k in (configs.admin_env_key("primary"), configs.admin_env_key("replica")):
                 if s is not None and k in secret_data(s):
@@ -262,8 +274,7 @@ def tls_problems(v: View) -> list[str]:
     for w in workloads(v):
         pod = pod_of(w)
         [c] = pod["spec"]["containers"]
-        refs = [e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e]
-        for ref in refs:
+        for ref in dsn_secret_refs(pod, c):
             for key, dsn in secret_data(v.by_meta(SECRET, ref)).items():
                 u = urlparse(dsn)
                 q = parse_qs(u.query)
@@ -304,12 +315,47 @@ def tls_problems(v: View) -> list[str]:
     return out
 
 
+# --- 6. secrets reach containers as files, never the environment (issue 27, 11a) --------------
+
+
+def secret_env_problems(v: View) -> list[str]:
+    """No container gets a Secret through its environment (envFrom, secretKeyRef) or holds a
+    secret value in a literal env value; every Secret volume is mounted read-only and is not
+    world-readable (0400/0440)."""
+    values = {val for sec in v.of(SECRET) for val in secret_data(sec).values()
+              if isinstance(val, str) and len(val) >= 12 and "BEGIN CERTIFICATE" not in val}
+    out = []
+    for r in [_sts(v), *workloads(v)]:
+        pod = pod_of(r)
+        vols = {x["name"]: x for x in pod["spec"].get("volumes") or []}
+        for c in [*(pod["spec"].get("initContainers") or []), *pod["spec"]["containers"]]:
+            where = f"{r.name}/{c['name']}"
+            out += [f"{where}: envFrom Secret {e['secretRef']['name']}"
+                    for e in c.get("envFrom") or [] if "secretRef" in e]
+            for e in c.get("env") or []:
+                if "secretKeyRef" in (e.get("valueFrom") or {}):
+                    out.append(f"{where}: env {e['name']} from a Secret")
+                elif any(sv in str(e.get("value", "")) for sv in values):
+                    out.append(f"{where}: env {e['name']} holds a Secret's value")
+            for m in c.get("volumeMounts") or []:
+                sec = vols.get(m["name"], {}).get("secret")
+                if sec is None:
+                    continue
+                if m.get("readOnly") is not True:
+                    out.append(f"{where}: Secret volume {m['name']} mounted writable")
+                if sec.get("defaultMode", 0o644) not in (0o400, 0o440):
+                    out.append(f"{where}: Secret volume {m['name']} mode "
+                               f"{oct(sec.get('defaultMode', 0o644))}")
+    return out
+
+
 # --- the tests ---------------------------------------------------------------------------------
 
 RENDERS = [(s, False) for s in STACKS] + [("prod", True)]
 CHECKS = {"timeouts": timeout_problems, "protection": protection_problems,
           "databases": database_problems, "tls": tls_problems,
-          "worker-images": lambda v: digest_problems(v, "workers")}
+          "worker-images": lambda v: digest_problems(v, "workers"),
+          "secrets-as-files": secret_env_problems}
 
 
 def rendered(stack: str, restore: bool) -> View:
@@ -375,6 +421,19 @@ BREAKS = {
         lambda v: v.one(CM, "primary-pgbackrest-config").props["data"].update(
             {"pgbackrest.conf": v.one(CM, "primary-pgbackrest-config").props["data"][
                 "pgbackrest.conf"].replace(configs.PGBACKREST_CLIENT_CN, "someone-else")}),
+    ],
+    "secrets-as-files": [
+        lambda v: pod_of(v.one(CRON, "workers-embed"))["spec"]["containers"][0].setdefault(
+            "envFrom", []).append({"secretRef": {"name": "tickstack-dsn-embed"}}),
+        lambda v: pod_of(_sts(v))["spec"]["containers"][0]["env"].append(
+            {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {
+                "name": "tickstack-db-superuser", "key": "POSTGRES_PASSWORD"}}}),
+        lambda v: pod_of(v.one(DEPLOY, "workers-ingest"))["spec"]["containers"][0]["env"].append(
+            {"name": "TICKSTACK_INGEST_URL",
+             "value": _secret(v, "workers-dsn-ingest")["TICKSTACK_INGEST_DSN"]}),
+        lambda v: [x["secret"].update(defaultMode=0o644)
+                   for x in pod_of(v.one(JOB, "workers-migrate"))["spec"]["volumes"]
+                   if x["name"] == "secrets"],
     ],
     "worker-images": [
         lambda v: pod_of(v.one(CRON, "workers-embed"))["spec"]["containers"][0].update(

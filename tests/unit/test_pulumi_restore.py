@@ -43,7 +43,8 @@ def test_restore_runs_pgbackrest_before_postgres_starts(stack):
     [pg] = [c for c in pod["spec"]["containers"] if c["name"] == database.CONTAINER]
     assert init["image"] == pg["image"]  # the primary image carries pgBackRest
     assert init["securityContext"] == pg["securityContext"]
-    assert init["volumeMounts"] == pg["volumeMounts"]  # same data volume, same pgbackrest.conf
+    # Same data volume, same pgbackrest.conf; only postgres reads the superuser's password.
+    assert init["volumeMounts"] == [m for m in pg["volumeMounts"] if m["name"] != "superuser"]
     cmd = init["command"]
     assert cmd[:4] == ["sh", "-c", database.RESTORE_SCRIPT, "restore"]
     args = cmd[4:]
@@ -70,7 +71,7 @@ def test_landing_replay_job_runs_after_migrations_and_before_the_workers(stack):
     job = g.get(JOB, "workers-restore")
     [c] = pod_spec(job)["spec"]["containers"]
     assert c["args"] == ["restore", "--target-time", TARGET, "--skip-pitr"]
-    assert pod_spec(job)["spec"]["serviceAccountName"] == access.LANDING_SA
+    assert pod_spec(job)["spec"]["serviceAccountName"] == "tickstack-restore"
     assert f"{JOB}::workers-migrate" in depends_on(g, job)
     for t in ("kubernetes:apps/v1:Deployment", "kubernetes:batch/v1:CronJob"):
         for r in g.of_type(t):
@@ -82,7 +83,11 @@ def test_restore_changes_only_the_rebuild_parts():
         return {(r.type, r.name) for r in g.resources}
 
     assert shape(restore_graph("prod")) - shape(graph("prod")) == {
-        (JOB, "workers-restore"), ("kubernetes:core/v1:Secret", "workers-dsn-restore")}
+        (JOB, "workers-restore"), ("kubernetes:core/v1:Secret", "workers-dsn-restore"),
+        # The replay's own identity, only while a rebuild is configured (grants.GRANTS).
+        ("kubernetes:core/v1:ServiceAccount", "access-sa-tickstack-restore"),
+        ("aws:iam/role:Role", "access-restore"),
+        ("aws:iam/rolePolicy:RolePolicy", "access-restore-policy")}
     assert shape(graph("prod")) <= shape(restore_graph("prod"))
     # Buckets, keys, the replica: untouched by a rebuild.
     for t, n in (("aws:s3/bucket:Bucket", "storage-backup"),

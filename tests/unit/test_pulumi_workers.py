@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from infra import configs
-from infra.components import access, database, replica, workers
+from infra.components import database, replica, workers
 from infra.offline.mocking import unwrap
 from tests.unit.pulumi_stacks import (
     STACKS,
@@ -28,19 +28,20 @@ SECRET = "kubernetes:core/v1:Secret"
 
 # resource name -> (type, args after `python -m workers`, service account, primary login)
 WORKLOADS = {
-    "workers-migrate": (JOB, ["migrate"], access.WORKER_SA, "postgres"),
+    "workers-migrate": (JOB, ["migrate"], "tickstack-migrate", "postgres"),
     "workers-ingest": (DEPLOY, ["stream", "--url", None, "--symbol", "BTCUSDT", "--market",
                                  "spot"],
-                       access.LANDING_SA, "ingest_worker"),
-    "workers-replicate": (CRON, ["replicate"], access.LANDING_SA, "ingest_worker"),
-    "workers-embed": (CRON, ["embed"], access.WORKER_SA, "embed_worker"),
-    "workers-retention": (CRON, ["retention"], access.WORKER_SA, "retention_worker"),
-    "workers-stanza": (JOB, ["backup", "--stanza-create"], access.BACKUP_SA, "backup_worker"),
-    "workers-backup-full": (CRON, ["backup", "--type", "full"], access.BACKUP_SA,
+                       "tickstack-ingest", "ingest_worker"),
+    "workers-replicate": (CRON, ["replicate"], "tickstack-replicate", "ingest_worker"),
+    "workers-embed": (CRON, ["embed"], "tickstack-embed", "embed_worker"),
+    "workers-retention": (CRON, ["retention"], "tickstack-retention", "retention_worker"),
+    "workers-stanza": (JOB, ["backup", "--stanza-create"], "tickstack-stanza", "backup_worker"),
+    "workers-backup-full": (CRON, ["backup", "--type", "full"], "tickstack-backup",
                             "backup_worker"),
-    "workers-backup-diff": (CRON, ["backup", "--type", "diff"], access.BACKUP_SA,
+    "workers-backup-diff": (CRON, ["backup", "--type", "diff"], "tickstack-backup",
                             "backup_worker"),
-    "workers-backup-check": (CRON, ["backup", "--check"], access.BACKUP_SA, "backup_worker"),
+    "workers-backup-check": (CRON, ["backup", "--check"], "tickstack-backup-check",
+                             "backup_worker"),
 }
 # The login each workload uses on the replica (None: it does not connect there).
 REPLICA_LOGINS = {"workers-migrate": replica.MASTER_USER, "workers-ingest": "ingest_worker",
@@ -59,8 +60,15 @@ def container(g, name: str) -> tuple[dict, dict]:
 
 
 def dsn_data(g, pod: dict, c: dict) -> dict[str, str]:
-    refs = [e["secretRef"]["name"] for e in c["envFrom"] if "secretRef" in e]
-    [ref] = refs
+    """The DSN Secret mounted (read-only, not world-readable) where the worker's Settings read
+    secret files (TICKSTACK_SECRETS_DIR); never in the environment."""
+    assert not [e for e in c.get("envFrom", []) if "secretRef" in e]
+    assert env_of(c)["TICKSTACK_SECRETS_DIR"] == workers.SECRETS_DIR
+    [mount] = [m for m in c["volumeMounts"] if m["mountPath"] == workers.SECRETS_DIR]
+    assert mount["readOnly"] is True
+    [vol] = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert vol["secret"]["defaultMode"] in (0o400, 0o440)
+    ref = vol["secret"]["secretName"]
     [secret] = [s for s in g.of_type(SECRET) if s.plain["metadata"]["name"] == ref]
     assert secret.secret_paths() == ["stringData"]
     return unwrap(secret.inputs)["stringData"]
@@ -203,6 +211,29 @@ def test_job_resources_and_deadlines(stack):
         spec = g.get(type_, name).plain["spec"]
         job = spec["jobTemplate"]["spec"] if type_ == CRON else spec
         assert job["activeDeadlineSeconds"] > 0 and job["backoffLimit"] <= 3
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_cronjob_ends_before_its_next_run(stack):
+    """11b: a run (even one started late) is stopped before the next is due, runs never
+    overlap, and a check job (an alarm) is stopped within minutes — a hung check can no longer
+    silence the checks after it (the deadline was 6 h against a 10-15 min schedule)."""
+    from infra import cron
+    from infra.stack_config import CHECK_DEADLINE_MAX_SECONDS
+
+    g = graph(stack)
+    crons = g.of_type(CRON)
+    assert {r.name for r in crons} == set(SCHEDULES)
+    for r in crons:
+        spec = r.plain["spec"]
+        interval = cron.min_interval_seconds(spec["schedule"])
+        deadline = spec["jobTemplate"]["spec"]["activeDeadlineSeconds"]
+        assert spec["schedule"] == stack_value(stack, "schedules")[SCHEDULES[r.name]], r.name
+        assert spec["concurrencyPolicy"] == "Forbid", r.name
+        assert 0 < deadline < interval, (r.name, deadline, interval)
+        assert 10 <= spec["startingDeadlineSeconds"] <= interval - deadline, r.name
+        if "--check" in pod_spec(r)["spec"]["containers"][0]["args"]:
+            assert deadline <= CHECK_DEADLINE_MAX_SECONDS, r.name
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -9,11 +9,31 @@ import os
 from typing import Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SecretsSettingsSource, SettingsConfigDict
+
+from workers.core.errors import BadInput
+
+# A directory of files, one per setting, named as its variable (TICKSTACK_PRIMARY_DSN, ...):
+# how secrets reach pods in the cloud (a Kubernetes Secret volume), never the environment.
+SECRETS_DIR_ENV = "TICKSTACK_SECRETS_DIR"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TICKSTACK_", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
+                                   dotenv_settings, file_secret_settings):
+        """Environment first, then the files of TICKSTACK_SECRETS_DIR (when set: it must be a
+        directory, or nothing would be read and every DSN silently default)."""
+        secrets_dir = os.environ.get(SECRETS_DIR_ENV, "").strip()
+        if not secrets_dir:
+            return init_settings, env_settings, dotenv_settings, file_secret_settings
+        if not os.path.isdir(secrets_dir):
+            raise BadInput(f"{SECRETS_DIR_ENV}={secrets_dir}: not a directory (the mounted "
+                           f"secret files)")
+        return (init_settings, env_settings, dotenv_settings,
+                SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir))
 
     # DSNs may carry passwords: SecretStr keeps them out of reprs and logs.
     primary_dsn: SecretStr = Field(

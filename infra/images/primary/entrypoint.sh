@@ -4,7 +4,7 @@
 #
 # An empty data directory is initialised first, as the local environment does
 # (infra/local/postgres.py): data checksums, scram over TCP, peer on the socket, the superuser's
-# password from POSTGRES_PASSWORD, and the database POSTGRES_DB (default tickstack). A data
+# password from the file POSTGRES_PASSWORD_FILE names (or POSTGRES_PASSWORD), and the database POSTGRES_DB (default tickstack). A data
 # directory that holds a database is never touched. Any other command is run as given.
 set -eu
 if [ "${1:-}" != postgres ]; then
@@ -12,15 +12,25 @@ if [ "${1:-}" != postgres ]; then
 fi
 shift
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
-  if [ -z "${POSTGRES_PASSWORD:-}" ]; then
-    echo "tickstack-postgres: $PGDATA is empty and POSTGRES_PASSWORD is not set" >&2
+  if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    # The cloud's way: a mounted Secret file, never the environment.
+    if [ ! -s "$POSTGRES_PASSWORD_FILE" ]; then
+      echo "tickstack-postgres: POSTGRES_PASSWORD_FILE $POSTGRES_PASSWORD_FILE is missing or empty" >&2
+      exit 1
+    fi
+  elif [ -z "${POSTGRES_PASSWORD:-}" ]; then
+    echo "tickstack-postgres: $PGDATA is empty and POSTGRES_PASSWORD is not set (nor POSTGRES_PASSWORD_FILE)" >&2
     exit 1
   fi
   echo "tickstack-postgres: initialising $PGDATA"
   mkdir -p "$PGDATA"
   chmod 700 "$PGDATA"
   pwfile=$(mktemp)  # /tmp is a writable volume; the root filesystem is read-only
-  printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
+  if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    head -n 1 "$POSTGRES_PASSWORD_FILE" > "$pwfile"
+  else
+    printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
+  fi
   initdb -D "$PGDATA" -U postgres --pwfile "$pwfile" --auth-local=peer \
     --auth-host=scram-sha-256 --data-checksums -E UTF8 --locale=C.UTF-8
   rm -f "$pwfile"
