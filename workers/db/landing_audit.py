@@ -42,11 +42,12 @@ DAY_US = 86_400_000_000
 SHOWN = 5  # keys named per kind in the summary (details() lists them all by day)
 BucketId = tuple[str, str, int]  # (market, symbol, bucket µs)
 
-REMEDY = ("the primary still holds their ticks. Put them back: re-ingest the source files that "
-          "covered them (`workers ingest FILE…` lands a file again when objects of its buckets "
-          "are missing or changed, even if it was loaded before), or restore the previous "
-          "object versions if the bucket kept them (versioned: remove the delete markers). "
-          "Until then `replicate` and `restore` cannot rebuild these buckets from landing")
+REMEDY = ("Put them back: `workers landing --reland-from-primary` writes back every object "
+          "whose registered SHA-256 the primary's ticks reproduce exactly; for the rest "
+          "re-ingest the source files that covered them (`workers ingest FILE…` lands a file "
+          "again when objects of its buckets are missing or changed, even if it was loaded "
+          "before), or restore the objects' previous versions if the bucket kept them. Until "
+          "then `replicate` and `restore` cannot rebuild these buckets from landing")
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,10 @@ class Audit:
     def lost(self) -> int:
         return len(self.missing) + len(self.altered) + len(self.elsewhere)
 
+    def lost_objects(self) -> list[Registered]:
+        """Registered objects landing no longer holds as registered (in this bucket)."""
+        return self.missing + [r for r, _ in self.altered]
+
     def summary(self) -> str:
         where = f"s3://{self.bucket}/{self.scope}"
         if self.ok:
@@ -105,7 +110,7 @@ class Audit:
             text = (f"LANDING LOST: {self.lost:,} of {self.registered:,} registered objects are "
                     f"not in {where} as registered ({', '.join(parts)}) — the source of truth "
                     f"no longer holds them: {'; '.join(self._days())}; e.g. "
-                    f"{', '.join(examples[:SHOWN])}. {REMEDY}")
+                    f"{', '.join(examples[:SHOWN])}. {REMEDY}.")
         if self.unregistered:
             text += (f"; {len(self.unregistered):,} object(s) in landing that no registry row "
                      f"names (a load cut short?), e.g. s3://{self.bucket}/"
@@ -172,7 +177,7 @@ def _key(landing: Landing, r: Registered) -> str | None:
         return None
 
 
-def _verdict(landing: Landing, r: Registered, key: str, now: Stored | None
+def verdict(landing: Landing, r: Registered, key: str, now: Stored | None
              ) -> str | None:
     """None when `now` is the registered object; else what differs ('missing' or why). Reads
     the object only when its ETag alone differs (the same bytes stored again get a new ETag
@@ -289,7 +294,7 @@ def _recheck(conn: psycopg.Connection, landing: Landing,
                 r = fresh.get(b)
                 key = _key(landing, r) if r is not None else None
                 if key is not None:  # (a row naming another bucket was reported above)
-                    why = _verdict(landing, r, key, now.get(key))
+                    why = verdict(landing, r, key, now.get(key))
                     if why == "missing":
                         out.missing.append(r)
                     elif why is not None:

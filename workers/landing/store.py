@@ -402,16 +402,6 @@ class Landing:
                 out[o["Key"]] = Stored(o["Size"], o.get("ETag"))
         return out
 
-    def head(self, key: str) -> Stored | None:
-        """Size and ETag of one object now; None when there is none."""
-        try:
-            r = self.s3.head_object(Bucket=self.bucket, Key=key)
-        except self.s3.exceptions.ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
-        return Stored(r["ContentLength"], r.get("ETag"))
-
     def delete(self, keys: list[str]) -> None:
         """Delete these keys (1,000 per request). DeleteObjects answers 200 even when it deleted
         nothing: each key's failure (AccessDenied from a policy, an object lock, …) comes back

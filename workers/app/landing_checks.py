@@ -1,0 +1,75 @@
+"""Landing against the registry, for the faces: the audit on its own (`workers landing`, the
+`landing audit` stage of `workers up`), the re-land from the primary, and the audit beside the
+checks that would otherwise call the platform equal or healthy (`replicate`, `backup --check`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workers.app.context import Context
+
+
+@dataclass
+class WithLanding:
+    """A check's result and the landing audit run beside it (workers/db/landing_audit.py):
+    whatever says "equal" or "healthy" says too whether landing still holds what the registry
+    vouches for, and is not ok when it does not."""
+
+    result: object
+    landing: object  # workers.db.landing_audit.Audit
+
+    def __getattr__(self, name: str):  # seconds, totals, …: the result's own
+        if name in ("result", "landing"):
+            raise AttributeError(name)
+        return getattr(self.result, name)
+
+    @property
+    def ok(self) -> bool:
+        return getattr(self.result, "ok", True) and self.landing.ok
+
+    @property
+    def changed(self) -> bool:
+        return bool(getattr(self.result, "changed", False))
+
+    def summary(self) -> str:
+        return f"{self.result.summary()}; {self.landing.headline()}"
+
+    def details(self) -> list[str]:
+        return [*getattr(self.result, "details", list)(), self.landing.summary(),
+                *self.landing.details()]
+
+    def problems(self) -> list[str]:
+        mine = getattr(self.result, "problems", None)
+        mine = (mine() if callable(mine) else mine) or []
+        return [*mine, *self.landing.problems()]
+
+    def as_dict(self) -> dict:
+        return {**self.result.as_dict(), "landing": self.landing.as_dict()}
+
+
+def landing_audit(ctx: Context, conn=None):
+    """Compare the registry with a listing of landing (missing, changed, unregistered
+    objects); `conn`: a connection that reads the registry (default: the reader login)."""
+    from workers.db import landing_audit as audit
+
+    if conn is not None:
+        return audit.audit(conn, ctx.landing)
+    with ctx.connect("reader") as reader:
+        return audit.audit(reader, ctx.landing)
+
+
+def landing_check(ctx: Context, *, reland: bool = False):
+    """`workers landing`: the audit (reader login); `reland`: then write back, as the ingest
+    login, every lost object the primary's ticks reproduce exactly, and audit again."""
+    if not reland:
+        return landing_audit(ctx)
+    from workers.db import reland as relanding
+
+    with ctx.connect("ingest") as conn:
+        before = landing_audit(ctx, conn)
+        out = relanding.reland(conn, ctx.landing, before.lost_objects())
+        out.refused += [(r.uri, f"registered in another bucket than {ctx.landing.bucket}")
+                        for r in before.elsewhere]
+        out.after = landing_audit(ctx, conn)
+    return out
