@@ -48,6 +48,43 @@ class WithLanding:
         return {**self.result.as_dict(), "landing": self.landing.as_dict()}
 
 
+@dataclass
+class NotAudited:
+    """The audit beside a check could not run (no access to landing or the registry): said,
+    and not ok — a check that cannot see landing does not vouch for it."""
+
+    reason: str
+    ok: bool = False
+
+    def headline(self) -> str:
+        return f"landing NOT audited: {self.reason}"
+
+    summary = headline
+
+    def details(self) -> list[str]:
+        return []
+
+    def problems(self) -> list[str]:
+        return [self.headline()]
+
+    def as_dict(self) -> dict:
+        return {"ok": False, "error": self.reason}
+
+
+def beside(ctx: Context, result, conn=None) -> WithLanding:
+    """`result` with the landing audit beside it; an audit that cannot run (S3 or database
+    refused it) is reported as such, with the check's own result."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from psycopg import Error as DatabaseError
+
+    from workers.core.errors import TickstackError, describe
+
+    try:
+        return WithLanding(result, landing_audit(ctx, conn))
+    except (TickstackError, DatabaseError, BotoCoreError, ClientError) as e:
+        return WithLanding(result, NotAudited(describe(e)[1]))
+
+
 def landing_audit(ctx: Context, conn=None):
     """Compare the registry with a listing of landing (missing, changed, unregistered
     objects); `conn`: a connection that reads the registry (default: the reader login)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from workers.app.context import Context
-from workers.app.landing_checks import WithLanding, landing_audit
+from workers.app.landing_checks import beside
 from workers.core.errors import BadInput
 from workers.core.ticks import to_dt
 
@@ -182,7 +182,7 @@ def replicate(ctx: Context, *, check_only: bool = False, since: datetime | None 
 
     with ctx.connect("ingest") as primary, ctx.connect("replicate", "replica") as replica:
         r = catchup.run(primary, replica, ctx.landing, check_only=check_only, since=since)
-        return WithLanding(r, landing_audit(ctx, primary)) if audit_landing else r
+        return beside(ctx, r, primary) if audit_landing else r
 
 
 def embed(ctx: Context, *, symbol: str | None = None, market: str | None = None):
@@ -267,7 +267,7 @@ def archive_check(ctx: Context, *, audit_landing: bool = True):
     with ctx.connect("backup") as conn:
         r = backups.check(conn, tool, stall_seconds=ctx.settings.archive_stall_seconds,
                           deadline_seconds=ctx.settings.archive_check_seconds)
-    return WithLanding(r, landing_audit(ctx)) if audit_landing else r
+    return beside(ctx, r) if audit_landing else r
 
 
 def restore(ctx: Context, target: datetime, *, force: bool = False, skip_pitr: bool = False,
