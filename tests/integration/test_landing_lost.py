@@ -230,6 +230,24 @@ def test_replicate_and_backup_check_say_landing_is_lost(stack, local_env, shared
         replica.db.drop()
 
 
+def test_a_rebuild_says_landing_lost_what_its_registry_vouches_for(stack, shared_data,
+                                                                   tmp_path):
+    """`restore`'s landing replay (here after a restore done elsewhere: --skip-pitr) ends with
+    the audit: objects the rebuilt registry vouches for that landing lost fail it, named."""
+    f = hours(shared_data, tmp_path / "a" / f"{DAY}.csv", 0, 1)
+    ingest_cli(stack, f)
+    r = stack.cli("restore", "--target-time", "2026-01-01T00:00Z", "--skip-pitr")
+    assert r.returncode == 0 and "landing holds every registered object (12 registered" in \
+        " ".join(r.stdout.split()), r.stdout + r.stderr
+    key = raw_keys(stack)[7]
+    stack.s3.delete_object(Bucket=stack.bucket, Key=key)
+    r = stack.cli("restore", "--target-time", "2026-01-01T00:00Z", "--skip-pitr")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "restore to 2026-01-01T00:00:00+00:00: done" in r.stdout
+    assert "LANDING LOST: 1 of 12 registered objects" in " ".join(r.stdout.split())
+    assert f"missing: s3://{stack.bucket}/{key}" in r.stdout
+
+
 def test_up_reports_lost_landing_runs_the_backup_and_exits_1(stack, local_env, shared_data,
                                                             tmp_path):
     morning = hours(shared_data, tmp_path / "a" / f"{DAY}.csv", 0, 2)

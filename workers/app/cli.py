@@ -382,6 +382,7 @@ def restore(
     r = operations.restore(_context("restore"), target, force=force, skip_pitr=skip_pitr,
                            timeline=timeline, no_replay=no_replay)
     _show(r, False)
+    _exit_unless_ok(r)
 
 
 @command

@@ -45,7 +45,8 @@ class WithLanding:
         return [*mine, *self.landing.problems()]
 
     def as_dict(self) -> dict:
-        return {**self.result.as_dict(), "landing": self.landing.as_dict()}
+        mine = getattr(self.result, "as_dict", None)
+        return {**(mine() if mine else {}), "landing": self.landing.as_dict()}
 
 
 @dataclass

@@ -298,7 +298,9 @@ def restore(ctx: Context, target: datetime, *, force: bool = False, skip_pitr: b
 
         report.timed("landing replay after the target", replay)
         report.newest_tick_after = rebuild.newest_tick(conn)
-    return report
+        # Rebuilt from the backup and landing: does landing still hold what the restored
+        # registry vouches for? (exit 1 when not: the next rebuild could not replay it)
+        return beside(ctx, report, conn)
 
 
 # --- the live stream -----------------------------------------------------------------------
