@@ -1,10 +1,11 @@
 """Re-ingesting files already loaded costs (almost) nothing, and stays exact (issue 19, goal 2).
 
 A file is skipped when its own SHA-256 and the registry rows over the buckets it covered are
-what they were when its load completed (workers/db/file_loads.py). Shown here on real servers:
-a rerun talks to no S3 at all; a changed file, and a bucket changed under a loaded file (lost,
-or grown by another writer), go through the full path and end exactly where a clean ingest of
-the same rows ends; a rerun beside a concurrent writer of the same buckets loses nothing.
+what they were when its load completed (workers/db/file_loads.py), and landing still holds
+those objects. Shown here on real servers: a rerun reads nothing from landing (one LIST); a
+changed file, and a bucket changed under a loaded file (lost, or grown by another writer), go
+through the full path and end exactly where a clean ingest of the same rows ends; a rerun
+beside a concurrent writer of the same buckets loses nothing.
 """
 
 from __future__ import annotations
@@ -63,12 +64,23 @@ def test_a_rerun_of_loaded_files_reads_nothing_from_landing(stack, shared_data, 
     assert first[0].inserted == 183_355 and first[1].duplicates == 5_000
     before = stack.state()
     s3 = CountingS3(stack.s3)
-    with stack.ingest_conn() as conn:
-        again = [ingest_file(conn, Landing(s3, stack.bucket), str(f)) for f in files]
+    requests: Counter = Counter()
+
+    def count(model, **_):
+        requests[model.name] += 1
+
+    stack.s3.meta.events.register("before-call.s3", count)
+    try:
+        with stack.ingest_conn() as conn:
+            again = [ingest_file(conn, Landing(s3, stack.bucket), str(f)) for f in files]
+    finally:
+        stack.s3.meta.events.unregister("before-call.s3", count)
     assert [a.files_skipped for a in again] == [1, 1]
     assert all(a.rows_read == a.inserted == a.buckets_landed == 0 for a in again)
     assert all(a.loaded_at for a in again) and "unchanged since its load" in again[0].summary()
-    assert sum(s3.calls.values()) == 0, s3.calls
+    # Nothing read or written: one LIST per file (a LIST answers 1,000 keys), which shows that
+    # landing still holds the objects the registry vouches for (issue 27, item 4).
+    assert requests == {"ListObjectsV2": 2}, requests
     assert stack.state() == before
     # --force loads it anyway (reading landing), and changes nothing either.
     with stack.ingest_conn() as conn:

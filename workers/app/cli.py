@@ -254,6 +254,27 @@ def replicate(
 
 
 @command
+def landing(
+    reland: bool = typer.Option(
+        False, "--reland-from-primary", help="Write back every missing or changed object "
+        "whose registered SHA-256 the primary's ticks of its bucket reproduce exactly (under "
+        "the bucket's lock); the others are named. Then audit again."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Check that landing holds every object the registry vouches for (one LIST per 1,000 keys).
+
+    Names objects missing from landing, changed since registered (size / ETag, then SHA-256),
+    registered in another bucket, and objects no registry row names. Exit 1 when landing lacks
+    or changed a registered object (after --reland-from-primary: when it still does).
+    """
+    from workers.app.landing_checks import landing_check
+
+    r = landing_check(_context("landing"), reland=reland)
+    _show(r, json_out)
+    _exit_unless_ok(r)
+
+
+@command
 def embed(
     symbol: str | None = typer.Option(None, "--symbol", help="Only this symbol."),
     market: str | None = typer.Option(None, "--market", help="Only this market."),
@@ -379,6 +400,7 @@ def restore(
     r = operations.restore(_context("restore"), target, force=force, skip_pitr=skip_pitr,
                            timeline=timeline, no_replay=no_replay)
     _show(r, False)
+    _exit_unless_ok(r)
 
 
 @command

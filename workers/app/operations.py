@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from workers.app.context import Context
+from workers.app.landing_checks import beside
 from workers.core.errors import BadInput
 from workers.core.ticks import to_dt
 
@@ -173,11 +174,15 @@ def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
 
 # --- replica, signals ----------------------------------------------------------------------
 
-def replicate(ctx: Context, *, check_only: bool = False, since: datetime | None = None):
+def replicate(ctx: Context, *, check_only: bool = False, since: datetime | None = None,
+              audit_landing: bool = True):
+    """Catch the replica up (or only compare); `audit_landing`: and say whether landing still
+    holds every registered object (not ok when it does not)."""
     from workers.replica import catchup
 
     with ctx.connect("ingest") as primary, ctx.connect("replicate", "replica") as replica:
-        return catchup.run(primary, replica, ctx.landing, check_only=check_only, since=since)
+        r = catchup.run(primary, replica, ctx.landing, check_only=check_only, since=since)
+        return beside(ctx, r, primary) if audit_landing else r
 
 
 def embed(ctx: Context, *, symbol: str | None = None, market: str | None = None):
@@ -253,13 +258,17 @@ def stanza_create(ctx: Context) -> str:
     return f"backup: stanza {tool.stanza} exists and WAL archiving reaches the repository"
 
 
-def archive_check(ctx: Context):
+def archive_check(ctx: Context, *, audit_landing: bool = True):
+    """WAL archiving and the repository; `audit_landing`: and landing (a backup restores the
+    database, and the replay after it reads landing: "healthy" covers both)."""
     from workers.ops import backup as backups
 
     tool = ctx.pgbackrest()
     with ctx.connect("backup") as conn:
-        return backups.check(conn, tool, stall_seconds=ctx.settings.archive_stall_seconds,
-                             deadline_seconds=ctx.settings.archive_check_seconds)
+        r = backups.check(conn, tool, stall_seconds=ctx.settings.archive_stall_seconds,
+                          deadline_seconds=ctx.settings.archive_check_seconds)
+        # The backup login reads the registry for it (sql/025), nothing else of the data.
+        return beside(ctx, r, conn) if audit_landing else r
 
 
 def restore(ctx: Context, target: datetime, *, force: bool = False, skip_pitr: bool = False,
@@ -289,7 +298,9 @@ def restore(ctx: Context, target: datetime, *, force: bool = False, skip_pitr: b
 
         report.timed("landing replay after the target", replay)
         report.newest_tick_after = rebuild.newest_tick(conn)
-    return report
+        # Rebuilt from the backup and landing: does landing still hold what the restored
+        # registry vouches for? (exit 1 when not: the next rebuild could not replay it)
+        return beside(ctx, report, conn)
 
 
 # --- the live stream -----------------------------------------------------------------------

@@ -4,6 +4,9 @@ The stages are the list below; each calls the same operation as its CLI command
 (workers/app/operations.py) and shows that result's own `summary()`. Each is timed and says
 whether it changed anything, so a second run over the same data reports "nothing changed". A
 failing stage stops the job; the stages before it are still summarised and the report written.
+The landing audit is the exception: when landing lost registered objects the job goes on (the
+backup of the primary, now the only copy, matters most), the stages that trust the registry
+say so beside their result, and the job fails at the end (exit 1).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from workers.app import operations
+from workers.app import landing_checks, operations
 from workers.app.context import Context
 from workers.core import logs
 from workers.core.errors import describe
@@ -54,10 +57,44 @@ class Run:
         return next((s.result for s in self.stages if s.name == name), None)
 
 
+# Stages whose failure does not stop the job: the stages after them still run (when landing
+# is lost, the primary holds the only copy — its backup matters most), and the job fails at
+# the end, naming them.
+KEEP_GOING = ("landing audit",)
+
+
+@dataclass
+class Flagged:
+    """A stage's result, its summary flagged with the landing audit's loss: an "equal" or
+    "healthy" of a stage that trusts the registry is not read as all is well."""
+
+    result: object
+    flag: str
+
+    def __getattr__(self, name: str):
+        if name in ("result", "flag"):
+            raise AttributeError(name)
+        return getattr(self.result, name)
+
+    def summary(self) -> str:
+        return f"{self.result.summary()} — {self.flag}"
+
+
+def _flagged(run: Run, result):
+    audit = run.result_of("landing audit")
+    if audit is None or getattr(audit, "ok", True):
+        return result
+    return Flagged(result, f"but {audit.headline()} (see the landing audit)")
+
+
+def _landing_audit(ctx: Context, run: Run):
+    return landing_checks.landing_audit(ctx)
+
+
 def _replicate(ctx: Context, run: Run):
     if not ctx.settings.has_replica:
         return operations.Note("no replica configured (TICKSTACK_REPLICA_DSN is empty)")
-    return operations.replicate(ctx)
+    return _flagged(run, operations.replicate(ctx, audit_landing=False))
 
 
 def _backup(ctx: Context, run: Run, force: bool):
@@ -69,7 +106,7 @@ def _backup(ctx: Context, run: Run, force: bool):
 def _archive_check(ctx: Context, run: Run):
     if not ctx.settings.pgbackrest_config:
         return operations.Note("skipped: TICKSTACK_PGBACKREST_CONFIG is not set")
-    return operations.archive_check(ctx)
+    return _flagged(run, operations.archive_check(ctx, audit_landing=False))
 
 
 def _similar(ctx: Context, run: Run):
@@ -101,6 +138,7 @@ def stages(paths: list[str], force_backup: bool, fetch_day: str | None = None
     return [("fetch", fetch)] * bool(fetch_day) + [
         ("migrate", lambda ctx, run: operations.migrate(ctx)),
         ("ingest", lambda ctx, run: operations.ingest(ctx, paths)),
+        ("landing audit", _landing_audit),
         ("replicate", _replicate),
         ("embed", lambda ctx, run: operations.embed(ctx)),
         ("retention (dry-run)", lambda ctx, run: operations.retention(ctx, dry_run=True)),
@@ -115,6 +153,7 @@ def run_all(ctx: Context, paths: list[str], *, on_stage: Callable[[Stage], None]
             force_backup: bool = False, fetch_day: str | None = None
             ) -> tuple[Run, StageFailed | None]:
     run = Run()
+    deferred: StageFailed | None = None
     for name, fn in stages(paths, force_backup, fetch_day):
         st = Stage(name)
         run.stages.append(st)
@@ -137,9 +176,11 @@ def run_all(ctx: Context, paths: list[str], *, on_stage: Callable[[Stage], None]
                   seconds=round(st.seconds, 2), did=st.did)
         if on_stage:
             on_stage(st)
-        if failure is not None:
+        if failure is not None and name in KEEP_GOING:
+            deferred = deferred or StageFailed(name, failure)
+        elif failure is not None:
             return run, StageFailed(name, failure)
-    return run, None
+    return run, deferred
 
 
 def main(ctx: Context, paths: list[str], *, report_dir: str, force_backup: bool = False,
@@ -176,6 +217,10 @@ def main(ctx: Context, paths: list[str], *, report_dir: str, force_backup: bool 
     console.print(t)
     if run.report:
         console.print(f"report: {run.report}")
+    if failure and failure.stage in KEEP_GOING:
+        console.print(f"[red]make up ran every stage, but {failure.stage} FAILED:[/] "
+                      f"{escape(str(failure))}", highlight=False)
+        return False
     if failure:
         console.print(f"[red]make up stopped at {failure.stage}:[/] {escape(str(failure))}",
                       highlight=False)

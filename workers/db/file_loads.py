@@ -14,10 +14,12 @@ rows (ticks commit with their registry row); an equal fingerprint means the very
 are registered now. Concurrent writers cannot break this between the check and the skip:
 every writer of a bucket object merges (a union, under the bucket's lock) and registers what it
 stored, so a bucket only ever gains rows — a writer that commits after the check changes the
-fingerprint for the next run, not the truth of this one. Not seen, as with any registry check:
-landing objects changed by something other than tickstack's writers (the registry vouches for
-landing, as in a replay), and ticks that retention removed on purpose (a full rerun does not
-bring them back either: their buckets are registered and unchanged).
+fingerprint for the next run, not the truth of this one. Landing objects lost or changed by
+something other than tickstack's writers are seen by the caller: before a skip, ingest lists
+landing over the file's range against these registry rows (workers/db/landing_audit.py, nothing
+read) and loads the file again when any is missing or changed. Not seen: ticks that retention
+removed on purpose (a full rerun does not bring them back either: their buckets are registered
+and unchanged).
 """
 
 from __future__ import annotations

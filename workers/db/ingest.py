@@ -36,7 +36,7 @@ from workers.core.errors import Failed
 from workers.core.pg import require_autocommit, sibling
 from workers.core.sqlfiles import query
 from workers.core.ticks import iso, to_dt, to_us
-from workers.db import file_loads
+from workers.db import file_loads, landing_audit
 from workers.db.bucket_locks import SessionLocks, xact_lock
 from workers.db.load import BucketLoad, known_buckets, load
 from workers.landing.store import (
@@ -399,6 +399,13 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
     tf: TradeFile = open_trade_file(path, symbol, market, limits)
     summary = Summary(source=str(path))
     done = None if force else file_loads.unchanged(conn, tf.market, tf.symbol, tf.sha256)
+    if done is not None:  # the registry is unchanged: does landing still hold its objects?
+        lost = landing_audit.audit(conn, landing, market=tf.market, symbol=tf.symbol,
+                                   first_us=done.first_bucket_us, last_us=done.last_bucket_us)
+        if not lost.ok:
+            log.warning("file loaded before, but landing lost objects of its buckets: landing "
+                        "it again", file=tf.path.name, lost=lost.lost)
+            done = None
     if done is not None:
         summary.files_skipped = 1
         summary.loaded_at = done.loaded_at.isoformat(timespec="seconds")

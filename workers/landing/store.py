@@ -80,6 +80,23 @@ class ConcurrentWrite(Failed):
     """Another writer changed a bucket object between this writer's read and its write."""
 
 
+class DeleteFailed(Failed):
+    """Landing refused to delete some keys; `errors` holds S3's per-key answer (Key, Code,
+    Message) for each."""
+
+    SHOWN = 5
+
+    def __init__(self, bucket: str, errors: list[dict]):
+        self.errors = errors
+        codes = sorted({e.get("Code", "?") for e in errors})
+        shown = "; ".join(f"s3://{bucket}/{printable(e.get('Key', '?'))}: {e.get('Code', '?')}"
+                          f" ({e.get('Message', '')})" for e in errors[:self.SHOWN])
+        more = f"; and {len(errors) - self.SHOWN} more" if len(errors) > self.SHOWN else ""
+        super().__init__(f"landing refused to delete {len(errors)} key(s) ({', '.join(codes)}): "
+                         f"{shown}{more} — the role needs s3:DeleteObject on them (nothing "
+                         "else was lost: the keys are still there)")
+
+
 def to_parquet(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     # Same rows -> same bytes: the SHA-256 identifies content, so an unchanged merge is a no-op.
@@ -208,6 +225,14 @@ class Landed:
 
     def __getitem__(self, i: int):
         return (self.table, self.sha256, self.metadata)[i]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """An object as a listing shows it: size and ETag, nothing read."""
+
+    size: int
+    etag: str | None
 
 
 @dataclass(frozen=True)
@@ -355,24 +380,40 @@ class Landing:
         """{key: ETag} of the objects under `prefix` now (from first to last key, when given:
         a flush's buckets are a few consecutive keys of a day's 288): checks that what was
         registered is what is stored."""
+        small = first is not None and last is not None  # a few keys: stop soon after last
+        return {k: o.etag for k, o in self.stored(prefix, first, last,
+                                                  page_size=64 if small else None).items()}
+
+    def stored(self, prefix: str, first: str | None = None, last: str | None = None, *,
+               page_size: int | None = None) -> dict[str, Stored]:
+        """{key: size and ETag} of the objects under `prefix` now, from `first` to `last` key
+        when given: one LIST per 1,000 keys (or `page_size`), nothing read."""
         kw: dict = {}
         if first is not None:  # ".../0005" sorts after ".../0000.parquet", before first itself
             kw["StartAfter"] = first.removesuffix(".parquet")
-        if first is not None and last is not None:
-            kw["PaginationConfig"] = {"PageSize": 64}
-        out: dict[str, str] = {}
+        if page_size is not None:
+            kw["PaginationConfig"] = {"PageSize": page_size}
+        out: dict[str, Stored] = {}
         for page in self.s3.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=prefix, **kw):
             for o in page.get("Contents", []):
                 if last is not None and o["Key"] > last:
                     return out
-                out[o["Key"]] = o.get("ETag")
+                out[o["Key"]] = Stored(o["Size"], o.get("ETag"))
         return out
 
     def delete(self, keys: list[str]) -> None:
+        """Delete these keys (1,000 per request). DeleteObjects answers 200 even when it deleted
+        nothing: each key's failure (AccessDenied from a policy, an object lock, …) comes back
+        in the body's Errors, so every batch is checked; DeleteFailed names the keys and codes
+        once every batch was tried."""
+        failed: list[dict] = []
         for i in range(0, len(keys), 1000):
-            self.s3.delete_objects(Bucket=self.bucket, Delete={
+            r = self.s3.delete_objects(Bucket=self.bucket, Delete={
                 "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+            failed += r.get("Errors", [])
+        if failed:
+            raise DeleteFailed(self.bucket, failed)
 
     def write_quarantine(self, market: str, symbol: str, source: str, run_id: str,
                          rows: list[dict]) -> str:
