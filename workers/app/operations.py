@@ -175,9 +175,13 @@ def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
 
 def replicate(ctx: Context, *, check_only: bool = False, since: datetime | None = None):
     from workers.replica import catchup
+    from workers.replica.writer import delivery_bound
 
+    s = ctx.settings
+    settle = delivery_bound(s.replica_timeout_seconds, s.replica_queue)
     with ctx.connect("ingest") as primary, ctx.connect("replicate", "replica") as replica:
-        return catchup.run(primary, replica, ctx.landing, check_only=check_only, since=since)
+        return catchup.run(primary, replica, ctx.landing, check_only=check_only, since=since,
+                           settle=settle)
 
 
 def embed(ctx: Context, *, symbol: str | None = None, market: str | None = None):
