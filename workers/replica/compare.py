@@ -7,11 +7,11 @@ A difference is then classified, not just counted:
     retention keeps (workers/replica/retained.py) — by design, not a difference;
   * in flight: a writer is still writing the bucket (its digest was marked stale during the
     comparison, or the dual-write has not reached the replica yet). Differing buckets are
-    re-checked from the rows themselves until they are equal (in flight), or have held still for
-    `settle` seconds — the dual-write's delivery bound, after which a write has reached the
-    replica or been recorded as lag — or are certainly not in flight (recorded as replica lag;
-    the same tick count with other content). A bucket still changing after three times that is
-    reported as still being written, not as a difference;
+    re-checked (stale digests recomputed, then read) until they are equal (in flight), or have
+    held still for `settle` seconds — the dual-write's delivery bound, after which a write has
+    reached the replica or been recorded as lag — or are certainly not in flight (recorded as
+    replica lag; the same tick count with other content). A bucket still changing after three
+    times that is reported as still being written, not as a difference;
   * differs: everything else.
 """
 
@@ -167,7 +167,7 @@ def compare(primary: psycopg.Connection, replica: psycopg.Connection,
                  for side, f in zip(("primary", "replica"), fresh, strict=True)}
     cmp = Comparison(held[0], held[1], totals, refreshed,
                      {"primary": hz[0], "replica": hz[1]}, set(lag_buckets(primary)))
-    recheck(cmp, primary, replica, settle)
+    recheck(cmp, primary, replica, settle, since)
     return cmp
 
 
@@ -184,10 +184,11 @@ def _certain(k: Key, p: Held, r: Held, cmp: Comparison) -> bool:
 
 
 def recheck(cmp: Comparison, primary: psycopg.Connection, replica: psycopg.Connection,
-            settle: float) -> None:
-    """Re-read every bucket that differs (or whose stored digest is stale) from its rows on
-    both servers until each is equal, certainly different, or has held still for `settle`
-    seconds (see the module's docstring)."""
+            settle: float, since: datetime | None = None) -> None:
+    """Re-read every bucket that differs (or whose stored digest is stale) on both servers —
+    stale digests recomputed first, each round — until each is equal, certainly different, or
+    has held still for `settle` seconds (see the module's docstring). A digest a writer marks
+    stale again between the recompute and the read reads as a change: still pending."""
     first = {k: p for k in cmp.compared() if (p := cmp.problems(k))}
     if not first:
         return
@@ -198,14 +199,15 @@ def recheck(cmp: Comparison, primary: psycopg.Connection, replica: psycopg.Conne
     last: dict[Key, tuple[Held, Held]] = {}
     while pending:
         keys = sorted(pending)
-        with ThreadPoolExecutor(2) as ex:
+        with ThreadPoolExecutor(2) as ex:  # digests marked since are recomputed first
+            list(ex.map(lambda c: digests.refresh(c, since), (primary, replica)))
             ps, rs = ex.map(lambda c, keys=keys: rows.state(c, keys), (primary, replica))
         cmp.lagging |= set(lag_buckets(primary)) & pending
         now = time.monotonic()
         for k in keys:
             snap = (ps.get(k, NOTHING), rs.get(k, NOTHING))
-            if last.get(k, snap) != snap:
-                changed[k] = now
+            if last.get(k, snap) != snap or any(h.stale for h in snap):
+                changed[k] = now  # a digest stale right after its recompute: written just now
             last[k] = snap
             for side, h in zip((cmp.primary, cmp.replica), snap, strict=True):
                 if h == NOTHING:

@@ -1,8 +1,8 @@
 """What the replica holds besides ticks, compared the way ticks are: the landing registry
 (`landing.raw_blobs_5m`) and the 5-minute aggregate (`market_data.btc_ohlcv_5m`), each one row per
 bucket, digested per UTC day on the fly (a scan of rows-per-bucket, never of ticks), drilled into
-per bucket for the days that differ; and `state`, what a list of buckets holds right now, computed
-from the rows themselves (ticks included) for re-checking a difference.
+per bucket for the days that differ; and `state`, what a list of buckets holds right now (tick
+digests as stored, row digests from the rows), for re-checking a difference.
 """
 
 from __future__ import annotations
@@ -69,11 +69,13 @@ def buckets(conn: psycopg.Connection, which: list[tuple], since: datetime | None
 
 
 def state(conn: psycopg.Connection, keys: list[Key]) -> dict[Key, Held]:
-    """What these buckets hold now (one statement, one snapshot)."""
+    """What these buckets hold now (one statement, one snapshot): stored tick digests (refresh
+    the stale ones first; one still stale reads (None, None)) and the row digests."""
     if not keys:
         return {}
     with conn.transaction():
         conn.execute("SET LOCAL TimeZone = 'UTC'")
         rows = conn.execute(query(__package__, "bucket_state"), [
             [k[0] for k in keys], [k[1] for k in keys], [to_dt(k[2]) for k in keys]]).fetchall()
-    return {(m, s, to_us(b)): Held((n, x) if n else None, r, o) for m, s, b, n, x, r, o in rows}
+    return {(m, s, to_us(b)): Held((n, x) if has else None, r, o)
+            for m, s, b, has, n, x, r, o in rows}

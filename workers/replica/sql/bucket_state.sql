@@ -1,17 +1,12 @@
--- What these buckets hold right now, computed from the rows themselves (no stored digest, so
--- never "not recomputed yet"): tick count and digest (as recompute_digests.sql), and the
--- registry and aggregate row digests (as registry_buckets.sql, ohlcv_buckets.sql). One
--- statement: one snapshot. Run in UTC.
+-- What these buckets hold now: the stored tick digest (count, digest; NULL while stale — the
+-- caller refreshed the stale ones just before), and the registry and aggregate row digests (as
+-- registry_buckets.sql, ohlcv_buckets.sql). One statement: one snapshot. Run in UTC.
 WITH k AS (
     SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS k(market, symbol, bucket_5m))
-SELECT k.market, k.symbol, k.bucket_5m, t.n, t.x, r.h, o.h
+SELECT k.market, k.symbol, k.bucket_5m, d.market IS NOT NULL, d.tick_count, d.digest, r.h, o.h
 FROM k
-CROSS JOIN LATERAL (
-    SELECT count(*) AS n,
-           bit_xor(hash_record_extended(ROW(t.trade_id, t.event_time, t.price, t.quantity,
-                   t.quote_quantity, t.is_buyer_maker, t.trade_kind), 0)) AS x
-    FROM market_data.btc_ticks t
-    WHERE t.bucket_5m = k.bucket_5m AND t.market = k.market AND t.symbol = k.symbol) t
+LEFT JOIN market_data.tick_digests d
+  ON d.market = k.market AND d.symbol = k.symbol AND d.bucket_5m = k.bucket_5m
 LEFT JOIN LATERAL (
     SELECT md5(ROW(r.s3_uri, r.object_size_bytes, r.ingested_tick_span, r.metadata)::text) AS h
     FROM landing.raw_blobs_5m r
