@@ -41,8 +41,7 @@ from workers.core.pg import require_autocommit, sibling
 from workers.core.sqlfiles import query
 from workers.core.ticks import iso, to_dt, to_us
 from workers.db.bucket_locks import xact_lock
-from workers.db.load import mark_digests_stale
-from workers.db.stream_commit import insert_ticks
+from workers.db.load import copy_rows, mark_digests_stale
 from workers.landing.parts import read_parts
 from workers.landing.store import Landing, bucket_stats, merge
 from workers.replica import retained
@@ -196,9 +195,11 @@ def _write(replica: psycopg.Connection, got: list[Rebuild], cmp: Comparison) -> 
         replica.execute("SET LOCAL TimeZone = 'UTC'")
         mark_digests_stale(replica, keys)
         replica.execute(query(__package__, "delete_buckets"), cols)
-        for g in got:
-            if g.ticks is not None:
-                rows += insert_ticks(replica, g.key[0], g.key[1], g.ticks)
+        with replica.cursor() as cur:  # the buckets are empty now: COPY, no conflict check
+            for g in got:
+                if g.ticks is not None and g.ticks.num_rows:
+                    copy_rows(cur, "market_data.btc_ticks", g.key[:2], [g.ticks])
+                    rows += g.ticks.num_rows
         put = [(*g.key[:2], to_dt(g.key[2]), *g.registry) for g in got if g.registry]
         if put:
             replica.cursor().executemany(query(__package__, "put_registry"), put)
@@ -262,12 +263,15 @@ def catch_up(primary: psycopg.Connection, replica: psycopg.Connection, landing: 
 
 
 def _retrying(fn):
-    """A transaction that lost a deadlock or serialization conflict with a concurrent writer
-    (retention deleting the same rows) is rolled back whole: run it again."""
+    """A transaction that lost to a concurrent writer is rolled back whole and run again: a
+    deadlock or serialization conflict (retention deleting the same rows), or a dual-write
+    that committed the same ticks after this transaction emptied their bucket (the retry's
+    delete removes them, its COPY loads the landed rows)."""
     for attempt in range(1, RETRIES + 1):
         try:
             return fn()
-        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as e:
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
+                psycopg.errors.UniqueViolation) as e:
             if attempt == RETRIES:
                 raise
             log.warning("replica transaction retried", attempt=attempt,
