@@ -306,6 +306,7 @@ def run(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landi
     for c in (primary, replica):
         require_autocommit(c, "replicate")
     res = Result(check_only)
+    started = primary.execute("SELECT clock_timestamp()").fetchone()[0]
     # Catching up rebuilds what differs anyway (a write in flight included): only the final
     # comparison waits for writers.
     cmp = compare(primary, replica, since, settle if check_only else 0.0)
@@ -332,8 +333,8 @@ def run(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landi
     if not check_only:
         done = [k for k in lagging if k not in bad and k not in cmp.still_writing]
         if done:
-            primary.execute(query(__package__, "clear_lag"), _cols(done))
-        res.lag_cleared = len(done)
+            res.lag_cleared = primary.execute(query(__package__, "clear_lag"),
+                                              [*_cols(done), started]).rowcount
     res.lag_open = primary.execute("SELECT count(*) FROM ingestion.replica_lag").fetchone()[0]
     res.seconds = time.monotonic() - t0
     return res
