@@ -140,37 +140,57 @@ def test_check_finds_and_replicate_repairs_registry_rows_and_ohlcv_bars(stack, r
 
 def test_replica_left_behind_by_restores_compaction_is_found_and_repaired(stack, replica,
                                                                           shared_data):
-    """The stream dual-writes ticks; its bucket is compacted by `restore` (compact_all) on the
-    primary only, which registers it and writes its bar there: the replica lacks both."""
+    """The stream dual-writes ticks; its closed buckets are compacted by `restore`
+    (compact_all) on the primary only, which registers them and writes their bars there: the
+    replica lacks both. And the last bucket, still open on the primary, has a registry row and
+    a bar on the replica (a compaction the primary's point-in-time restore rolled back)."""
     lines = (shared_data / f"{DAY}.csv").read_text().splitlines()[:3_000]
     cols = [ln.split(",") for ln in lines]
     table = trades_table([int(c[0]) for c in cols], [c[1] for c in cols],
                          [c[2] for c in cols], [int(c[4]) * 1000 for c in cols],
                          [c[5] == "True" for c in cols])
     times = table.column("event_time").cast("int64").to_numpy()
+    buckets = sorted(int(b) for b in set(times - times % BUCKET_US))
     landing = stack.landing()
     env = env_of(stack, replica)
     with stack.ingest_conn() as p, psycopg.connect(replica.dsn(), autocommit=True) as r:
-        for b in sorted(set(times - times % BUCKET_US)):
+        for b in buckets:
             part = table.filter((times >= b) & (times < b + BUCKET_US))
-            write_part(landing, "spot", "BTCUSDT", int(b), part)
+            write_part(landing, "spot", "BTCUSDT", b, part)
             for conn in (p, r):  # the primary, then the same batch dual-written
                 commit_batch(conn, "spot", "BTCUSDT", "stream:binance", part, [])
         assert run(env, "replicate", "--check").returncode == 0  # ticks equal, no registry yet
-        assert compact_all(p, landing) >= 2  # what `workers restore` does, primary only
+        # What `workers restore` does (primary only), the last bucket left open.
+        assert compact_all(p, landing, before_us=buckets[-1]) == len(buckets) - 1
+    last = datetime.fromtimestamp(buckets[-1] / 1e6, UTC)
     with replica.db.connect() as c:
         assert c.execute("SELECT count(*) FROM landing.raw_blobs_5m").fetchone() == (0,)
+        c.execute("INSERT INTO landing.raw_blobs_5m (market, asset, bucket_5m, s3_uri, "
+                  "object_size_bytes, ingested_tick_span, metadata) VALUES ('spot', 'BTCUSDT', "
+                  "%s, 's3://gone/raw/x.parquet', 10, tstzrange(%s, %s, '[]'), "
+                  "jsonb_build_object('sha256', repeat('a', 64), 'row_count', 1, "
+                  "'schema_version', 2, 'producer', 'x'))", [last, last, last])
+        c.execute("INSERT INTO market_data.btc_ohlcv_5m (market, symbol, bucket_5m, open, high, "
+                  "low, close, volume, quote_volume, trade_count, buy_volume, first_trade_id, "
+                  "last_trade_id) VALUES ('spot', 'BTCUSDT', %s, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1)",
+                  [last])
+    n = len(buckets) - 1
     r = run(env, "replicate", "--check", "--json")
     assert r.returncode == 1, r.stdout
     d = json.loads(r.stdout)
-    n = d["before"]["kinds"]["registry"]["missing"]
-    assert n >= 2 and d["before"]["kinds"]["ohlcv"]["missing"] == n
-    assert all("registry row missing on the replica; OHLCV bar missing on the replica" in x
-               for x in d["differing"])
+    kinds = d["before"]["kinds"]
+    assert kinds["registry"] == {"missing": n, "different": 0, "extra": 1, "retention": 0}
+    assert kinds["ohlcv"] == {"missing": n, "different": 0, "extra": 1, "retention": 0}
+    assert sum(x.endswith("registry row missing on the replica; OHLCV bar missing on the "
+                          "replica") for x in d["differing"]) == n
+    assert [x for x in d["differing"] if x.endswith(
+        "registry row only on the replica; OHLCV bar only on the replica")] == [
+        f"spot BTCUSDT {iso(buckets[-1])}: registry row only on the replica; OHLCV bar only "
+        "on the replica"]
     r = run(env, "replicate", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     d = json.loads(r.stdout)
-    assert d["repaired"] == {"ticks": 0, "registry": n, "ohlcv": n}
+    assert d["repaired"] == {"ticks": 0, "registry": n + 1, "ohlcv": n + 1}
     same_everywhere(stack, replica)
 
 
