@@ -179,9 +179,13 @@ def replicate(ctx: Context, *, check_only: bool = False, since: datetime | None 
     """Catch the replica up (or only compare); `audit_landing`: and say whether landing still
     holds every registered object (not ok when it does not)."""
     from workers.replica import catchup
+    from workers.replica.writer import delivery_bound
 
+    s = ctx.settings
+    settle = delivery_bound(s.replica_timeout_seconds, s.replica_queue)
     with ctx.connect("ingest") as primary, ctx.connect("replicate", "replica") as replica:
-        r = catchup.run(primary, replica, ctx.landing, check_only=check_only, since=since)
+        r = catchup.run(primary, replica, ctx.landing, check_only=check_only, since=since,
+                        settle=settle)
         return beside(ctx, r, primary) if audit_landing else r
 
 

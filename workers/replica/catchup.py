@@ -1,22 +1,31 @@
 """`workers replicate`: catch the dual-write replica up from landing, then prove equality.
 
-1. Compare, O(changed) rather than O(all): both servers keep a digest per (market, symbol,
-   5-minute bucket) of their own ticks (workers/replica/digests.py): row count and a hash over
-   every tick's values. Digests the writers marked stale since the last comparison are
-   recomputed from the ticks first (every digest, after a change no writer marked); then one
-   digest per day is compared, and only the days that differ are compared bucket by bucket.
-2. Catch up (not with --check): every bucket the replica misses or holds differently, and every
-   bucket `ingestion.replica_lag` names, is rebuilt on the replica from landing — the bucket's
-   object (SHA-256 checked against the primary's registry) and any live-stream parts not yet
-   compacted into it (SHA-256 checked against their stored checksum) — up to 64 buckets per
-   transaction: delete the buckets' ticks there, insert the landed rows, upsert registry +
-   aggregate. Landing is read on a few threads, each bucket under its lock (shared).
-3. Compare again; lag rows of buckets now equal are cleared. Buckets still differing are
-   reported, and the command exits 1.
+What the replica holds, and so what is compared and repaired: per (market, symbol, 5-minute
+bucket) its ticks, its landing registry row and its 5-minute aggregate row; and the stream
+offsets. (`ingestion.stream_gaps` and `ingestion.file_loads` are the primary's bookkeeping.)
+
+1. Compare (workers/replica/compare.py), O(changed) for ticks: both servers keep a digest per
+   bucket of their own ticks (workers/replica/digests.py), recomputed where writers marked them
+   stale; registry and aggregate rows (one per bucket) are digested on the fly. One digest per
+   day and kind is compared; only the days that differ are compared bucket by bucket. What
+   differs is re-checked from the rows: writes in flight and buckets retention dropped on one
+   side are told apart from differences.
+2. Catch up (not with --check): every bucket the replica misses or holds differently (ticks,
+   registry row or aggregate), and every bucket `ingestion.replica_lag` names, is rebuilt on the
+   replica from landing — the bucket's object (SHA-256 checked against the primary's registry)
+   and any live-stream parts not yet compacted into it (SHA-256 checked against their stored
+   checksum) — up to 64 buckets per transaction: delete the buckets' ticks there, insert the
+   landed rows, write the primary's registry row and the object's aggregate (or remove the
+   replica's where the primary has none). Landing is read on a few threads, each bucket under
+   its lock (shared). Ticks retention removed are not brought back: not where the replica's
+   retention drops them, nor where the primary's did. Offsets behind on the replica advance.
+3. Compare again (waiting out writes in flight); lag rows of buckets now equal are cleared.
+   Buckets still differing are reported, and the command exits 1.
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,16 +41,15 @@ from workers.core.pg import require_autocommit, sibling
 from workers.core.sqlfiles import query
 from workers.core.ticks import iso, to_dt, to_us
 from workers.db.bucket_locks import xact_lock
-from workers.db.load import BucketLoad, advance_offset, load, mark_digests_stale
-from workers.db.stream_commit import insert_ticks
+from workers.db.load import copy_rows, mark_digests_stale
 from workers.landing.parts import read_parts
 from workers.landing.store import Landing, bucket_stats, merge
-from workers.replica import digests
+from workers.replica import retained
+from workers.replica.compare import DIFFERENCES, KINDS, NAMES, Comparison, compare, lag_buckets
+from workers.replica.rows import Key
 
 log = logs.get("replicate")
-
-
-Key = tuple[str, str, int]  # (market, symbol, bucket µs)
+RETRIES = 5  # a replica transaction that deadlocks with a concurrent writer (retention) again
 
 
 class ReplicateError(Failed):
@@ -49,42 +57,14 @@ class ReplicateError(Failed):
 
 
 @dataclass
-class Comparison:
-    """Bucket digests of the days that differ (the rest are equal), and each side's totals."""
+class Rebuild:
+    """One bucket as the replica must hold it."""
 
-    primary: dict[Key, tuple[int | None, int | None]]
-    replica: dict[Key, tuple[int | None, int | None]]
-    totals: dict = field(default_factory=dict)  # buckets, rows per side; days compared/differing
-    refreshed: dict = field(default_factory=dict)  # digests recomputed per side
-
-    @property
-    def missing(self) -> list[Key]:
-        return sorted(k for k in self.primary if k not in self.replica)
-
-    @property
-    def extra(self) -> list[Key]:
-        return sorted(k for k in self.replica if k not in self.primary)
-
-    @property
-    def different(self) -> list[Key]:
-        return sorted(k for k in self.primary if k in self.replica
-                      and self.primary[k] != self.replica[k])
-
-    def differing(self) -> list[Key]:
-        return sorted(set(self.missing) | set(self.extra) | set(self.different))
-
-    def describe(self, k: Key) -> str:
-        p, r = self.primary.get(k), self.replica.get(k)
-        name = f"{k[0]} {k[1]} {iso(k[2])}"
-        if r is None:
-            return f"{name}: missing on the replica (primary {p[0]} rows)"
-        if p is None:
-            return f"{name}: only on the replica ({r[0]} rows)"
-        if p[0] is None or r[0] is None:
-            return f"{name}: digest not recomputed yet (written while comparing)"
-        if p[0] != r[0]:
-            return f"{name}: {p[0]} rows on the primary, {r[0]} on the replica"
-        return f"{name}: same row count ({p[0]}), different content (checksum)"
+    key: Key
+    ticks: pa.Table | None  # the landed rows; None: no ticks (retention removed them)
+    registry: tuple | None  # the primary's row: uri, size, span, metadata (None: no row)
+    ohlcv: dict | None  # the registered object's aggregate (None: none)
+    keep_ohlcv: bool = False  # older than a side's aggregate retention: left as it is
 
 
 @dataclass
@@ -94,14 +74,18 @@ class Result:
     after: dict = field(default_factory=dict)
     caught_up: int = 0
     rows_loaded: int = 0
+    repaired: dict = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    offsets: dict = field(default_factory=dict)
     lag_cleared: int = 0
     lag_open: int = 0
     differing: list[str] = field(default_factory=list)
+    in_flight: list[str] = field(default_factory=list)
+    still_writing: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def changed(self) -> bool:
-        return bool(self.caught_up or self.lag_cleared)
+        return bool(self.caught_up or self.lag_cleared or self.offsets.get("advanced"))
 
     @property
     def ok(self) -> bool:
@@ -109,14 +93,30 @@ class Result:
 
     def details(self) -> list[str]:
         b = self.before
-        out = [f"before: replica {b['buckets']} buckets / {b['rows']:,} rows; missing "
-               f"{b['missing']}, different {b['different']}, only on the replica {b['extra']}"
-               f" (in {b['days_differing']} of {b['days']} days)"]
+        out = [f"before: replica {b['buckets']} buckets / {b['rows']:,} rows; "
+               + "; ".join(_kind_text(kind, b["kinds"][kind]) for kind in KINDS)
+               + f" (in {b['days_differing']} of {b['days']} days)"]
         for side, r in b["digests_recomputed"].items():
             if r["full"] or r["recomputed"] or r["removed"]:
                 out.append(f"digests recomputed on the {side}: {r['recomputed']} bucket(s)"
                            + (" — all of them: ticks changed outside tickstack's writers"
                               if r["full"] else "") + f" ({r['seconds']:.1f} s)")
+        if not self.check_only and self.caught_up:
+            out.append("repaired: " + ", ".join(f"{self.repaired[k]} bucket(s) of {NAMES[k]}s"
+                                                for k in KINDS))
+        o = self.offsets
+        if o.get("behind") or o.get("ahead"):
+            out.append(f"offsets: {o.get('behind', 0)} behind on the replica"
+                       + ("" if self.check_only else f" ({o.get('advanced', 0)} advanced)")
+                       + f", {o.get('ahead', 0)} ahead (kept: offsets only move forward)")
+        a = self.after
+        if a.get("retention"):
+            out.append(f"retention: {a['retention']} bucket row set(s) dropped by retention on "
+                       "one side only (not a difference)")
+        if self.in_flight:
+            out.append(f"in flight: {len(self.in_flight)} bucket(s) were being written while "
+                       "comparing, equal once written")
+        out += [f"still being written (not compared): {line}" for line in self.still_writing]
         out += [f"differs: {line}" for line in self.differing[:50]]
         if len(self.differing) > 50:
             out.append(f"… and {len(self.differing) - 50} more")
@@ -127,77 +127,105 @@ class Result:
         state = (f"replica {a.get('buckets', 0)} buckets / {a.get('rows', 0):,} rows, primary "
                  f"{a.get('primary_buckets', 0)} / {a.get('primary_rows', 0):,}")
         if self.differing:
-            return f"{len(self.differing)} bucket(s) differ — {state}; lag rows open " \
-                   f"{self.lag_open}"
+            kinds = a.get("kinds", {})
+            what = ", ".join(f"{NAMES[k]}s {sum(kinds[k][d] for d in DIFFERENCES)}"
+                             for k in KINDS if kinds and sum(kinds[k][d] for d in DIFFERENCES))
+            return f"{len(self.differing)} bucket(s) differ ({what}) — {state}; lag rows " \
+                   f"open {self.lag_open}"
         verb = "compared" if self.check_only else f"caught up {self.caught_up} bucket(s) " \
             f"({self.rows_loaded:,} rows) from landing, then compared"
-        return f"{verb}: all {a.get('buckets', 0)} buckets equal (count + checksum, " \
-               f"{a.get('days', 0)} day digests) — {state}" \
+        return f"{verb}: all {a.get('buckets', 0)} buckets equal (ticks: count + checksum; " \
+               f"registry rows, OHLCV bars; {a.get('days', 0)} day digests) — {state}" \
                f"; lag rows cleared {self.lag_cleared}, open {self.lag_open}"
 
     def as_dict(self) -> dict:
         return {"check_only": self.check_only, "before": self.before, "after": self.after,
                 "caught_up": self.caught_up, "rows_loaded": self.rows_loaded,
+                "repaired": self.repaired, "offsets": self.offsets,
                 "lag_cleared": self.lag_cleared, "lag_open": self.lag_open,
-                "differing": self.differing, "changed": self.changed, "did": self.summary(),
-                "seconds": round(self.seconds, 3)}
+                "differing": self.differing, "in_flight": self.in_flight,
+                "still_writing": self.still_writing, "changed": self.changed,
+                "did": self.summary(), "seconds": round(self.seconds, 3)}
 
 
-def compare(primary: psycopg.Connection, replica: psycopg.Connection,
-            since: datetime | None = None) -> Comparison:
-    """Refresh stale digests on both servers at once, compare per day, then per bucket within
-    the days that differ."""
-    with ThreadPoolExecutor(2) as ex:
-        fresh = list(ex.map(lambda c: digests.refresh(c, since), (primary, replica)))
-        pd, rd = ex.map(lambda c: digests.days(c, since), (primary, replica))
-    differing = sorted(k for k in pd.keys() | rd.keys() if pd.get(k) != rd.get(k))
-    with ThreadPoolExecutor(2) as ex:
-        pb, rb = ex.map(lambda c: digests.buckets(c, differing, since), (primary, replica))
-    totals = {"days": len(pd.keys() | rd.keys()), "days_differing": len(differing),
-              "primary_buckets": sum(d.buckets for d in pd.values()),
-              "primary_rows": sum(d.rows for d in pd.values()),
-              "buckets": sum(d.buckets for d in rd.values()),
-              "rows": sum(d.rows for d in rd.values())}
-    refreshed = {side: {"full": f.full, "recomputed": f.recomputed, "removed": f.removed,
-                        "seconds": round(f.seconds, 3)}
-                 for side, f in zip(("primary", "replica"), fresh, strict=True)}
-    return Comparison(pb, rb, totals, refreshed)
+def _kind_text(kind: str, c: dict) -> str:
+    return (f"{NAMES[kind]}s: missing {c['missing']}, different {c['different']}, only on the "
+            f"replica {c['extra']}")
 
 
-def lag_buckets(primary: psycopg.Connection) -> list[Key]:
-    return [(m, s, to_us(b)) for m, s, b in primary.execute(
-        "SELECT market, symbol, bucket_5m FROM ingestion.replica_lag ORDER BY 1, 2, 3")]
-
-
-def landed_rows(primary: psycopg.Connection, landing: Landing, key: Key
-                ) -> tuple[pa.Table | None, BucketLoad | None]:
-    """The bucket's rows as landed (object + uncompacted stream parts), SHA-256 verified —
-    read under the bucket's lock (shared), so no writer changes them in between."""
+def landed(primary: psycopg.Connection, landing: Landing, key: Key,
+           horizons: dict[str, dict]) -> Rebuild | None:
+    """The bucket as the replica must hold it: the landed rows (object + uncompacted stream
+    parts, SHA-256 verified), the primary's registry row and the object's aggregate — read under
+    the bucket's lock (shared), so no writer changes them in between. None: landing holds
+    nothing of it (left alone; the comparison after reports it)."""
     market, symbol, bucket = key
+    args = [[market], [symbol], [to_dt(bucket)]]
     with primary.transaction():
         xact_lock(primary, [key], shared=True)
-        reg = primary.execute(
-            "SELECT s3_uri, metadata->>'sha256', object_size_bytes FROM landing.raw_blobs_5m "
-            "WHERE market = %s AND asset = %s AND bucket_5m = %s",
-            [market, symbol, to_dt(bucket)]).fetchone()
-        tables = []
-        if reg:
-            uri, sha, _ = reg
-            tables.append(landing.read_verified(landing.key_of(uri), sha).table)
+        reg = primary.execute(query(__package__, "registry_rows"), args).fetchone()
+        obj = (landing.read_verified(landing.key_of(reg[3]), json.loads(reg[6])["sha256"])
+               .table if reg else None)
         parts = read_parts(landing, market, symbol, bucket)
-    tables += [t for _, t in parts]
+        holds = bool(primary.execute(query(__package__, "holding_ticks"), args).fetchone())
+    tables = ([obj] if obj is not None else []) + [t for _, t in parts]
     if not tables:
-        return None, None
-    table = tables[0] if len(tables) == 1 else merge(tables[0], pa.concat_tables(tables[1:])
+        return None
+    ticks = tables[0] if len(tables) == 1 else merge(tables[0], pa.concat_tables(tables[1:])
                                                        ).table
-    if reg and not parts:
-        return table, BucketLoad(market, symbol, bucket, table, False, reg[0], reg[1], reg[2],
-                                 bucket_stats(table))
-    return table, None
+    when = to_dt(bucket)
+
+    def before(side: str, kind: str) -> bool:
+        cut = horizons[side].get(retained.TABLE_OF[kind])
+        return cut is not None and when < cut
+
+    if before("replica", "ticks") or (not holds and before("primary", "ticks")):
+        ticks = None  # retention removed them (or will): not brought back
+    stats = bucket_stats(obj)["ohlcv"] if obj is not None else None
+    return Rebuild(key, ticks, tuple(reg[3:]) if reg else None, stats,
+                   before("replica", "ohlcv") or before("primary", "ohlcv"))
+
+
+def _write(replica: psycopg.Connection, got: list[Rebuild], cmp: Comparison) -> int:
+    """One transaction on the replica: these buckets become what `got` says."""
+    keys = [g.key for g in got]
+    cols = [[k[0] for k in keys], [k[1] for k in keys], [to_dt(k[2]) for k in keys]]
+    rows = 0
+    with replica.transaction():
+        replica.execute("SET LOCAL TimeZone = 'UTC'")
+        mark_digests_stale(replica, keys)
+        replica.execute(query(__package__, "delete_buckets"), cols)
+        with replica.cursor() as cur:  # the buckets are empty now: COPY, no conflict check
+            for g in got:
+                if g.ticks is not None and g.ticks.num_rows:
+                    copy_rows(cur, "market_data.btc_ticks", g.key[:2], [g.ticks])
+                    rows += g.ticks.num_rows
+        put = [(*g.key[:2], to_dt(g.key[2]), *g.registry) for g in got if g.registry]
+        if put:
+            replica.cursor().executemany(query(__package__, "put_registry"), put)
+        gone = [g.key for g in got if not g.registry
+                and cmp.replica.get(g.key) and cmp.replica[g.key].registry]
+        if gone:
+            replica.execute(query(__package__, "delete_registry"), _cols(gone))
+        bars = [(*g.key[:2], to_dt(g.key[2]), s["open"], s["high"], s["low"], s["close"],
+                 s["volume"], s["quote_volume"], s["trade_count"], s["buy_volume"],
+                 s["first_trade_id"], s["last_trade_id"])
+                for g in got if g.ohlcv and not g.keep_ohlcv for s in [g.ohlcv]]
+        if bars:
+            replica.cursor().executemany(query(__package__, "put_ohlcv"), bars)
+        gone = [g.key for g in got if not g.ohlcv and not g.keep_ohlcv
+                and cmp.replica.get(g.key) and cmp.replica[g.key].ohlcv]
+        if gone:
+            replica.execute(query(__package__, "delete_ohlcv"), _cols(gone))
+    return rows
+
+
+def _cols(keys: list[Key]) -> list[list]:
+    return [[k[0] for k in keys], [k[1] for k in keys], [to_dt(k[2]) for k in keys]]
 
 
 def catch_up(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landing,
-             keys: list[Key], *, readers: int = 3, per_transaction: int = 64
+             keys: list[Key], cmp: Comparison, *, readers: int = 3, per_transaction: int = 64
              ) -> tuple[int, int]:
     """Rebuild these buckets on the replica from landing: (buckets rebuilt, rows inserted).
     Buckets landing does not hold are left alone (reported by the comparison after)."""
@@ -207,81 +235,106 @@ def catch_up(primary: psycopg.Connection, replica: psycopg.Connection, landing: 
     for c in conns:
         pool.put(c)
 
-    def read(key: Key):
+    def read(key: Key) -> Rebuild | None:
         c = pool.get()
         try:
-            return key, *landed_rows(c, landing, key)
+            return landed(c, landing, key, cmp.horizons)
         finally:
             pool.put(c)
 
     try:
         with ThreadPoolExecutor(readers) as ex:
             for i in range(0, len(keys), per_transaction):
-                got = [g for g in ex.map(read, keys[i:i + per_transaction]) if g[1] is not None]
+                # Where retention stands now (readers are idle between batches): a bucket it
+                # dropped meanwhile is not brought back.
+                cmp.horizons = {"primary": retained.horizons(primary),
+                                "replica": retained.horizons(replica)}
+                got = [g for g in ex.map(read, keys[i:i + per_transaction]) if g is not None]
                 if not got:
                     continue
-                with replica.transaction():
-                    mark_digests_stale(replica, [k for k, _, _ in got])
-                    replica.execute(query(__package__, "delete_buckets"), [
-                        [k[0] for k, _, _ in got], [k[1] for k, _, _ in got],
-                        [to_dt(k[2]) for k, _, _ in got]])
-                    full = [bl for _, _, bl in got if bl is not None]
-                    if full:  # registered, complete buckets: registry and aggregate too
-                        rows += load(replica, full, source="replicate")
-                    for (market, symbol, _), table, bl in got:
-                        if bl is None:  # an open stream bucket: ticks
-                            rows += insert_ticks(replica, market, symbol, table)
+                rows += _retrying(lambda got=got: _write(replica, got, cmp))
                 caught += len(got)
-                log.info("buckets caught up", buckets=len(got), first=iso(got[0][0][2]),
-                         last=iso(got[-1][0][2]))
+                log.info("buckets caught up", buckets=len(got), first=iso(got[0].key[2]),
+                         last=iso(got[-1].key[2]))
     finally:
         for c in conns[1:]:
             c.close()
     return caught, rows
 
 
-def sync_offsets(primary: psycopg.Connection, replica: psycopg.Connection) -> None:
-    rows = primary.execute("SELECT source, market, symbol, last_trade_id, last_event_time "
-                           "FROM ingestion.stream_offsets").fetchall()
+def _retrying(fn):
+    """A transaction that lost to a concurrent writer is rolled back whole and run again: a
+    deadlock or serialization conflict (retention deleting the same rows), or a dual-write
+    that committed the same ticks after this transaction emptied their bucket (the retry's
+    delete removes them, its COPY loads the landed rows)."""
+    for attempt in range(1, RETRIES + 1):
+        try:
+            return fn()
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
+                psycopg.errors.UniqueViolation) as e:
+            if attempt == RETRIES:
+                raise
+            log.warning("replica transaction retried", attempt=attempt,
+                        error=type(e).__name__)
+            time.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")
+
+
+def offsets(primary: psycopg.Connection, replica: psycopg.Connection) -> dict:
+    """Offsets behind (or missing) on the replica, and ahead of the primary there."""
+    p, r = ({(s, m, y): (i, t) for s, m, y, i, t in c.execute(query(__package__, "offsets"))}
+            for c in (primary, replica))
+    behind = sorted(k for k in p if k not in r or r[k][0] < p[k][0])
+    ahead = sorted(k for k in r if k not in p or r[k][0] > p[k][0])
+    return {"behind": len(behind), "ahead": len(ahead),
+            "rows": [(*k, *p[k]) for k in behind]}
+
+
+def sync_offsets(replica: psycopg.Connection, behind: list[tuple]) -> int:
     with replica.transaction():
-        for r in rows:
-            advance_offset(replica, *r)
+        for r in behind:
+            replica.execute(query("workers.db", "advance_offset"), list(r))
+    return len(behind)
 
 
 def run(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landing, *,
-        check_only: bool = False, since: datetime | None = None) -> Result:
+        check_only: bool = False, since: datetime | None = None, settle: float = 0.0
+        ) -> Result:
+    """`settle`: how long a difference must hold still before it is reported (the dual-write's
+    delivery bound, workers/replica/writer.py delivery_bound)."""
     t0 = time.monotonic()
     for c in (primary, replica):
         require_autocommit(c, "replicate")
     res = Result(check_only)
-    cmp = compare(primary, replica, since)
-    res.before = _state(cmp)
-    lagging = lag_buckets(primary)
+    started = primary.execute("SELECT clock_timestamp()").fetchone()[0]
+    # Catching up rebuilds what differs anyway (a write in flight included): only the final
+    # comparison waits for writers.
+    cmp = compare(primary, replica, since, settle if check_only else 0.0)
+    res.before = cmp.state()
+    off = offsets(primary, replica)
+    lagging = [k for k in lag_buckets(primary) if since is None or k[2] >= to_us(since)]
     if not check_only:
-        todo = sorted(set(cmp.missing) | set(cmp.different) | {
-            k for k in lagging if since is None or k[2] >= to_us(since)})
-        res.caught_up, res.rows_loaded = catch_up(primary, replica, landing, todo)
-        if todo:
-            cmp = compare(primary, replica, since)
-        sync_offsets(primary, replica)
-    res.after = _state(cmp)
+        before = cmp
+        todo = sorted(set(cmp.to_rebuild()) | set(lagging))
+        res.caught_up, res.rows_loaded = catch_up(primary, replica, landing, todo, cmp)
+        off["advanced"] = _retrying(lambda: sync_offsets(replica, off["rows"]))
+        if todo or cmp.differing():
+            cmp = compare(primary, replica, since, settle)
+        for k in todo:
+            for kind in KINDS:
+                if before.verdict(k, kind) in DIFFERENCES and cmp.verdict(k, kind) is None:
+                    res.repaired[kind] += 1
+    res.offsets = {k: v for k, v in off.items() if k != "rows"}
+    res.after = cmp.state()
     bad = set(cmp.differing())
     res.differing = [cmp.describe(k) for k in sorted(bad)]
+    res.in_flight = [f"{k[0]} {k[1]} {iso(k[2])}" for k in sorted(cmp.in_flight)]
+    res.still_writing = [f"{k[0]} {k[1]} {iso(k[2])}" for k in sorted(cmp.still_writing)]
     if not check_only:
-        done = [k for k in lagging if k not in bad
-                and (since is None or k[2] >= to_us(since))]
+        done = [k for k in lagging if k not in bad and k not in cmp.still_writing]
         if done:
-            primary.execute(
-                "DELETE FROM ingestion.replica_lag WHERE (market, symbol, bucket_5m) IN "
-                "(SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[]))",
-                [[m for m, _, _ in done], [s for _, s, _ in done],
-                 [to_dt(b) for _, _, b in done]])
-        res.lag_cleared = len(done)
+            res.lag_cleared = primary.execute(query(__package__, "clear_lag"),
+                                              [*_cols(done), started]).rowcount
     res.lag_open = primary.execute("SELECT count(*) FROM ingestion.replica_lag").fetchone()[0]
     res.seconds = time.monotonic() - t0
     return res
-
-
-def _state(cmp: Comparison) -> dict:
-    return {**cmp.totals, "missing": len(cmp.missing), "different": len(cmp.different),
-            "extra": len(cmp.extra), "digests_recomputed": cmp.refreshed}

@@ -11,6 +11,7 @@ bucket. `days` digests each day's bucket digests; `buckets` lists them for the d
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -45,8 +46,6 @@ class Refreshed:
 
 def refresh(conn: psycopg.Connection, since: datetime | None = None) -> Refreshed:
     """Recompute the stale digests (all of them after an unmarked change)."""
-    import time
-
     t0 = time.monotonic()
     out = Refreshed()
     with conn.transaction():
@@ -57,9 +56,7 @@ def refresh(conn: psycopg.Connection, since: datetime | None = None) -> Refreshe
     stale = conn.execute(query(__package__, "stale_digests"), {"since": since}).fetchall()
     for i in range(0, len(stale), BATCH):
         chunk = stale[i:i + BATCH]
-        n, gone = conn.execute(query(__package__, "recompute_digests"), [
-            [r[0] for r in chunk], [r[1] for r in chunk], [r[2] for r in chunk],
-            [r[3] for r in chunk]]).fetchone()
+        n, gone = _recompute(conn, chunk)
         out.recomputed += n
         out.removed += gone
     out.seconds = time.monotonic() - t0
@@ -67,6 +64,24 @@ def refresh(conn: psycopg.Connection, since: datetime | None = None) -> Refreshe
         log.info("digests refreshed", full=out.full, recomputed=out.recomputed,
                  removed=out.removed, seconds=round(out.seconds, 2))
     return out
+
+
+def _recompute(conn: psycopg.Connection, chunk: list[tuple]) -> tuple[int, int]:
+    """One batch (its own statement). A writer that marks the same digest rows at once — a
+    retention run marks every bucket before its cutoff — may deadlock with it: the batch is
+    rolled back whole and run again (a version the writer moved is left stale anyway)."""
+    for attempt in range(1, 6):
+        try:
+            with conn.transaction():
+                return conn.execute(query(__package__, "recompute_digests"), [
+                    [r[0] for r in chunk], [r[1] for r in chunk], [r[2] for r in chunk],
+                    [r[3] for r in chunk]]).fetchone()
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+            if attempt == 5:
+                raise
+            log.warning("digest batch retried after a conflict", attempt=attempt)
+            time.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")
 
 
 def days(conn: psycopg.Connection, since: datetime | None = None) -> dict[DayKey, Day]:

@@ -48,6 +48,14 @@ class _Job:
     what: str
 
 
+def delivery_bound(timeout: float, queue_max: int) -> float:
+    """How long after its primary commit a dual-write has reached the replica or been recorded
+    as lag, at the latest: every write queued ahead of it (up to `queue_max`) and itself each
+    take at most its deadline, `timeout` from its start — or the connect timeout, max(2,
+    ⌈timeout⌉), when connecting overran it (the watchdog cuts a connection, not a connect)."""
+    return (queue_max + 1) * max(2, math.ceil(timeout)) + 1.0
+
+
 class ReplicaWriter:
     def __init__(self, dsn: str, lag_dsn: str, *, timeout: float = 2.0, failures_to_open: int = 3,
                  cooldown: float = 30.0, queue_max: int = 8, metrics: Metrics | None = None):

@@ -1,0 +1,16 @@
+-- A bucket's 5-minute aggregate on the replica, from its landing object (as the primary's
+-- writers compute it); rewritten when any compared column differs.
+INSERT INTO market_data.btc_ohlcv_5m AS o (market, symbol, bucket_5m, open, high, low, close,
+    volume, quote_volume, trade_count, buy_volume, first_trade_id, last_trade_id)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (market, symbol, bucket_5m) DO UPDATE SET open = EXCLUDED.open,
+    high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
+    volume = EXCLUDED.volume, quote_volume = EXCLUDED.quote_volume,
+    trade_count = EXCLUDED.trade_count, buy_volume = EXCLUDED.buy_volume,
+    first_trade_id = EXCLUDED.first_trade_id, last_trade_id = EXCLUDED.last_trade_id,
+    updated_at = now()
+WHERE (o.open, o.high, o.low, o.close, o.volume, o.quote_volume, o.trade_count, o.buy_volume,
+       o.first_trade_id, o.last_trade_id)
+    IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close,
+                      EXCLUDED.volume, EXCLUDED.quote_volume, EXCLUDED.trade_count,
+                      EXCLUDED.buy_volume, EXCLUDED.first_trade_id, EXCLUDED.last_trade_id)
