@@ -81,8 +81,10 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
     # Full and differential backups (one workload, two schedules): the repository host writes
     # the backup and expires old ones (retention-full/diff).
     "backup": (_g("backup", PGBACKREST_PREFIX, LIST, GET, PUT, DELETE),),
-    # `backup --check`: pgBackRest's check and info — reads only.
-    "backup-check": (_g("backup", PGBACKREST_PREFIX, LIST, GET),),
+    # `backup --check`: pgBackRest's check and info, and the landing audit (lists raw/, and
+    # reads an object whose ETag differs from the registry's to confirm its SHA-256) — reads only.
+    "backup-check": (_g("backup", PGBACKREST_PREFIX, LIST, GET),
+                     _g("landing", "raw/", LIST, GET)),
     # The DR rebuild's landing replay: compacts leftover stream parts first (writes the bucket
     # object, deletes the parts), then lists and reads landing.
     "restore": (_g("landing", "raw/", LIST, GET, PUT, DELETE),
