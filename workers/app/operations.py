@@ -180,6 +180,14 @@ def replicate(ctx: Context, *, check_only: bool = False, since: datetime | None 
         return catchup.run(primary, replica, ctx.landing, check_only=check_only, since=since)
 
 
+def repair(ctx: Context, *, check_only: bool = False, since: datetime | None = None):
+    """The primary's buckets that fall short of landing, re-loaded as the ingest login."""
+    from workers.ops import repair as primary_repair
+
+    with ctx.connect("ingest") as conn:
+        return primary_repair.run(conn, ctx.landing, check_only=check_only, since=since)
+
+
 def embed(ctx: Context, *, symbol: str | None = None, market: str | None = None):
     from workers.signals import embed as embedding
 
