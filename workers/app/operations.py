@@ -281,7 +281,8 @@ def restore(ctx: Context, target: datetime, *, force: bool = False, skip_pitr: b
     admin = ctx.dsn("admin")
     if not skip_pitr:
         rebuild.pitr(ctx.pgbackrest(on_database_host=True), ctx.settings.pg_bindir, target,
-                     force=force, admin_dsn=admin, report=report, timeline=timeline)
+                     force=force, admin_dsn=admin, report=report, timeline=timeline,
+                     config_file=ctx.settings.pg_config_file)
     with ctx.connect("admin") as conn:
         report.timed("verify extensions and migration ledger",
                      lambda: rebuild.verify(conn, [(m.name, m.sha256) for m in discover()]))
