@@ -305,6 +305,15 @@ SECURITY_SETTINGS = ("listen_addresses", "port", "unix_socket_directories", "hba
                      "password_encryption", "krb_server_keyfile", "config_file")
 
 
+def strip_security_settings_sh(auto_conf: str) -> str:
+    """A shell command that removes SECURITY_SETTINGS from a restored postgresql.auto.conf
+    (`auto_conf`: a shell word, e.g. "$PGDATA/postgresql.auto.conf"), for the cloud's restore
+    init container; `workers restore` does the same (workers/ops/server_start.py)."""
+    names = "|".join(SECURITY_SETTINGS)
+    return (f'if [ -f {auto_conf} ]; then sed -i -E '
+            f"'/^[[:space:]]*({names})[[:space:]]*(=|[[:space:]])/Id' {auto_conf}; fi")
+
+
 def postgres_main_conf(conf_dir: str, *, listen_addresses: str | None = None,
                        socket_dir: str | None = None) -> str:
     """The file PostgreSQL is started with (`config_file`, in `conf_dir`, outside the data

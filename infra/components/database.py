@@ -148,12 +148,15 @@ def restore_args(restore: Restore) -> list[str]:
     return args + ["restore"]
 
 
-# Runs as `sh -c SCRIPT restore <pgbackrest args...>`: never restores over existing data.
+# Runs as `sh -c SCRIPT restore <pgbackrest args...>`: never restores over existing data. The
+# server's configuration is outside PGDATA (the ConfigMap); what ALTER SYSTEM left in the
+# restored postgresql.auto.conf about who may connect is removed before the server starts.
 RESTORE_SCRIPT = (
     'set -eu; if [ -s "$PGDATA/PG_VERSION" ]; then '
     'echo "tickstack restore: $PGDATA holds a database; not restoring over it"; exit 0; fi; '
     'mkdir -p "$PGDATA"; chmod 700 "$PGDATA"; '
-    'echo "tickstack restore: pgbackrest $*"; exec pgbackrest "$@"'
+    'echo "tickstack restore: pgbackrest $*"; pgbackrest "$@"; '
+    + configs.strip_security_settings_sh('"$PGDATA/postgresql.auto.conf"')
 )
 @dataclass(frozen=True)
 class PrimaryArgs:

@@ -27,7 +27,6 @@ from infra.local.env import LocalEnv
 from infra.local.procs import chown_db
 from tests.conftest import REPO, make_state_dir
 from tests.integration.test_backup_dr import admin, ok
-from workers.ops import server_start
 
 OLD_HBA = ("local all postgres peer\nlocal all all scram-sha-256\n"
            "host all all 127.0.0.1/32 scram-sha-256\n")
@@ -143,22 +142,6 @@ def test_restore_to_before_an_upgrade_never_accepts_a_plaintext_login(env):
     assert any(t >= started for t, _ in attempts), (started, attempts[-1])
     refusal = plaintext_login(env)
     assert refusal is not None and "no encryption" in refusal, refusal
-
-
-def test_security_settings_are_the_renderers(env):
-    """The restore's list of settings it never takes from a data directory is the renderer's
-    (workers never import infra, so it is written twice; this keeps them one)."""
-    assert server_start.SECURITY_SETTINGS == configs.SECURITY_SETTINGS
-    rendered = configs.postgres_conf(role="primary", pgbackrest_config="/p.conf",
-                                     listen_addresses="127.0.0.1", port=1, socket_dir="/s",
-                                     tls=configs.TlsFiles("/c", "/k", "/a"))
-    main = configs.postgres_main_conf("/conf")
-    names = set(rendered) | {ln.split(" = ")[0] for ln in main.splitlines()
-                             if " = " in ln and not ln.startswith("include")}
-    security = {n for n in names if n.startswith("ssl") or n in (
-        "listen_addresses", "port", "unix_socket_directories", "hba_file",
-        "password_encryption")}
-    assert security <= set(configs.SECURITY_SETTINGS)
 
 
 def test_a_restored_server_that_refuses_the_admin_fails_the_restore_at_once(env):
