@@ -315,6 +315,13 @@ class LocalEnv:
             if not c.running():
                 c.start(env=self.pgbackrest_env() if c is self.primary else None)
                 started.append(c.name)
+            elif c.psql("SHOW config_file") != str(c.config_file):
+                # Started before its configuration moved out of the data directory: a reload
+                # would re-read the old files there. Restart it on the rendered ones.
+                c.stop()
+                c.start(env=self.pgbackrest_env() if c is self.primary else None)
+                started.append(f"{c.name} (restarted on its configuration outside the data "
+                               "directory)")
             else:  # a running server gets what was just rendered (TLS, pg_hba.conf)
                 c.reload()
         self.bootstrap_replica(configs.REPLICA_ADMIN, self.secrets[configs.REPLICA_ADMIN],

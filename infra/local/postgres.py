@@ -155,6 +155,10 @@ class Cluster:
             raise PartError(self.name, f"port {self.port} is already in use by another program")
         self.log.touch()
         chown_db(self.log, 0o600)
+        # ALTER SYSTEM's file is the one place inside the data directory that could still
+        # override who may connect: those settings go, as the cloud's restore removes them.
+        run_db(["sh", "-c", configs.strip_security_settings_sh(
+            shlex.quote(str(self.data / "postgresql.auto.conf")))])
         r = run_db(
             [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o",
              self.start_options(), "-w", "-t", "60", "start"],

@@ -175,3 +175,29 @@ def test_a_restored_server_that_refuses_the_admin_fails_the_restore_at_once(env)
         env.primary.stop()
         env.primary.start(env=env.pgbackrest_env())
     assert env.primary.healthy()
+
+
+def test_up_restarts_a_server_running_on_its_data_directorys_configuration(env):
+    """A primary started the old way (the data directory's postgresql.conf, which includes an
+    older tickstack.conf with TLS off) and with ALTER SYSTEM overrides: `up` restarts it on the
+    rendered configuration, without the overrides — TLS only again."""
+    from infra.local.postgres import PG_BIN
+    from infra.local.procs import run_db
+
+    c = env.primary
+    old_release_config(env)
+    c.stop()
+    r = run_db([str(PG_BIN / "pg_ctl"), "-D", str(c.data), "-l", str(c.log), "-w", "-t", "60",
+                "start"], check=False)
+    assert r.returncode == 0, r.stderr
+    assert c.psql("SHOW config_file") == str(c.data / "postgresql.conf")
+    assert plaintext_login(env) is None  # what such a server does
+    started = env.up()
+    assert any("restarted on its configuration outside the data directory" in s
+               for s in started), started
+    assert c.psql("SHOW config_file") == str(c.config_file)
+    assert c.psql("SHOW ssl") == "on"
+    assert c.psql("SHOW hba_file") == str(c.conf_dir / "pg_hba.conf")
+    auto = (c.data / "postgresql.auto.conf").read_text()
+    assert "ssl" not in auto and "hba_file" not in auto, auto
+    assert plaintext_login(env) is not None
