@@ -286,6 +286,55 @@ def pg_hba(tcp_from: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The server's configuration lives OUTSIDE its data directory, in a directory of its own
+# (CONF_FILE, TICKSTACK_CONF_FILE and HBA_FILE there): PostgreSQL is started with
+# `-c config_file=<dir>/postgresql.conf` (postgres_start_options), and that file names the
+# pg_hba.conf beside it. A backup holds the data directory only, so a point-in-time restore —
+# to before an upgrade, say — cannot bring back an older postgresql.conf or pg_hba.conf (one
+# without TLS): the restored server starts with the current files. What ALTER SYSTEM wrote
+# (postgresql.auto.conf) does travel with the data; `workers restore` removes the settings
+# below from it before the restored server starts (workers/ops/restore.py).
+CONF_FILE = "postgresql.conf"
+TICKSTACK_CONF_FILE = "tickstack.conf"
+HBA_FILE = "pg_hba.conf"
+# Settings that decide who may connect and how: never taken from the data directory.
+SECURITY_SETTINGS = ("listen_addresses", "port", "unix_socket_directories", "hba_file",
+                     "ident_file", "ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file",
+                     "ssl_crl_file", "ssl_crl_dir", "ssl_min_protocol_version",
+                     "ssl_max_protocol_version", "ssl_ciphers", "ssl_passphrase_command",
+                     "password_encryption", "krb_server_keyfile", "config_file")
+
+
+def strip_security_settings_sh(auto_conf: str) -> str:
+    """A shell command that removes SECURITY_SETTINGS from a restored postgresql.auto.conf
+    (`auto_conf`: a shell word, e.g. "$PGDATA/postgresql.auto.conf"), for the cloud's restore
+    init container; `workers restore` does the same (workers/ops/server_start.py)."""
+    names = "|".join(SECURITY_SETTINGS)
+    return (f'if [ -f {auto_conf} ]; then sed -i -E '
+            f"'/^[[:space:]]*({names})[[:space:]]*(=|[[:space:]])/Id' {auto_conf}; fi")
+
+
+def postgres_main_conf(conf_dir: str, *, listen_addresses: str | None = None,
+                       socket_dir: str | None = None) -> str:
+    """The file PostgreSQL is started with (`config_file`, in `conf_dir`, outside the data
+    directory): where to listen (the cloud's; the local environment puts it in the shared
+    settings), the pg_hba.conf beside it, then the shared settings (tickstack.conf)."""
+    lines = ["# Rendered by tickstack (infra/configs.py). Do not edit: re-render."]
+    if listen_addresses is not None:
+        lines.append(f"listen_addresses = {_q(listen_addresses)}")
+    if socket_dir is not None:
+        lines.append(f"unix_socket_directories = {_q(socket_dir)}")
+    lines += [f"hba_file = {_q(f'{conf_dir}/{HBA_FILE}')}",
+              f"include = {_q(TICKSTACK_CONF_FILE)}"]
+    return "\n".join(lines) + "\n"
+
+
+def postgres_start_options(conf_dir: str) -> list[str]:
+    """The server's command-line options: its configuration from `conf_dir`, never from the
+    data directory."""
+    return ["-c", f"config_file={conf_dir}/{CONF_FILE}"]
+
+
 def postgres_conf_text(settings: dict[str, str]) -> str:
     lines = ["# Rendered by tickstack (infra/configs.py). Do not edit: re-render."]
     lines += [f"{k} = {v}" for k, v in sorted(settings.items())]

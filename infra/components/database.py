@@ -132,15 +132,10 @@ def render_primary_files(t: BackupTarget, tuning: configs.PgTuning,
                                             port=PGBACKREST_PORT)),
         # The renderer's settings, byte for byte what the local environment writes.
         "tickstack.conf": configs.postgres_conf_text(settings),
-        # Cloud-only bootstrap: where to listen, which hba, then the shared settings.
-        "postgresql.conf": "\n".join([
-            "# Rendered by tickstack (infra/components/database.py). Do not edit.",
-            "listen_addresses = '*'",
-            f"unix_socket_directories = '{SOCKET_DIR}'",
-            f"hba_file = '{PG_CONFIG_DIR}/pg_hba.conf'",
-            "include = 'tickstack.conf'",
-            "",
-        ]),
+        # The file the server starts with (outside PGDATA, as locally): where to listen (the
+        # cloud's), the pg_hba.conf beside it, then the shared settings.
+        "postgresql.conf": configs.postgres_main_conf(PG_CONFIG_DIR, listen_addresses="*",
+                                                      socket_dir=SOCKET_DIR),
         # TLS only over TCP, which the NetworkPolicies also limit to tickstack's own pods.
         "pg_hba.conf": configs.pg_hba(["0.0.0.0/0", "::/0"]),
     }
@@ -156,12 +151,15 @@ def restore_args(restore: Restore) -> list[str]:
     return args + ["restore"]
 
 
-# Runs as `sh -c SCRIPT restore <pgbackrest args...>`: never restores over existing data.
+# Runs as `sh -c SCRIPT restore <pgbackrest args...>`: never restores over existing data. The
+# server's configuration is outside PGDATA (the ConfigMap); what ALTER SYSTEM left in the
+# restored postgresql.auto.conf about who may connect is removed before the server starts.
 RESTORE_SCRIPT = (
     'set -eu; if [ -s "$PGDATA/PG_VERSION" ]; then '
     'echo "tickstack restore: $PGDATA holds a database; not restoring over it"; exit 0; fi; '
     'mkdir -p "$PGDATA"; chmod 700 "$PGDATA"; '
-    'echo "tickstack restore: pgbackrest $*"; exec pgbackrest "$@"'
+    'echo "tickstack restore: pgbackrest $*"; pgbackrest "$@"; '
+    + configs.strip_security_settings_sh('"$PGDATA/postgresql.auto.conf"')
 )
 @dataclass(frozen=True)
 class PrimaryArgs:
@@ -280,7 +278,7 @@ class Primary(pulumi.ComponentResource):
             "name": CONTAINER,
             "image": args.image,
             "image_pull_policy": "IfNotPresent",
-            "args": ["postgres", "-c", f"config_file={PG_CONFIG_DIR}/postgresql.conf"],
+            "args": ["postgres", *configs.postgres_start_options(PG_CONFIG_DIR)],
             "env": env,
             "ports": [{"name": "postgres", "container_port": PORT, "protocol": "TCP"}],
             "resources": args.resources.k8s(),

@@ -5,7 +5,8 @@ State lives under one directory (`.tickstack/` at the repository root by default
     ports.json        ports chosen at first start and kept (two checkouts never collide)
     secrets.json      generated passwords (0600); never printed, DSNs point at pgpass
     pgpass            libpq password file for the DSNs `env` prints
-    primary/ replica/ cluster data, logs
+    primary/ replica/ cluster data, logs; <cluster>/conf/ its configuration (postgresql.conf,
+                      tickstack.conf, pg_hba.conf), outside the data directory and its backups
     s3/               moto log, pid, snapshot of all buckets (moto keeps objects in memory)
     stunnel/          TLS terminator config, cert, log
     tls/              the local CA, the servers' and the backup client's certificates
@@ -186,6 +187,8 @@ class LocalEnv:
                 socket_dir=str(cluster.socket_dir), tls=self.tls.server(),
                 tuning=self.tuning if role == "primary" else configs.PgTuning(),
             )
+            # Outside the data directory (conf/): a restored one cannot bring older files back.
+            cluster.write_main_conf()
             cluster.write_conf(configs.postgres_conf_text(settings))
             cluster.write_hba(configs.pg_hba(["127.0.0.1/32"]))
 
@@ -312,6 +315,13 @@ class LocalEnv:
             if not c.running():
                 c.start(env=self.pgbackrest_env() if c is self.primary else None)
                 started.append(c.name)
+            elif c.psql("SHOW config_file") != str(c.config_file):
+                # Started before its configuration moved out of the data directory: a reload
+                # would re-read the old files there. Restart it on the rendered ones.
+                c.stop()
+                c.start(env=self.pgbackrest_env() if c is self.primary else None)
+                started.append(f"{c.name} (restarted on its configuration outside the data "
+                               "directory)")
             else:  # a running server gets what was just rendered (TLS, pg_hba.conf)
                 c.reload()
         self.bootstrap_replica(configs.REPLICA_ADMIN, self.secrets[configs.REPLICA_ADMIN],
@@ -457,6 +467,8 @@ class LocalEnv:
             # restore runs on the database host, with its own file.
             "TICKSTACK_PGBACKREST_CONFIG": str(self.pgbackrest_client_conf_path),
             "TICKSTACK_PGBACKREST_PG_CONFIG": str(self.pgbackrest_conf_path),
+            # The primary's configuration outside its data directory: restore starts with it.
+            "TICKSTACK_PG_CONFIG_FILE": str(self.primary.config_file),
             "TICKSTACK_PG_BINDIR": str(PG_BIN),
             "TICKSTACK_REPORT_DIR": str(self.state / "report"),
             "TICKSTACK_WORKER_LOGINS_FILE": str(self.write_worker_logins()),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -12,7 +13,11 @@ from infra import configs, versions
 from infra.local.procs import PartError, chown_db, make_db_dir, port_open, run_db, tail_of
 
 PG_BIN = Path(os.environ.get("TICKSTACK_PG_BIN") or versions.load().pg_bindir)
-INCLUDE_LINE = "include_if_exists = 'tickstack.conf'"
+# What the data directory's own pg_hba.conf says: the postgres OS user on the socket, nothing
+# else. The server is started with the rendered configuration outside the data directory
+# (configs.postgres_start_options); a start that bypasses it admits no TCP login at all.
+DATA_DIR_HBA = ("# tickstack: not used. The server reads conf/pg_hba.conf beside the data "
+                "directory (infra/configs.py).\nlocal all postgres peer\n")
 
 
 def install_problems() -> list[str]:
@@ -60,6 +65,15 @@ class Cluster:
     def log(self) -> Path:
         return self.root / "postgres.log"
 
+    @property
+    def conf_dir(self) -> Path:
+        """The server's configuration, outside its data directory (configs.CONF_FILE)."""
+        return self.root / "conf"
+
+    @property
+    def config_file(self) -> Path:
+        return self.conf_dir / configs.CONF_FILE
+
     def dsn(self, db: str = DATABASE, user: str = "postgres") -> str:
         """TLS, verified as the workers verify it in the cloud; the password is in pgpass."""
         return configs.postgres_dsn(user=user, password=None, host="127.0.0.1", port=self.port,
@@ -74,6 +88,7 @@ class Cluster:
         """initdb with data checksums, scram over TCP, peer on the socket (for pgBackRest)."""
         make_db_dir(self.root, 0o700)
         make_db_dir(self.socket_dir, 0o700)
+        self.write_main_conf()
         if self.exists():
             return
         with tempfile.NamedTemporaryFile("w", dir=self.root, delete=False) as pw:
@@ -90,21 +105,32 @@ class Cluster:
             os.unlink(pw.name)
         if r.returncode != 0:
             raise PartError(self.name, f"initdb failed:\n{r.stdout}\n{r.stderr}")
-        conf = self.data / "postgresql.conf"
-        with open(conf, "a") as f:
-            f.write(f"\n{INCLUDE_LINE}\n")
+        (self.data / "pg_hba.conf").write_text(DATA_DIR_HBA)
         # Loopback only, TLS only (the rendered pg_hba.conf replaces this at every render).
         self.write_hba(configs.pg_hba(["127.0.0.1/32"]))
 
+    def _write(self, name: str, text: str) -> None:
+        make_db_dir(self.conf_dir, 0o700)
+        p = self.conf_dir / name
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(text)
+        chown_db(tmp, 0o600)
+        os.replace(tmp, p)
+
+    def write_main_conf(self) -> None:
+        """The file the server is started with: pg_hba.conf beside it, then tickstack.conf."""
+        self._write(configs.CONF_FILE, configs.postgres_main_conf(str(self.conf_dir)))
+
     def write_hba(self, text: str) -> None:
-        p = self.data / "pg_hba.conf"
-        p.write_text(text)
-        chown_db(p, 0o600)
+        self._write(configs.HBA_FILE, text)
 
     def write_conf(self, text: str) -> None:
-        p = self.data / "tickstack.conf"
-        p.write_text(text)
-        chown_db(p, 0o600)
+        self._write(configs.TICKSTACK_CONF_FILE, text)
+
+    def start_options(self) -> str:
+        """pg_ctl's -o: the configuration outside the data directory."""
+        return " ".join(shlex.quote(o) for o in
+                        configs.postgres_start_options(str(self.conf_dir)))
 
     def running(self) -> bool:
         r = run_db([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "status"], check=False)
@@ -129,9 +155,13 @@ class Cluster:
             raise PartError(self.name, f"port {self.port} is already in use by another program")
         self.log.touch()
         chown_db(self.log, 0o600)
+        # ALTER SYSTEM's file is the one place inside the data directory that could still
+        # override who may connect: those settings go, as the cloud's restore removes them.
+        run_db(["sh", "-c", configs.strip_security_settings_sh(
+            shlex.quote(str(self.data / "postgresql.auto.conf")))])
         r = run_db(
-            [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
-             "start"],
+            [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o",
+             self.start_options(), "-w", "-t", "60", "start"],
             env={**os.environ, **(env or {})}, check=False, timeout=90,
         )
         if r.returncode != 0 or not self.healthy():

@@ -68,8 +68,8 @@ def local(tmp_path_factory):
         env.render()
         written = {"pgbackrest.conf": env.pgbackrest_conf_path.read_text(),
                    "pgbackrest-client.conf": env.pgbackrest_client_conf_path.read_text(),
-                   "tickstack.conf": (env.primary.data / "tickstack.conf").read_text(),
-                   "pg_hba.conf": (env.primary.data / "pg_hba.conf").read_text()}
+                   "tickstack.conf": (env.primary.conf_dir / "tickstack.conf").read_text(),
+                   "pg_hba.conf": (env.primary.conf_dir / "pg_hba.conf").read_text()}
     finally:
         mp.undo()
     return written, calls

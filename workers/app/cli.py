@@ -275,6 +275,25 @@ def landing(
 
 
 @command
+def repair(
+    check: bool = typer.Option(False, "--check", help="Only compare and report."),
+    since: str | None = typer.Option(None, "--since", help="Only buckets from this time (ISO)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Give the primary back what landing holds and it lost (ticks, 5-minute aggregates).
+
+    Every registered bucket's row count against the primary's ticks (digests refreshed first);
+    buckets that fall short are re-loaded from their landing objects (SHA-256 checked) as the
+    ingest login. Buckets retention removed are left alone; rows landing lacks are reported,
+    never deleted. Exit 1 if a bucket is short (with --check) or still short after the repair.
+    """
+    r = operations.repair(_context("repair"), check_only=check,
+                          since=operations.parse_time(since))
+    _show(r, json_out)
+    _exit_unless_ok(r)
+
+
+@command
 def embed(
     symbol: str | None = typer.Option(None, "--symbol", help="Only this symbol."),
     market: str | None = typer.Option(None, "--market", help="Only this market."),

@@ -189,6 +189,14 @@ def replicate(ctx: Context, *, check_only: bool = False, since: datetime | None 
         return beside(ctx, r, primary) if audit_landing else r
 
 
+def repair(ctx: Context, *, check_only: bool = False, since: datetime | None = None):
+    """The primary's buckets that fall short of landing, re-loaded as the ingest login."""
+    from workers.ops import repair as primary_repair
+
+    with ctx.connect("ingest") as conn:
+        return primary_repair.run(conn, ctx.landing, check_only=check_only, since=since)
+
+
 def embed(ctx: Context, *, symbol: str | None = None, market: str | None = None):
     from workers.signals import embed as embedding
 
@@ -286,7 +294,8 @@ def restore(ctx: Context, target: datetime, *, force: bool = False, skip_pitr: b
     admin = ctx.dsn("admin")
     if not skip_pitr:
         rebuild.pitr(ctx.pgbackrest(on_database_host=True), ctx.settings.pg_bindir, target,
-                     force=force, admin_dsn=admin, report=report, timeline=timeline)
+                     force=force, admin_dsn=admin, report=report, timeline=timeline,
+                     config_file=ctx.settings.pg_config_file)
     with ctx.connect("admin") as conn:
         report.timed("verify extensions and migration ledger",
                      lambda: rebuild.verify(conn, [(m.name, m.sha256) for m in discover()]))

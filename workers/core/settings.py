@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     pgbackrest_os_user: str | None = Field(
         None, description="Run pgBackRest and pg_ctl as this OS user when running as root "
         "(they must act as the database's owner; `postgres` locally).")
+    pg_config_file: str | None = Field(
+        None, description="The primary's postgresql.conf, outside its data directory (rendered "
+        "by infra/configs.py): `restore` starts the restored server with it (`-c "
+        "config_file=`), never with configuration that came back inside the backup.")
     pg_bindir: str = Field(
         "", description="PostgreSQL server binaries (pg_ctl), for `restore`; empty: from PATH. "
         "The local environment and the worker image set it for the version table's major.")

@@ -40,7 +40,7 @@ from workers.core.ticks import to_us
 from workers.db.ingest import landing_keys, replay
 from workers.db.stream_commit import compact_all
 from workers.landing.store import RAW, Landing, bucket_of_key
-from workers.ops import wal_archive
+from workers.ops import server_start, wal_archive
 from workers.ops.backup import BackupError, Tool, tail
 
 log = logs.get("restore")
@@ -287,10 +287,21 @@ def _last_commit_in(tool: Tool, bindir: str, repo_path: str, wal: str) -> dateti
 
 
 def pitr(tool: Tool, bindir: str, target: datetime, *, force: bool, admin_dsn: str,
-         report: RestoreReport, timeline: str = "latest") -> None:
+         report: RestoreReport, timeline: str = "latest", config_file: str | None = None
+         ) -> None:
     """`timeline`: follow the newest timeline in the archive (`latest`, PostgreSQL's default:
-    includes what happened after an earlier restore) or stay on the backup's (`current`)."""
+    includes what happened after an earlier restore) or stay on the backup's (`current`).
+    `config_file`: the server's postgresql.conf outside its data directory, which the
+    restored server is started with (TICKSTACK_PG_CONFIG_FILE); required."""
     plans: list[Plan] = []
+    if not config_file:
+        raise RestoreRefused("TICKSTACK_PG_CONFIG_FILE is not set: the restored server would "
+                             "start with the configuration inside the backup (an older "
+                             "pg_hba.conf, TLS off); set it to the primary's postgresql.conf "
+                             "outside its data directory")
+    if not Path(config_file).is_file():
+        raise Failed(f"TICKSTACK_PG_CONFIG_FILE {config_file}: no such file (the primary's "
+                     "postgresql.conf outside its data directory)")
 
     def check() -> str:
         plans.append(preflight(tool, bindir, target, force=force, admin_dsn=admin_dsn,
@@ -329,23 +340,33 @@ def pitr(tool: Tool, bindir: str, target: datetime, *, force: bool, admin_dsn: s
             raise BackupError(f"pgbackrest restore failed (exit {r.returncode}): "
                               f"{tail(r.stderr or r.stdout, 3)[-800:]}")
         lines = [ln for ln in r.stdout.splitlines() if "restore backup set" in ln]
-        return lines[-1].split("P00", 1)[-1].strip() if lines else "restored"
+        done = lines[-1].split("P00", 1)[-1].strip() if lines else "restored"
+        dropped = server_start.drop_security_overrides(data)
+        return done + (f"; removed from its postgresql.auto.conf: "
+                       f"{', '.join(ln.split('=', 1)[0].strip() for ln in dropped)}"
+                       if dropped else "")
 
     def start_and_replay() -> str:
         log_file = data.parent / "postgres.log"
-        r = _pg_ctl(tool, bindir, data, "-l", str(log_file), "-w", "-t", "600", "start",
-                    timeout=660)
+        r = server_start.start(tool, bindir, data, log_file, config_file, wait=600)
         if r.returncode != 0:
             raise BackupError(f"PostgreSQL did not start after the restore (see {log_file}): "
                               f"{r.stderr.strip()[-500:]}")
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            if healthy(admin_dsn):
+            primary, refused = server_start.probe(admin_dsn)
+            if primary:
                 return "WAL replayed to the target, promoted"
             # Recovery that cannot reach the target stops the server: say why at once.
             if not (data / "postmaster.pid").exists():
                 raise BackupError(f"PostgreSQL stopped during WAL replay: "
                                   f"{_last_fatal(log_file)} (see {log_file})")
+            # A running server that refuses the admin for another reason than recovery (TLS,
+            # pg_hba.conf): waiting will not change it, and recovery is not to blame.
+            if refused and not any(s in refused for s in server_start.STARTING):
+                raise BackupError(f"the restored server runs but refuses the admin's "
+                                  f"connection: {refused} (its configuration: "
+                                  f"{config_file}; see {log_file})")
             time.sleep(0.5)
         raise BackupError(f"still in recovery after 600 s (see {log_file})")
 
@@ -354,7 +375,7 @@ def pitr(tool: Tool, bindir: str, target: datetime, *, force: bool, admin_dsn: s
         report.timed("WAL replay up to the target, promote", start_and_replay)
     except BaseException as e:
         what = put_back(tool, bindir, data, report.moved_aside, start=was_running[0],
-                        admin_dsn=admin_dsn)
+                        admin_dsn=admin_dsn, config_file=config_file)
         if not isinstance(e, Exception):
             raise
         reason = str(e) if isinstance(e, Failed) else f"{type(e).__name__}: {e}"
@@ -372,7 +393,7 @@ def _fresh_dir(tool: Tool, data: Path) -> None:
 
 
 def put_back(tool: Tool, bindir: str, data: Path, aside: str | None, *, start: bool,
-             admin_dsn: str) -> str:
+             admin_dsn: str, config_file: str | None = None) -> str:
     """After a failed restore: stop what runs on the restored directory, keep it for a look
     (renamed), move the old data directory back, and start it when it was running. Returns
     what was done, for the error message."""
@@ -394,8 +415,7 @@ def put_back(tool: Tool, bindir: str, data: Path, aside: str | None, *, start: b
             return ("the old data directory is back in place, not started (it was not "
                     f"running){kept}")
         log_file = data.parent / "postgres.log"
-        r = _pg_ctl(tool, bindir, data, "-l", str(log_file), "-w", "-t", "120", "start",
-                    timeout=180)
+        r = server_start.start(tool, bindir, data, log_file, config_file, wait=120)
         if r.returncode != 0 or not healthy(admin_dsn):
             return (f"the old data directory is back in place but did not start again (see "
                     f"{log_file}){kept}")
