@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -105,6 +105,10 @@ class Merge:
     new_rows: pa.Table  # rows of `incoming` not in `existing`
     duplicates: int  # incoming rows identical to one already present
     conflicts: list[tuple[int, str]]  # (incoming position, reason): same id, other values
+    # trade ids of the duplicates that repeat a row of `existing` (the rest repeat an earlier
+    # incoming row)
+    existing_duplicate_ids: np.ndarray = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def merge(existing: pa.Table | None, incoming: pa.Table) -> Merge:
@@ -130,21 +134,21 @@ def merge(existing: pa.Table | None, incoming: pa.Table) -> Merge:
             a = pc.take(both.column(col), pa.array(dup_pos))
             b = pc.take(both.column(col), pa.array(kept_for))
             same &= np.asarray(pc.equal(a, b).to_numpy(zero_copy_only=False), dtype=bool)
-        for p, s in zip(dup_pos, same, strict=True):
-            if p < n_old:
-                continue  # duplicates inside an existing object were resolved when it landed
-            if s:
-                duplicates += 1
-            else:
-                conflicts.append((int(p - n_old), "conflicting duplicate trade id "
-                                  "(same id, different values)"))
+        # Duplicates inside an existing object were resolved when it landed: incoming only.
+        incoming_dup = dup_pos >= n_old
+        duplicates = int((incoming_dup & same).sum())
+        of_existing = ids[dup_pos[incoming_dup & same & (kept_for < n_old)]]
+        conflicts = [(int(p - n_old), "conflicting duplicate trade id (same id, different "
+                      "values)") for p in dup_pos[incoming_dup & ~same]]
+    else:
+        of_existing = np.zeros(0, dtype=np.int64)
     keep.sort()
     table = both.take(pa.array(keep)).sort_by("trade_id")
     if existing is None:  # every row kept is new: the same rows, not a second copy of them
         return Merge(table, table, duplicates, conflicts)
     new_mask = keep >= n_old
     new_rows = both.take(pa.array(keep[new_mask]))
-    return Merge(table, new_rows, duplicates, conflicts)
+    return Merge(table, new_rows, duplicates, conflicts, of_existing.astype(np.int64))
 
 
 def split_by_bucket(table: pa.Table, positions: np.ndarray
@@ -256,6 +260,17 @@ class Landing:
                 Bucket=self.bucket, Prefix=prefix):
             out += page.get("Contents", [])
         return out
+
+    def prefixes(self, prefix: str, limit: int) -> list[str]:
+        """Up to `limit` folders ("…/") directly under `prefix`, sorted (one LIST request)."""
+        r = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, Delimiter="/",
+                                    MaxKeys=limit)
+        return sorted(p["Prefix"] for p in r.get("CommonPrefixes", []))[:limit]
+
+    def any_under(self, prefix: str) -> bool:
+        """Whether any object's key starts with `prefix` (one LIST request)."""
+        r = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
+        return bool(r.get("Contents"))
 
     def exists(self, key: str) -> bool:
         """One LIST per day prefix, cached: which bucket objects are already there."""
