@@ -223,3 +223,118 @@ def wait_for(cond, procs, limit_s: float = 120) -> None:
             pytest.fail("the ingests never reached the expected point")
         time.sleep(0.1)
 
+
+
+# --- 11a. summaries that add up -----------------------------------------------------------
+
+def tick_table(lines: list[str]):
+    """Trades of `row` lines as the stream's tick table."""
+    from decimal import Decimal
+
+    import pyarrow as pa
+
+    from workers.core.ticks import TICK_SCHEMA
+
+    f = [ln.split(",") for ln in lines]
+    return pa.table({
+        "trade_id": [int(x[0]) for x in f],
+        "event_time": pa.array([int(x[4]) * 1000 for x in f], pa.timestamp("us", tz="UTC")),
+        "price": [Decimal(x[1]) for x in f], "quantity": [Decimal(x[2]) for x in f],
+        "quote_quantity": [Decimal(x[3]) for x in f], "is_buyer_maker": [x[5] == "True" for x in f],
+        "trade_kind": pa.nulls(len(f), pa.string())}).cast(TICK_SCHEMA)
+
+
+def test_every_row_read_is_counted_once(stack, tmp_path):
+    """Duplicates of stored trades and of the input's own rows, conflicts, bad rows, trades the
+    live stream committed before any bucket object held them, a rerun and a forced rerun."""
+    from workers.db.stream_commit import commit_batch
+
+    streamed = rows(6000, 10)  # 12:00: committed by the stream, not in a bucket object yet
+    with stack.ingest_conn() as conn:
+        commit_batch(conn, "spot", "BTCUSDT", "stream:binance", tick_table(streamed), [])
+    first = rows(7000, 20, t0=T0 + 10 * MIN)  # 12:10
+    ingest(stack, write(tmp_path / "a" / SPOT, first))
+    lines = [*streamed, *rows(6010, 5), first[0], first[1],  # 5 new, 2 stored
+             *rows(6010, 2),  # two of the input's new rows, again
+             row(6012, T0 + 12_000, price="4100.6"),  # 6012 again, another price
+             row(7003, T0 + 3_000),  # 7003 (12:10) in 12:00: another bucket
+             "x,1,1,1,1,True,True", "6100,-1,0.01,1,1554120000000,True,True"]  # bad rows
+    s = ingest(stack, write(tmp_path / "b" / SPOT, lines))
+    # The reported symptom ("read 9,757, inserted 8,757, duplicates 875"), in the fields the
+    # summary always had: inserted + duplicates + quarantined fell short of rows read.
+    assert s.inserted + s.duplicates + sum(s.quarantined.values()) == s.rows_read, s.as_dict()
+    assert_adds_up(s)
+    assert (s.rows_read, s.inserted, s.already_stored, s.input_duplicates) == (23, 15, 2, 2)
+    assert sum(s.quarantined.values()) == 4 and s.quarantined[CONFLICT] == 2, s.as_dict()
+    assert s.ticks_inserted == 5  # the database had the streamed ten already
+    text = s.summary()
+    assert ("read 23 = inserted 15 + already stored 2 + duplicates within the input 2 + "
+            "quarantined 4 (") in text, text
+    assert_one_bucket_per_id(stack)
+    r = stack.cli("ingest", str(tmp_path / "b" / SPOT), "--force", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (d["rows_read"], d["inserted"], d["already_stored"], d["input_duplicates"],
+            d["quarantined"]) == (23, 0, 19, 0, 4), d  # a copy of a stored trade: stored
+    r = stack.cli("ingest", str(tmp_path / "b" / SPOT))  # unchanged: skipped, says so
+    assert r.returncode == 0 and "unchanged since its load" in r.stdout, r.stdout + r.stderr
+
+
+def test_duplicates_of_the_input_across_flushes_of_a_dense_bucket(stack, tmp_path):
+    """A bucket flushed in parts: a row repeating one an earlier part stored is a duplicate
+    within the input, not a trade stored before it."""
+    lines = rows(10_000, 400, step_ms=500)  # 12:00:00 .. 12:03:19.5, one bucket
+    lines += lines[:50]  # again, at the end: after the first parts were landed
+    s = ingest(stack, write(tmp_path / SPOT, lines), flush_rows=16, block_bytes=1024)
+    assert s.buckets_landed > 1  # landed in parts (the same object rewritten)
+    assert (s.inserted, s.already_stored, s.input_duplicates) == (400, 0, 50), s.as_dict()
+    assert_adds_up(s)
+
+
+def test_a_replay_adds_up(stack, tmp_path):
+    ingest(stack, write(tmp_path / SPOT, rows(8000, 30, step_ms=20_000)))  # 12:00 .. 12:09
+    with stack.admin() as c:
+        c.execute("DELETE FROM market_data.btc_ticks WHERE bucket_5m = '2019-04-01 12:05+00'")
+    r = stack.cli("ingest", f"s3://{stack.bucket}/raw/spot/BTCUSDT/", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (d["rows_read"], d["inserted"], d["already_stored"]) == (30, 15, 15), d
+
+
+# --- 11c. landing prefixes ------------------------------------------------------------------
+
+def test_ingest_help_shows_the_landing_layout_with_the_market(stack):
+    r = subprocess.run([sys.executable, "-m", "workers", "ingest", "--help"], cwd=REPO,
+                       env={**stack.cli_env(), "COLUMNS": "250"}, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "s3://<landing bucket>/raw/<market>/<SYMBOL>/" in r.stdout, r.stdout
+    assert "raw/<SYMBOL>/" not in r.stdout
+
+
+@pytest.mark.parametrize("prefix, hint", [
+    ("raw/BTCUSDT/", "did you mean raw/spot/BTCUSDT/?"),  # the layout before markets
+    ("raw/spot/BTCUSD/", "under raw/spot/: raw/spot/BTCUSDT/"),
+    ("raw/um/", "under raw/: raw/spot/"),
+    ("raw/spot/BTCUSDT/2019-04-02/", "under raw/spot/BTCUSDT/: raw/spot/BTCUSDT/2019-04-01/"),
+])
+def test_a_landing_prefix_that_matches_nothing_is_bad_input(stack, tmp_path, prefix, hint):
+    assert stack.cli("ingest", str(write(tmp_path / SPOT, rows(100, 5)))).returncode == 0
+    before = stack.checksums()
+    r = stack.cli("ingest", f"s3://{stack.bucket}/{prefix}")
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert f"s3://{stack.bucket}/{prefix}: no landing objects under this prefix" in r.stderr
+    assert hint in r.stderr, r.stderr
+    assert stack.checksums() == before
+
+
+def test_a_window_that_selects_nothing_and_an_empty_landing_are_bad_input(stack, tmp_path):
+    r = stack.cli("ingest", "--from-landing")
+    assert r.returncode == 2 and "the landing bucket is empty" in r.stderr, r.stderr
+    assert stack.cli("ingest", str(write(tmp_path / SPOT, rows(100, 5)))).returncode == 0
+    r = stack.cli("ingest", "--from-landing", "--since", "2019-04-02T00:00:00Z")
+    assert r.returncode == 2, r.stderr
+    assert ("no landing object in [2019-04-02T00:00:00Z, …); the 1 under this prefix hold "
+            "buckets 2019-04-01T12:00:00Z … 2019-04-01T12:00:00Z") in r.stderr, r.stderr
+    r = stack.cli("ingest", "--from-landing", "--since", "2019-04-01T12:00:00Z", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["already_stored"] == 5, r.stderr
