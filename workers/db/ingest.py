@@ -44,7 +44,6 @@ from workers.db.summary import AddedIds, Summary
 from workers.landing.store import (
     BucketWrite,
     Landing,
-    bucket_stats,
     object_key,
     split_by_bucket,
 )
@@ -80,13 +79,17 @@ class Prepared:
     stats: dict
 
 
-def _rows_to_load(w: BucketWrite, registered: str | None) -> pa.Table:
+def _rows_to_load(landing: Landing, w: BucketWrite, registered: str | None) -> pa.Table:
     """An unregistered bucket holds no ticks (they commit with its registry row), so all of its
     rows load. A registered one needs only what is new — unless its object had changed since it
     was registered (a crash between landing and commit): then all of it goes through ON
-    CONFLICT to reconcile."""
-    return w.merge.new_rows if registered is not None and registered == w.before \
-        else w.merge.table
+    CONFLICT to reconcile (after a streamed merge, read back from landing: the one case where a
+    dense bucket is held whole)."""
+    if (registered is not None and registered == w.before) or w.before is None:
+        return w.merge.new_rows  # (no object before: every row of it is new)
+    if w.merge.table is not None:
+        return w.merge.table
+    return landing.read_verified(w.key, w.sha256).table
 
 
 class Pipeline:
@@ -178,11 +181,13 @@ class Pipeline:
     def _land(self, bucket: int, incoming: pa.Table, positions: np.ndarray, describe,
               current_key: str | None, registered: str | None
               ) -> tuple[int, BucketWrite, Prepared]:
+        # Bounded: a bucket object past one row group is merged a row group at a time, so a
+        # dense bucket landed in parts costs memory for its incoming rows only.
         w = self.landing.merge_into(self.market, self.symbol, bucket, incoming,
-                                    current_key=current_key)
-        if w.merge.table.num_rows > self.max_bucket_rows:
+                                    current_key=current_key, bounded=True)
+        if w.row_count > self.max_bucket_rows:
             raise BadFile(self.source, f"bucket {iso(bucket)} would hold "
-                                       f"{w.merge.table.num_rows:,} trades (limit "
+                                       f"{w.row_count:,} trades (limit "
                                        f"{self.max_bucket_rows:,}, TICKSTACK_INGEST_MAX_BUCKET_"
                                        "ROWS): not five minutes of a real market")
         with self._lock:
@@ -199,12 +204,11 @@ class Pipeline:
             self.summary.buckets_landed += w.written
             if w.written:
                 self._stored[w.key] = w.etag
-        ids = w.merge.table.column("trade_id")
-        self._ranges[bucket] = (ids[0].as_py(), ids[-1].as_py())  # sorted by trade id
+        stats = w.bucket_stats()
+        self._ranges[bucket] = (stats["first_trade_id"], stats["last_trade_id"])
         prepared = None
         if not (registered == w.sha256 and w.moved_from is None):
-            rows = _rows_to_load(w, registered)
-            prepared = Prepared(registered, rows, bucket_stats(w.merge.table))
+            prepared = Prepared(registered, _rows_to_load(self.landing, w, registered), stats)
         return bucket, w, prepared
 
     def _load(self, landed: list[tuple[int, BucketWrite, Prepared | None]]) -> None:
@@ -231,8 +235,8 @@ class Pipeline:
             if prep is not None and prep.registered == known.get(bucket):
                 rows, stats = prep.rows, prep.stats
             else:  # the registry is not what it was when the rows were chosen: choose again
-                rows = _rows_to_load(w, known.get(bucket))
-                stats = prep.stats if prep is not None else bucket_stats(w.merge.table)
+                rows = _rows_to_load(self.landing, w, known.get(bucket))
+                stats = prep.stats if prep is not None else w.bucket_stats()
             loads.append(BucketLoad(self.market, self.symbol, bucket, rows, bucket in known,
                                     self.landing.uri(w.key), w.sha256, w.size, stats, w.etag))
         if loads:
