@@ -12,8 +12,11 @@ object's ETag is checked against the one this writer stored, so the registry nev
 object other than the one in landing. Two ingests, a stream compaction and a replay of the same
 buckets may run at once: each bucket's object ends up the union of all of them.
 
-A trade id that another bucket of the same market and symbol already holds (same id, another
-timestamp) is quarantined as a conflicting duplicate, as within a bucket.
+A trade id is stored in one bucket only: a row whose id another bucket holds — of the database,
+of this run, of this very flush — or that an earlier row places in another bucket is quarantined
+as a conflicting duplicate (workers/db/trade_ids.py), under the ids' locks until the load
+commits. Every row read is counted once in the summary (workers/db/summary.py). A bucket landed
+in parts is merged a row group at a time (workers/landing/bounded.py): memory follows the part.
 """
 
 from __future__ import annotations
