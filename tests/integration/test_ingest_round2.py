@@ -174,6 +174,17 @@ def test_across_two_files_of_one_run_and_two_runs(stack, tmp_path):
     assert assert_one_bucket_per_id(stack) == where
 
 
+def test_a_bucket_without_an_aggregate_row_still_keeps_its_ids(stack, tmp_path):
+    """The bucket's aggregate row gone (retention of btc_ohlcv_5m; a bucket of flagged trades
+    only never has one): its registry row still says which ids it holds."""
+    ingest(stack, write(tmp_path / "a" / SPOT, rows(11_000, 10)))
+    with stack.admin() as c:
+        c.execute("DELETE FROM market_data.btc_ohlcv_5m")
+    s = ingest(stack, write(tmp_path / "b" / SPOT, [row(11_004, T0 + 6 * 3_600_000)]))
+    assert assert_one_bucket_per_id(stack)[11_004] == "12:00"
+    assert s.quarantined == {CONFLICT: 1}, s.as_dict()
+
+
 def _waiting(stack: Stack) -> int:
     with stack.admin() as c:
         return c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND "
