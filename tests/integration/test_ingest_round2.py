@@ -279,7 +279,7 @@ def test_every_row_read_is_counted_once(stack, tmp_path):
     assert sum(s.quarantined.values()) == 4 and s.quarantined[CONFLICT] == 2, s.as_dict()
     assert s.ticks_inserted == 5  # the database had the streamed ten already
     text = s.summary()
-    assert ("read 23 = inserted 15 + already stored 2 + duplicates within the input 2 + "
+    assert ("23 rows read = inserted 15 + already stored 2 + duplicates within the input 2 + "
             "quarantined 4 (") in text, text
     assert_one_bucket_per_id(stack)
     r = stack.cli("ingest", str(tmp_path / "b" / SPOT), "--force", "--json")

@@ -75,7 +75,7 @@ class Summary:
 
     def rows_text(self) -> str:
         q = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.quarantined.items()))
-        return (f"read {self.rows_read:,} = inserted {self.inserted:,} + already stored "
+        return (f"{self.rows_read:,} rows read = inserted {self.inserted:,} + already stored "
                 f"{self.already_stored:,} + duplicates within the input "
                 f"{self.input_duplicates:,} + quarantined {sum(self.quarantined.values()):,}"
                 + (f" ({q})" if q else ""))
