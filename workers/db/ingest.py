@@ -207,11 +207,15 @@ class Pipeline:
             self.summary.buckets_landed += w.written
             if w.written:
                 self._stored[w.key] = w.etag
-        stats = w.bucket_stats()
-        self._ranges[bucket] = (stats["first_trade_id"], stats["last_trade_id"])
+        if w.merge.table is not None:  # sorted by trade id
+            ids = w.merge.table.column("trade_id")
+            self._ranges[bucket] = (ids[0].as_py(), ids[-1].as_py())
+        else:
+            self._ranges[bucket] = (w.stats["first_trade_id"], w.stats["last_trade_id"])
         prepared = None
         if not (registered == w.sha256 and w.moved_from is None):
-            prepared = Prepared(registered, _rows_to_load(self.landing, w, registered), stats)
+            prepared = Prepared(registered, _rows_to_load(self.landing, w, registered),
+                                w.bucket_stats())
         return bucket, w, prepared
 
     def _load(self, landed: list[tuple[int, BucketWrite, Prepared | None]]) -> None:
