@@ -185,6 +185,32 @@ def test_a_bucket_without_an_aggregate_row_still_keeps_its_ids(stack, tmp_path):
     assert s.quarantined == {CONFLICT: 1}, s.as_dict()
 
 
+def test_id_locks_between_two_sessions(stack):
+    """The ids' locks: one block at a time; other blocks and the series' shared lock beside
+    each other; a flush too wide for blocks takes the whole series (and waits for the rest)."""
+    import numpy as np
+
+    from workers.db.bucket_locks import ID_BLOCK_BITS, MAX_ID_BLOCKS, SessionLocks, id_locks
+
+    block = 1 << ID_BLOCK_BITS
+    mine = id_locks("spot", "BTCUSDT", np.arange(10 * block, 10 * block + 100))
+    same = id_locks("spot", "BTCUSDT", np.array([10 * block + 5]))
+    other = id_locks("spot", "BTCUSDT", np.array([11 * block + 5]))
+    wide = id_locks("spot", "BTCUSDT", np.arange(MAX_ID_BLOCKS + 1) * block)
+    um = id_locks("um", "BTCUSDT", np.array([10 * block + 5]))
+    assert len(wide) == 1 and not any(wide.values())  # the series, exclusive
+    with stack.ingest_conn() as a, stack.ingest_conn() as b:
+        la, lb = SessionLocks(a), SessionLocks(b)
+        assert la.try_acquire(mine)
+        assert not lb.try_acquire(same) and lb.held == {}
+        assert lb.try_acquire(other) and lb.try_acquire(um)
+        assert not lb.try_acquire(wide)
+        la.release(mine)
+        assert lb.try_acquire(same)
+        lb.release_all()
+        assert lb.try_acquire(wide) and not la.try_acquire(mine)
+
+
 def _waiting(stack: Stack) -> int:
     with stack.admin() as c:
         return c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND "

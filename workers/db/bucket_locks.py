@@ -15,10 +15,11 @@ waits otherwise), so two writers never wait on each other in a cycle.
 
 Trade ids (`id_locks`): a trade id is stored in one bucket only, so a writer that decides where
 its rows' ids go (the file ingest's cross-bucket check) holds, from that check until its load
-has committed, the locks of the id blocks (2^20 consecutive ids) its rows carry — exclusive, with
+has committed, the locks of the id blocks (2^16 consecutive ids) its rows carry — exclusive, with
 the series' id lock shared; a flush whose ids touch more than MAX_ID_BLOCKS blocks takes the
 series' id lock exclusive instead. Two writers that could place one id in two buckets therefore
-check one after the other, the second seeing what the first committed.
+check one after the other, the second seeing what the first committed. A writer keeps a block
+while its flushes stay inside it; another writer of the same ids follows once it has moved on.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ NAMESPACE = int.from_bytes(hashlib.sha256(b"tickstack.landing").digest()[:4], "b
 
 BucketId = tuple[str, str, int]  # (market, symbol, bucket start µs)
 Locks = dict[int, bool]  # lock id -> shared
-ID_BLOCK_BITS = 20  # an id block: 2^20 consecutive trade ids (a flush spans one or two)
-MAX_ID_BLOCKS = 8  # more blocks than this in one flush: the series' id lock, exclusive
+ID_BLOCK_BITS = 16  # an id block: 65,536 consecutive trade ids (a flush spans one or two)
+MAX_ID_BLOCKS = 16  # more blocks than this in one flush: the series' id lock, exclusive
 
 
 def _key(text: str) -> int:
