@@ -93,7 +93,8 @@ def migrate(
 def ingest(
     paths: list[str] = typer.Argument(
         None, help="Binance dump files (.csv/.zip, a .CHECKSUM beside a zip is verified) or "
-        "landing prefixes s3://<landing bucket>/raw/<SYMBOL>/…"),
+        "landing prefixes s3://<landing bucket>/raw/<market>/<SYMBOL>/… (market: spot, um, "
+        "cm); a prefix that selects no landing object is bad input (exit 2)."),
     symbol: str | None = typer.Option(None, "--symbol", help="Symbol when the file name "
                                          "does not say (BTCUSDT-trades-….zip does)."),
     market: str | None = MARKET,
@@ -109,7 +110,9 @@ def ingest(
 
     Bad rows are quarantined (line, reason) to quarantine/… in the landing bucket; a file that is
     not a trade file at all fails with exit 2 and nothing of it is written. A file loaded before
-    (same SHA-256) whose buckets' registry rows are unchanged since is skipped unread.
+    (same SHA-256) whose buckets' registry rows are unchanged since is skipped unread. The
+    summary counts every row read once: inserted, already stored, duplicate within the input,
+    or quarantined (by reason).
     """
     from workers.core.ticks import to_us
 

@@ -104,10 +104,9 @@ class IngestRun:
 
     def summary(self) -> str:
         t = self.total()
-        text = (f"{len(self.files)} file(s): {t.rows_read:,} rows read, {t.accepted:,} "
-                f"accepted, {sum(t.quarantined.values()):,} quarantined; {t.inserted:,} new "
-                f"ticks; {t.buckets_landed} buckets landed, {t.buckets_unchanged} already in "
-                "landing unchanged")
+        text = (f"{len(self.files)} file(s): {t.rows_text()}; database: {t.ticks_inserted:,} "
+                f"new ticks; {t.buckets_landed} buckets landed, {t.buckets_unchanged} already "
+                "in landing unchanged")
         if t.files_skipped:
             text += (f"; {t.files_skipped} file(s) unchanged since loaded (same checksum, same "
                      "registry): skipped")

@@ -12,8 +12,11 @@ object's ETag is checked against the one this writer stored, so the registry nev
 object other than the one in landing. Two ingests, a stream compaction and a replay of the same
 buckets may run at once: each bucket's object ends up the union of all of them.
 
-A trade id that another bucket of the same market and symbol already holds (same id, another
-timestamp) is quarantined as a conflicting duplicate, as within a bucket.
+A trade id is stored in one bucket only: a row whose id another bucket holds — of the database,
+of this run, of this very flush — or that an earlier row places in another bucket is quarantined
+as a conflicting duplicate (workers/db/trade_ids.py), under the ids' locks until the load
+commits. Every row read is counted once in the summary (workers/db/summary.py). A bucket landed
+in parts is merged a row group at a time (workers/landing/bounded.py): memory follows the part.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ import queue
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import psycopg
@@ -36,84 +39,25 @@ from workers.core.errors import Failed
 from workers.core.pg import require_autocommit, sibling
 from workers.core.sqlfiles import query
 from workers.core.ticks import iso, to_dt, to_us
-from workers.db import file_loads, landing_audit
-from workers.db.bucket_locks import SessionLocks, xact_lock
+from workers.db import file_loads, landing_audit, trade_ids
+from workers.db.bucket_locks import Locks, SessionLocks, bucket_locks, combine, id_locks
 from workers.db.load import BucketLoad, known_buckets, load
+from workers.db.replay import ingest_landing, landing_keys, replay
+from workers.db.summary import AddedIds, Summary
 from workers.landing.store import (
-    RAW,
     BucketWrite,
     Landing,
-    bucket_of_key,
-    bucket_stats,
     object_key,
     split_by_bucket,
 )
 from workers.sources.binance_files import BadFile, Limits, RawBatch, TradeFile, open_trade_file
 from workers.sources.validate import UnitState
 
+__all__ = ["Summary", "ingest_file", "ingest_landing", "landing_keys", "replay"]
 log = logs.get("ingest")
 S3_THREADS = 3
 LOADERS = 2  # flushes loading at once, each on its own connection
 CONFLICT = "conflicting duplicate trade id (same id, different values)"
-
-
-@dataclass
-class Summary:
-    source: str
-    rows_read: int = 0
-    accepted: int = 0
-    inserted: int = 0
-    duplicates: int = 0
-    quarantined: Counter = field(default_factory=Counter)
-    buckets_landed: int = 0
-    buckets_unchanged: int = 0
-    quarantine_uri: str | None = None
-    seconds: float = 0.0
-    skipped_keys: list[str] = field(default_factory=list)  # replay: keys that are not objects
-    # Files left alone: already loaded, and nothing they covered changed (workers/db/file_loads)
-    files_skipped: int = 0
-    loaded_at: str | None = None  # when the skipped file's load completed
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.inserted or self.buckets_landed)
-
-    def add(self, other: Summary) -> None:
-        """Fold another file's summary into this one (several files, one stage)."""
-        for name in ("rows_read", "accepted", "inserted", "duplicates", "buckets_landed",
-                     "buckets_unchanged", "files_skipped"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.quarantined.update(other.quarantined)
-        self.skipped_keys += other.skipped_keys
-        self.seconds += other.seconds
-
-    def summary(self) -> str:
-        if self.loaded_at is not None:
-            return (f"{self.source}: unchanged since its load at {self.loaded_at} (same file "
-                    f"SHA-256, same registry over its buckets): skipped; {self.seconds:.1f} s")
-        q = ", ".join(f"{k}: {v}" for k, v in sorted(self.quarantined.items())) or "none"
-        text = (f"{self.source}: read {self.rows_read:,}, accepted {self.accepted:,}, "
-                f"inserted {self.inserted:,}, duplicates {self.duplicates:,}, quarantined "
-                f"{sum(self.quarantined.values()):,} ({q}); buckets landed "
-                f"{self.buckets_landed}, unchanged {self.buckets_unchanged}; "
-                f"{self.seconds:.1f} s")
-        if self.skipped_keys:
-            text += (f"\n  skipped {len(self.skipped_keys)} key(s) that are not landing "
-                     f"objects, e.g. {self.skipped_keys[0]}")
-        if self.quarantine_uri:
-            text += f"\n  quarantine: {self.quarantine_uri}"
-        return text
-
-    def as_dict(self) -> dict:
-        return {"source": self.source, "rows_read": self.rows_read, "accepted": self.accepted,
-                "inserted": self.inserted, "duplicates": self.duplicates,
-                "quarantined": sum(self.quarantined.values()),
-                "quarantined_by_reason": dict(self.quarantined),
-                "buckets_landed": self.buckets_landed,
-                "buckets_unchanged": self.buckets_unchanged,
-                "skipped_keys": self.skipped_keys, "files_skipped": self.files_skipped,
-                "loaded_at": self.loaded_at,
-                "quarantine_uri": self.quarantine_uri, "seconds": round(self.seconds, 3)}
 
 
 Pending = dict[int, list[tuple[pa.Table, np.ndarray]]]  # bucket µs -> [(rows, input positions)]
@@ -124,7 +68,7 @@ class InFlight:
     """A flush handed to the database threads: its load (and check), locks and buckets."""
 
     future: Future
-    ids: list[tuple[str, str, int]]
+    locks: Locks  # its buckets' and its trade ids' (bucket_locks.id_locks)
     buckets: set[int]
 
 
@@ -138,13 +82,17 @@ class Prepared:
     stats: dict
 
 
-def _rows_to_load(w: BucketWrite, registered: str | None) -> pa.Table:
+def _rows_to_load(landing: Landing, w: BucketWrite, registered: str | None) -> pa.Table:
     """An unregistered bucket holds no ticks (they commit with its registry row), so all of its
     rows load. A registered one needs only what is new — unless its object had changed since it
     was registered (a crash between landing and commit): then all of it goes through ON
-    CONFLICT to reconcile."""
-    return w.merge.new_rows if registered is not None and registered == w.before \
-        else w.merge.table
+    CONFLICT to reconcile (after a streamed merge, read back from landing: the one case where a
+    dense bucket is held whole)."""
+    if (registered is not None and registered == w.before) or w.before is None:
+        return w.merge.new_rows  # (no object before: every row of it is new)
+    if w.merge.table is not None:
+        return w.merge.table
+    return landing.read_verified(w.key, w.sha256).table
 
 
 class Pipeline:
@@ -176,6 +124,7 @@ class Pipeline:
         self._lock_conn = sibling(conn)
         self.locks = SessionLocks(self._lock_conn)
         self._ranges: dict[int, tuple[int, int]] = {}  # trade ids of buckets landed this run
+        self._added = AddedIds()  # the ids this run added to each bucket (for the summary)
         self.first_bucket: int | None = None  # the range of buckets this file landed
         self.last_bucket: int | None = None
         self._stored: dict[str, str | None] = {}  # key -> ETag of this run's newest write
@@ -185,12 +134,16 @@ class Pipeline:
         if not buckets:
             return
         keys = sorted(buckets)
-        ids = [(self.market, self.symbol, b) for b in keys]
+        # The buckets' locks, and the trade ids': from the cross-bucket check until the load
+        # commits, no other writer decides where these ids go (workers/db/trade_ids.py).
+        locks = combine(bucket_locks([(self.market, self.symbol, b) for b in keys]), id_locks(
+            self.market, self.symbol, np.concatenate([t.column("trade_id").to_numpy()
+                                                      for b in keys for t, _ in buckets[b]])))
         # Holding the previous flush's locks, only try; otherwise let go of them first (its
         # load commits) and wait: no two writers ever wait for each other in a cycle.
-        if not self.locks.try_acquire(ids):
+        if not self.locks.try_acquire(locks):
             self.wait()
-            self.locks.acquire(ids)
+            self.locks.acquire(locks)
         merged = {b: (pa.concat_tables([t for t, _ in buckets[b]]),
                       np.concatenate([p for _, p in buckets[b]])) for b in keys}
         merged = self._drop_conflicts(merged, describe)
@@ -212,7 +165,7 @@ class Pipeline:
         if not self._opened and LOADERS > 1:
             self._opened.append(sibling(self.conn))
             self._conns.put(self._opened[-1])
-        self._in_flight.append(InFlight(self._db.submit(self._load, landed), ids, set(keys)))
+        self._in_flight.append(InFlight(self._db.submit(self._load, landed), locks, set(keys)))
 
     def wait(self) -> None:
         """Every flush in flight committed, was checked and let go of its locks."""
@@ -224,33 +177,45 @@ class Pipeline:
         locks."""
         f = self._in_flight.popleft()
         f.future.result()  # re-raises a load or check error here, in the caller's thread
-        self.locks.release(f.ids)
+        self.locks.release(f.locks)
         # Between flushes nothing needs the memory the allocator keeps for reuse.
         pa.default_memory_pool().release_unused()
 
     def _land(self, bucket: int, incoming: pa.Table, positions: np.ndarray, describe,
               current_key: str | None, registered: str | None
               ) -> tuple[int, BucketWrite, Prepared]:
+        # Bounded: a bucket object past one row group is merged a row group at a time, so a
+        # dense bucket landed in parts costs memory for its incoming rows only.
         w = self.landing.merge_into(self.market, self.symbol, bucket, incoming,
-                                    current_key=current_key)
-        if w.merge.table.num_rows > self.max_bucket_rows:
+                                    current_key=current_key, bounded=True)
+        if w.row_count > self.max_bucket_rows:
             raise BadFile(self.source, f"bucket {iso(bucket)} would hold "
-                                       f"{w.merge.table.num_rows:,} trades (limit "
+                                       f"{w.row_count:,} trades (limit "
                                        f"{self.max_bucket_rows:,}, TICKSTACK_INGEST_MAX_BUCKET_"
                                        "ROWS): not five minutes of a real market")
         with self._lock:
-            self.summary.duplicates += w.merge.duplicates
-            for pos, reason in w.merge.conflicts:
+            # Each incoming row: new, a duplicate (of a trade stored before this input, or of
+            # one this input stored, maybe in an earlier flush), or a conflict (quarantined).
+            m = w.merge
+            mine = self._added.count_in(bucket, m.existing_duplicate_ids)
+            self.summary.inserted += m.new_rows.num_rows
+            self.summary.already_stored += len(m.existing_duplicate_ids) - mine
+            self.summary.input_duplicates += m.duplicates - len(m.existing_duplicate_ids) + mine
+            self._added.add(bucket, m.new_rows.column("trade_id").to_numpy())
+            for pos, reason in m.conflicts:
                 self.quarantine_row(describe(int(positions[pos])), reason)
             self.summary.buckets_landed += w.written
             if w.written:
                 self._stored[w.key] = w.etag
-        ids = w.merge.table.column("trade_id")
-        self._ranges[bucket] = (ids[0].as_py(), ids[-1].as_py())  # sorted by trade id
+        if w.merge.table is not None:  # sorted by trade id
+            ids = w.merge.table.column("trade_id")
+            self._ranges[bucket] = (ids[0].as_py(), ids[-1].as_py())
+        else:
+            self._ranges[bucket] = (w.stats["first_trade_id"], w.stats["last_trade_id"])
         prepared = None
         if not (registered == w.sha256 and w.moved_from is None):
-            rows = _rows_to_load(w, registered)
-            prepared = Prepared(registered, rows, bucket_stats(w.merge.table))
+            prepared = Prepared(registered, _rows_to_load(self.landing, w, registered),
+                                w.bucket_stats())
         return bucket, w, prepared
 
     def _load(self, landed: list[tuple[int, BucketWrite, Prepared | None]]) -> None:
@@ -277,14 +242,14 @@ class Pipeline:
             if prep is not None and prep.registered == known.get(bucket):
                 rows, stats = prep.rows, prep.stats
             else:  # the registry is not what it was when the rows were chosen: choose again
-                rows = _rows_to_load(w, known.get(bucket))
-                stats = prep.stats if prep is not None else bucket_stats(w.merge.table)
+                rows = _rows_to_load(self.landing, w, known.get(bucket))
+                stats = prep.stats if prep is not None else w.bucket_stats()
             loads.append(BucketLoad(self.market, self.symbol, bucket, rows, bucket in known,
                                     self.landing.uri(w.key), w.sha256, w.size, stats, w.etag))
         if loads:
             n = load(conn, loads, source=self.source)
             with self._lock:
-                self.summary.inserted += n
+                self.summary.ticks_inserted += n
             if self.replica is not None:  # committed on the primary: now the replica, never
                 source = self.source      # waiting for it (see workers/replica/writer.py)
                 self.replica.submit([(b.market, b.symbol, b.bucket_us) for b in loads],
@@ -321,8 +286,9 @@ class Pipeline:
 
     def _drop_conflicts(self, merged: dict[int, tuple[pa.Table, np.ndarray]],
                         describe) -> dict[int, tuple[pa.Table, np.ndarray]]:
-        """Quarantine incoming rows whose trade id another bucket already holds: another
-        bucket of this flush, of this run, or of the database."""
+        """Quarantine incoming rows that would store a trade id in a second bucket: one that
+        another bucket holds (of the database, of this run, of this very flush), or that an
+        earlier row of this flush places in another bucket (workers/db/trade_ids.py)."""
         if not merged:
             return merged
         keys = sorted(merged)
@@ -330,26 +296,11 @@ class Pipeline:
         pos = np.concatenate([merged[b][1] for b in keys])
         owner = np.concatenate([np.full(merged[b][0].num_rows, b, dtype=np.int64)
                                 for b in keys])
-        bad = np.zeros(len(ids), dtype=bool)
-        # Within the flush: the first row of an id (in file order) keeps it; the same id in
-        # another bucket is a conflict (in the same bucket, the merge tells duplicates apart).
-        order = np.lexsort((pos, ids))
-        sid, sown = ids[order], owner[order]
-        first = np.r_[True, sid[1:] != sid[:-1]]
-        keeper = np.maximum.accumulate(np.where(first, np.arange(len(ids)), 0))
-        bad[order[~first & (sown != sown[keeper])]] = True
         lo, hi = int(ids.min()), int(ids.max())
-        # Buckets landed earlier in this run whose load may not have committed: let it.
-        if any(b not in merged and r[1] >= lo and r[0] <= hi for b, r in self._ranges.items()):
+        # Loads of this run in flight whose buckets may hold these ids: let them commit first.
+        if self._in_flight and any(r[1] >= lo and r[0] <= hi for r in self._ranges.values()):
             self.wait()
-        others = [r[0] for r in self._lock_conn.execute(
-            query(__package__, "overlapping_buckets"),
-            [self.market, self.symbol, lo, hi, [to_dt(b) for b in keys]]).fetchall()]
-        if others:  # only buckets whose trade-id range overlaps this flush's: check their ids
-            taken = [r[0] for r in self._lock_conn.execute(
-                query(__package__, "ids_in_buckets"),
-                [self.market, self.symbol, others, ids.tolist()]).fetchall()]
-            bad |= np.isin(ids, np.asarray(taken, dtype=np.int64))
+        bad = trade_ids.conflicting(self._lock_conn, self.market, self.symbol, ids, pos, owner)
         if not bad.any():
             return merged
         out = {}
@@ -475,6 +426,7 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
     finally:
         pipe.close(run_id or _run_id())
     summary.accepted -= sum(1 for q in pipe.quarantine if q["reason"] == CONFLICT)
+    summary.check_accounts()
     if pipe.first_bucket is not None:  # every flush committed: the file is loaded
         file_loads.record(conn, tf.market, tf.symbol, tf.sha256, tf.path.name,
                           pipe.first_bucket, pipe.last_bucket, rows_read=summary.rows_read,
@@ -490,96 +442,6 @@ def _row_info(tf: TradeFile, rb: RawBatch, pos: int) -> dict:
     batch = rb.columns
     text = ",".join(str(batch.column(c)[i].as_py()) for c in range(batch.num_columns))
     return {"file": tf.path.name, "line": tf.line_of(pos), "text": text[:500]}
-
-
-def landing_keys(landing: Landing, prefix: str, *, since_us: int | None = None,
-                 until_us: int | None = None, skipped: list[str] | None = None) -> list[str]:
-    """Bucket objects under `prefix` (raw/...) whose bucket lies in [since, until); keys that
-    are not bucket objects go to `skipped` (reported, never loaded). Where an old-layout
-    object and a new one hold the same bucket (a move cut short), the new one is used."""
-    chosen: dict[tuple[str, str, int], str] = {}
-    for k in landing.keys(prefix):
-        try:
-            market, symbol, bucket = bucket_of_key(k)
-        except ValueError as e:
-            if skipped is not None:
-                skipped.append(str(e))
-            log.warning("landing key skipped", reason=str(e))
-            continue
-        if (since_us is None or bucket >= since_us) and (until_us is None or bucket < until_us):
-            b = (market, symbol, bucket)
-            if b not in chosen or k == object_key(*b):
-                chosen[b] = k
-    return sorted(chosen.values())
-
-
-def replay(conn: psycopg.Connection, landing: Landing, keys: list[str], *, source: str,
-           registry_is_current: bool = True, skip_unchanged: bool = False,
-           progress: Callable[[Summary], None] | None = None) -> Summary:
-    """Load landing objects into the database, 64 buckets per transaction (the one replay),
-    each chunk under its buckets' locks.
-
-    `registry_is_current`: the database's registry vouches for its objects, so an object that
-    differs from its registry checksum is corrupt (a plain replay). False after a point-in-time
-    restore, whose registry may predate objects that changed since: then each object is checked
-    against the checksum stored with it. `skip_unchanged`: objects the registry already holds at
-    their checksum are not loaded again (otherwise they go through ON CONFLICT and add nothing).
-    """
-    require_autocommit(conn)
-    t0 = time.monotonic()
-    summary = Summary(source=f"s3://{landing.bucket}/" + (_common_prefix(keys) or RAW))
-    by_series: dict[tuple[str, str], list[tuple[str, int]]] = {}
-    for k in keys:
-        market, symbol, bucket = bucket_of_key(k)
-        by_series.setdefault((market, symbol), []).append((k, bucket))
-    for (market, symbol), items in by_series.items():
-        for i in range(0, len(items), 64):
-            chunk = items[i:i + 64]
-            with conn.transaction():
-                xact_lock(conn, [(market, symbol, b) for _, b in chunk])
-                known = known_buckets(conn, market, symbol, [b for _, b in chunk])
-                loads = []
-                for key, bucket in chunk:
-                    obj = landing.read_verified(
-                        key, known.get(bucket) if registry_is_current else None)
-                    summary.rows_read += obj.table.num_rows
-                    summary.accepted += obj.table.num_rows
-                    if skip_unchanged and known.get(bucket) == obj.sha256:
-                        continue
-                    loads.append(BucketLoad(market, symbol, bucket, obj.table, bucket in known,
-                                            landing.uri(key), obj.sha256, obj.size,
-                                            bucket_stats(obj.table), obj.etag))
-                if loads:
-                    summary.inserted += load(conn, loads, source=f"{source}:{symbol}")
-            summary.buckets_unchanged += len(loads)
-            if progress:
-                progress(summary)
-    summary.seconds = time.monotonic() - t0
-    return summary
-
-
-def ingest_landing(conn: psycopg.Connection, landing: Landing, prefix: str, *,
-                   since_us: int | None = None, until_us: int | None = None,
-                   progress: Callable[[Summary], None] | None = None) -> Summary:
-    """Replay landing objects under `prefix` (raw/...) into the database; each is checked
-    against the registry's checksum (or, unregistered, the one stored with it). Keys that are
-    not bucket objects are skipped and reported, never loaded."""
-    skipped: list[str] = []
-    keys = landing_keys(landing, prefix, since_us=since_us, until_us=until_us, skipped=skipped)
-    s = replay(conn, landing, keys, source="landing", progress=progress)
-    s.source = f"s3://{landing.bucket}/{prefix}"
-    s.skipped_keys = skipped
-    return s
-
-
-def _common_prefix(keys: list[str]) -> str:
-    if not keys:
-        return ""
-    a, b = min(keys), max(keys)
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return a[:n].rsplit("/", 1)[0] + "/" if "/" in a[:n] else ""
 
 
 def _run_id() -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -37,6 +37,8 @@ from workers.core.ticks import (
     to_dt,
     to_us,
 )
+from workers.landing.bounded import merge_stream
+from workers.landing.parquet import ROW_GROUP, to_parquet
 
 PRODUCER = "tickstack-ingest"
 
@@ -97,31 +99,20 @@ class DeleteFailed(Failed):
                          "else was lost: the keys are still there)")
 
 
-def to_parquet(table: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    # Same rows -> same bytes: the SHA-256 identifies content, so an unchanged merge is a no-op.
-    # Ids and times rise within a bucket: delta-encoded (every Parquet reader knows it), no
-    # dictionaries (prices and sizes rarely repeat enough), statistics where readers prune.
-    # Measured on a day of 2024-like trades: a third of the CPU time and ~30% smaller objects
-    # than zstd with Arrow's defaults. Objects written before keep their bytes until a merge
-    # adds rows to them.
-    pq.write_table(table, buf, compression="zstd", use_dictionary=False,
-                   column_encoding={"trade_id": "DELTA_BINARY_PACKED",
-                                    "event_time": "DELTA_BINARY_PACKED"},
-                   write_statistics=["trade_id", "event_time"])
-    return buf.getvalue()
-
-
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 @dataclass
 class Merge:
-    table: pa.Table  # the bucket's full content, sorted by trade id
+    table: pa.Table | None  # the bucket's full content, sorted by trade id
     new_rows: pa.Table  # rows of `incoming` not in `existing`
     duplicates: int  # incoming rows identical to one already present
     conflicts: list[tuple[int, str]]  # (incoming position, reason): same id, other values
+    # trade ids of the duplicates that repeat a row of `existing` (the rest repeat an earlier
+    # incoming row)
+    existing_duplicate_ids: np.ndarray = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def merge(existing: pa.Table | None, incoming: pa.Table) -> Merge:
@@ -147,21 +138,21 @@ def merge(existing: pa.Table | None, incoming: pa.Table) -> Merge:
             a = pc.take(both.column(col), pa.array(dup_pos))
             b = pc.take(both.column(col), pa.array(kept_for))
             same &= np.asarray(pc.equal(a, b).to_numpy(zero_copy_only=False), dtype=bool)
-        for p, s in zip(dup_pos, same, strict=True):
-            if p < n_old:
-                continue  # duplicates inside an existing object were resolved when it landed
-            if s:
-                duplicates += 1
-            else:
-                conflicts.append((int(p - n_old), "conflicting duplicate trade id "
-                                  "(same id, different values)"))
+        # Duplicates inside an existing object were resolved when it landed: incoming only.
+        incoming_dup = dup_pos >= n_old
+        duplicates = int((incoming_dup & same).sum())
+        of_existing = ids[dup_pos[incoming_dup & same & (kept_for < n_old)]]
+        conflicts = [(int(p - n_old), "conflicting duplicate trade id (same id, different "
+                      "values)") for p in dup_pos[incoming_dup & ~same]]
+    else:
+        of_existing = np.zeros(0, dtype=np.int64)
     keep.sort()
     table = both.take(pa.array(keep)).sort_by("trade_id")
     if existing is None:  # every row kept is new: the same rows, not a second copy of them
         return Merge(table, table, duplicates, conflicts)
     new_mask = keep >= n_old
     new_rows = both.take(pa.array(keep[new_mask]))
-    return Merge(table, new_rows, duplicates, conflicts)
+    return Merge(table, new_rows, duplicates, conflicts, of_existing.astype(np.int64))
 
 
 def split_by_bucket(table: pa.Table, positions: np.ndarray
@@ -219,6 +210,7 @@ class Landed:
     size: int
     metadata: dict
     etag: str | None = None
+    data: bytes | None = None  # the bytes, when read without parsing them
 
     def __iter__(self):
         return iter((self.table, self.sha256, self.metadata))
@@ -240,13 +232,22 @@ class BucketWrite:
     """What `Landing.merge_into` did to one bucket object."""
 
     key: str
-    merge: Merge
+    merge: Merge  # merge.table is None after a streamed merge (`bounded`): see stats, rows
     before: str | None  # SHA-256 of the object before (None: there was none)
     sha256: str  # of the object now
     size: int
     written: bool  # False: the incoming rows were all there already
     etag: str | None = None  # of the object now, as the store reports it
     moved_from: str | None = None  # the old-layout key it replaces (delete once registered)
+    stats: dict | None = None  # bucket_stats of the object now (a streamed merge's)
+    rows: int | None = None  # rows of the object now (a streamed merge's)
+
+    @property
+    def row_count(self) -> int:
+        return self.rows if self.rows is not None else self.merge.table.num_rows
+
+    def bucket_stats(self) -> dict:
+        return self.stats if self.stats is not None else bucket_stats(self.merge.table)
 
 
 class Landing:
@@ -282,6 +283,17 @@ class Landing:
             out += page.get("Contents", [])
         return out
 
+    def prefixes(self, prefix: str, limit: int) -> list[str]:
+        """Up to `limit` folders ("…/") directly under `prefix`, sorted (one LIST request)."""
+        r = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, Delimiter="/",
+                                    MaxKeys=limit)
+        return sorted(p["Prefix"] for p in r.get("CommonPrefixes", []))[:limit]
+
+    def any_under(self, prefix: str) -> bool:
+        """Whether any object's key starts with `prefix` (one LIST request)."""
+        r = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
+        return bool(r.get("Contents"))
+
     def exists(self, key: str) -> bool:
         """One LIST per day prefix, cached: which bucket objects are already there."""
         prefix = key.rsplit("/", 1)[0] + "/"
@@ -289,20 +301,22 @@ class Landing:
             self._listed[prefix] = set(self.keys(prefix, suffix=""))
         return key in self._listed[prefix]
 
-    def read(self, key: str) -> Landed:
-        """The object as stored, unverified (`read_verified` checks it)."""
+    def read(self, key: str, *, parse: bool = True) -> Landed:
+        """The object as stored, unverified (`read_verified` checks it); parse=False leaves
+        the rows unread (`table` None, `data` the bytes)."""
         obj = self.s3.get_object(Bucket=self.bucket, Key=key)
         data = obj["Body"].read()
         # One object is small; Arrow's thread pool buys nothing here and its threads were seen
         # to abort the process at exit (apache/arrow#34314).
-        table = conform(pq.read_table(io.BytesIO(data), use_threads=False))
+        table = conform(pq.read_table(io.BytesIO(data), use_threads=False)) if parse else None
         return Landed(table, sha256(data), len(data), obj.get("Metadata", {}),
-                      obj.get("ETag"))
+                      obj.get("ETag"), None if parse else data)
 
-    def read_verified(self, key: str, expected: str | None = None) -> Landed:
+    def read_verified(self, key: str, expected: str | None = None, *,
+                      parse: bool = True) -> Landed:
         """The object, its SHA-256 checked against `expected` (the registry's) or, when there
         is none, against the checksum stored with the object; CorruptObject when it differs."""
-        obj = self.read(key)
+        obj = self.read(key, parse=parse)
         want = expected or obj.metadata.get("sha256")
         if want != obj.sha256:
             source = "expected" if expected else "stored"
@@ -310,9 +324,9 @@ class Landing:
                                 f"object is {obj.sha256}")
         return obj
 
-    def read_if_exists(self, key: str) -> Landed | None:
+    def read_if_exists(self, key: str, *, parse: bool = True) -> Landed | None:
         try:
-            return self.read_verified(key)
+            return self.read_verified(key, parse=parse)
         except self.s3.exceptions.NoSuchKey:
             return None
 
@@ -320,7 +334,12 @@ class Landing:
               if_match: str | None = None, if_absent: bool = False) -> tuple[str, int, str]:
         """Put one object; (sha256, size, etag). `if_match` (an ETag) / `if_absent` make the
         put conditional: it fails with ConcurrentWrite when someone else wrote the key since."""
-        data = to_parquet(table.cast(TICK_SCHEMA))
+        return self.put(key, to_parquet(table.cast(TICK_SCHEMA)), table.num_rows, symbol,
+                        market=market, if_match=if_match, if_absent=if_absent)
+
+    def put(self, key: str, data: bytes, rows: int, symbol: str, *, market: str = "spot",
+            if_match: str | None = None, if_absent: bool = False) -> tuple[str, int, str]:
+        """`write` of bytes already made (workers/landing/parquet.py)."""
         digest = sha256(data)
         cond = {}
         if self.conditional_writes and if_match:
@@ -331,7 +350,7 @@ class Landing:
             r = self.s3.put_object(
                 Bucket=self.bucket, Key=key, Body=data,
                 ContentType="application/vnd.apache.parquet",
-                Metadata={"sha256": digest, "rows": str(table.num_rows), "symbol": symbol,
+                Metadata={"sha256": digest, "rows": str(rows), "symbol": symbol,
                           "market": market, "schema-version": str(SCHEMA_VERSION),
                           "producer": PRODUCER}, **cond)
         except self.s3.exceptions.ClientError as e:
@@ -343,13 +362,14 @@ class Landing:
             if cond and code in ("NotImplemented", "InvalidArgument"):
                 # A store without conditional writes: the bucket lock alone serialises.
                 self.conditional_writes = False
-                return self.write(key, table, symbol, market=market)
+                return self.put(key, data, rows, symbol, market=market)
             raise
         self._listed.setdefault(key.rsplit("/", 1)[0] + "/", set()).add(key)
         return digest, len(data), r.get("ETag")
 
     def merge_into(self, market: str, symbol: str, bucket_us: int, incoming: pa.Table, *,
-                   current_key: str | None = None, trust_listing: bool = True) -> BucketWrite:
+                   current_key: str | None = None, trust_listing: bool = True,
+                   bounded: bool = False) -> BucketWrite:
         """Read-merge-write of one bucket object: the union deduplicated on trade id (what is
         there first wins), written only when something is new. The only writer of raw/; call
         it holding the bucket's lock (workers/db/bucket_locks.py).
@@ -357,13 +377,25 @@ class Landing:
         `current_key`: where the registry says the bucket's object is (an old-layout key is
         read from there, written to the new key, and reported in `moved_from`).
         `trust_listing`: take "no object yet" from this instance's cached day listing (one LIST
-        per day for a file); False asks S3 for the key itself (a long-running stream)."""
+        per day for a file); False asks S3 for the key itself (a long-running stream).
+        `bounded`: an object of more than one row group is merged a row group at a time
+        (workers/landing/bounded.py): memory follows the incoming rows, not the bucket; the
+        result has no `merge.table` (`stats` and `rows` say what the object holds)."""
         key = object_key(market, symbol, bucket_us)
         source = current_key or key
         existing = None
         if source != key or self.exists(key) or not trust_listing:
-            existing = self.read_if_exists(source)
+            existing = self.read_if_exists(source, parse=False)
         moved = source if source != key and existing is not None else None
+        if bounded and existing is not None and pq.ParquetFile(
+                io.BytesIO(existing.data)).metadata.num_rows > ROW_GROUP:
+            streamed = merge_stream(existing.data, incoming)
+            if streamed is not None:
+                return self._write_streamed(key, symbol, market, existing, moved, streamed)
+        if existing is not None:  # rows of the object, in memory
+            existing = Landed(conform(pq.read_table(io.BytesIO(existing.data),
+                                                    use_threads=False)), existing.sha256,
+                              existing.size, existing.metadata, existing.etag)
         m = merge(existing.table if existing else None, incoming)
         if existing is not None and not m.new_rows.num_rows and moved is None:
             return BucketWrite(key, m, existing.sha256, existing.sha256, existing.size, False,
@@ -374,6 +406,18 @@ class Landing:
             if_absent=existing is None or moved is not None)
         return BucketWrite(key, m, existing.sha256 if existing else None, digest, size, True,
                            etag, moved)
+
+    def _write_streamed(self, key: str, symbol: str, market: str, existing: Landed,
+                        moved: str | None, st) -> BucketWrite:
+        m = Merge(None, st.new_rows, st.duplicates, st.conflicts, st.existing_duplicate_ids)
+        if not st.new_rows.num_rows and moved is None:
+            return BucketWrite(key, m, existing.sha256, existing.sha256, existing.size, False,
+                               existing.etag, stats=st.stats, rows=st.rows)
+        digest, size, etag = self.put(key, st.data, st.rows, symbol, market=market,
+                                      if_match=existing.etag if moved is None else None,
+                                      if_absent=moved is not None)
+        return BucketWrite(key, m, existing.sha256, digest, size, True, etag, moved,
+                           stats=st.stats, rows=st.rows)
 
     def etags(self, prefix: str, first: str | None = None, last: str | None = None
               ) -> dict[str, str]:
