@@ -16,6 +16,8 @@ for every GET of a path:
   file, as a server without Range support does;
 * `endless(n)`: no Content-Length, the file and then zeros until `n` bytes are sent (the server
   closes); `hide_length=True`: its HEAD does not say the size either;
+* `head_size(n)`: the HEAD announces n bytes whatever the file's size (GETs are honest);
+  `short_length(n)`: a GET announces a Content-Length of n bytes but sends the whole rest;
 * `redirect_loop()` (A -> A?loop=1 -> A), `redirect_chain()` (A -> A?hop=1 -> A?hop=2 …),
   `redirect_to(base_url)`: 302 to the same path under another server. These (and a hidden
   length) apply to HEAD as well, when set with `always`.
@@ -58,7 +60,7 @@ class Fault:
 
     @property
     def on_head(self) -> bool:
-        return self.kind in ("loop", "chain", "redirect") or self.hide_length
+        return self.kind in ("loop", "chain", "redirect", "head_size") or self.hide_length
 
 
 def cut(n: int, ignore_range: bool = False) -> Fault:
@@ -71,6 +73,14 @@ def ignore_range() -> Fault:
 
 def endless(n: int, hide_length: bool = False) -> Fault:
     return Fault("endless", n, hide_length=hide_length)
+
+
+def head_size(n: int) -> Fault:
+    return Fault("head_size", n)
+
+
+def short_length(n: int) -> Fault:
+    return Fault("short_length", n)
 
 
 def redirect_loop() -> Fault:
@@ -259,7 +269,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", "application/zip" if path.endswith(".zip")
                          else "text/plain")
-        self.send_header("Content-Length", str(len(data) - start))
+        length = len(data) - start
+        if fault and (fault.kind == "head_size" and not body or fault.kind == "short_length"):
+            length = fault.n
+        self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "bytes")
         if code == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -284,9 +297,11 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.flush()
                     self.archive._sent(path, len(payload[i:i + step]))
                     time.sleep(step / fault.n)
-            else:
+            else:  # short_length: the rest follows what was announced, then the connection ends
                 self.wfile.write(payload)
                 self.archive._sent(path, len(payload))
+                if fault and fault.kind == "short_length":
+                    self.close_connection = True
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 

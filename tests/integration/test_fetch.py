@@ -452,6 +452,37 @@ def test_a_server_ignoring_range_restarts_the_file_and_its_bytes_are_bounded(
     assert (f["received"], f["resumed_from"]) == (REAL_SIZE, 0)
 
 
+def test_a_mirror_whose_head_disagrees_with_its_answers_lets_the_checksum_decide(
+        server, cache, archive):
+    """A HEAD announcing more than the file: each whole answer (by its own Content-Length) was
+    taken for a cut, the file restarted until the byte budget failed it, though it matched its
+    CHECKSUM. An answer whose Content-Length is short of the file: ~30 GETs, each resuming a
+    byte further, failing as "connection cut". Either is the mirror contradicting itself, not a
+    cut: the CHECKSUM decides, at once."""
+    path = archive_path("daily", "BTCUSDT", "2019-05-16")
+    size = (archive / path).stat().st_size
+    args = ("--symbol", "BTCUSDT", "--since", "2019-05-16", "--until", "2019-05-16", "--json")
+    server.always(path, arc.head_size(10 * size))
+    p = fetch(server, cache, *args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert verified(cache, path) and (cache / path).read_bytes() == (archive / path).read_bytes()
+    assert [r.range for r in server.gets(path)] == [None]
+    assert result(p)["files"][0]["received"] == size
+
+    server.clear()
+    other = archive_path("daily", "BTCUSDT", "2019-05-17")
+    server.always(other, arc.short_length(1000))
+    p = fetch(server, cache, "--symbol", "BTCUSDT", "--since", "2019-05-17", "--until",
+              "2019-05-17", "--json")
+    assert p.returncode == 1
+    assert [r.range for r in server.gets(other)] == [None, None]  # downloaded twice, no more
+    other_size = (archive / other).stat().st_size
+    assert (f"(downloaded twice; nothing kept); the mirror contradicts itself: its answers end "
+            f"at byte 1,000 (their Content-Length), its HEAD announces {other_size:,}") in \
+        p.stderr, p.stderr[-3000:]
+    assert not (cache / other).exists() and leftovers(cache) == []
+
+
 # --- make up without ../shared ---------------------------------------------------------------
 
 def test_make_up_uses_the_shared_day_or_fetches_it():

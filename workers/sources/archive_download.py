@@ -110,6 +110,7 @@ class Transfer:
         self.size = size
         self.received = 0
         self.range_ignored = 0  # Range requests answered with the whole file
+        self.short_answer = ""  # an answer whole by its Content-Length but short of the size
         self.deadline = float("inf")
 
     def start(self) -> Transfer:
@@ -334,6 +335,21 @@ def answer_bound(cfg: ArchiveConfig, what: str, size: int | None, have: int,
         raise ArchiveError(f"{what}: the server announces {total:,} bytes, more than "
                            f"TICKSTACK_ARCHIVE_MAX_FILE_BYTES ({cfg.max_file_bytes:,})")
     return total - have, f"the {total:,} bytes announced"
+
+
+def short_answer(what: str, size: int | None, end: int, announced: int | None) -> str:
+    """An answer that ended at byte `end` of a file of `size` (its HEAD): "" when it reached
+    the size; Retryable when, without a Content-Length, it just stopped (a cut: resumed). Whole
+    by its own Content-Length yet short of the HEAD's size is no cut — asking again gets the
+    same: the mirror contradicts itself, and what was received is left to the CHECKSUM; the
+    contradiction is returned for the message if that fails."""
+    if not size or end >= size:
+        return ""
+    if announced is None:
+        raise Retryable(f"connection cut: the answer ended at byte {end:,}")
+    log.warning("an answer whole by its Content-Length is shorter than the HEAD announced: "
+                "the CHECKSUM decides", what=what, ends_at=end, head_size=size)
+    return f"its answers end at byte {end:,} (their Content-Length), its HEAD announces {size:,}"
 
 
 def content_length(r: httpx.Response) -> int | None:

@@ -44,6 +44,7 @@ from workers.sources.archive_download import (  # noqa: F401 - re-exported
     content_length,
     range_start,
     retry_after_seconds,
+    short_answer,
 )
 from workers.sources.archive_report import (  # noqa: F401 - re-exported
     BarProgress,
@@ -390,9 +391,10 @@ class Fetcher:
                     break
                 part.unlink()
                 if round_ == 2:
+                    why = t.short_answer and f"; the mirror contradicts itself: {t.short_answer}"
                     raise ArchiveError(
                         f"{f.name}: checksum mismatch: its .CHECKSUM says {p.sha256}, the "
-                        f"downloaded file is {digest} (downloaded twice; nothing kept)")
+                        f"downloaded file is {digest} (downloaded twice; nothing kept){why}")
                 log.warning("checksum mismatch: downloading the file again from the start",
                             file=f.path, resumed_from=resumed_from)
             cache.install(part, dest, p.checksum_text)
@@ -439,8 +441,8 @@ class Fetcher:
                 t.range_ignored += 1
                 log.warning("the server ignored the Range request: restarting the file from its "
                             "start", file=f.path, offset=offset)
-            limit, why = answer_bound(self.cfg, f.name, size, have, content_length(r))
+            announced = content_length(r)
+            limit, why = answer_bound(self.cfg, f.name, size, have, announced)
             with open(part, mode) as out:
                 n = self.http.read_into(r, out, limit, why, t, self.progress.advance)
-            if size and have + n < size:  # a body that ended early without an error
-                raise Retryable(f"connection cut: the answer ended at byte {have + n:,}")
+            t.short_answer = short_answer(f.name, size, have + n, announced) or t.short_answer
