@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 
@@ -116,6 +117,22 @@ def test_aggtrades_files_are_refused_by_name_and_by_columns(stack, tmp_path):
         assert "aggregate trades are not ingested" in r.stderr, (where, r.stderr)
         assert "Traceback" not in r.stderr
         assert (stack.state(), landing_versions(stack)) == before, where
+
+
+def test_a_zip_named_as_trades_whose_csv_is_named_aggtrades_is_refused(stack, tmp_path):
+    """The name inside a zip is a name too: trades' columns under an aggTrades CSV name in a
+    trades-named zip were ingested (a bare CSV so named is refused)."""
+    csv = ("\n".join(spot_trades(20, 1000)) + "\n").encode()
+    z = tmp_path / "z" / "BTCUSDT-trades-2019-04-01.zip"
+    z.parent.mkdir(parents=True)
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("BTCUSDT-aggTrades-2019-04-01.csv", csv)
+    before = (stack.state(), landing_versions(stack))
+    r = stack.cli("ingest", str(z))
+    assert r.returncode == 2, (r.stdout, r.stderr[-2000:])
+    assert (f"{z.name}: its CSV 'BTCUSDT-aggTrades-2019-04-01.csv' is named as an aggTrades "
+            "file") in r.stderr and "aggregate trades are not ingested" in r.stderr, r.stderr
+    assert (stack.state(), landing_versions(stack)) == before
 
 
 def test_fetch_aggtrades_fetches_but_never_ingests(stack, tmp_path):
