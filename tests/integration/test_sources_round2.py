@@ -325,6 +325,31 @@ def test_file_trades_ahead_of_the_clock_are_quarantined(stack, tmp_path):
         (1,)]
 
 
+def test_a_first_row_ahead_or_in_the_other_unit_does_not_set_the_files_unit(stack, tmp_path):
+    """The unit (ms until 2024, µs from 2025) was fixed by the first row, whatever it held: one
+    first row a day ahead in the other unit quarantined every other row of the file as "unit
+    differs". The first row whose time is plausible decides; the odd row alone is quarantined."""
+    now = int(time.time() * 1000)
+    t25 = 1_735_776_000_000_000  # 2025-01-02 00:00:00 UTC, µs
+    cases = {  # file: (first row's time, the other rows' times)
+        "a": ((now + 86_000_000) * 1000, [T0 + i * 1000 for i in range(10)]),  # µs in ms
+        "b": (now + 86_000_000, [t25 + i * 1_000_000 for i in range(10)]),  # ms in µs
+        "c": (1_000_000_000_000, [t25 + i * 1_000_000 for i in range(10)]),  # ms, 2001
+    }
+    for n, (name, (first, times)) in enumerate(cases.items()):
+        base = 10_000 * (n + 1)
+        day = "2019-04-01" if name == "a" else "2025-01-02"
+        f = write(tmp_path / name / f"BTCUSDT-trades-{day}.csv",
+                  [f"{base},4100.5,0.01,41.005,{first},True,True"] +
+                  [f"{base + 1 + i},4100.5,0.01,41.005,{t},True,True"
+                   for i, t in enumerate(times)])
+        s = summary_of(stack.cli("ingest", str(f), "--json"))
+        assert (s["inserted"], s["quarantined"]) == (10, 1), (name, s)
+        assert rows(stack, "SELECT count(*) FROM market_data.btc_ticks WHERE trade_id "
+                           "BETWEEN %s AND %s", base, base + 10) == [(10,)], name
+    assert sorted(e["line"] for e in quarantined(stack)) == [1, 1, 1]
+
+
 def test_stream_trades_ahead_of_the_clock_are_quarantined(stack):
     msgs = trade_messages()[:40]
     trades = trades_of(msgs)
