@@ -189,6 +189,39 @@ def run_stream(stack: Stack, messages: list[str], market: str, symbol: str, last
     return err
 
 
+def test_fetch_ingest_a_file_the_pipeline_refuses_fails_alone_and_the_others_load(stack,
+                                                                                 tmp_path):
+    """A verified file that ingest refuses (here a mirror's aggTrades rows under a trades name)
+    ended the whole `fetch --ingest` run (exit 2): the days after it were never loaded, on every
+    rerun. It is now that file's failure, named; the others load; exit 1."""
+    root = tmp_path / "archive"
+    days = {"2019-04-01": spot_trades(20, 1000), "2019-04-02": spot_agg(20, 2000, 2000),
+            "2019-04-03": spot_trades(20, 3000, T0 + 2 * 86_400_000)}
+    paths = {d: arc.archive_path("daily", "BTCUSDT", d) for d in days}
+    for day, lines in days.items():
+        arc.put(root, paths[day], ("\n".join(lines) + "\n").encode())
+    env = {**stack.cli_env(), "TICKSTACK_ARCHIVE_CACHE_DIR": str(tmp_path / "cache"),
+           "TICKSTACK_ARCHIVE_PARALLEL": "1", "TICKSTACK_ARCHIVE_ATTEMPTS": "2"}
+    args = [sys.executable, "-m", "workers", "fetch", "--symbol", "BTCUSDT", "--since",
+            "2019-04-01", "--until", "2019-04-03", "--ingest", "--json"]
+    with ArchiveServer(root) as server:
+        env["TICKSTACK_ARCHIVE_BASE_URL"] = server.url
+        for _ in range(2):  # a rerun: the same, the good days not loaded twice
+            r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
+                               timeout=300)
+            assert r.returncode == 1, (r.stdout, r.stderr[-3000:])
+            report = json.loads(r.stdout.strip().splitlines()[-1])
+            status = {f["path"]: f["status"] for f in report["files"]}
+            assert status[paths["2019-04-02"]] == "failed", report
+            assert {status[paths[d]] for d in ("2019-04-01", "2019-04-03")} <= {
+                "downloaded", "cached"}, report
+            assert ("fetch: failed BTCUSDT-trades-2019-04-02.zip: verified (kept in the cache) "
+                    "but not ingested: ") in r.stderr, r.stderr[-3000:]
+            assert "aggregate trades are not ingested" in r.stderr
+            assert rows(stack, "SELECT count(*), min(trade_id), max(trade_id) FROM "
+                               "market_data.btc_ticks") == [(40, 1000, 3019)]
+
+
 def test_a_stream_of_aggregate_trades_is_refused_and_their_events_never_stored(stack):
     for url in ("ws://127.0.0.1:9/ws/btcusdt@aggTrade",
                 "ws://127.0.0.1:9/stream?streams=btcusdt@trade/btcusdt@aggTrade"):
