@@ -16,6 +16,8 @@ for every GET of a path:
   file, as a server without Range support does;
 * `endless(n)`: no Content-Length, the file and then zeros until `n` bytes are sent (the server
   closes); `hide_length=True`: its HEAD does not say the size either;
+* `slow_headers(bytes_per_s)`: the status line, then a header trickled a byte at a time until
+  the server stops (a read timeout never trips);
 * `head_size(n)`: the HEAD announces n bytes whatever the file's size (GETs are honest);
   `short_length(n)`: a GET announces a Content-Length of n bytes but sends the whole rest;
 * `redirect_loop()` (A -> A?loop=1 -> A), `redirect_chain()` (A -> A?hop=1 -> A?hop=2 …),
@@ -73,6 +75,10 @@ def ignore_range() -> Fault:
 
 def endless(n: int, hide_length: bool = False) -> Fault:
     return Fault("endless", n, hide_length=hide_length)
+
+
+def slow_headers(bytes_per_s: int) -> Fault:
+    return Fault("slow_headers", bytes_per_s)
 
 
 def head_size(n: int) -> Fault:
@@ -262,6 +268,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._plain(416, b"", {"Content-Range": f"bytes */{len(data)}"})
             code = 206
         self._record(path, rng, code)
+        if fault and fault.kind == "slow_headers":
+            return self._slow_headers(fault.n)
         if fault and fault.kind == "stall" and fault.n is None:
             self.archive.stopping.wait(120)
             self.close_connection = True
@@ -304,6 +312,17 @@ class _Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+    def _slow_headers(self, bytes_per_s: int) -> None:
+        self.close_connection = True
+        try:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            self.wfile.flush()
+            while not self.archive.stopping.wait(1 / bytes_per_s):
+                self.wfile.write(b"a")
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def _endless(self, path: str, rng: str | None, data: bytes, fault: Fault, body: bool) -> None:
         """No length announced (HEAD: only with hide_length): the file, then zeros up to n bytes

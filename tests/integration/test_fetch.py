@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from datetime import date
 from pathlib import Path
 
@@ -400,6 +401,24 @@ def test_a_trickling_server_fails_the_file_at_its_deadline_then_a_rerun_resumes(
     again = fetch(server, cache, *args, deadline_floor_seconds=2, min_bytes_per_second=10**9)
     assert again.returncode == 0, again.stderr[-3000:]
     assert [r.range for r in server.gets(path)] == [f"bytes={got}-"]
+    assert verified(cache, path)
+
+
+def test_a_server_trickling_its_headers_fails_the_file_at_its_deadline(server, cache, archive):
+    """The deadline was checked between body chunks only: headers trickled a byte at a time
+    (never a read timeout) held a file, and the run, for hours."""
+    path = archive_path("daily", "BTCUSDT", "2019-05-13")
+    server.queue(path, arc.slow_headers(20))
+    args = ("--symbol", "BTCUSDT", "--since", "2019-05-13", "--until", "2019-05-13", "--json")
+    t0 = time.monotonic()
+    p = fetch(server, cache, *args, deadline_floor_seconds=2, min_bytes_per_second=10**9,
+              timeout=40)
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert time.monotonic() - t0 < 20
+    assert ("fetch: failed BTCUSDT-trades-2019-05-13.zip: not finished within its deadline "
+            "of 2 s") in p.stderr, p.stderr[-3000:]
+    again = fetch(server, cache, *args)  # the fault was one answer: the rerun completes
+    assert again.returncode == 0, again.stderr[-3000:]
     assert verified(cache, path)
 
 

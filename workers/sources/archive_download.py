@@ -36,6 +36,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from workers.core import logs
 from workers.core.errors import BadInput, Failed
+from workers.sources.archive_net import DeadlineTransport, deadline
 
 log = logs.get("fetch")
 
@@ -144,11 +145,12 @@ class Http:
     def __init__(self, cfg: ArchiveConfig, stop: threading.Event):
         self.cfg, self.stop = cfg, stop
         self.allowed = {host_of(cfg.base_url), *cfg.redirect_hosts}
+        limits = httpx.Limits(max_connections=cfg.parallel,
+                              max_keepalive_connections=cfg.parallel)
         self.client = httpx.Client(
             timeout=httpx.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout,
                                   write=cfg.read_timeout, pool=None),
-            limits=httpx.Limits(max_connections=cfg.parallel,
-                                max_keepalive_connections=cfg.parallel),
+            transport=DeadlineTransport(limits), limits=limits,
             # Bytes as stored: Range offsets and the checksum are about the file, not an encoding.
             headers={"Accept-Encoding": "identity", "User-Agent": "tickstack-fetch"},
             follow_redirects=False)
@@ -162,7 +164,8 @@ class Http:
         """The answer to `method url` after its redirects; transport errors (here or in the
         caller's block) as Retryable."""
         chain = [url]
-        with _net_errors(self.cfg):
+        # Every socket operation of this thread (headers included) stops at the deadline.
+        with _net_errors(self.cfg, t), deadline(t.deadline):
             request = self.client.build_request(method, url, headers=headers)
             for _ in range(MAX_REDIRECTS + 1):
                 t.check_time()
@@ -289,15 +292,19 @@ class Http:
 
 
 @contextlib.contextmanager
-def _net_errors(cfg: ArchiveConfig):
-    """httpx's transport errors as Retryable, with what they mean here."""
+def _net_errors(cfg: ArchiveConfig, t: Transfer):
+    """httpx's transport errors as Retryable, with what they mean here (a timeout at the
+    transfer's deadline: the deadline's ArchiveError)."""
     try:
         yield
-    except httpx.ReadTimeout:
+    except httpx.TimeoutException as e:
+        t.check_time()
+        if isinstance(e, httpx.ConnectTimeout):
+            raise Retryable(f"no connection within {cfg.connect_timeout:g} s") from None
+        if not isinstance(e, httpx.ReadTimeout):
+            raise Retryable(f"{type(e).__name__}: {e}") from None
         raise Retryable(f"stalled: no data for {cfg.read_timeout:g} s "
                         "(TICKSTACK_ARCHIVE_READ_TIMEOUT_SECONDS)") from None
-    except httpx.ConnectTimeout:
-        raise Retryable(f"no connection within {cfg.connect_timeout:g} s") from None
     except httpx.ConnectError as e:
         raise Retryable(f"cannot connect to {cfg.base_url}: {e}") from None
     except httpx.RemoteProtocolError as e:  # e.g. the body ended before its Content-Length
