@@ -18,6 +18,8 @@ for every GET of a path:
   closes); `hide_length=True`: its HEAD does not say the size either;
 * `slow_headers(bytes_per_s)`: the status line, then a header trickled a byte at a time until
   the server stops (a read timeout never trips);
+* `range_parts(n)`: a Range request answered with at most its first n bytes (a 206 for a part,
+  as a server may answer; its Content-Range says so);
 * `head_size(n)`: the HEAD announces n bytes whatever the file's size (GETs are honest);
   `short_length(n)`: a GET announces a Content-Length of n bytes but sends the whole rest;
 * `redirect_loop()` (A -> A?loop=1 -> A), `redirect_chain()` (A -> A?hop=1 -> A?hop=2 …),
@@ -79,6 +81,10 @@ def endless(n: int, hide_length: bool = False) -> Fault:
 
 def slow_headers(bytes_per_s: int) -> Fault:
     return Fault("slow_headers", bytes_per_s)
+
+
+def range_parts(n: int) -> Fault:
+    return Fault("range_parts", n)
 
 
 def head_size(n: int) -> Fault:
@@ -267,6 +273,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._record(path, rng, 416)
                 return self._plain(416, b"", {"Content-Range": f"bytes */{len(data)}"})
             code = 206
+        end = len(data)  # the answer's bytes: data[start:end]
+        if code == 206 and fault and fault.kind == "range_parts":
+            end = min(end, start + fault.n)
         self._record(path, rng, code)
         if fault and fault.kind == "slow_headers":
             return self._slow_headers(fault.n)
@@ -277,17 +286,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", "application/zip" if path.endswith(".zip")
                          else "text/plain")
-        length = len(data) - start
+        length = end - start
         if fault and (fault.kind == "head_size" and not body or fault.kind == "short_length"):
             length = fault.n
         self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "bytes")
         if code == 206:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
         self.end_headers()
         if not body:
             return
-        payload = data[start:]
+        payload = data[start:end]
         try:
             if fault and fault.kind in ("cut", "stall", "truncated"):
                 keep = fault.n if fault.kind == "cut" else max(0, fault.n - start)

@@ -501,6 +501,18 @@ def test_a_mirror_whose_head_disagrees_with_its_answers_lets_the_checksum_decide
         p.stderr, p.stderr[-3000:]
     assert not (cache / other).exists() and leftovers(cache) == []
 
+    # A 206 for a part of the range asked is no contradiction: resumed from its end.
+    server.clear()
+    third = archive_path("daily", "BTCUSDT", "2019-05-18")
+    server.queue(third, arc.cut(300))
+    server.always(third, arc.range_parts(400))
+    p = fetch(server, cache, "--symbol", "BTCUSDT", "--since", "2019-05-18", "--until",
+              "2019-05-18", "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert verified(cache, third)
+    ranges = [r.range for r in server.gets(third)]
+    assert ranges[:3] == [None, "bytes=300-", "bytes=700-"]  # 300, then 400 at a time
+
 
 # --- make up without ../shared ---------------------------------------------------------------
 

@@ -344,15 +344,17 @@ def answer_bound(cfg: ArchiveConfig, what: str, size: int | None, have: int,
     return total - have, f"the {total:,} bytes announced"
 
 
-def short_answer(what: str, size: int | None, end: int, announced: int | None) -> str:
-    """An answer that ended at byte `end` of a file of `size` (its HEAD): "" when it reached
-    the size; Retryable when, without a Content-Length, it just stopped (a cut: resumed). Whole
-    by its own Content-Length yet short of the HEAD's size is no cut — asking again gets the
-    same: the mirror contradicts itself, and what was received is left to the CHECKSUM; the
-    contradiction is returned for the message if that fails."""
+def short_answer(what: str, size: int | None, end: int, r: httpx.Response) -> str:
+    """An answer `r` that ended at byte `end` of a file of `size` (its HEAD): "" when it reached
+    the size; Retryable when it just stopped — no Content-Length, or a 206 for a part of the
+    file (a cut, or a server answering a range in parts: resumed from there). Whole by its own
+    Content-Length (a 200, or a 206 reaching its total) yet short of the HEAD's size is no
+    cut — asking again gets the same: the mirror contradicts itself, and what was received is
+    left to the CHECKSUM; the contradiction is returned for the message if that fails."""
     if not size or end >= size:
         return ""
-    if announced is None:
+    whole = r.status_code == 200 or range_is_the_rest(r.headers.get("Content-Range", ""))
+    if content_length(r) is None or not whole:
         raise Retryable(f"connection cut: the answer ended at byte {end:,}")
     log.warning("an answer whole by its Content-Length is shorter than the HEAD announced: "
                 "the CHECKSUM decides", what=what, ends_at=end, head_size=size)
@@ -362,6 +364,13 @@ def short_answer(what: str, size: int | None, end: int, announced: int | None) -
 def content_length(r: httpx.Response) -> int | None:
     value = r.headers.get("Content-Length", "").strip()
     return int(value) if value.isdigit() else None
+
+
+def range_is_the_rest(content_range: str) -> bool:
+    """A 206's Content-Range reaches its total (`bytes 100-199/200`): the answer claims to be
+    the whole rest of the file, not a part of it (a server may answer a range in parts)."""
+    m = re.match(r"bytes \d+-(\d+)/(\d+)", content_range.strip())
+    return bool(m) and int(m.group(1)) + 1 == int(m.group(2))
 
 
 def range_start(content_range: str) -> int | None:

@@ -441,8 +441,7 @@ class Fetcher:
                 t.range_ignored += 1
                 log.warning("the server ignored the Range request: restarting the file from its "
                             "start", file=f.path, offset=offset)
-            announced = content_length(r)
-            limit, why = answer_bound(self.cfg, f.name, size, have, announced)
+            limit, why = answer_bound(self.cfg, f.name, size, have, content_length(r))
             with open(part, mode) as out:
                 n = self.http.read_into(r, out, limit, why, t, self.progress.advance)
-            t.short_answer = short_answer(f.name, size, have + n, announced) or t.short_answer
+            t.short_answer = short_answer(f.name, size, have + n, r) or t.short_answer
