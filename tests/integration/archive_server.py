@@ -20,6 +20,8 @@ for every GET of a path:
   the server stops (a read timeout never trips);
 * `range_parts(n)`: a Range request answered with at most its first n bytes (a 206 for a part,
   as a server may answer; its Content-Range says so);
+* `range_from(n)`: a Range request answered with a 206 from byte n when it asked for more (its
+  Content-Range says so; n=0: the whole file as a 206);
 * `head_size(n)`: the HEAD announces n bytes whatever the file's size (GETs are honest);
   `short_length(n)`: a GET announces a Content-Length of n bytes but sends the whole rest;
 * `redirect_loop()` (A -> A?loop=1 -> A), `redirect_chain()` (A -> A?hop=1 -> A?hop=2 …),
@@ -85,6 +87,10 @@ def slow_headers(bytes_per_s: int) -> Fault:
 
 def range_parts(n: int) -> Fault:
     return Fault("range_parts", n)
+
+
+def range_from(n: int) -> Fault:
+    return Fault("range_from", n)
 
 
 def head_size(n: int) -> Fault:
@@ -273,6 +279,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._record(path, rng, 416)
                 return self._plain(416, b"", {"Content-Range": f"bytes */{len(data)}"})
             code = 206
+        if code == 206 and fault and fault.kind == "range_from":
+            start = min(start, fault.n)
         end = len(data)  # the answer's bytes: data[start:end]
         if code == 206 and fault and fault.kind == "range_parts":
             end = min(end, start + fault.n)

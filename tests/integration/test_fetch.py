@@ -514,6 +514,20 @@ def test_a_mirror_whose_head_disagrees_with_its_answers_lets_the_checksum_decide
     assert ranges[:3] == [None, "bytes=300-", "bytes=700-"]  # 300, then 400 at a time
 
 
+def test_a_range_answered_from_an_earlier_byte_continues_from_there(server, cache, archive):
+    """A 206 starting before the byte asked (here from 0) was refused on every attempt and
+    every rerun (the .part stays, the same Range is asked): the file could never complete. The
+    .part is cut back to where the answer starts and the answer appended."""
+    path = archive_path("daily", "BTCUSDT", "2019-05-19")
+    server.queue(path, arc.cut(300))
+    server.always(path, arc.range_from(0))
+    p = fetch(server, cache, "--symbol", "BTCUSDT", "--since", "2019-05-19", "--until",
+              "2019-05-19", "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert [(r.range, r.status) for r in server.gets(path)] == [(None, 200), ("bytes=300-", 206)]
+    assert (cache / path).read_bytes() == (archive / path).read_bytes() and verified(cache, path)
+
+
 # --- make up without ../shared ---------------------------------------------------------------
 
 def test_make_up_uses_the_shared_day_or_fetches_it():

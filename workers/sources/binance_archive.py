@@ -434,14 +434,15 @@ class Fetcher:
             mode, have = "wb", 0
             if r.status_code == 206:
                 start = range_start(r.headers.get("Content-Range", ""))
-                if start != offset:
+                if start is None or start > offset:  # a gap after the .part: nothing to append to
                     raise Retryable(f"server answered a Range for {offset} with {start}")
-                mode, have = "ab", offset
+                mode, have = "ab", start  # from an earlier byte: the .part is cut back to it
             elif offset:  # the whole file again: start over rather than append it
                 t.range_ignored += 1
                 log.warning("the server ignored the Range request: restarting the file from its "
                             "start", file=f.path, offset=offset)
             limit, why = answer_bound(self.cfg, f.name, size, have, content_length(r))
             with open(part, mode) as out:
+                out.truncate(have)
                 n = self.http.read_into(r, out, limit, why, t, self.progress.advance)
             t.short_answer = short_answer(f.name, size, have + n, r) or t.short_answer
