@@ -341,6 +341,9 @@ def answer_bound(cfg: ArchiveConfig, what: str, size: int | None, have: int,
     if total > cfg.max_file_bytes:
         raise ArchiveError(f"{what}: the server announces {total:,} bytes, more than "
                            f"TICKSTACK_ARCHIVE_MAX_FILE_BYTES ({cfg.max_file_bytes:,})")
+    if size and announced is not None and have + announced > size:  # says which announcement
+        return size - have, (f"the {size:,} bytes its HEAD announced (this answer's "
+                             f"Content-Length says {have + announced:,})")
     return total - have, f"the {total:,} bytes announced"
 
 
