@@ -16,12 +16,9 @@ for every GET of a path:
   file, as a server without Range support does;
 * `endless(n)`: no Content-Length, the file and then zeros until `n` bytes are sent (the server
   closes); `hide_length=True`: its HEAD does not say the size either;
-* `slow_headers(bytes_per_s)`: the status line, then a header trickled a byte at a time until
-  the server stops (a read timeout never trips);
-* `range_parts(n)`: a Range request answered with at most its first n bytes (a 206 for a part,
-  as a server may answer; its Content-Range says so);
-* `range_from(n)`: a Range request answered with a 206 from byte n when it asked for more (its
-  Content-Range says so; n=0: the whole file as a 206);
+* `slow_headers(bytes_per_s)`: a header trickled a byte at a time until the server stops;
+* a Range answered with a 206 (its Content-Range saying so) for at most its first n bytes,
+  `range_parts(n)`, or from byte n when it asked for more, `range_from(n)`;
 * `head_size(n)`: the HEAD announces n bytes whatever the file's size (GETs are honest);
   `short_length(n)`: a GET announces a Content-Length of n bytes but sends the whole rest;
 * `redirect_loop()` (A -> A?loop=1 -> A), `redirect_chain()` (A -> A?hop=1 -> A?hop=2 …),
@@ -55,8 +52,7 @@ REAL_NAME = "BTCUSDT-trades-2019-04-01"
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # cut | truncated | stall | status | corrupt | throttle | plain | endless | loop
-    #            | chain | redirect
+    kind: str  # the builder's name (cut, truncated, stall…; plain: ignore_range; loop, chain)
     n: int | None = None
     code: int = 0
     retry_after: str | None = None
@@ -89,7 +85,7 @@ def range_parts(n: int) -> Fault:
     return Fault("range_parts", n)
 
 
-def range_from(n: int) -> Fault:
+def range_from(n: int) -> Fault:  # n=0: the whole file, as a 206
     return Fault("range_from", n)
 
 
