@@ -16,6 +16,11 @@ for every GET of a path:
   file, as a server without Range support does;
 * `endless(n)`: no Content-Length, the file and then zeros until `n` bytes are sent (the server
   closes); `hide_length=True`: its HEAD does not say the size either;
+* `slow_headers(bytes_per_s)`: a header trickled a byte at a time until the server stops;
+* a Range answered with a 206 (its Content-Range saying so) for at most its first n bytes,
+  `range_parts(n)`, or from byte n when it asked for more, `range_from(n)`;
+* `head_size(n)`: the HEAD announces n bytes whatever the file's size (GETs are honest);
+  `short_length(n)`: a GET announces a Content-Length of n bytes but sends the whole rest;
 * `redirect_loop()` (A -> A?loop=1 -> A), `redirect_chain()` (A -> A?hop=1 -> A?hop=2 …),
   `redirect_to(base_url)`: 302 to the same path under another server. These (and a hidden
   length) apply to HEAD as well, when set with `always`.
@@ -47,8 +52,7 @@ REAL_NAME = "BTCUSDT-trades-2019-04-01"
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # cut | truncated | stall | status | corrupt | throttle | plain | endless | loop
-    #            | chain | redirect
+    kind: str  # the builder's name (cut, truncated, stall…; plain: ignore_range; loop, chain)
     n: int | None = None
     code: int = 0
     retry_after: str | None = None
@@ -58,7 +62,7 @@ class Fault:
 
     @property
     def on_head(self) -> bool:
-        return self.kind in ("loop", "chain", "redirect") or self.hide_length
+        return self.kind in ("loop", "chain", "redirect", "head_size") or self.hide_length
 
 
 def cut(n: int, ignore_range: bool = False) -> Fault:
@@ -71,6 +75,26 @@ def ignore_range() -> Fault:
 
 def endless(n: int, hide_length: bool = False) -> Fault:
     return Fault("endless", n, hide_length=hide_length)
+
+
+def slow_headers(bytes_per_s: int) -> Fault:
+    return Fault("slow_headers", bytes_per_s)
+
+
+def range_parts(n: int) -> Fault:
+    return Fault("range_parts", n)
+
+
+def range_from(n: int) -> Fault:  # n=0: the whole file, as a 206
+    return Fault("range_from", n)
+
+
+def head_size(n: int) -> Fault:
+    return Fault("head_size", n)
+
+
+def short_length(n: int) -> Fault:
+    return Fault("short_length", n)
 
 
 def redirect_loop() -> Fault:
@@ -251,7 +275,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self._record(path, rng, 416)
                 return self._plain(416, b"", {"Content-Range": f"bytes */{len(data)}"})
             code = 206
+        if code == 206 and fault and fault.kind == "range_from":
+            start = min(start, fault.n)
+        end = len(data)  # the answer's bytes: data[start:end]
+        if code == 206 and fault and fault.kind == "range_parts":
+            end = min(end, start + fault.n)
         self._record(path, rng, code)
+        if fault and fault.kind == "slow_headers":
+            return self._slow_headers(fault.n)
         if fault and fault.kind == "stall" and fault.n is None:
             self.archive.stopping.wait(120)
             self.close_connection = True
@@ -259,14 +290,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", "application/zip" if path.endswith(".zip")
                          else "text/plain")
-        self.send_header("Content-Length", str(len(data) - start))
+        length = end - start
+        if fault and (fault.kind == "head_size" and not body or fault.kind == "short_length"):
+            length = fault.n
+        self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "bytes")
         if code == 206:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
         self.end_headers()
         if not body:
             return
-        payload = data[start:]
+        payload = data[start:end]
         try:
             if fault and fault.kind in ("cut", "stall", "truncated"):
                 keep = fault.n if fault.kind == "cut" else max(0, fault.n - start)
@@ -284,11 +318,24 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.flush()
                     self.archive._sent(path, len(payload[i:i + step]))
                     time.sleep(step / fault.n)
-            else:
+            else:  # short_length: the rest follows what was announced, then the connection ends
                 self.wfile.write(payload)
                 self.archive._sent(path, len(payload))
+                if fault and fault.kind == "short_length":
+                    self.close_connection = True
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+    def _slow_headers(self, bytes_per_s: int) -> None:
+        self.close_connection = True
+        try:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            self.wfile.flush()
+            while not self.archive.stopping.wait(1 / bytes_per_s):
+                self.wfile.write(b"a")
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def _endless(self, path: str, rng: str | None, data: bytes, fault: Fault, body: bool) -> None:
         """No length announced (HEAD: only with hide_length): the file, then zeros up to n bytes

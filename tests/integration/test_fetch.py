@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from datetime import date
 from pathlib import Path
 
@@ -403,6 +404,24 @@ def test_a_trickling_server_fails_the_file_at_its_deadline_then_a_rerun_resumes(
     assert verified(cache, path)
 
 
+def test_a_server_trickling_its_headers_fails_the_file_at_its_deadline(server, cache, archive):
+    """The deadline was checked between body chunks only: headers trickled a byte at a time
+    (never a read timeout) held a file, and the run, for hours."""
+    path = archive_path("daily", "BTCUSDT", "2019-05-13")
+    server.queue(path, arc.slow_headers(20))
+    args = ("--symbol", "BTCUSDT", "--since", "2019-05-13", "--until", "2019-05-13", "--json")
+    t0 = time.monotonic()
+    p = fetch(server, cache, *args, deadline_floor_seconds=2, min_bytes_per_second=10**9,
+              timeout=40)
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert time.monotonic() - t0 < 20
+    assert ("fetch: failed BTCUSDT-trades-2019-05-13.zip: not finished within its deadline "
+            "of 2 s") in p.stderr, p.stderr[-3000:]
+    again = fetch(server, cache, *args)  # the fault was one answer: the rerun completes
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert verified(cache, path)
+
+
 def test_a_redirect_to_another_host_is_refused_unless_allowed(server, cache, archive):
     path = archive_path("daily", "BTCUSDT", "2019-05-14")
     args = ("--symbol", "BTCUSDT", "--since", "2019-05-14", "--until", "2019-05-14", "--json")
@@ -450,6 +469,63 @@ def test_a_server_ignoring_range_restarts_the_file_and_its_bytes_are_bounded(
     assert (cache / REAL).read_bytes() == real
     f = result(again)["files"][0]
     assert (f["received"], f["resumed_from"]) == (REAL_SIZE, 0)
+
+
+def test_a_mirror_whose_head_disagrees_with_its_answers_lets_the_checksum_decide(
+        server, cache, archive):
+    """A HEAD announcing more than the file: each whole answer (by its own Content-Length) was
+    taken for a cut, the file restarted until the byte budget failed it, though it matched its
+    CHECKSUM. An answer whose Content-Length is short of the file: ~30 GETs, each resuming a
+    byte further, failing as "connection cut". Either is the mirror contradicting itself, not a
+    cut: the CHECKSUM decides, at once."""
+    path = archive_path("daily", "BTCUSDT", "2019-05-16")
+    size = (archive / path).stat().st_size
+    args = ("--symbol", "BTCUSDT", "--since", "2019-05-16", "--until", "2019-05-16", "--json")
+    server.always(path, arc.head_size(10 * size))
+    p = fetch(server, cache, *args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert verified(cache, path) and (cache / path).read_bytes() == (archive / path).read_bytes()
+    assert [r.range for r in server.gets(path)] == [None]
+    assert result(p)["files"][0]["received"] == size
+
+    server.clear()
+    other = archive_path("daily", "BTCUSDT", "2019-05-17")
+    server.always(other, arc.short_length(1000))
+    p = fetch(server, cache, "--symbol", "BTCUSDT", "--since", "2019-05-17", "--until",
+              "2019-05-17", "--json")
+    assert p.returncode == 1
+    assert [r.range for r in server.gets(other)] == [None, None]  # downloaded twice, no more
+    other_size = (archive / other).stat().st_size
+    assert (f"(downloaded twice; nothing kept); the mirror contradicts itself: its answers end "
+            f"at byte 1,000 (their Content-Length), its HEAD announces {other_size:,}") in \
+        p.stderr, p.stderr[-3000:]
+    assert not (cache / other).exists() and leftovers(cache) == []
+
+    # A 206 for a part of the range asked is no contradiction: resumed from its end.
+    server.clear()
+    third = archive_path("daily", "BTCUSDT", "2019-05-18")
+    server.queue(third, arc.cut(300))
+    server.always(third, arc.range_parts(400))
+    p = fetch(server, cache, "--symbol", "BTCUSDT", "--since", "2019-05-18", "--until",
+              "2019-05-18", "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert verified(cache, third)
+    ranges = [r.range for r in server.gets(third)]
+    assert ranges[:3] == [None, "bytes=300-", "bytes=700-"]  # 300, then 400 at a time
+
+
+def test_a_range_answered_from_an_earlier_byte_continues_from_there(server, cache, archive):
+    """A 206 starting before the byte asked (here from 0) was refused on every attempt and
+    every rerun (the .part stays, the same Range is asked): the file could never complete. The
+    .part is cut back to where the answer starts and the answer appended."""
+    path = archive_path("daily", "BTCUSDT", "2019-05-19")
+    server.queue(path, arc.cut(300))
+    server.always(path, arc.range_from(0))
+    p = fetch(server, cache, "--symbol", "BTCUSDT", "--since", "2019-05-19", "--until",
+              "2019-05-19", "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert [(r.range, r.status) for r in server.gets(path)] == [(None, 200), ("bytes=300-", 206)]
+    assert (cache / path).read_bytes() == (archive / path).read_bytes() and verified(cache, path)
 
 
 # --- make up without ../shared ---------------------------------------------------------------

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 
@@ -118,6 +119,22 @@ def test_aggtrades_files_are_refused_by_name_and_by_columns(stack, tmp_path):
         assert (stack.state(), landing_versions(stack)) == before, where
 
 
+def test_a_zip_named_as_trades_whose_csv_is_named_aggtrades_is_refused(stack, tmp_path):
+    """The name inside a zip is a name too: trades' columns under an aggTrades CSV name in a
+    trades-named zip were ingested (a bare CSV so named is refused)."""
+    csv = ("\n".join(spot_trades(20, 1000)) + "\n").encode()
+    z = tmp_path / "z" / "BTCUSDT-trades-2019-04-01.zip"
+    z.parent.mkdir(parents=True)
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("BTCUSDT-aggTrades-2019-04-01.csv", csv)
+    before = (stack.state(), landing_versions(stack))
+    r = stack.cli("ingest", str(z))
+    assert r.returncode == 2, (r.stdout, r.stderr[-2000:])
+    assert (f"{z.name}: its CSV 'BTCUSDT-aggTrades-2019-04-01.csv' is named as an aggTrades "
+            "file") in r.stderr and "aggregate trades are not ingested" in r.stderr, r.stderr
+    assert (stack.state(), landing_versions(stack)) == before
+
+
 def test_fetch_aggtrades_fetches_but_never_ingests(stack, tmp_path):
     root = tmp_path / "archive"
     path = arc.archive_path("daily", "BTCUSDT", "2019-04-01", kind="aggTrades")
@@ -170,6 +187,42 @@ def run_stream(stack: Stack, messages: list[str], market: str, symbol: str, last
             _, err = p.communicate(timeout=60)
     assert p.returncode == 0, err[-3000:]
     return err
+
+
+def test_fetch_ingest_a_file_the_pipeline_refuses_fails_alone_and_the_others_load(stack,
+                                                                                 tmp_path):
+    """A verified file that ingest refuses (here a mirror's aggTrades rows under a trades name)
+    ended the whole `fetch --ingest` run (exit 2): the days after it were never loaded, on every
+    rerun. It is now that file's failure, named; the others load; exit 1."""
+    root = tmp_path / "archive"
+    days = {"2019-04-01": spot_trades(20, 1000), "2019-04-02": spot_agg(20, 2000, 2000),
+            "2019-04-03": spot_trades(20, 3000, T0 + 2 * 86_400_000)}
+    paths = {d: arc.archive_path("daily", "BTCUSDT", d) for d in days}
+    for day, lines in days.items():
+        arc.put(root, paths[day], ("\n".join(lines) + "\n").encode())
+    env = {**stack.cli_env(), "TICKSTACK_ARCHIVE_CACHE_DIR": str(tmp_path / "cache"),
+           "TICKSTACK_ARCHIVE_PARALLEL": "1", "TICKSTACK_ARCHIVE_ATTEMPTS": "2"}
+    args = [sys.executable, "-m", "workers", "fetch", "--symbol", "BTCUSDT", "--since",
+            "2019-04-01", "--until", "2019-04-03", "--ingest", "--json"]
+    with ArchiveServer(root) as server:
+        env["TICKSTACK_ARCHIVE_BASE_URL"] = server.url
+        for _ in range(2):  # a rerun: the same, the good days not loaded twice
+            r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
+                               timeout=300)
+            assert r.returncode == 1, (r.stdout, r.stderr[-3000:])
+            report = json.loads(r.stdout.strip().splitlines()[-1])
+            status = {f["path"]: f["status"] for f in report["files"]}
+            assert status[paths["2019-04-02"]] == "failed", report
+            assert {status[paths[d]] for d in ("2019-04-01", "2019-04-03")} <= {
+                "downloaded", "cached"}, report
+            assert ("fetch: failed BTCUSDT-trades-2019-04-02.zip: verified (kept in the cache) "
+                    "but not ingested: ") in r.stderr, r.stderr[-3000:]
+            assert "aggregate trades are not ingested" in r.stderr
+            # what this run added to the cache is counted as kept, the refused file too
+            assert report["kept_bytes"] == sum(f["size"] for f in report["files"]
+                                               if f["received"]), report
+            assert rows(stack, "SELECT count(*), min(trade_id), max(trade_id) FROM "
+                               "market_data.btc_ticks") == [(40, 1000, 3019)]
 
 
 def test_a_stream_of_aggregate_trades_is_refused_and_their_events_never_stored(stack):
@@ -306,6 +359,31 @@ def test_file_trades_ahead_of_the_clock_are_quarantined(stack, tmp_path):
     assert (s["inserted"], s["quarantined_by_reason"]) == (1, {wider: 2}), s
     assert rows(stack, "SELECT count(*) FROM market_data.btc_ticks WHERE trade_id = 103") == [
         (1,)]
+
+
+def test_a_first_row_ahead_or_in_the_other_unit_does_not_set_the_files_unit(stack, tmp_path):
+    """The unit (ms until 2024, µs from 2025) was fixed by the first row, whatever it held: one
+    first row a day ahead in the other unit quarantined every other row of the file as "unit
+    differs". The first row whose time is plausible decides; the odd row alone is quarantined."""
+    now = int(time.time() * 1000)
+    t25 = 1_735_776_000_000_000  # 2025-01-02 00:00:00 UTC, µs
+    cases = {  # file: (first row's time, the other rows' times)
+        "a": ((now + 86_000_000) * 1000, [T0 + i * 1000 for i in range(10)]),  # µs in ms
+        "b": (now + 86_000_000, [t25 + i * 1_000_000 for i in range(10)]),  # ms in µs
+        "c": (1_000_000_000_000, [t25 + i * 1_000_000 for i in range(10)]),  # ms, 2001
+    }
+    for n, (name, (first, times)) in enumerate(cases.items()):
+        base = 10_000 * (n + 1)
+        day = "2019-04-01" if name == "a" else "2025-01-02"
+        f = write(tmp_path / name / f"BTCUSDT-trades-{day}.csv",
+                  [f"{base},4100.5,0.01,41.005,{first},True,True"] +
+                  [f"{base + 1 + i},4100.5,0.01,41.005,{t},True,True"
+                   for i, t in enumerate(times)])
+        s = summary_of(stack.cli("ingest", str(f), "--json"))
+        assert (s["inserted"], s["quarantined"]) == (10, 1), (name, s)
+        assert rows(stack, "SELECT count(*) FROM market_data.btc_ticks WHERE trade_id "
+                           "BETWEEN %s AND %s", base, base + 10) == [(10,)], name
+    assert sorted(e["line"] for e in quarantined(stack)) == [1, 1, 1]
 
 
 def test_stream_trades_ahead_of_the_clock_are_quarantined(stack):

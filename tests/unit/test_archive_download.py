@@ -32,6 +32,12 @@ def test_an_answer_is_read_up_to_its_size(size, have, announced, limit):
     assert answer_bound(CFG, "x.zip", size, have, announced)[0] == limit
 
 
+def test_the_bound_says_which_announcement_it_is():
+    assert answer_bound(CFG, "x.zip", 800, 300, 500)[1] == "the 800 bytes announced"
+    assert answer_bound(CFG, "x.zip", 400, 0, 900)[1] == (
+        "the 400 bytes its HEAD announced (this answer's Content-Length says 900)")
+
+
 @pytest.mark.parametrize("size, announced", [(1001, None), (None, 1001)])
 def test_a_file_above_the_largest_allowed_fails(size, announced):
     with pytest.raises(ArchiveError, match=r"x.zip: the server announces 1,001 bytes, more than "

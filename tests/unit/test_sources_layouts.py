@@ -73,7 +73,8 @@ def test_an_unknown_coin_m_symbol_is_refused(symbol):
 
 def test_stream_aggtrade_urls_and_events():
     for url in ("wss://stream.binance.com:9443/ws/btcusdt@aggTrade",
-                "wss://fstream.binance.com/stream?streams=btcusdt@trade/btcusdt@aggTrade"):
+                "wss://fstream.binance.com/stream?streams=btcusdt@trade/btcusdt@aggTrade",
+                "wss://stream.binance.com:9443/stream?streams=btcusdt%40aggtrade"):
         with pytest.raises(BadInput, match="@aggTrade"):
             market_of_url(url)
     assert market_of_url("wss://dstream.binance.com/ws/btcusd_perp@trade") == "cm"

@@ -164,9 +164,9 @@ def fetch(
     size / MIN_BYTES_PER_SECOND; at most MAX_RECEIVED_RATIO x its size received
     in all. A file that fails is named, with its URL; the others go on.
 
-    Exit 0: every file verified (and ingested); 1: a file failed or is missing
-    (listed at the end; a rerun completes it); 2: bad options, or an unknown
-    symbol.
+    Exit 0: every file verified (and ingested); 1: a file failed, is missing or
+    was refused by ingest (listed at the end; the others go on); 2: bad options,
+    or an unknown symbol.
     """
     from workers.app import fetching
     from workers.sources import binance_archive as archive

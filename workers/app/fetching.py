@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -59,10 +60,26 @@ def fetch(ctx: Context, req, *, ingest: bool = False, verify: bool = False,
         loader = archive_loader(ctx, on_file) if ingest else contextlib.nullcontext()
         with loader as load:
             for r in fetcher.fetch(files):
-                results.append(r)
                 if load is not None and r.ok:
-                    load(r.path)
+                    r = _loaded(load, r)
+                results.append(r)
     return archive.Report(req.describe(), cfg.cache_dir, results, time.monotonic() - t0)
+
+
+def _loaded(load: Callable, r):
+    """`r` once its file is ingested; a file the pipeline refuses (bad input: not a trades file,
+    an aggTrades one, a layout of another market) is that file's failure — verified and kept in
+    the cache, named, the run going on with the others — never the end of the run. A failure
+    of the servers (Failed, a database error) still ends it: every other file would fail too."""
+    from workers.core.errors import BadInput
+
+    try:
+        load(r.path)
+    except BadInput as e:
+        logs.get("fetch").warning("not ingested", file=str(r.path), reason=str(e))
+        return dataclasses.replace(r, status="failed", reason=(
+            f"{r.file.name}: verified (kept in the cache) but not ingested: {e}"))
+    return r
 
 
 def dry_run(ctx: Context, req, redirect_hosts: tuple[str, ...] = ()) -> list[dict]:

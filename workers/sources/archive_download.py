@@ -36,6 +36,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from workers.core import logs
 from workers.core.errors import BadInput, Failed
+from workers.sources.archive_net import DeadlineTransport, deadline
 
 log = logs.get("fetch")
 
@@ -110,6 +111,7 @@ class Transfer:
         self.size = size
         self.received = 0
         self.range_ignored = 0  # Range requests answered with the whole file
+        self.short_answer = ""  # an answer whole by its Content-Length but short of the size
         self.deadline = float("inf")
 
     def start(self) -> Transfer:
@@ -143,11 +145,12 @@ class Http:
     def __init__(self, cfg: ArchiveConfig, stop: threading.Event):
         self.cfg, self.stop = cfg, stop
         self.allowed = {host_of(cfg.base_url), *cfg.redirect_hosts}
+        limits = httpx.Limits(max_connections=cfg.parallel,
+                              max_keepalive_connections=cfg.parallel)
         self.client = httpx.Client(
             timeout=httpx.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout,
                                   write=cfg.read_timeout, pool=None),
-            limits=httpx.Limits(max_connections=cfg.parallel,
-                                max_keepalive_connections=cfg.parallel),
+            transport=DeadlineTransport(limits), limits=limits,
             # Bytes as stored: Range offsets and the checksum are about the file, not an encoding.
             headers={"Accept-Encoding": "identity", "User-Agent": "tickstack-fetch"},
             follow_redirects=False)
@@ -161,7 +164,8 @@ class Http:
         """The answer to `method url` after its redirects; transport errors (here or in the
         caller's block) as Retryable."""
         chain = [url]
-        with _net_errors(self.cfg):
+        # Every socket operation of this thread (headers included) stops at the deadline.
+        with _net_errors(self.cfg, t), deadline(t.deadline):
             request = self.client.build_request(method, url, headers=headers)
             for _ in range(MAX_REDIRECTS + 1):
                 t.check_time()
@@ -288,15 +292,19 @@ class Http:
 
 
 @contextlib.contextmanager
-def _net_errors(cfg: ArchiveConfig):
-    """httpx's transport errors as Retryable, with what they mean here."""
+def _net_errors(cfg: ArchiveConfig, t: Transfer):
+    """httpx's transport errors as Retryable, with what they mean here (a timeout at the
+    transfer's deadline: the deadline's ArchiveError)."""
     try:
         yield
-    except httpx.ReadTimeout:
+    except httpx.TimeoutException as e:
+        t.check_time()
+        if isinstance(e, httpx.ConnectTimeout):
+            raise Retryable(f"no connection within {cfg.connect_timeout:g} s") from None
+        if not isinstance(e, httpx.ReadTimeout):
+            raise Retryable(f"{type(e).__name__}: {e}") from None
         raise Retryable(f"stalled: no data for {cfg.read_timeout:g} s "
                         "(TICKSTACK_ARCHIVE_READ_TIMEOUT_SECONDS)") from None
-    except httpx.ConnectTimeout:
-        raise Retryable(f"no connection within {cfg.connect_timeout:g} s") from None
     except httpx.ConnectError as e:
         raise Retryable(f"cannot connect to {cfg.base_url}: {e}") from None
     except httpx.RemoteProtocolError as e:  # e.g. the body ended before its Content-Length
@@ -333,12 +341,39 @@ def answer_bound(cfg: ArchiveConfig, what: str, size: int | None, have: int,
     if total > cfg.max_file_bytes:
         raise ArchiveError(f"{what}: the server announces {total:,} bytes, more than "
                            f"TICKSTACK_ARCHIVE_MAX_FILE_BYTES ({cfg.max_file_bytes:,})")
+    if size and announced is not None and have + announced > size:  # says which announcement
+        return size - have, (f"the {size:,} bytes its HEAD announced (this answer's "
+                             f"Content-Length says {have + announced:,})")
     return total - have, f"the {total:,} bytes announced"
+
+
+def short_answer(what: str, size: int | None, end: int, r: httpx.Response) -> str:
+    """An answer `r` that ended at byte `end` of a file of `size` (its HEAD): "" when it reached
+    the size; Retryable when it just stopped — no Content-Length, or a 206 for a part of the
+    file (a cut, or a server answering a range in parts: resumed from there). Whole by its own
+    Content-Length (a 200, or a 206 reaching its total) yet short of the HEAD's size is no
+    cut — asking again gets the same: the mirror contradicts itself, and what was received is
+    left to the CHECKSUM; the contradiction is returned for the message if that fails."""
+    if not size or end >= size:
+        return ""
+    whole = r.status_code == 200 or range_is_the_rest(r.headers.get("Content-Range", ""))
+    if content_length(r) is None or not whole:
+        raise Retryable(f"connection cut: the answer ended at byte {end:,}")
+    log.warning("an answer whole by its Content-Length is shorter than the HEAD announced: "
+                "the CHECKSUM decides", what=what, ends_at=end, head_size=size)
+    return f"its answers end at byte {end:,} (their Content-Length), its HEAD announces {size:,}"
 
 
 def content_length(r: httpx.Response) -> int | None:
     value = r.headers.get("Content-Length", "").strip()
     return int(value) if value.isdigit() else None
+
+
+def range_is_the_rest(content_range: str) -> bool:
+    """A 206's Content-Range reaches its total (`bytes 100-199/200`): the answer claims to be
+    the whole rest of the file, not a part of it (a server may answer a range in parts)."""
+    m = re.match(r"bytes \d+-(\d+)/(\d+)", content_range.strip())
+    return bool(m) and int(m.group(1)) + 1 == int(m.group(2))
 
 
 def range_start(content_range: str) -> int | None:

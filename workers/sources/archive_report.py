@@ -85,8 +85,10 @@ class Report:
 
     @property
     def kept(self) -> int:
-        """Bytes of the files this run added to the cache, verified."""
-        return sum(r.size or 0 for r in self.results if r.status == "downloaded")
+        """Bytes of the files this run added to the cache, verified (a failed result with a path
+        is such a file that ingest refused: kept all the same)."""
+        return sum(r.size or 0 for r in self.results if r.status == "downloaded"
+                   or (r.status == "failed" and r.path is not None and r.received))
 
     def as_dict(self) -> dict:
         return {"request": self.request, "cache": str(self.cache_dir),

@@ -44,6 +44,7 @@ from workers.sources.archive_download import (  # noqa: F401 - re-exported
     content_length,
     range_start,
     retry_after_seconds,
+    short_answer,
 )
 from workers.sources.archive_report import (  # noqa: F401 - re-exported
     BarProgress,
@@ -390,9 +391,10 @@ class Fetcher:
                     break
                 part.unlink()
                 if round_ == 2:
+                    why = t.short_answer and f"; the mirror contradicts itself: {t.short_answer}"
                     raise ArchiveError(
                         f"{f.name}: checksum mismatch: its .CHECKSUM says {p.sha256}, the "
-                        f"downloaded file is {digest} (downloaded twice; nothing kept)")
+                        f"downloaded file is {digest} (downloaded twice; nothing kept){why}")
                 log.warning("checksum mismatch: downloading the file again from the start",
                             file=f.path, resumed_from=resumed_from)
             cache.install(part, dest, p.checksum_text)
@@ -432,15 +434,15 @@ class Fetcher:
             mode, have = "wb", 0
             if r.status_code == 206:
                 start = range_start(r.headers.get("Content-Range", ""))
-                if start != offset:
+                if start is None or start > offset:  # a gap after the .part: nothing to append to
                     raise Retryable(f"server answered a Range for {offset} with {start}")
-                mode, have = "ab", offset
+                mode, have = "ab", start  # from an earlier byte: the .part is cut back to it
             elif offset:  # the whole file again: start over rather than append it
                 t.range_ignored += 1
                 log.warning("the server ignored the Range request: restarting the file from its "
                             "start", file=f.path, offset=offset)
             limit, why = answer_bound(self.cfg, f.name, size, have, content_length(r))
             with open(part, mode) as out:
+                out.truncate(have)
                 n = self.http.read_into(r, out, limit, why, t, self.progress.advance)
-            if size and have + n < size:  # a body that ended early without an error
-                raise Retryable(f"connection cut: the answer ended at byte {have + n:,}")
+            t.short_answer = short_answer(f.name, size, have + n, r) or t.short_answer

@@ -211,6 +211,9 @@ def open_trade_file(path: str | Path, symbol: str | None = None, market: str | N
     else:
         layout = layout_from_rows(path, lines[:64])
     refuse_aggregates(path, layout, header)
+    if path.suffix == ".zip":  # the CSV inside is named too (BTCUSDT-aggTrades-….csv)
+        with zipfile.ZipFile(path) as z:
+            refuse_aggregates(path, layout, header, z.namelist()[0])
     named = symbol_from_name(path)
     sym = (symbol or named or "").upper()
     if not sym:

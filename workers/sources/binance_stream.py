@@ -49,9 +49,9 @@ STREAM_HOSTS = {
 def market_of_url(url: str, given: str | None = None) -> str:
     """The market a stream URL serves (its host), checked against an explicit `given` one;
     BadInput when neither says, or they disagree."""
-    from urllib.parse import urlparse
+    from urllib.parse import unquote, urlparse
 
-    if _AGG_STREAM.search(url):
+    if _AGG_STREAM.search(unquote(url)):  # `%40aggTrade` names the same stream
         raise BadInput(f"{printable(url)[:200]}: an aggregate-trade stream (@aggTrade) — "
                        "aggregate trades are another dataset (their ids are another sequence) "
                        "and are never stored as trades; subscribe to <symbol>@trade")

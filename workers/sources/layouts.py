@@ -60,8 +60,10 @@ ARCHIVE_MARKET_PATHS = {"spot": "spot", "um": "futures/um", "cm": "futures/cm"}
 _MARKET_DIRS = {tuple(p.split("/")): m for m, p in ARCHIVE_MARKET_PATHS.items()}
 
 
-def refuse_aggregates(path: Path, layout: Layout, header: bool) -> None:
-    """aggTrades, by columns or by name, are never read as trades (exit 2, saying why)."""
+def refuse_aggregates(path: Path, layout: Layout, header: bool, member: str | None = None
+                      ) -> None:
+    """aggTrades, by columns or by name (the file's, or the CSV's inside a zip), are never read
+    as trades (exit 2, saying why)."""
     why = ("aggregate trades are not ingested: an aggregate trade id is another sequence than "
            "a trade id and one aggregate stands for several trades, so storing them beside the "
            "trades would double counts and volumes; ingest the day's `trades` file instead "
@@ -69,9 +71,11 @@ def refuse_aggregates(path: Path, layout: Layout, header: bool) -> None:
     if layout.kind == "aggTrades":
         raise BadFile(path, f"an aggTrades file ({'header' if header else 'rows'} of "
                             f"{len(layout.columns)} columns {','.join(layout.columns)}): {why}")
-    if _AGG_NAME.search(path.name):
-        raise BadFile(path, f"named as an aggTrades file (its columns are trades', the name "
-                            f"contradicts them): {why}")
+    name = Path(member).name if member is not None else path.name
+    if _AGG_NAME.search(name):
+        named = f"its CSV {printable(name)!r} is" if member is not None else "it is"
+        raise BadFile(path, f"{named} named as an aggTrades file (its columns are trades', the "
+                            f"name contradicts them): {why}")
 
 
 def check_ingestible(kind: str) -> str:

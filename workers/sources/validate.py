@@ -56,6 +56,22 @@ def _unit_of(digits: int) -> str | None:
     return {13: "ms", 16: "us"}.get(digits)
 
 
+def _plausible_unit(t: pa.Array, digits: np.ndarray, candidates: np.ndarray,
+                    latest_us: int) -> str | None:
+    """The file's unit, from its first row whose time is plausible in the unit its magnitude
+    says (between Binance's first trades and the future tolerance): a first row that is itself
+    wrong — a day ahead, or in the other unit — is quarantined alone, it does not make every
+    other row of the file "another unit". None when no row is plausible."""
+    rows = np.flatnonzero(candidates & ((digits == 13) | (digits == 16)))
+    if not len(rows):
+        return None
+    values = np.asarray(pc.cast(pc.take(t, pa.array(rows)), pa.int64()).to_numpy(
+        zero_copy_only=False))
+    us = np.where(digits[rows] == 13, values * 1000, values)
+    ok = np.flatnonzero((us >= MIN_TIME_US) & (us <= latest_us))
+    return _unit_of(int(digits[rows[ok[0]]])) if len(ok) else None
+
+
 def quote_of(price: pa.Array, qty: pa.Array) -> pa.Array:
     """price x quantity, exact, then cut to 8 places (base-asset quantities without a quote)."""
     return SPOT_BASE.quote(price, qty)
@@ -131,18 +147,21 @@ def validate_rows(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | 
     t_ok = np_mask(pc.match_substring_regex(t, r"^[0-9]{1,19}$"))
     flag(~t_ok, "non-numeric timestamp")
     digits = np.asarray(pc.utf8_length(t).to_numpy(zero_copy_only=False))
-    if units.unit is None:
-        first = np.flatnonzero((reason == None) & t_ok)  # noqa: E711
-        for i in first[:1]:
-            units.unit = _unit_of(int(digits[i]))
+    now = now_us or int(time.time() * 1_000_000)
+    unit = units.unit
+    if unit is None:
+        candidates = t_ok & (reason == None)  # noqa: E711
+        units.unit = unit = _plausible_unit(t, digits, candidates, now + future_us)
+        if unit is None:  # no plausible row yet: this batch is read in its first row's unit
+            unit = next((_unit_of(int(digits[i])) for i in np.flatnonzero(candidates)), None)
     flag(t_ok & (digits <= 11), "timestamp in seconds (too small for ms or µs)")
     flag(t_ok & (digits >= 18), "timestamp in nanoseconds (too large for ms or µs)")
     flag(t_ok & (digits != 13) & (digits != 16), "timestamp magnitude is neither ms nor µs")
-    if units.unit:
-        other = 16 if units.unit == "ms" else 13
+    if unit:
+        other = 16 if unit == "ms" else 13
         flag(t_ok & (digits == other),
              f"timestamp unit differs from the file's ({'µs' if other == 16 else 'ms'} "
-             f"in a {units.unit} file)")
+             f"in a {unit} file)")
 
     bm = pc.utf8_trim_whitespace(cols["is_buyer_maker"])
     bm_l = pc.utf8_lower(bm)
@@ -158,16 +177,15 @@ def validate_rows(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | 
     price = pc.cast(take["price"], pa.decimal128(24, 8))
     qty = pc.cast(take["quantity"], pa.decimal128(24, 8))
     raw_t = pc.cast(pc.utf8_trim_whitespace(take["time"]), pa.int64())
-    t_us = pc.multiply(raw_t, 1000) if units.unit == "ms" else raw_t
+    t_us = pc.multiply(raw_t, 1000) if unit == "ms" else raw_t
     if "quote_quantity" in take:
         quote = pc.cast(take["quote_quantity"], pa.decimal128(32, 8))
     else:
         quote = instrument.quote(price, qty)
-    now = now_us or int(time.time() * 1_000_000)
     zero = pa.scalar(0, pa.decimal128(24, 8))
     bad_price = np_mask(pc.less_equal(price, zero))
     bad_qty = np_mask(pc.less_equal(qty, zero))
-    t_np = raw_t.to_numpy() * (1000 if units.unit == "ms" else 1)
+    t_np = raw_t.to_numpy() * (1000 if unit == "ms" else 1)
     bad_base = np.zeros(len(idx), dtype=bool)
     base_why = "base quantity disagrees with the quantity"
     if "base_quantity" in take and contracts:
