@@ -168,3 +168,24 @@ def test_a_rerun_beside_a_writer_of_the_same_buckets_loses_nothing(local_env, sh
                 assert out["inserted"] == 0 and out["buckets_landed"] == 0, out
         finally:
             stack.close()
+
+
+
+def test_a_recomputed_bar_wrong_in_quote_volume_alone_is_corrected(stack, shared_data):
+    """The aggregate upsert skips bars whose values are unchanged by comparing columns; one it
+    left out (quote_volume) kept a wrong value however often the bar was recomputed — e.g.
+    COIN-M bars stored before their notional was fixed."""
+    from workers.core.sqlfiles import query
+
+    r = stack.cli("ingest", str(shared_data / f"{DAY}.zip"), "--json")
+    assert r.returncode == 0, r.stderr
+    cols = ("market, symbol, bucket_5m, open, high, low, close, volume, quote_volume, "
+            "trade_count, buy_volume, first_trade_id, last_trade_id")
+    where = "WHERE bucket_5m = '2019-04-01 12:00+00'"
+    with stack.admin() as c:
+        right = c.execute(f"SELECT {cols} FROM market_data.btc_ohlcv_5m {where}").fetchone()
+        c.execute(f"UPDATE market_data.btc_ohlcv_5m SET quote_volume = quote_volume * 2 {where}")
+    with stack.ingest_conn() as conn, conn.transaction():
+        conn.execute(query("workers.db", "upsert_ohlcv"), right)  # the recompute's values
+    with stack.admin() as c:
+        assert c.execute(f"SELECT {cols} FROM market_data.btc_ohlcv_5m {where}").fetchone() == right
