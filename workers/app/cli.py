@@ -3,7 +3,8 @@
 Thin: each command parses its options, builds a Context, calls its operation
 (workers/app/operations.py) and prints the result's summary. Errors are mapped to exit codes in
 one place (`_fail`, workers.core.errors.describe): 0 done; 1 failed (the message says what and
-where); 2 bad usage or bad input.
+where); 2 bad usage or bad input; 130 interrupted (SIGINT or SIGTERM, workers/core/interrupts.py:
+the command's cleanup ran — child processes stopped, a restore's old primary put back).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import typer
 from workers.app import operations
 from workers.app.context import Context
 from workers.app.progress import file_progress
-from workers.core import logs
+from workers.core import interrupts, logs
 from workers.core.errors import EXIT_FAILED, describe
 from workers.core.settings import Settings
 
@@ -52,6 +53,9 @@ def command(fn):
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
+        except KeyboardInterrupt:
+            typer.echo(f"{name}: interrupted by {interrupts.last_signal()}", err=True)
+            raise typer.Exit(interrupts.EXIT_INTERRUPTED) from None
         except Exception as e:
             code, reason = describe(e)
             where = getattr(e, "where", None)
