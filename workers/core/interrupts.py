@@ -19,7 +19,15 @@ import contextlib
 import signal
 import threading
 
+from workers.core.errors import TickstackError
+
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what the shell and typer report for Ctrl-C
+
+
+class Interrupted(TickstackError):
+    """Stopped by SIGINT/SIGTERM after cleaning up; the message says what state is left."""
+
+    exit_code = EXIT_INTERRUPTED
 
 _HANDLED = (signal.SIGINT, signal.SIGTERM)
 _last: list[int] = []
@@ -45,9 +53,10 @@ def last_signal() -> str:
 
 
 @contextlib.contextmanager
-def deferred():
+def deferred(*, raise_after: bool = True):
     """Run the block to its end even if SIGINT/SIGTERM arrive; raise KeyboardInterrupt after
-    it when one did (and nothing else is propagating). Main thread only; a no-op elsewhere."""
+    it when one did (and nothing else is propagating; `raise_after=False`: the caller is
+    stopping anyway). Main thread only; a no-op elsewhere."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -67,5 +76,5 @@ def deferred():
     finally:
         for s in swapped:
             signal.signal(s, old[s])
-    if pending:
+    if pending and raise_after:
         raise KeyboardInterrupt(signal.Signals(pending[-1]).name)
