@@ -195,9 +195,9 @@ def test_backup_interrupted_at_its_pid_stops_pgbackrest_and_the_next_backup_runs
     run.p.send_signal(sig)
     code, _, err = run.wait()
     assert code == 130, err[-3000:]
+    assert pgbackrest_jobs(env) == []  # the worker waited for its tools to be gone
     assert run.last_line() == f"backup: interrupted by {sig.name}", err[-2000:]
     assert "Traceback" not in err
-    assert pgbackrest_jobs(env) == []  # the worker waited for its tools to be gone
     out = ok(env, "backup", "--type", "full")  # the lock is free
     assert "backup: full" in out
 
@@ -296,11 +296,10 @@ def test_restore_killed_outright_is_undone_by_up(env, tmp_path, case):
     r = cli(env, "restore", "--force", "--timeline", "current", "--target-time", target_now(),
             extra={"TICKSTACK_CRASH_AT": KILLED[case]})
     assert r.returncode == -signal.SIGKILL, (r.stdout, r.stderr[-2000:])
-    assert restore_marker.path_for(env.primary.data).exists()
-    started = env.up()
-    assert any(s.startswith("an interrupted restore was undone: ") for s in started), started
+    started = env.up()  # what `python -m infra.local up` and `make up` run
+    assert env.primary.healthy() and state(env) == before  # the old primary, all its data
     assert "primary" in started
-    assert env.primary.healthy() and state(env) == before
+    assert any(s.startswith("an interrupted restore was undone: ") for s in started), started
     assert not restore_marker.path_for(env.primary.data).exists()
     assert [n for n in leftovers(env) if ".failed-restore-" not in n] == []
     tidy(env)
