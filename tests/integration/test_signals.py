@@ -228,6 +228,115 @@ def tool_running_pid(pid: int, needle: str):
     return next((p for p in descendants(pid) if cmdline(p).startswith(needle)), None)
 
 
+# --- item 6: SIGTERM to long commands exits as Ctrl-C does; a rerun completes ----------------
+
+def blocked_in_query(env: LocalEnv, command: str, server: str = "primary") -> bool:
+    """The command's session waits on a lock the test holds: it is mid-work, inside a query."""
+    cluster = env.primary if server == "primary" else env.replica
+    with psycopg.connect(cluster.dsn(), password=env.secrets["postgres_password"],
+                         autocommit=True) as c:
+        return bool(c.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name "
+                              "= %s AND wait_event_type = 'Lock'",
+                              [f"tickstack-{command}"]).fetchone()[0])
+
+
+def sessions_of(env: LocalEnv, command: str, server: str = "primary") -> int:
+    cluster = env.primary if server == "primary" else env.replica
+    with psycopg.connect(cluster.dsn(), password=env.secrets["postgres_password"],
+                         autocommit=True) as c:
+        return c.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                         [f"tickstack-{command}"]).fetchone()[0]
+
+
+def ticks_of_the_day(env: LocalEnv) -> tuple[int, int]:
+    with admin(env) as c:
+        return (c.execute("SELECT count(*) FROM market_data.btc_ticks").fetchone()[0],
+                c.execute("SELECT coalesce(sum((metadata->>'row_count')::bigint), 0) "
+                          "FROM landing.raw_blobs_5m")
+                .fetchone()[0])
+
+
+# (command line, server whose table the test locks, the table): the command blocks on it
+LONG = {
+    "ingest": (("ingest", "{day}"), "primary", "market_data.btc_ticks"),
+    "replicate": (("replicate",), "replica", "market_data.btc_ticks"),
+    "embed": (("embed",), "primary", "signals.btc_embeddings"),
+}
+
+
+@pytest.mark.parametrize("name", list(LONG))
+def test_sigterm_stops_a_long_command_as_ctrl_c_does_and_a_rerun_completes(
+        env, tmp_path, shared_data, name):
+    """SIGTERM while the command waits inside a query (a table lock held by the test, so it is
+    caught mid-work every time): exit 130 and one line saying so, its query cancelled and its
+    sessions gone; the rerun completes — every trade of the day once on the primary and in the
+    registry, the replica equal, every window embedded."""
+    args, server, table = LONG[name]
+    args = tuple(a.format(day=shared_data / f"{DAY}.csv") for a in args)
+    if name == "replicate":  # the replica lags: an hour of ticks it does not have
+        with psycopg.connect(env.replica.dsn(), password=env.secrets["postgres_password"],
+                             autocommit=True) as c:
+            c.execute("DELETE FROM market_data.btc_ticks WHERE bucket_5m < "
+                      "'2019-04-01 01:00+00'")
+    cluster = env.primary if server == "primary" else env.replica
+    with psycopg.connect(cluster.dsn(), password=env.secrets["postgres_password"]) as lock:
+        lock.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        run = Running(env, tmp_path, *args)
+        wait_for(f"{name} waiting on {table}", lambda: blocked_in_query(env, name, server),
+                 run.p)
+        run.p.send_signal(signal.SIGTERM)
+        code, _, err = run.wait()
+        lock.rollback()
+    assert code == 130, err[-3000:]
+    assert run.last_line() == f"{name}: interrupted by SIGTERM", err[-2000:]
+    assert "Traceback" not in err
+    assert sessions_of(env, name, server) == 0  # its query cancelled, its connections closed
+    ok(env, *args)
+    if name == "ingest":
+        rows = sum(1 for _ in (shared_data / f"{DAY}.csv").open())
+        assert ticks_of_the_day(env) == (rows, rows)
+    elif name == "replicate":
+        ok(env, "replicate", "--check")
+    else:
+        assert json.loads(ok(env, "embed", "--json").strip().splitlines()[-1])[
+            "windows_pending"] == 0
+
+
+def test_sigterm_stops_fetch_mid_download_and_a_rerun_resumes(tmp_path, shared_data):
+    from tests.integration import archive_server as arc
+
+    root = tmp_path / "archive"
+    arc.put_real_day(root, shared_data)
+    real = arc.archive_path("daily", "BTCUSDT", "2019-04-01")
+    cache = tmp_path / "cache"
+    env = {**os.environ, "TICKSTACK_ARCHIVE_CACHE_DIR": str(cache),
+           "TICKSTACK_ARCHIVE_READ_TIMEOUT_SECONDS": "2", "TICKSTACK_ARCHIVE_ATTEMPTS": "1",
+           "TICKSTACK_LOG_FORMAT": "json"}
+    args = [sys.executable, "-m", "workers", "fetch", "--symbol", "BTCUSDT",
+            "--since", "2019-04-01", "--until", "2019-04-01", "--json"]
+    with arc.ArchiveServer(root) as server:
+        env["TICKSTACK_ARCHIVE_BASE_URL"] = server.url
+        server.always(real, arc.stall(1_000_000))  # a million bytes, then silence
+        part = cache / (real + ".part")
+        with open(tmp_path / "err", "w") as err:
+            p = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                 stderr=err)
+            wait_for("a partial download", lambda: part.exists() and
+                     part.stat().st_size == 1_000_000, p)
+            p.send_signal(signal.SIGTERM)
+            code = p.wait(timeout=300)
+        text = (tmp_path / "err").read_text()
+        assert code == 130, text[-3000:]
+        assert text.strip().splitlines()[-1] == "fetch: interrupted by SIGTERM", text[-2000:]
+        server.always(real, None)
+        server.clear()
+        again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
+                               timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert [r.range for r in server.gets(real)] == ["bytes=1000000-"]  # resumed
+    assert (cache / real).read_bytes() == (shared_data / f"{arc.REAL_NAME}.zip").read_bytes()
+
+
 # --- item 6: restore interrupted at each step ------------------------------------------------
 
 def _signal_when_tool_runs(needle: str, sig: signal.Signals):

@@ -358,7 +358,9 @@ def restore(
 
     Checks first, with the primary untouched (a backup set before the target, archived WAL
     reaching past it, target not in the future): what cannot succeed is refused at once, exit
-    2. A restore that fails after the primary was moved aside puts it back. Prints each step's
+    2. A restore that fails or is interrupted (SIGINT/SIGTERM: exit 130) after the primary was
+    stopped puts it back; one killed outright is undone by the next `python -m infra.local up`
+    or `restore`. Prints each step's
     duration (the recovery time) and the newest tick before and after the landing replay.
     """
     target = operations.parse_time(target_time)

@@ -3,7 +3,9 @@ interactive Ctrl-C does, through the same cleanup.
 
 `install()` (the CLI entry calls it once) makes SIGTERM raise KeyboardInterrupt in the main
 thread, as Python's own SIGINT handler does: every `finally`, every `except BaseException` that
-puts things back (a restore's old data directory, a tool's child processes) runs for both. The
+puts things back (a restore's old data directory, a tool's child processes) runs for both. Both
+first cancel the process's queries in flight (`cancel_queries`): worker threads never see the
+KeyboardInterrupt, and one waiting in the database would hold the exit. The
 command then exits 130 (EXIT_INTERRUPTED), as Ctrl-C always did (typer maps KeyboardInterrupt
 to 130). Commands with their own graceful stop (the live stream) replace these handlers while
 they run.
@@ -35,7 +37,31 @@ _last: list[int] = []
 
 def _interrupt(signum: int, _frame) -> None:
     _last.append(signum)
+    cancel_queries()
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def cancel_queries() -> int:
+    """Cancel, on the server, every query this process has in flight. KeyboardInterrupt reaches
+    the main thread only: a worker thread waiting in a query (a loader, a digest read — or on a
+    lock someone else holds) would keep its pool, and so the exit, waiting for good. Cancelled,
+    its query fails at once and the pool winds down; what was not committed is rolled back, as
+    after a crash, and a rerun completes. Returns how many were cancelled."""
+    import gc
+    import sys
+
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None:
+        return 0
+    active = psycopg.pq.TransactionStatus.ACTIVE
+    n = 0
+    for obj in gc.get_objects():
+        if isinstance(obj, psycopg.Connection) and not obj.closed and \
+                obj.info.transaction_status == active:
+            with contextlib.suppress(psycopg.Error):
+                obj.cancel_safe(timeout=5)
+                n += 1
+    return n
 
 
 def install() -> None:
