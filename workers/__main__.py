@@ -8,14 +8,21 @@ def main() -> None:
     import os
     import sys
 
+    from workers.core import interrupts
     from workers.core.memory import choose_arrow_pool
 
+    # SIGTERM (systemd, Kubernetes, `timeout`) stops every command as Ctrl-C does: the same
+    # cleanup, exit 130. The live stream replaces it with its own graceful stop while it runs.
+    interrupts.install()
     choose_arrow_pool()  # before anything imports pyarrow
     code = 0
     try:
         from workers.app.cli import app
 
         app()
+    except KeyboardInterrupt:  # before the CLI took over (while importing)
+        print(f"interrupted by {interrupts.last_signal()}", file=sys.stderr)
+        code = interrupts.EXIT_INTERRUPTED
     except SystemExit as e:
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)

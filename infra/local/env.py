@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra import configs, versions
+from infra.local.interrupted import undo_interrupted_restore
 from infra.local.postgres import DATABASE, PG_BIN, Cluster, install_problems
 from infra.local.procs import (
     PartError,
@@ -308,6 +309,7 @@ class LocalEnv:
             self.stunnel.start()
             started.append("s3-tls")
         self.tls.ensure()
+        started += undo_interrupted_restore(self.primary)
         for c in (self.primary, self.replica):
             c.init()
         self.render()

@@ -3,7 +3,8 @@
 Thin: each command parses its options, builds a Context, calls its operation
 (workers/app/operations.py) and prints the result's summary. Errors are mapped to exit codes in
 one place (`_fail`, workers.core.errors.describe): 0 done; 1 failed (the message says what and
-where); 2 bad usage or bad input.
+where); 2 bad usage or bad input; 130 interrupted (SIGINT or SIGTERM, workers/core/interrupts.py:
+the command's cleanup ran — child processes stopped, a restore's old primary put back).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import typer
 from workers.app import operations
 from workers.app.context import Context
 from workers.app.progress import file_progress
-from workers.core import logs
+from workers.core import interrupts, logs
 from workers.core.errors import EXIT_FAILED, describe
 from workers.core.settings import Settings
 
@@ -52,6 +53,9 @@ def command(fn):
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
+        except KeyboardInterrupt:
+            typer.echo(f"{name}: interrupted by {interrupts.last_signal()}", err=True)
+            raise typer.Exit(interrupts.EXIT_INTERRUPTED) from None
         except Exception as e:
             code, reason = describe(e)
             where = getattr(e, "where", None)
@@ -415,7 +419,9 @@ def restore(
 
     Checks first, with the primary untouched (a backup set before the target, archived WAL
     reaching past it, target not in the future): what cannot succeed is refused at once, exit
-    2. A restore that fails after the primary was moved aside puts it back. Prints each step's
+    2. A restore that fails or is interrupted (SIGINT/SIGTERM: exit 130) after the primary was
+    stopped puts it back; one killed outright is undone by the next `python -m infra.local up`
+    or `restore`. Prints each step's
     duration (the recovery time) and the newest tick before and after the landing replay.
     """
     target = operations.parse_time(target_time)

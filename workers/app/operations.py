@@ -284,17 +284,34 @@ def archive_check(ctx: Context, *, audit_landing: bool = True):
 
 def restore(ctx: Context, target: datetime, *, force: bool = False, skip_pitr: bool = False,
             timeline: str = "latest", no_replay: bool = False):
-    from workers.db.migrate import discover
+    """SIGINT/SIGTERM: during the point-in-time restore the old primary is put back; after
+    it, the restored primary stays and the message says how to finish the replay."""
+    from workers.core import crashpoint, interrupts
     from workers.ops import restore as rebuild
 
     if timeline not in ("latest", "current"):
         raise BadInput("--timeline must be latest or current")
+    crashpoint.configure(ctx.settings.crash_at)
     report = rebuild.RestoreReport(target.isoformat())
     admin = ctx.dsn("admin")
     if not skip_pitr:
         rebuild.pitr(ctx.pgbackrest(on_database_host=True), ctx.settings.pg_bindir, target,
                      force=force, admin_dsn=admin, report=report, timeline=timeline,
                      config_file=ctx.settings.pg_config_file)
+    try:
+        return _after_pitr(ctx, report, target, no_replay)
+    except KeyboardInterrupt:
+        raise interrupts.Interrupted(
+            f"interrupted by {interrupts.last_signal()} during '{report.current}': the primary "
+            f"is restored{'' if skip_pitr else ' to the target'} and running; `workers restore "
+            f"--target-time {target.isoformat()} --skip-pitr` finishes the landing replay"
+        ) from None
+
+
+def _after_pitr(ctx: Context, report, target: datetime, no_replay: bool):
+    from workers.db.migrate import discover
+    from workers.ops import restore as rebuild
+
     with ctx.connect("admin") as conn:
         report.timed("verify extensions and migration ledger",
                      lambda: rebuild.verify(conn, [(m.name, m.sha256) for m in discover()]))

@@ -1,5 +1,7 @@
 """Named crash points for the crash tests: `TICKSTACK_CRASH_AT=point:N` SIGKILLs the process the
-Nth time it reaches `point` (a real kill -9: no finally blocks, no flushes). Unset in production.
+Nth time it reaches `point` (a real kill -9: no finally blocks, no flushes). `point:N:SIGTERM`
+(or SIGINT) sends that signal instead, to test the interrupt handling at a known step. Unset in
+production.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import signal
 import sys
 import threading
 
-_spec: tuple[str, int] | None = None
+_spec: tuple[str, int, signal.Signals] | None = None
 _seen: dict[str, int] = {}
 _lock = threading.Lock()
 
@@ -20,8 +22,9 @@ def configure(spec: str) -> None:
     if not spec:
         _spec = None
         return
-    name, _, n = spec.partition(":")
-    _spec = (name, int(n or 1))
+    name, _, rest = spec.partition(":")
+    n, _, sig = rest.partition(":")
+    _spec = (name, int(n or 1), signal.Signals[sig] if sig else signal.SIGKILL)
 
 
 def reach(point: str) -> None:
@@ -30,5 +33,7 @@ def reach(point: str) -> None:
     with _lock:
         _seen[point] = _seen.get(point, 0) + 1
         if _seen[point] >= _spec[1]:
-            print(f"crashpoint: SIGKILL at {point} #{_seen[point]}", file=sys.stderr, flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
+            sig = _spec[2]
+            print(f"crashpoint: {sig.name} at {point} #{_seen[point]}", file=sys.stderr,
+                  flush=True)
+            os.kill(os.getpid(), sig)

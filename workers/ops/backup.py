@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import psycopg
 from workers.core import logs
 from workers.core.errors import BadInput, Failed
 from workers.core.sqlfiles import query
-from workers.ops import wal_archive
+from workers.ops import subprocs, wal_archive
 
 log = logs.get("backup")
 
@@ -61,26 +62,56 @@ class Tool:
                           *args], timeout=timeout)
 
     def exec(self, cmd: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+        """The tool's whole process tree is stopped and waited for when this is interrupted
+        (SIGINT/SIGTERM) or times out (workers/ops/subprocs.py)."""
         try:
             env, kw = self._env_and_user()
-            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                                  **kw)
-        except subprocess.TimeoutExpired:
-            raise BackupError(f"{cmd[0]} {cmd[-1]}: no answer within {timeout:.0f} s") from None
+            return subprocs.run(cmd, env=env, timeout=timeout, **kw)
+        except subprocs.Timeout as e:
+            raise BackupError(str(e)) from None
         except FileNotFoundError as e:
             raise BackupError(f"{cmd[0]} is not installed here ({e})") from None
 
     def ok(self, *args: str, timeout: float) -> str:
         r = self.run(*args, timeout=timeout)
         if r.returncode != 0:
+            text = r.stderr or r.stdout
+            held = lock_held(text)
+            if held:
+                raise BackupError(held)
             raise BackupError(f"pgbackrest {args[0]} failed (exit {r.returncode}): "
-                              f"{tail(r.stderr or r.stdout)}")
+                              f"{tail(text)}")
         return r.stdout
 
     def info(self) -> dict:
         out = self.ok("info", "--output=json", timeout=120)
         data = json.loads(out)
         return data[0] if data else {}
+
+
+_LOCK = re.compile(r"unable to acquire lock on file '([^']+)'")
+
+
+def lock_held(output: str) -> str | None:
+    """What to say when pgBackRest could not take its lock (error 050): which lock file, who
+    holds it (the processes that have it open; the pid that took it), and what to do."""
+    m = _LOCK.search(output)
+    if m is None:
+        return None
+    path = m.group(1)
+    holders = subprocs.lock_holders(path)
+    owner = subprocs.lock_owner(path)
+    text = f"another process holds the pgBackRest lock {path}"
+    if holders:
+        text += ": " + ", ".join(f"pid {pid} ({cmd[:120]})" for pid, cmd in holders)
+        if owner is not None and owner not in {pid for pid, _ in holders}:
+            text += (f" — workers left by pgBackRest pid {owner}, which took the lock and is "
+                     "gone (an interrupted backup)")
+        return text + ("; wait for it to finish, or stop it (kill "
+                       + " ".join(str(pid) for pid, _ in holders) + "), then run this again")
+    if owner is not None:
+        text += f" (taken by pid {owner})"
+    return text + "; wait for it to finish, or stop it, then run this again"
 
 
 def tail(text: str, n: int = 6) -> str:

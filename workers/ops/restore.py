@@ -8,8 +8,11 @@
      first archives its WAL up to now, so nothing it committed before T is missing;
   2. stop the primary if it runs; move the old data directory aside (never delete it);
   3. pgBackRest restores that backup set and PostgreSQL replays archived WAL up to T, then
-     promotes (point-in-time recovery). If any of it fails, the old data directory is put back
-     (and started again when it was running): a failed restore leaves the primary as it was;
+     promotes (point-in-time recovery). If any of it fails or is interrupted (SIGINT, SIGTERM),
+     the old data directory is put back (and started again when it was running): a failed
+     restore leaves the primary as it was. From before step 2 until the promotion a note beside
+     the data directory (workers/ops/restore_marker.py) says where the old one is: a restore
+     killed outright is undone by the next `python -m infra.local up` or `workers restore`;
   4. verify the extensions and the migration ledger;
   5. close the gap after T from landing: every landing object the restored registry does not
      hold at its current checksum (landed or changed after T) is verified against the checksum
@@ -23,8 +26,6 @@ from __future__ import annotations
 
 import configparser
 import os
-import re
-import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -34,28 +35,23 @@ from pathlib import Path
 
 import psycopg
 
-from workers.core import logs
-from workers.core.errors import Failed, Refused
+from workers.core import crashpoint, interrupts, logs
+from workers.core.errors import Failed
 from workers.core.ticks import to_us
 from workers.db.ingest import landing_keys, replay
 from workers.db.stream_commit import compact_all
 from workers.landing.store import RAW, Landing, bucket_of_key
-from workers.ops import server_start, wal_archive
-from workers.ops.backup import BackupError, Tool, tail
+from workers.ops import restore_marker, restore_reach, server_start, wal_archive
+from workers.ops.backup import BackupError, Tool, lock_held, tail
+from workers.ops.restore_reach import RestoreRefused
 
 log = logs.get("restore")
 
 # Landing objects modified this long before the target may belong to transactions that
 # committed after it (an object is written before its rows commit): replay them too.
 LANDING_MARGIN = timedelta(hours=1)
-# How far back from the end of the replayable WAL to look for the newest commit.
-COMMIT_SCAN_SEGMENTS = 8
 # A forced restore of a running primary archives its WAL up to now first; this long at most.
 ARCHIVE_NOW_SECONDS = 60
-
-
-class RestoreRefused(Refused):
-    pass
 
 
 @dataclass
@@ -74,6 +70,7 @@ class RestoreReport:
     replayed_objects: int = 0
     replayed_rows: int = 0
     moved_aside: str | None = None
+    current: str = ""  # the step running (named when an interrupt stops it)
 
     @property
     def seconds(self) -> float:
@@ -89,6 +86,7 @@ class RestoreReport:
             f"{self.newest_tick_after} after landing replay"]
 
     def timed(self, name: str, fn: Callable[[], str | None]):
+        self.current = name
         t0 = time.monotonic()
         detail = fn() or ""
         self.steps.append(Step(name, time.monotonic() - t0, detail))
@@ -191,7 +189,8 @@ def preflight(tool: Tool, bindir: str, target: datetime, *, force: bool, admin_d
             seg_size = int(conn.execute("SELECT setting FROM pg_settings "
                                         "WHERE name = 'wal_segment_size'").fetchone()[0])
             _archive_up_to_now(conn)
-    _check_reachable(tool, bindir, info, chosen, target, timeline, seg_size, plan)
+    plan.last_commit, plan.last_commit_wal = restore_reach.check(
+        tool, bindir, info, chosen, target, timeline, seg_size)
     return plan
 
 
@@ -210,80 +209,6 @@ def _archive_up_to_now(conn: psycopg.Connection) -> None:
         time.sleep(0.5)
     log.warning("the primary's newest WAL did not reach the archive in time; the restore "
                 "can only reach what is archived", wal=wal, seconds=ARCHIVE_NOW_SECONDS)
-
-
-def _check_reachable(tool: Tool, bindir: str, info: dict, chosen: dict, target: datetime,
-                     timeline: str, seg_size: int, plan: Plan) -> None:
-    """Recovery from the chosen set stops at the first missing WAL segment or the end of the
-    archive, and it must find a commit after the target before that: refuse when it cannot."""
-    db_id = (chosen.get("database") or {}).get("id")
-    arch = next((a for a in info.get("archive") or []
-                 if (a.get("database") or {}).get("id") == db_id), None)
-    backup = next((b for b in wal_archive.backups_of(info, db_id, seg_size)
-                   if b.label == chosen["label"]), None)
-    if arch is None or backup is None:
-        raise Failed(f"backup set {chosen['label']} has no WAL archive in the repository")
-    archive = wal_archive.read_archive(tool, arch["id"], seg_size)
-    tli = wal_archive.recovery_timeline(archive, backup, timeline)
-    path = wal_archive.recovery_path(archive, backup, tli, seg_size)
-    if path is None:
-        raise RestoreRefused(f"timeline {tli} does not descend from backup set {backup.label} "
-                             f"(timeline {backup.tli}): use --timeline current")
-    reach, missing = wal_archive.replayable(archive, path)
-    hole = (f"; the WAL archive misses {wal_archive.wal_name(*missing, seg_size)}, so "
-            "recovery stops before it" if missing else "")
-    if missing and missing[0] == backup.tli and backup.start <= missing[1] <= backup.stop:
-        raise RestoreRefused(f"backup set {backup.label} cannot be restored{hole} (inside the "
-                             "backup's own WAL)")
-    for tli_seg in reversed(reach[-COMMIT_SCAN_SEGMENTS:]):
-        name = wal_archive.wal_name(*tli_seg, seg_size)
-        when = _last_commit_in(tool, bindir, archive.files[tli_seg], name)
-        if when is not None:
-            plan.last_commit, plan.last_commit_wal = when, name
-            break
-    if plan.last_commit is None:
-        log.warning("no commit found in the newest archived WAL; the target is checked by "
-                    "the recovery itself", segments=COMMIT_SCAN_SEGMENTS)
-        return
-    if target >= plan.last_commit:
-        raise RestoreRefused(
-            f"the target {target.isoformat()} is after the last archived commit "
-            f"({plan.last_commit.isoformat()}, in {plan.last_commit_wal}){hole}: recovery "
-            "could never reach it; choose a target before that commit")
-
-
-_COMMIT = re.compile(r"desc: (?:COMMIT|ABORT)(?:_PREPARED)? "
-                     r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.(\d{6}) UTC")
-
-
-# pgBackRest compresses archived WAL by compress-type; the file name says which.
-_DECOMPRESS = {".zst": "zstd -dcq", ".gz": "gzip -dc", ".lz4": "lz4 -dcq", ".bz2": "bzip2 -dc"}
-
-
-def _last_commit_in(tool: Tool, bindir: str, repo_path: str, wal: str) -> datetime | None:
-    """The time of the last commit (or abort: recovery stops at either) in one archived WAL
-    segment: fetched with repo-get (archive-get needs the data directory's pg_control, which a
-    disaster may have taken), decompressed into a private temporary directory, read with
-    pg_waldump (in UTC)."""
-    ext = repo_path[repo_path.rfind("."):] if "." in repo_path.rsplit("/", 1)[-1] else ""
-    unpack = _DECOMPRESS.get(ext, "cat")
-    get = " ".join(shlex.quote(a) for a in ("pgbackrest", f"--config={tool.config}",
-                                             f"--stanza={tool.stanza}",
-                                             "--log-level-console=error", "repo-get", repo_path))
-    waldump = shlex.quote(str(Path(bindir) / "pg_waldump"))
-    script = (f'set -o pipefail; d=$(mktemp -d) && trap \'rm -rf "$d"\' EXIT && '
-              f'{get} | {unpack} > "$d/{wal}" && '
-              f'{{ TZ=UTC {waldump} "$d/{wal}" 2>/dev/null | grep "desc: [CA][OB]" || true; }}')
-    r = tool.exec(["bash", "-c", script], timeout=120)
-    if r.returncode != 0:
-        raise Failed(f"cannot read archived WAL {wal} (pgbackrest repo-get | "
-                     f"{unpack.split()[0]}, exit {r.returncode}): "
-                     f"{tail(r.stderr or r.stdout, 3)[-300:]}")
-    found = _COMMIT.findall(r.stdout)
-    if not found:
-        return None
-    day, us = found[-1]
-    return datetime.strptime(day, "%Y-%m-%d %H:%M:%S").replace(microsecond=int(us), tzinfo=UTC)
 
 
 def pitr(tool: Tool, bindir: str, target: datetime, *, force: bool, admin_dsn: str,
@@ -308,27 +233,41 @@ def pitr(tool: Tool, bindir: str, target: datetime, *, force: bool, admin_dsn: s
                                timeline=timeline))
         return plans[0].detail()
 
+    # A restore killed before it could put things back left its note: undo it first.
+    partial = _undo_interrupted(tool, bindir, pg_target(tool.config, tool.stanza)[0],
+                                admin_dsn, report, config_file)
     report.timed("preflight (nothing touched yet)", check)
     plan = plans[0]
     data = plan.data
     was_running = [False]
+    # The note beside the data directory says where the old one goes, before it is touched
+    # (workers/ops/restore_marker.py); an unfinished restore of an earlier run is no "old".
+    aside = None if partial or not (data.exists() and any(data.iterdir())) else \
+        data.with_name(f"{data.name}.before-restore-{time.strftime('%Y%m%dT%H%M%S')}")
+    marker = restore_marker.begin(data, aside=aside, target=target.isoformat())
 
     def stop_and_move() -> str:
         if (data / "postmaster.pid").exists():
-            was_running[0] = True
+            was_running[0] = aside is not None  # a partial restore's server is not restarted
+            restore_marker.update(marker, was_running=was_running[0])
             r = _pg_ctl(tool, bindir, data, "stop", "-m", "fast", "-w", "-t", "60", timeout=90)
             if r.returncode != 0:
                 _pg_ctl(tool, bindir, data, "stop", "-m", "immediate", "-w", "-t", "30",
                         timeout=60)
+        crashpoint.reach("restore_stopped")
+        kept = ""
         if data.exists() and any(data.iterdir()):
-            aside = data.with_name(f"{data.name}.before-restore-{time.strftime('%Y%m%dT%H%M%S')}")
-            data.rename(aside)
-            report.moved_aside = str(aside)
+            if aside is None:  # an earlier unfinished restore: kept for a look, not put back
+                failed = data.with_name(f"{data.name}.failed-restore-"
+                                        f"{time.strftime('%Y%m%dT%H%M%S')}")
+                data.rename(failed)
+                kept = f"; an earlier unfinished restore moved to {failed}"
+            else:
+                data.rename(aside)
+                report.moved_aside = str(aside)
         _fresh_dir(tool, data)
-        return f"old data directory moved to {report.moved_aside}" if report.moved_aside else \
-            "no old data directory"
-
-    report.timed("stop primary, keep old data aside", stop_and_move)
+        return (f"old data directory moved to {report.moved_aside}" if report.moved_aside
+                else "no old data directory") + kept
 
     def restore() -> str:
         # pgBackRest wants "YYYY-MM-DD HH:MM:SS[.US]+TZ", not ISO 8601's "T".
@@ -337,8 +276,10 @@ def pitr(tool: Tool, bindir: str, target: datetime, *, force: bool, admin_dsn: s
                      f"--target-timeline={timeline}", "--target-action=promote",
                      timeout=6 * 3600)
         if r.returncode != 0:
-            raise BackupError(f"pgbackrest restore failed (exit {r.returncode}): "
+            raise BackupError(lock_held(r.stderr or r.stdout) or
+                              f"pgbackrest restore failed (exit {r.returncode}): "
                               f"{tail(r.stderr or r.stdout, 3)[-800:]}")
+        crashpoint.reach("restore_restored")
         lines = [ln for ln in r.stdout.splitlines() if "restore backup set" in ln]
         done = lines[-1].split("P00", 1)[-1].strip() if lines else "restored"
         dropped = server_start.drop_security_overrides(data)
@@ -352,6 +293,7 @@ def pitr(tool: Tool, bindir: str, target: datetime, *, force: bool, admin_dsn: s
         if r.returncode != 0:
             raise BackupError(f"PostgreSQL did not start after the restore (see {log_file}): "
                               f"{r.stderr.strip()[-500:]}")
+        crashpoint.reach("restore_replaying")
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             primary, refused = server_start.probe(admin_dsn)
@@ -371,15 +313,71 @@ def pitr(tool: Tool, bindir: str, target: datetime, *, force: bool, admin_dsn: s
         raise BackupError(f"still in recovery after 600 s (see {log_file})")
 
     try:
+        report.timed("stop primary, keep old data aside", stop_and_move)
         report.timed(f"pgbackrest restore (backup set {plan.backup})", restore)
         report.timed("WAL replay up to the target, promote", start_and_replay)
     except BaseException as e:
-        what = put_back(tool, bindir, data, report.moved_aside, start=was_running[0],
-                        admin_dsn=admin_dsn, config_file=config_file)
+        step = report.current
+        # A second SIGINT/SIGTERM does not cut the put-back short: we are stopping anyway.
+        with interrupts.deferred(raise_after=False):
+            if aside is None or aside.exists():
+                what = put_back(tool, bindir, data, str(aside) if aside else None,
+                                start=was_running[0], admin_dsn=admin_dsn,
+                                config_file=config_file)
+            else:  # stopped, never moved: the old data directory is where it was
+                what = _start_again(tool, bindir, data, admin_dsn, config_file) \
+                    if was_running[0] else \
+                    "the old data directory was never moved"
+            if aside is not None:  # the old one is in place: nothing left to undo
+                restore_marker.clear(data)
+        if isinstance(e, KeyboardInterrupt):
+            raise interrupts.Interrupted(f"interrupted by {interrupts.last_signal()} during "
+                                         f"'{step}': {what}") from None
         if not isinstance(e, Exception):
             raise
         reason = str(e) if isinstance(e, Failed) else f"{type(e).__name__}: {e}"
         raise BackupError(f"{reason} — {what}") from None
+    restore_marker.clear(data)  # promoted: the restore is the primary now
+
+
+def _undo_interrupted(tool: Tool, bindir: str, data: Path, admin_dsn: str,
+                      report: RestoreReport, config_file: str | None) -> bool:
+    """A note left by a restore that was killed: put its old data directory back (started
+    again when it was running). True when there was none to put back, so the data directory
+    holds an unfinished restore that this one replaces."""
+    m = restore_marker.read(data)
+    if m is None:
+        return False
+    if restore_marker.alive(m):
+        raise RestoreRefused(f"another restore (pid {m.pid}, to {m.target}) is running on "
+                             f"{data}: wait for it")
+    stop = lambda d: _pg_ctl(tool, bindir, d, "stop", "-m", "immediate", "-w",  # noqa: E731
+                             "-t", "60", timeout=90)
+    try:
+        what = restore_marker.undo(m, stop_server=stop)
+    except restore_marker.NotUndoable:
+        report.steps.append(Step("interrupted restore found", 0.0, "no old data to put back; "
+                                 "this restore replaces the unfinished one"))
+        return True
+    if m.was_running:
+        what += "; " + _start_again(tool, bindir, data, admin_dsn, config_file)
+    report.steps.append(Step("interrupted restore undone", 0.0, what))
+    log.warning("an interrupted restore was undone", detail=what)
+    return False
+
+
+def _start_again(tool: Tool, bindir: str, data: Path, admin_dsn: str,
+                 config_file: str | None) -> str:
+    """The old primary, never moved, running again: an interrupt may have come before, during
+    or after its stop (a fast shutdown goes on without pg_ctl: wait for its end first)."""
+    if healthy(admin_dsn):
+        return "the old primary is still running"
+    _pg_ctl(tool, bindir, data, "stop", "-m", "fast", "-w", "-t", "60", timeout=90)
+    log_file = data.parent / "postgres.log"
+    r = server_start.start(tool, bindir, data, log_file, config_file, wait=120)
+    if r.returncode != 0 or not healthy(admin_dsn):
+        return f"the old primary did not start again (see {log_file})"
+    return "the old primary is running again"
 
 
 def _fresh_dir(tool: Tool, data: Path) -> None:
@@ -409,7 +407,8 @@ def put_back(tool: Tool, bindir: str, data: Path, aside: str | None, *, start: b
         kept = f" (the failed restore is kept in {failed})" if failed else ""
         if aside is None:
             _fresh_dir(tool, data)
-            return f"there was no old data directory to put back{kept}"
+            return (f"there was no old data directory to put back{kept}; run the restore "
+                    "again")
         Path(aside).rename(data)
         if not start:
             return ("the old data directory is back in place, not started (it was not "
