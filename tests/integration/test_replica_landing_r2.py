@@ -63,3 +63,42 @@ def test_replicate_repairs_what_landing_holds_and_names_the_buckets_it_lost(stac
     assert len(d["differing"]) == 2 and not d["landing"]["ok"]
     text = run(env, "replicate")
     assert text.returncode == 1 and "not rebuilt, landing lost it" in text.stdout, text.stdout
+
+
+def test_rows_only_the_replica_holds_of_a_bucket_nothing_else_holds(stack, replica,
+                                                                    shared_data, tmp_path):
+    """A registry row and a bar on the replica for buckets the primary and landing hold nothing
+    of are pointers and aggregates of nothing: replicate removes them. Ticks only the replica
+    holds stay (they may be the last copy of those trades) and are reported."""
+    env, _ = _setup(stack, replica, shared_data, tmp_path)
+    with replica.db.connect() as c:
+        first = c.execute("SELECT min(bucket_5m) FROM landing.raw_blobs_5m").fetchone()[0]
+        c.execute("INSERT INTO landing.raw_blobs_5m (market, asset, bucket_5m, s3_uri, "
+                  "object_size_bytes, ingested_tick_span, metadata) SELECT market, asset, "
+                  "bucket_5m + interval '2 days', s3_uri || '.x', object_size_bytes, "
+                  "tstzrange(bucket_5m + interval '2 days', bucket_5m + interval '2 days', "
+                  "'[]'), metadata FROM landing.raw_blobs_5m WHERE bucket_5m = %s", [first])
+        c.execute("INSERT INTO market_data.btc_ohlcv_5m (market, symbol, bucket_5m, open, "
+                  "high, low, close, volume, quote_volume, trade_count, buy_volume, "
+                  "first_trade_id, last_trade_id) SELECT market, symbol, bucket_5m + "
+                  "interval '3 days', open, high, low, close, volume, quote_volume, "
+                  "trade_count, buy_volume, first_trade_id, last_trade_id FROM "
+                  "market_data.btc_ohlcv_5m WHERE bucket_5m = %s", [first])
+        c.execute("INSERT INTO market_data.btc_ticks (bucket_5m, market, symbol, trade_id, "
+                  "event_time, price, quantity, quote_quantity, is_buyer_maker) SELECT "
+                  "bucket_5m + interval '4 days', market, symbol, trade_id, event_time + "
+                  "interval '4 days', price, quantity, quote_quantity, is_buyer_maker FROM "
+                  "market_data.btc_ticks WHERE bucket_5m = %s LIMIT 1", [first])
+    r = run(env, "replicate", "--check", "--json")
+    assert r.returncode == 1 and len(json.loads(r.stdout)["differing"]) == 3, r.stdout
+    r = run(env, "replicate", "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    d = json.loads(r.stdout)
+    assert d["repaired"] == {"ticks": 0, "registry": 1, "ohlcv": 1}, d
+    assert [x.split(": ", 1)[1] for x in d["differing"]] == ["ticks only on the replica (1 rows)"]
+    with replica.db.connect() as c:
+        assert c.execute("SELECT count(*) FROM market_data.btc_ticks WHERE bucket_5m > %s "
+                         "+ interval '1 day'", [first]).fetchone() == (1,)
+        c.execute("DELETE FROM market_data.btc_ticks WHERE bucket_5m > %s + interval '1 day'",
+                  [first])
+    assert run(env, "replicate", "--check").returncode == 0

@@ -43,7 +43,7 @@ from workers.core.ticks import iso, to_dt, to_us
 from workers.db.bucket_locks import xact_lock
 from workers.db.load import copy_rows, mark_digests_stale
 from workers.landing.parts import read_parts
-from workers.landing.store import CorruptObject, Landing, bucket_stats, merge
+from workers.landing.store import CorruptObject, Landing, bucket_stats, merge, object_key
 from workers.replica import retained
 from workers.replica.compare import DIFFERENCES, KINDS, NAMES, Comparison, compare, lag_buckets
 from workers.replica.rows import Key
@@ -66,6 +66,7 @@ class Rebuild:
     ohlcv: dict | None  # the registered object's aggregate (None: none)
     keep_ohlcv: bool = False  # older than a side's aggregate retention: left as it is
     lost: str | None = None  # landing lost or changed what vouches for it: not rebuilt (why)
+    keep_ticks: bool = False  # the replica's ticks stay (nothing else holds the bucket)
 
 
 @dataclass
@@ -167,7 +168,8 @@ def landed(primary: psycopg.Connection, landing: Landing, key: Key,
     """The bucket as the replica must hold it: the landed rows (object + uncompacted stream
     parts, SHA-256 verified), the primary's registry row and the object's aggregate — read under
     the bucket's lock (shared), so no writer changes them in between. None: landing holds
-    nothing of it (left alone; the comparison after reports it)."""
+    nothing of it but the primary holds something (left alone; the comparison after reports
+    it). Neither holding anything: the replica keeps only its ticks (they may be the last copy)."""
     market, symbol, bucket = key
     args = [[market], [symbol], [to_dt(bucket)]]
     with primary.transaction():
@@ -182,9 +184,15 @@ def landed(primary: psycopg.Connection, landing: Landing, key: Key,
         except CorruptObject as e:
             return Rebuild(key, None, None, None, lost=str(e))
         holds = bool(primary.execute(query(__package__, "holding_ticks"), args).fetchone())
+        bar = primary.execute("SELECT 1 FROM market_data.btc_ohlcv_5m WHERE market = %s AND "
+                              "symbol = %s AND bucket_5m = %s", [market, symbol, args[2][0]]
+                              ).fetchone()
     tables = ([obj] if obj is not None else []) + [t for _, t in parts]
-    if not tables:
-        return None
+    if not tables:  # neither landing nor the primary holds any of it: the replica's registry
+        # row and bar go (pointers and aggregates of nothing); its ticks, if any, stay
+        lands = reg or landing.exists(object_key(market, symbol, bucket))  # unregistered?
+        return Rebuild(key, None, None, None, keep_ticks=True) if not (
+            lands or holds or bar) else None
     ticks = tables[0] if len(tables) == 1 else merge(tables[0], pa.concat_tables(tables[1:])
                                                        ).table
     when = to_dt(bucket)
@@ -203,12 +211,12 @@ def landed(primary: psycopg.Connection, landing: Landing, key: Key,
 def _write(replica: psycopg.Connection, got: list[Rebuild], cmp: Comparison) -> int:
     """One transaction on the replica: these buckets become what `got` says."""
     keys = [g.key for g in got]
-    cols = [[k[0] for k in keys], [k[1] for k in keys], [to_dt(k[2]) for k in keys]]
     rows = 0
     with replica.transaction():
         replica.execute("SET LOCAL TimeZone = 'UTC'")
         mark_digests_stale(replica, keys)
-        replica.execute(query(__package__, "delete_buckets"), cols)
+        replica.execute(query(__package__, "delete_buckets"),
+                        _cols([g.key for g in got if not g.keep_ticks]))
         with replica.cursor() as cur:  # the buckets are empty now: COPY, no conflict check
             for g in got:
                 if g.ticks is not None and g.ticks.num_rows:
@@ -267,7 +275,7 @@ def catch_up(primary: psycopg.Connection, replica: psycopg.Connection, landing: 
                 got = [g for g in ex.map(read, keys[i:i + per_transaction]) if g is not None]
                 if lost is not None:
                     lost += [g for g in got if g.lost]
-                got = [g for g in got if not g.lost]
+                got = [g for g in got if not g.lost and not _idle(g, cmp)]
                 if not got:
                     continue
                 rows += _retrying(lambda got=got: _write(replica, got, cmp))
@@ -278,6 +286,12 @@ def catch_up(primary: psycopg.Connection, replica: psycopg.Connection, landing: 
         for c in conns[1:]:
             c.close()
     return caught, rows
+
+
+def _idle(g: Rebuild, cmp: Comparison) -> bool:
+    """Only the replica's ticks hold this bucket (kept): nothing to remove, nothing to do."""
+    r = cmp.replica.get(g.key)
+    return g.keep_ticks and not (r and (r.registry or r.ohlcv))
 
 
 def _retrying(fn):
