@@ -102,3 +102,22 @@ def test_rows_only_the_replica_holds_of_a_bucket_nothing_else_holds(stack, repli
         c.execute("DELETE FROM market_data.btc_ticks WHERE bucket_5m > %s + interval '1 day'",
                   [first])
     assert run(env, "replicate", "--check").returncode == 0
+
+
+def test_same_size_change_to_an_object_registered_without_an_etag_is_seen(stack, replica,
+                                                                         shared_data,
+                                                                         tmp_path):
+    """Rows registered before ETags were recorded (an installation upgraded in place) only had
+    their size compared: other bytes of the same size went unseen. An object written again
+    well after its row was (LastModified) is now read and its SHA-256 checked."""
+    env, keys = _setup(stack, replica, shared_data, tmp_path)
+    with stack.admin() as c:  # every row as an earlier release registered it, a day ago
+        c.execute("UPDATE landing.raw_blobs_5m SET metadata = metadata - 'etag', "
+                  "updated_at = updated_at - interval '1 day'")
+    r = run(env, "landing", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr  # unchanged objects: no alarm
+    _garble(stack, keys[2])
+    r = run(env, "landing", "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    d = json.loads(r.stdout)
+    assert [c["uri"] for c in d["changed"]] == [f"s3://{stack.bucket}/{keys[2]}"], d

@@ -233,6 +233,7 @@ class Stored:
 
     size: int
     etag: str | None
+    modified: datetime | None = None  # LastModified
 
 
 @dataclass(frozen=True)
@@ -410,7 +411,7 @@ class Landing:
             for o in page.get("Contents", []):
                 if last is not None and o["Key"] > last:
                     return out
-                out[o["Key"]] = Stored(o["Size"], o.get("ETag"))
+                out[o["Key"]] = Stored(o["Size"], o.get("ETag"), o.get("LastModified"))
         return out
 
     def delete(self, keys: list[str]) -> None:
