@@ -121,3 +121,36 @@ def test_same_size_change_to_an_object_registered_without_an_etag_is_seen(stack,
     assert r.returncode == 1, r.stdout + r.stderr
     d = json.loads(r.stdout)
     assert [c["uri"] for c in d["changed"]] == [f"s3://{stack.bucket}/{keys[2]}"], d
+
+
+def test_check_against_a_replica_that_stops_answering_fails_instead_of_hanging(
+        stack, replica, shared_data, tmp_path):
+    """A monitor's `replicate --check` whose replica freezes mid-query (connected, then
+    silent: a frozen instance, a partition that keeps the peer alive) exits 1 at its deadline,
+    saying so — it used to wait for hours."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+    from tests.integration.tcpproxy import Proxy
+
+    env, _ = _setup(stack, replica, shared_data, tmp_path)
+    with Proxy(replica.db.cluster.port) as px:
+        frozen = {**env, "TICKSTACK_REPLICATE_CHECK_SECONDS": "15",
+                  "TICKSTACK_REPLICA_REPLICATE_DSN": replica.dsn(px.port, "replicate_worker")}
+        p = subprocess.Popen([sys.executable, "-m", "workers", "replicate", "--check"],
+                             cwd=REPO, env=frozen, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        t0 = time.monotonic()
+        while px.accepted < 1 and time.monotonic() - t0 < 30:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        px.set("freeze")  # connected; from now on nothing passes either way
+        try:
+            out, err = p.communicate(timeout=120)
+        finally:
+            p.kill()
+    assert p.returncode == 1, out + err
+    assert "no result within 15 s (TICKSTACK_REPLICATE_CHECK_SECONDS)" in err, err
+    assert time.monotonic() - t0 < 60
