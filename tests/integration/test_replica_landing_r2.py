@@ -154,3 +154,30 @@ def test_check_against_a_replica_that_stops_answering_fails_instead_of_hanging(
     assert p.returncode == 1, out + err
     assert "no result within 15 s (TICKSTACK_REPLICATE_CHECK_SECONDS)" in err, err
     assert time.monotonic() - t0 < 60
+
+
+def test_an_object_lost_after_retention_dropped_its_ticks_is_a_loss_and_says_why(
+        stack, replica, shared_data, tmp_path):
+    """Retention drops old ticks from the databases, never from landing: landing is then the
+    only copy of that history (restore and the lake read it), so losing such an object is a
+    loss like any other, and the re-land says why it cannot help (not 'the primary's 0 ticks
+    do not give the registered bytes')."""
+    from datetime import UTC, datetime
+
+    from tests.integration.test_replica_round2 import _policy
+
+    with stack.ingest_conn() as conn:
+        for k in (0, 7):  # two days in two chunks; retention drops the first
+            ingest_file(conn, stack.landing(), str(day_file(shared_data, tmp_path, k, 2_000)))
+    env = env_of(stack, replica)
+    assert run(env, "replicate").returncode == 0
+    _policy(stack, replica, datetime(2019, 4, 5, tzinfo=UTC))
+    assert run(env, "retention").returncode == 0
+    key = sorted(stack.landing().stored("raw/"))[0]
+    stack.s3.delete_object(Bucket=stack.bucket, Key=key)
+    r = run(env, "replicate", "--check", "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["landing"]["missing"] == [
+        f"s3://{stack.bucket}/{key}"], r.stdout
+    r = run(env, "landing", "--reland-from-primary")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "holds no ticks of 2019-04-01T00:00:00Z any more (dropped by retention" in r.stdout
