@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 
-from tests.integration.test_replica_round2 import (  # noqa: F401 (fixtures)
-    day_file, env_of, replica, run, stack)
+from tests.integration import test_replica_round2 as round2
 from workers.db.ingest import ingest_file
+
+stack, replica = round2.stack, round2.replica  # the fixtures
+day_file, env_of, run = round2.day_file, round2.env_of, round2.run
 
 
 def _setup(stack, replica, shared_data, tmp_path) -> tuple[dict, list[str]]:
