@@ -17,7 +17,7 @@ import typer
 from workers.app import operations
 from workers.app.context import Context
 from workers.app.progress import file_progress
-from workers.core import interrupts, logs
+from workers.core import deadline, interrupts, logs
 from workers.core.errors import EXIT_FAILED, describe
 from workers.core.settings import Settings
 
@@ -250,6 +250,9 @@ def replicate(
     """
     ctx = _context("replicate")
     ctx.dsn("admin", "replica")  # no replica configured: a usage error before any work
+    if check:  # a monitor's check never hangs on a server that stopped answering
+        deadline.arm("replicate --check", ctx.settings.replicate_check_seconds,
+                     "TICKSTACK_REPLICATE_CHECK_SECONDS")
     r = operations.replicate(ctx, check_only=check, since=operations.parse_time(since))
     if json_out:
         typer.echo(json.dumps(r.as_dict()))

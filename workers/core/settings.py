@@ -149,6 +149,9 @@ class Settings(BaseSettings):
         "after: one trial write).")
     replica_queue: int = Field(
         8, ge=1, description="Replica writes waiting behind a slow one; beyond, recorded as lag.")
+    replicate_check_seconds: float = Field(
+        600, gt=0, description="Deadline of `replicate --check`: past it (a server or landing "
+        "stopped answering) the check exits 1 instead of hanging the monitor.")
     # --- Binance public archive (`workers fetch`) --------------------------------------------
     archive_base_url: str = Field(
         "https://data.binance.vision", description="Root of Binance's public archive (or a "

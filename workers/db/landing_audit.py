@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import psycopg
 
@@ -39,6 +40,7 @@ from workers.db.bucket_locks import xact_lock
 from workers.landing.store import RAW, Landing, Stored, bucket_of_key
 
 DAY_US = 86_400_000_000
+SKEW = timedelta(minutes=10)  # a writer's object predates its registry commit; clocks differ
 SHOWN = 5  # keys named per kind in the summary (details() lists them all by day)
 BucketId = tuple[str, str, int]  # (market, symbol, bucket µs)
 
@@ -61,6 +63,7 @@ class Registered:
     size: int
     sha256: str
     etag: str | None
+    registered_at: datetime | None = None  # the row's last update
 
     @property
     def id(self) -> BucketId:
@@ -157,8 +160,8 @@ class Audit:
 
 
 def _rows(cur_rows) -> list[Registered]:
-    return [Registered(m, s, to_us(b), uri, size, sha, etag)
-            for m, s, b, uri, size, sha, etag in cur_rows]
+    return [Registered(m, s, to_us(b), uri, size, sha, etag, at)
+            for m, s, b, uri, size, sha, etag, at in cur_rows]
 
 
 def registry(conn: psycopg.Connection, *, market: str | None = None, symbol: str | None = None,
@@ -186,13 +189,19 @@ def verdict(landing: Landing, r: Registered, key: str, now: Stored | None
         return "missing"
     if now.size != r.size:
         return f"{now.size:,} bytes, registered {r.size:,}"
-    if r.etag is None or now.etag == r.etag:
+    if now.etag == r.etag if r.etag is not None else not _rewritten(r, now):
         return None
     try:
-        got = landing.read(key).sha256
+        got = landing.sha256_of(key)  # bytes only: whatever replaced it need not parse
     except landing.s3.exceptions.NoSuchKey:
         return "missing"
     return None if got == r.sha256 else f"SHA-256 {got}, registered {r.sha256}"
+
+
+def _rewritten(r: Registered, now: Stored) -> bool:
+    """A row that recorded no ETag (registered before ETags were, sql/018's era): its object
+    was written again well after the row was (a same-size change the size cannot show)."""
+    return bool(now.modified and r.registered_at and now.modified > r.registered_at + SKEW)
 
 
 def audit(conn: psycopg.Connection, landing: Landing, *, market: str | None = None,
@@ -225,7 +234,8 @@ def audit(conn: psycopg.Connection, landing: Landing, *, market: str | None = No
             continue
         named.add(key)
         now = listed.get(key)
-        if now is None or now.size != r.size or (r.etag is not None and now.etag != r.etag):
+        if now is None or now.size != r.size or (now.etag != r.etag if r.etag is not None
+                                                 else _rewritten(r, now)):
             suspects[r.id].append(key)
     for key in listed:
         if key in named:

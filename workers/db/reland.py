@@ -92,6 +92,11 @@ def reland(conn: psycopg.Connection, landing: Landing, lost: list[Registered],
             if verdict(landing, r, key, stored) is None:
                 continue  # landed again since the audit
             table = primary_ticks(conn, r)
+            if not table.num_rows:  # retention dropped them (or a delete): nothing to use
+                out.refused.append((r.uri, f"the primary holds no ticks of {iso(r.bucket_us)} "
+                                           "any more (dropped by retention, or deleted): "
+                                           "landing held the only copy"))
+                continue
             got = sha256(to_parquet(table))
             if got != r.sha256:
                 out.refused.append((r.uri, f"the primary's {table.num_rows:,} ticks of "

@@ -225,6 +225,7 @@ class Stored:
 
     size: int
     etag: str | None
+    modified: datetime | None = None  # LastModified
 
 
 @dataclass(frozen=True)
@@ -301,26 +302,40 @@ class Landing:
             self._listed[prefix] = set(self.keys(prefix, suffix=""))
         return key in self._listed[prefix]
 
-    def read(self, key: str, *, parse: bool = True) -> Landed:
-        """The object as stored, unverified (`read_verified` checks it); parse=False leaves
-        the rows unread (`table` None, `data` the bytes)."""
+    def read(self, key: str, expected: str | None = None, *, parse: bool = True) -> Landed:
+        """The object as stored; with `expected` (a SHA-256), CorruptObject unless its bytes
+        have it — checked before they are parsed. Bytes that are not Parquet: CorruptObject.
+        parse=False leaves the rows unread (`table` None, `data` the bytes)."""
         obj = self.s3.get_object(Bucket=self.bucket, Key=key)
         data = obj["Body"].read()
-        # One object is small; Arrow's thread pool buys nothing here and its threads were seen
-        # to abort the process at exit (apache/arrow#34314).
-        table = conform(pq.read_table(io.BytesIO(data), use_threads=False)) if parse else None
-        return Landed(table, sha256(data), len(data), obj.get("Metadata", {}),
-                      obj.get("ETag"), None if parse else data)
+        digest = sha256(data)
+        if expected is not None and digest != expected:
+            raise CorruptObject(f"{self.uri(key)}: SHA-256 mismatch: expected {expected}, "
+                                f"object is {digest}")
+        table = None
+        if parse:
+            try:  # one small object: Arrow's thread pool buys nothing (and aborted, arrow#34314)
+                table = conform(pq.read_table(io.BytesIO(data), use_threads=False))
+            except (pa.ArrowInvalid, OSError) as e:
+                raise CorruptObject(f"{self.uri(key)}: not a readable Parquet object "
+                                    f"(SHA-256 {digest}): {e}") from None
+        return Landed(table, digest, len(data), obj.get("Metadata", {}), obj.get("ETag"),
+                      None if parse else data)
+
+    def sha256_of(self, key: str) -> str:
+        """The SHA-256 of the object's bytes, whatever they are (nothing parsed)."""
+        return sha256(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
 
     def read_verified(self, key: str, expected: str | None = None, *,
                       parse: bool = True) -> Landed:
         """The object, its SHA-256 checked against `expected` (the registry's) or, when there
         is none, against the checksum stored with the object; CorruptObject when it differs."""
+        if expected is not None:
+            return self.read(key, expected, parse=parse)
         obj = self.read(key, parse=parse)
-        want = expected or obj.metadata.get("sha256")
+        want = obj.metadata.get("sha256")
         if want != obj.sha256:
-            source = "expected" if expected else "stored"
-            raise CorruptObject(f"{self.uri(key)}: SHA-256 mismatch: {source} {want}, "
+            raise CorruptObject(f"{self.uri(key)}: SHA-256 mismatch: stored {want}, "
                                 f"object is {obj.sha256}")
         return obj
 
@@ -443,7 +458,7 @@ class Landing:
             for o in page.get("Contents", []):
                 if last is not None and o["Key"] > last:
                     return out
-                out[o["Key"]] = Stored(o["Size"], o.get("ETag"))
+                out[o["Key"]] = Stored(o["Size"], o.get("ETag"), o.get("LastModified"))
         return out
 
     def delete(self, keys: list[str]) -> None:

@@ -43,7 +43,7 @@ from workers.core.ticks import iso, to_dt, to_us
 from workers.db.bucket_locks import xact_lock
 from workers.db.load import copy_rows, mark_digests_stale
 from workers.landing.parts import read_parts
-from workers.landing.store import Landing, bucket_stats, merge
+from workers.landing.store import CorruptObject, Landing, bucket_stats, merge, object_key
 from workers.replica import retained
 from workers.replica.compare import DIFFERENCES, KINDS, NAMES, Comparison, compare, lag_buckets
 from workers.replica.rows import Key
@@ -65,6 +65,8 @@ class Rebuild:
     registry: tuple | None  # the primary's row: uri, size, span, metadata (None: no row)
     ohlcv: dict | None  # the registered object's aggregate (None: none)
     keep_ohlcv: bool = False  # older than a side's aggregate retention: left as it is
+    lost: str | None = None  # landing lost or changed what vouches for it: not rebuilt (why)
+    keep_ticks: bool = False  # the replica's ticks stay (nothing else holds the bucket)
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Result:
     differing: list[str] = field(default_factory=list)
     in_flight: list[str] = field(default_factory=list)
     still_writing: list[str] = field(default_factory=list)
+    unrebuilt: list[str] = field(default_factory=list)  # landing lost them: left as they are
     seconds: float = 0.0
 
     @property
@@ -89,7 +92,7 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return not self.differing
+        return not (self.differing or self.unrebuilt)
 
     def details(self) -> list[str]:
         b = self.before
@@ -102,7 +105,7 @@ class Result:
                            + (" — all of them: ticks changed outside tickstack's writers"
                               if r["full"] else "") + f" ({r['seconds']:.1f} s)")
         if not self.check_only and self.caught_up:
-            out.append("repaired: " + ", ".join(f"{self.repaired[k]} bucket(s) of {NAMES[k]}s"
+            out.append("repaired: " + ", ".join(f"{self.repaired[k]} bucket(s) of {_many(k)}"
                                                 for k in KINDS))
         o = self.offsets
         if o.get("behind") or o.get("ahead"):
@@ -117,6 +120,7 @@ class Result:
             out.append(f"in flight: {len(self.in_flight)} bucket(s) were being written while "
                        "comparing, equal once written")
         out += [f"still being written (not compared): {line}" for line in self.still_writing]
+        out += [f"not rebuilt, landing lost it: {line}" for line in self.unrebuilt]
         out += [f"differs: {line}" for line in self.differing[:50]]
         if len(self.differing) > 50:
             out.append(f"… and {len(self.differing) - 50} more")
@@ -128,7 +132,7 @@ class Result:
                  f"{a.get('primary_buckets', 0)} / {a.get('primary_rows', 0):,}")
         if self.differing:
             kinds = a.get("kinds", {})
-            what = ", ".join(f"{NAMES[k]}s {sum(kinds[k][d] for d in DIFFERENCES)}"
+            what = ", ".join(f"{_many(k)} {sum(kinds[k][d] for d in DIFFERENCES)}"
                              for k in KINDS if kinds and sum(kinds[k][d] for d in DIFFERENCES))
             return f"{len(self.differing)} bucket(s) differ ({what}) — {state}; lag rows " \
                    f"open {self.lag_open}"
@@ -144,12 +148,18 @@ class Result:
                 "repaired": self.repaired, "offsets": self.offsets,
                 "lag_cleared": self.lag_cleared, "lag_open": self.lag_open,
                 "differing": self.differing, "in_flight": self.in_flight,
-                "still_writing": self.still_writing, "changed": self.changed,
+                "still_writing": self.still_writing, "unrebuilt": self.unrebuilt,
+                "changed": self.changed,
                 "did": self.summary(), "seconds": round(self.seconds, 3)}
 
 
+def _many(kind: str) -> str:
+    """'ticks', 'registry rows', 'OHLCV bars'."""
+    return NAMES[kind] + ("" if NAMES[kind].endswith("s") else "s")
+
+
 def _kind_text(kind: str, c: dict) -> str:
-    return (f"{NAMES[kind]}s: missing {c['missing']}, different {c['different']}, only on the "
+    return (f"{_many(kind)}: missing {c['missing']}, different {c['different']}, only on the "
             f"replica {c['extra']}")
 
 
@@ -158,19 +168,31 @@ def landed(primary: psycopg.Connection, landing: Landing, key: Key,
     """The bucket as the replica must hold it: the landed rows (object + uncompacted stream
     parts, SHA-256 verified), the primary's registry row and the object's aggregate — read under
     the bucket's lock (shared), so no writer changes them in between. None: landing holds
-    nothing of it (left alone; the comparison after reports it)."""
+    nothing of it but the primary holds something (left alone; the comparison after reports
+    it). Neither holding anything: the replica keeps only its ticks (they may be the last copy)."""
     market, symbol, bucket = key
     args = [[market], [symbol], [to_dt(bucket)]]
     with primary.transaction():
         xact_lock(primary, [key], shared=True)
         reg = primary.execute(query(__package__, "registry_rows"), args).fetchone()
-        obj = (landing.read_verified(landing.key_of(reg[3]), json.loads(reg[6])["sha256"])
-               .table if reg else None)
-        parts = read_parts(landing, market, symbol, bucket)
+        try:  # a lost or changed object fails its bucket, not the run (the audit names it)
+            obj = (landing.read_verified(landing.key_of(reg[3]), json.loads(reg[6])["sha256"])
+                   .table if reg else None)
+            parts = read_parts(landing, market, symbol, bucket)
+        except landing.s3.exceptions.NoSuchKey:
+            return Rebuild(key, None, None, None, lost=f"{reg[3] if reg else 'a part'}: missing")
+        except CorruptObject as e:
+            return Rebuild(key, None, None, None, lost=str(e))
         holds = bool(primary.execute(query(__package__, "holding_ticks"), args).fetchone())
+        bar = primary.execute("SELECT 1 FROM market_data.btc_ohlcv_5m WHERE market = %s AND "
+                              "symbol = %s AND bucket_5m = %s", [market, symbol, args[2][0]]
+                              ).fetchone()
     tables = ([obj] if obj is not None else []) + [t for _, t in parts]
-    if not tables:
-        return None
+    if not tables:  # neither landing nor the primary holds any of it: the replica's registry
+        # row and bar go (pointers and aggregates of nothing); its ticks, if any, stay
+        lands = reg or landing.exists(object_key(market, symbol, bucket))  # unregistered?
+        return Rebuild(key, None, None, None, keep_ticks=True) if not (
+            lands or holds or bar) else None
     ticks = tables[0] if len(tables) == 1 else merge(tables[0], pa.concat_tables(tables[1:])
                                                        ).table
     when = to_dt(bucket)
@@ -189,12 +211,12 @@ def landed(primary: psycopg.Connection, landing: Landing, key: Key,
 def _write(replica: psycopg.Connection, got: list[Rebuild], cmp: Comparison) -> int:
     """One transaction on the replica: these buckets become what `got` says."""
     keys = [g.key for g in got]
-    cols = [[k[0] for k in keys], [k[1] for k in keys], [to_dt(k[2]) for k in keys]]
     rows = 0
     with replica.transaction():
         replica.execute("SET LOCAL TimeZone = 'UTC'")
         mark_digests_stale(replica, keys)
-        replica.execute(query(__package__, "delete_buckets"), cols)
+        replica.execute(query(__package__, "delete_buckets"),
+                        _cols([g.key for g in got if not g.keep_ticks]))
         with replica.cursor() as cur:  # the buckets are empty now: COPY, no conflict check
             for g in got:
                 if g.ticks is not None and g.ticks.num_rows:
@@ -225,10 +247,11 @@ def _cols(keys: list[Key]) -> list[list]:
 
 
 def catch_up(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landing,
-             keys: list[Key], cmp: Comparison, *, readers: int = 3, per_transaction: int = 64
-             ) -> tuple[int, int]:
+             keys: list[Key], cmp: Comparison, *, readers: int = 3, per_transaction: int = 64,
+             lost: list[Rebuild] | None = None) -> tuple[int, int]:
     """Rebuild these buckets on the replica from landing: (buckets rebuilt, rows inserted).
-    Buckets landing does not hold are left alone (reported by the comparison after)."""
+    Buckets landing does not hold are left alone (reported by the comparison after); those
+    whose registered object landing lost or changed too, and are added to `lost`."""
     caught = rows = 0
     conns = [primary] + [sibling(primary) for _ in range(readers - 1)]
     pool: queue.SimpleQueue = queue.SimpleQueue()
@@ -250,6 +273,9 @@ def catch_up(primary: psycopg.Connection, replica: psycopg.Connection, landing: 
                 cmp.horizons = {"primary": retained.horizons(primary),
                                 "replica": retained.horizons(replica)}
                 got = [g for g in ex.map(read, keys[i:i + per_transaction]) if g is not None]
+                if lost is not None:
+                    lost += [g for g in got if g.lost]
+                got = [g for g in got if not g.lost and not _idle(g, cmp)]
                 if not got:
                     continue
                 rows += _retrying(lambda got=got: _write(replica, got, cmp))
@@ -260,6 +286,12 @@ def catch_up(primary: psycopg.Connection, replica: psycopg.Connection, landing: 
         for c in conns[1:]:
             c.close()
     return caught, rows
+
+
+def _idle(g: Rebuild, cmp: Comparison) -> bool:
+    """Only the replica's ticks hold this bucket (kept): nothing to remove, nothing to do."""
+    r = cmp.replica.get(g.key)
+    return g.keep_ticks and not (r and (r.registry or r.ohlcv))
 
 
 def _retrying(fn):
@@ -316,7 +348,10 @@ def run(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landi
     if not check_only:
         before = cmp
         todo = sorted(set(cmp.to_rebuild()) | set(lagging))
-        res.caught_up, res.rows_loaded = catch_up(primary, replica, landing, todo, cmp)
+        lost: list[Rebuild] = []
+        res.caught_up, res.rows_loaded = catch_up(primary, replica, landing, todo, cmp,
+                                                  lost=lost)
+        res.unrebuilt = [f"{g.key[0]} {g.key[1]} {iso(g.key[2])}: {g.lost}" for g in lost]
         off["advanced"] = _retrying(lambda: sync_offsets(replica, off["rows"]))
         if todo or cmp.differing():
             cmp = compare(primary, replica, since, settle)

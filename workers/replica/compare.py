@@ -75,11 +75,10 @@ class Comparison:
         return [k for k in self.compared() if k not in writing and self.problems(k)]
 
     def to_rebuild(self) -> list[Key]:
-        """Differing buckets the primary holds something of: rebuilt on the replica from
-        landing. (Rows only the replica has, of a bucket the primary holds nothing of, are
-        reported: landing cannot explain them.)"""
-        return [k for k in self.differing()
-                if set(self.problems(k).values()) - {"extra"} or k in self.primary]
+        """Differing buckets: rebuilt on the replica from landing (catchup.landed decides what
+        landing and the primary explain; ticks only the replica holds, of a bucket neither
+        holds anything of, are kept and reported: they may be the last copy)."""
+        return self.differing()
 
     def counts(self) -> dict:
         out = {kind: dict.fromkeys((*DIFFERENCES, "retention"), 0) for kind in KINDS}
