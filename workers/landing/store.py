@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -94,9 +95,18 @@ class DeleteFailed(Failed):
         shown = "; ".join(f"s3://{bucket}/{printable(e.get('Key', '?'))}: {e.get('Code', '?')}"
                           f" ({e.get('Message', '')})" for e in errors[:self.SHOWN])
         more = f"; and {len(errors) - self.SHOWN} more" if len(errors) > self.SHOWN else ""
+        why = (" — the role needs s3:DeleteObject on them" if "AccessDenied" in codes else
+               " — S3 kept failing them after retries" if set(codes) <= TRANSIENT_DELETE
+               else "")
         super().__init__(f"landing refused to delete {len(errors)} key(s) ({', '.join(codes)}): "
-                         f"{shown}{more} — the role needs s3:DeleteObject on them (nothing "
-                         "else was lost: the keys are still there)")
+                         f"{shown}{more}{why} (nothing else was lost: the keys are still "
+                         "there)")
+
+
+# Per-key DeleteObjects errors that a later try may not get (S3 throttling, an internal error).
+TRANSIENT_DELETE = frozenset({"InternalError", "SlowDown", "ServiceUnavailable",
+                              "RequestTimeout"})
+DELETE_ATTEMPTS = 4
 
 
 def sha256(data: bytes) -> str:
@@ -468,9 +478,18 @@ class Landing:
         once every batch was tried."""
         failed: list[dict] = []
         for i in range(0, len(keys), 1000):
-            r = self.s3.delete_objects(Bucket=self.bucket, Delete={
-                "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
-            failed += r.get("Errors", [])
+            batch = keys[i:i + 1000]
+            for attempt in range(DELETE_ATTEMPTS):  # keys that failed transiently, again
+                r = self.s3.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": k} for k in batch], "Quiet": True})
+                errors = r.get("Errors", [])
+                retry = [e for e in errors if e.get("Code") in TRANSIENT_DELETE]
+                failed += [e for e in errors if e not in retry]
+                if not retry or attempt == DELETE_ATTEMPTS - 1:
+                    failed += retry
+                    break
+                batch = [e["Key"] for e in retry]
+                time.sleep(0.2 * 2 ** attempt)
         if failed:
             raise DeleteFailed(self.bucket, failed)
 
