@@ -17,6 +17,10 @@ repairs the primary, as the ingest login (no DELETE needed: missing rows are ins
    through ON CONFLICT DO NOTHING, registry and aggregate upserted, digests marked);
 4. refresh and compare again: a bucket still short fails the run (exit 1).
 
+A short bucket whose landing object is gone too, or no longer matches its registry checksum,
+cannot be repaired from the source of truth: it is named with that reason (exit 1), and every
+other short bucket is repaired all the same.
+
 Rows the primary holds beyond the landed object (more ticks than the registry counts) are
 reported, never changed: removing rows needs DELETE, which the ingest login does not have, and
 they may be stream trades whose parts are not compacted yet. A bucket with the right count but
@@ -40,7 +44,7 @@ from workers.core.pg import require_autocommit
 from workers.core.sqlfiles import query
 from workers.core.ticks import iso, to_us
 from workers.db.ingest import replay
-from workers.landing.store import Landing
+from workers.landing.store import CorruptObject, Landing
 from workers.replica import digests
 
 log = logs.get("repair")
@@ -85,6 +89,7 @@ class Result:
     repaired: int = 0
     rows_inserted: int = 0
     seconds: float = 0.0
+    unrepairable: list[tuple[Bucket, str]] = field(default_factory=list)  # (bucket, why)
 
     @property
     def remaining(self) -> list[Bucket]:
@@ -96,7 +101,7 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return not self.remaining
+        return not self.remaining and not self.unrepairable
 
     def summary(self) -> str:
         b = self.before
@@ -108,11 +113,15 @@ class Result:
             return found + ", nothing to repair"
         tail = (f"; {len(self.remaining)} still short" if self.remaining else
                 "; now equal to landing")
+        if self.unrepairable:
+            tail += (f"; {len(self.unrepairable)} cannot be repaired: landing no longer holds "
+                     "their objects as registered")
         return (f"{found}: re-loaded {self.repaired} from landing ({self.rows_inserted:,} "
                 f"ticks inserted){tail}")
 
     def details(self) -> list[str]:
         out = [f"short: {b.describe()}" for b in self.before.short[:50]]
+        out += [f"cannot repair: {b.describe()}: {why}" for b, why in self.unrepairable[:50]]
         if len(self.before.short) > 50:
             out.append(f"… and {len(self.before.short) - 50} more")
         last = self.after or self.before
@@ -135,6 +144,7 @@ class Result:
 
         return {"check_only": self.check_only, "before": f(self.before), "after": f(self.after),
                 "repaired": self.repaired, "rows_inserted": self.rows_inserted,
+                "unrepairable": [f"{b.describe()}: {why}" for b, why in self.unrepairable],
                 "changed": self.changed, "ok": self.ok, "did": self.summary(),
                 "seconds": round(self.seconds, 3)}
 
@@ -169,13 +179,53 @@ def run(conn: psycopg.Connection, landing: Landing, *, check_only: bool = False,
     t0 = time.monotonic()
     res = Result(check_only, find(conn, since))
     if not check_only and res.before.short:
-        keys = [landing.key_of(b.uri) for b in res.before.short]
-        s = replay(conn, landing, keys, source="repair")
-        res.repaired, res.rows_inserted = s.buckets_unchanged, s.inserted
+        _reload(conn, landing, res)
         res.after = find(conn, since)
         # A bucket of flagged trades only (insurance fund, ADL) has no aggregate to re-load.
         res.after.short = [b for b in res.after.short if b.held != b.landed]
         log.info("primary repaired from landing", buckets=res.repaired,
-                 ticks=res.rows_inserted, still_short=len(res.after.short))
+                 ticks=res.rows_inserted, still_short=len(res.after.short),
+                 unrepairable=len(res.unrepairable))
+        for b, why in res.unrepairable:
+            log.error("bucket cannot be repaired from landing", bucket=b.describe(), reason=why)
     res.seconds = time.monotonic() - t0
     return res
+
+
+def _reload(conn: psycopg.Connection, landing: Landing, res: Result) -> None:
+    """Replay the short buckets' objects; one that landing lost or that no longer matches its
+    registry checksum goes to `res.unrepairable` (named, with why) and the rest still load."""
+    todo: list[tuple[Bucket, str]] = []
+    listed: dict[str, set[str]] = {}
+    for b in res.before.short:
+        key = landing.key_of(b.uri)
+        day = key.rsplit("/", 1)[0] + "/"
+        if day not in listed:
+            listed[day] = set(landing.keys(day, suffix=""))
+        if key in listed[day]:
+            todo.append((b, key))
+        else:
+            res.unrepairable.append((b, f"{b.uri} is missing from landing (the source of "
+                                        "truth lost it too: nothing to repair from)"))
+
+    def one(items: list[tuple[Bucket, str]]) -> None:
+        s = replay(conn, landing, [k for _, k in items], source="repair")
+        res.repaired += s.buckets_unchanged
+        res.rows_inserted += s.inserted
+
+    series = sorted({b.key[:2] for b, _ in todo})
+    for m in series:  # chunks of one series: one transaction each (replay's)
+        mine = [t for t in todo if t[0].key[:2] == m]
+        for i in range(0, len(mine), 64):
+            chunk = mine[i:i + 64]
+            try:
+                one(chunk)
+            except (CorruptObject, landing.s3.exceptions.NoSuchKey):
+                for item in chunk:  # rolled back whole: one at a time, naming the bad ones
+                    try:
+                        one([item])
+                    except landing.s3.exceptions.NoSuchKey:
+                        res.unrepairable.append((item[0], f"{item[0].uri} is missing from "
+                                                          "landing"))
+                    except CorruptObject as e:
+                        res.unrepairable.append((item[0], str(e)))
