@@ -427,22 +427,3 @@ def test_a_dense_buckets_memory_does_not_grow_with_its_size(local_env, tmp_path)
           f"{peaks['dense'] / 1024:.0f} MB")
     assert peaks["dense"] <= 1.3 * peaks["small"], peaks
 
-
-# --- adversarial review: ids the live stream committed before its bucket was registered -----
-
-def test_a_moved_copy_of_a_trade_the_stream_committed_is_quarantined(stack, tmp_path):
-    """The stream commits trades of 12:00 (its bucket not compacted, so neither registered nor
-    aggregated); a file then carries one of them moved to 12:05, and another moved to the
-    next day: both are second copies, quarantined — the streamed ones keep their bucket."""
-    from workers.db.stream_commit import commit_batch
-
-    streamed = rows(9000, 10)  # 12:00
-    with stack.ingest_conn() as conn:
-        commit_batch(conn, "spot", "BTCUSDT", "stream:binance", tick_table(streamed), [])
-    lines = [*rows(9100, 5, t0=T0 + 5 * MIN), row(9003, T0 + 5 * MIN + 1_000),
-             row(9004, T0 + 24 * 60 * MIN)]
-    s = ingest(stack, write(tmp_path / SPOT, lines))
-    assert s.quarantined[CONFLICT] == 2, s.as_dict()
-    assert_adds_up(s)
-    held = stored_buckets(stack)
-    assert held[9003] == ["12:00"] and held[9004] == ["12:00"], held
