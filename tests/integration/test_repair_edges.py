@@ -82,3 +82,35 @@ def test_rows_deleted_in_a_compressed_chunk_come_back(stack, shared_data):
     assert stack.checksums() == ticks
     again = stack.cli("repair", "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["changed"] is False
+
+
+def test_a_bucket_below_retentions_cutoff_whose_chunk_was_kept_is_still_repaired(
+        stack, shared_data, tmp_path):
+    """Retention drops whole 7-day chunks older than its cut-off; the chunk holding the cut-off
+    stays, with days of buckets below it. Their loss is a loss, not retention's doing."""
+    from tests.integration.test_ingest_round2 import rows, write
+
+    _load_day(stack, shared_data)
+    with stack.ingest_conn() as conn:  # a week earlier: a chunk retention will drop
+        ingest_file(conn, stack.landing(), str(write(
+            tmp_path / "BTCUSDT-trades-2019-03-20.csv",
+            rows(1, 20, t0=1_553_083_200_000))))  # 2019-03-20 12:00
+    with stack.admin() as c:
+        c.execute("UPDATE ops.retention_jobs SET policy = jsonb_build_object('drop_after', "
+                  "(now() - timestamptz '2019-04-01 18:00+00')::text) "
+                  "WHERE job_name = 'btc_ticks'")
+    r = stack.cli("retention", "--job", "btc_ticks")
+    assert r.returncode == 0, r.stdout + r.stderr
+    with stack.admin() as c:
+        assert c.execute("SELECT count(*) FROM market_data.btc_ticks "
+                         "WHERE bucket_5m < '2019-03-28'").fetchone()[0] == 0
+        before = c.execute("SELECT count(*) FROM market_data.btc_ticks").fetchone()[0]
+        lost = c.execute("DELETE FROM market_data.btc_ticks "
+                         "WHERE bucket_5m = '2019-04-01 12:00+00'").rowcount
+    assert lost > 0
+    r = stack.cli("repair", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    d = json.loads(r.stdout)
+    assert d["rows_inserted"] == lost, d
+    with stack.admin() as c:
+        assert c.execute("SELECT count(*) FROM market_data.btc_ticks").fetchone()[0] == before

@@ -10,8 +10,9 @@ repairs the primary, as the ingest login (no DELETE needed: missing rows are ins
 2. compare every registered bucket (from `since`) with its registry row: the object's row
    count against the bucket's tick count, and whether its 5-minute aggregate row is there.
    Buckets retention removed on purpose are not losses: ticks of a bucket below the newest
-   cut-off retention applied to the table (ops.retention_horizon) with none left, aggregates
-   below the aggregate's;
+   cut-off retention applied to the table (ops.retention_horizon) with none left and no chunk
+   covering it (retention drops whole chunks: the one holding the cut-off stays, with its
+   buckets below it), aggregates below the aggregate's;
 3. re-load the buckets that fall short from their landing objects (the one replay,
    workers/db/ingest.py: SHA-256 checked against the registry, under each bucket's lock, ticks
    through ON CONFLICT DO NOTHING, registry and aggregate upserted, digests marked);
@@ -154,6 +155,7 @@ def find(conn: psycopg.Connection, since: datetime | None = None) -> Findings:
     digests.refresh(conn, since)
     tick_cut, ohlcv_cut = conn.execute(
         "SELECT ops.retention_horizon(%s), ops.retention_horizon(%s)", [TICKS, OHLCV]).fetchone()
+    kept = _tick_chunks(conn)  # chunks retention did not drop (None: not a hypertable)
     out = Findings()
     for market, symbol, bucket, uri, landed, held, stale, has_ohlcv in conn.execute(
             query(__package__, "repair_compare"), {"since": since}):
@@ -161,7 +163,8 @@ def find(conn: psycopg.Connection, since: datetime | None = None) -> Findings:
         if stale:
             out.being_written += 1
             continue
-        ticks_gone = held == 0 and tick_cut is not None and bucket < tick_cut
+        ticks_gone = (held == 0 and tick_cut is not None and bucket < tick_cut
+                      and not any(lo <= bucket < hi for lo, hi in kept or ()))
         ohlcv_gone = not has_ohlcv and ohlcv_cut is not None and bucket < ohlcv_cut
         if ticks_gone or (held == landed and ohlcv_gone):
             out.retained += 1
@@ -170,6 +173,14 @@ def find(conn: psycopg.Connection, since: datetime | None = None) -> Findings:
         elif held > landed:
             out.extra.append(b)
     return out
+
+
+def _tick_chunks(conn: psycopg.Connection) -> list[tuple[datetime, datetime]] | None:
+    """The ranges of the ticks' chunks that exist (TimescaleDB; None elsewhere, where
+    retention deletes every row below its cut-off)."""
+    if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone():
+        return None
+    return conn.execute(query(__package__, "tick_chunk_ranges")).fetchall()
 
 
 def run(conn: psycopg.Connection, landing: Landing, *, check_only: bool = False,
