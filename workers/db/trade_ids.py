@@ -16,7 +16,9 @@ files, runs and concurrent ingests, no id is committed to two buckets by them. B
 ticks without a registry row — the live stream's, committed before their compaction registers
 them — are candidates too (`unregistered`, found once per run: their ranges are read from their
 ticks). Not covered: a stream bucket first written while the run is under way (the stream takes
-no id locks), and objects changed outside tickstack's writers.
+no id locks); the stream itself committing a trade whose id a file placed in another bucket
+before (its commits and compactions check no ids against other buckets); and objects changed
+outside tickstack's writers.
 """
 
 from __future__ import annotations
