@@ -114,3 +114,23 @@ def test_a_bucket_below_retentions_cutoff_whose_chunk_was_kept_is_still_repaired
     assert d["rows_inserted"] == lost, d
     with stack.admin() as c:
         assert c.execute("SELECT count(*) FROM market_data.btc_ticks").fetchone()[0] == before
+
+
+def test_a_short_bucket_whose_landing_object_was_overwritten_is_named(stack, shared_data):
+    """The object is there but is not what the registry vouches for (overwritten outside
+    tickstack: garbage here): named as unrepairable, the other short bucket repaired."""
+    _load_day(stack, shared_data)
+    ticks = stack.checksums()
+    with stack.admin() as c:
+        c.execute("DELETE FROM market_data.btc_ticks WHERE bucket_5m IN "
+                  "('2019-04-01 12:00+00', '2019-04-01 13:00+00')")
+        uri = c.execute("SELECT s3_uri FROM landing.raw_blobs_5m "
+                        "WHERE bucket_5m = '2019-04-01 12:00+00'").fetchone()[0]
+    key = stack.landing().key_of(uri)
+    stack.s3.put_object(Bucket=stack.bucket, Key=key, Body=b"not parquet at all")
+    r = stack.cli("repair", "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    d = json.loads(r.stdout)
+    assert len(d["unrepairable"]) == 1 and key in d["unrepairable"][0], d
+    assert len(stack.checksums()) == len(ticks) - 1

@@ -306,23 +306,30 @@ class Landing:
         the rows unread (`table` None, `data` the bytes)."""
         obj = self.s3.get_object(Bucket=self.bucket, Key=key)
         data = obj["Body"].read()
+        return Landed(self._parse(key, data) if parse else None, sha256(data), len(data),
+                      obj.get("Metadata", {}), obj.get("ETag"), None if parse else data)
+
+    def _parse(self, key: str, data: bytes) -> pa.Table:
         # One object is small; Arrow's thread pool buys nothing here and its threads were seen
         # to abort the process at exit (apache/arrow#34314).
-        table = conform(pq.read_table(io.BytesIO(data), use_threads=False)) if parse else None
-        return Landed(table, sha256(data), len(data), obj.get("Metadata", {}),
-                      obj.get("ETag"), None if parse else data)
+        try:
+            return conform(pq.read_table(io.BytesIO(data), use_threads=False))
+        except (pa.ArrowException, OSError) as e:
+            raise CorruptObject(f"{self.uri(key)}: not a readable bucket object ({e})") from None
 
     def read_verified(self, key: str, expected: str | None = None, *,
                       parse: bool = True) -> Landed:
         """The object, its SHA-256 checked against `expected` (the registry's) or, when there
         is none, against the checksum stored with the object; CorruptObject when it differs."""
-        obj = self.read(key, parse=parse)
+        obj = self.read(key, parse=False)  # checked before parsing: garbage is named
         want = expected or obj.metadata.get("sha256")
         if want != obj.sha256:
             source = "expected" if expected else "stored"
             raise CorruptObject(f"{self.uri(key)}: SHA-256 mismatch: {source} {want}, "
                                 f"object is {obj.sha256}")
-        return obj
+        if not parse:
+            return obj
+        return Landed(self._parse(key, obj.data), obj.sha256, obj.size, obj.metadata, obj.etag)
 
     def read_if_exists(self, key: str, *, parse: bool = True) -> Landed | None:
         try:
