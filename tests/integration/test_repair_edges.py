@@ -37,6 +37,10 @@ def test_a_bucket_whose_landing_object_is_also_gone_is_named_and_the_rest_repair
     key = stack.landing().key_of(uri)
     for v in stack.s3.list_object_versions(Bucket=stack.bucket, Prefix=key)["Versions"]:
         stack.s3.delete_object(Bucket=stack.bucket, Key=key, VersionId=v["VersionId"])
+    r = stack.cli("repair", "--check")  # --check already says what a repair cannot do
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "cannot repair: spot BTCUSDT 2019-04-01T12:00" in r.stdout, r.stdout
+    assert key in r.stdout and "missing from landing" in r.stdout, r.stdout
     r = stack.cli("repair", "--json")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "Traceback" not in r.stderr, r.stderr

@@ -189,8 +189,10 @@ def run(conn: psycopg.Connection, landing: Landing, *, check_only: bool = False,
     require_autocommit(conn, "repair")
     t0 = time.monotonic()
     res = Result(check_only, find(conn, since))
+    todo = _in_landing(landing, res) if res.before.short else []
     if not check_only and res.before.short:
-        _reload(conn, landing, res)
+        if todo:
+            _reload(conn, landing, res, todo)
         res.after = find(conn, since)
         # A bucket of flagged trades only (insurance fund, ADL) has no aggregate to re-load.
         res.after.short = [b for b in res.after.short if b.held != b.landed]
@@ -203,9 +205,9 @@ def run(conn: psycopg.Connection, landing: Landing, *, check_only: bool = False,
     return res
 
 
-def _reload(conn: psycopg.Connection, landing: Landing, res: Result) -> None:
-    """Replay the short buckets' objects; one that landing lost or that no longer matches its
-    registry checksum goes to `res.unrepairable` (named, with why) and the rest still load."""
+def _in_landing(landing: Landing, res: Result) -> list[tuple[Bucket, str]]:
+    """The short buckets whose objects landing still lists, with their keys; the others go
+    to `res.unrepairable` (also with --check: what a repair could not do is known now)."""
     todo: list[tuple[Bucket, str]] = []
     listed: dict[str, set[str]] = {}
     for b in res.before.short:
@@ -218,6 +220,13 @@ def _reload(conn: psycopg.Connection, landing: Landing, res: Result) -> None:
         else:
             res.unrepairable.append((b, f"{b.uri} is missing from landing (the source of "
                                         "truth lost it too: nothing to repair from)"))
+    return todo
+
+
+def _reload(conn: psycopg.Connection, landing: Landing, res: Result,
+            todo: list[tuple[Bucket, str]]) -> None:
+    """Replay the short buckets' objects; one that no longer matches its registry checksum
+    (or vanished meanwhile) goes to `res.unrepairable` (named, with why), the rest still load."""
 
     def one(items: list[tuple[Bucket, str]]) -> None:
         s = replay(conn, landing, [k for _, k in items], source="repair")
