@@ -89,3 +89,22 @@ def test_a_zip_with_crlf_bad_rows_and_duplicates_adds_up(stack, tmp_path):  # no
     assert d["rows_read"] == d["inserted"] + d["already_stored"] + d["input_duplicates"] \
         + sum(d["quarantined_by_reason"].values()), d
     assert len(assert_one_bucket_per_id(stack)) == 50
+
+
+def test_the_stream_does_not_store_again_an_id_a_file_placed_elsewhere(stack, tmp_path):  # noqa: F811
+    """File first: trade 9500 stored in 12:05. The stream then delivers 9499-9501 in 12:00:
+    its commit and its compaction store 9499 and 9501, and leave 9500 where it is — in the
+    ticks table and in landing alike."""
+    from workers.db.stream_commit import commit_batch, compact
+    from workers.landing.parts import write_part
+
+    ingest(stack, write(tmp_path / SPOT, [row(9500, T0 + 5 * MIN)]))
+    streamed = tick_table(rows(9499, 3))  # 12:00
+    landing = stack.landing()
+    write_part(landing, "spot", "BTCUSDT", T0 * 1000, streamed)
+    with stack.ingest_conn() as conn:
+        commit_batch(conn, "spot", "BTCUSDT", "stream:binance", streamed, [])
+        assert stored_buckets(stack)[9500] == ["12:05"]
+        assert compact(conn, landing, "spot", "BTCUSDT", T0 * 1000, "stream:binance")
+    where = assert_one_bucket_per_id(stack)
+    assert where == {9499: "12:00", 9500: "12:05", 9501: "12:00"}, where

@@ -15,19 +15,20 @@ load commits (the file ingest does): whatever mix of buckets flushes write, with
 files, runs and concurrent ingests, no id is committed to two buckets by them. Buckets holding
 ticks without a registry row — the live stream's, committed before their compaction registers
 them — are candidates too (`unregistered`, found once per run: their ranges are read from their
-ticks). Not covered: a stream bucket first written while the run is under way (the stream takes
-no id locks); the stream itself committing a trade whose id a file placed in another bucket
-before (its commits and compactions check no ids against other buckets); and objects changed
-outside tickstack's writers.
+ticks). The live stream checks its trades too (`held_elsewhere`, at commit and at compaction):
+one whose id a file stored in another bucket before is not stored again. Not covered: a stream
+bucket first written while a file ingest is under way, and the stream racing a file ingest over
+the same ids (the stream takes no id locks); objects changed outside tickstack's writers.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import psycopg
+import pyarrow as pa
 
 from workers.core.sqlfiles import query
-from workers.core.ticks import to_us
+from workers.core.ticks import BUCKET_US, to_us
 
 
 def unregistered(conn: psycopg.Connection, market: str, symbol: str) -> list:
@@ -89,3 +90,14 @@ def conflicting(conn: psycopg.Connection, market: str, symbol: str, ids: np.ndar
     bad = stored_elsewhere(conn, market, symbol, ids, owner, unregistered_buckets)
     return bad | later_copies(ids, pos, owner, ~bad)
 
+
+
+def held_elsewhere(conn: psycopg.Connection, market: str, symbol: str,
+                   table: pa.Table) -> np.ndarray:
+    """Of a table of trades (the live stream's), those whose id another bucket already holds:
+    True where storing the row would make a second copy (the stored one wins)."""
+    if not table.num_rows:
+        return np.zeros(0, dtype=bool)
+    us = table.column("event_time").cast(pa.int64()).to_numpy()
+    return stored_elsewhere(conn, market, symbol, table.column("trade_id").to_numpy(),
+                            us - us % BUCKET_US)
