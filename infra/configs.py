@@ -298,11 +298,18 @@ CONF_FILE = "postgresql.conf"
 TICKSTACK_CONF_FILE = "tickstack.conf"
 HBA_FILE = "pg_hba.conf"
 # Settings that decide who may connect and how: never taken from the data directory.
-SECURITY_SETTINGS = ("listen_addresses", "port", "unix_socket_directories", "hba_file",
-                     "ident_file", "ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file",
-                     "ssl_crl_file", "ssl_crl_dir", "ssl_min_protocol_version",
-                     "ssl_max_protocol_version", "ssl_ciphers", "ssl_passphrase_command",
-                     "password_encryption", "krb_server_keyfile", "config_file")
+SECURITY_SETTINGS = ("listen_addresses", "port", "unix_socket_directories", "unix_socket_group",
+                     "unix_socket_permissions", "hba_file", "ident_file", "ssl",
+                     "ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file",
+                     "ssl_crl_dir", "ssl_min_protocol_version", "ssl_max_protocol_version",
+                     "ssl_ciphers", "ssl_ecdh_curve", "ssl_dh_params_file",
+                     "ssl_prefer_server_ciphers", "ssl_passphrase_command",
+                     "ssl_passphrase_command_supports_reload", "password_encryption",
+                     "scram_iterations", "authentication_timeout", "db_user_namespace",
+                     "krb_server_keyfile", "krb_caseins_users", "config_file",
+                     # A file may include others: from postgresql.auto.conf, a file the backup
+                     # restored into the data directory would set all of the above again.
+                     "include", "include_if_exists", "include_dir")
 
 
 def strip_security_settings_sh(auto_conf: str) -> str:

@@ -426,3 +426,4 @@ def test_a_dense_buckets_memory_does_not_grow_with_its_size(local_env, tmp_path)
     print(f"peak RSS: 100k-trade bucket {peaks['small'] / 1024:.0f} MB, 800k-trade bucket "
           f"{peaks['dense'] / 1024:.0f} MB")
     assert peaks["dense"] <= 1.3 * peaks["small"], peaks
+

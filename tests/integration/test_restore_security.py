@@ -201,3 +201,34 @@ def test_up_restarts_a_server_running_on_its_data_directorys_configuration(env):
     auto = (c.data / "postgresql.auto.conf").read_text()
     assert "ssl" not in auto and "hba_file" not in auto, auto
     assert plaintext_login(env) is not None
+
+
+def test_an_include_in_the_restored_auto_conf_brings_nothing_back(env):
+    """PostgreSQL honours include directives in postgresql.auto.conf: an older release's (or a
+    hand-edited) one including a file of the data directory with `ssl = off`, a pg_hba.conf
+    with `host` and another port must not bring them back after a restore."""
+    c = env.primary
+    ok(env, "migrate")
+    write_db_file(c.data / "pg_hba.conf", OLD_HBA)
+    write_db_file(c.data / "old-security.conf",
+                  f"ssl = off\nhba_file = '{c.data / 'pg_hba.conf'}'\nport = {c.port + 7}\n")
+    write_db_file(c.data / "postgresql.auto.conf",
+                  "include_if_exists = 'old-security.conf'\n", append=True)
+    ok(env, "backup", "--type", "full")  # the include and its file are in this backup set
+    time.sleep(1.1)  # the backup's finish time is in whole seconds
+    with admin(env) as a:
+        target = a.execute("SELECT clock_timestamp()").fetchone()[0]
+    time.sleep(1.1)
+    auto = c.data / "postgresql.auto.conf"
+    write_db_file(auto, "".join(ln for ln in auto.read_text().splitlines(keepends=True)
+                                if not ln.startswith("include")))
+    r, attempts = restore_probing(env, "--force", "--target-time", target.isoformat(),
+                                  "--no-replay")
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    assert "removed from its postgresql.auto.conf: include_if_exists" in r.stdout, r.stdout
+    with admin(env) as a:
+        assert a.execute("SHOW ssl").fetchone()[0] == "on"
+        assert a.execute("SHOW port").fetchone()[0] == str(c.port)
+        assert a.execute("SHOW hba_file").fetchone()[0] == str(c.conf_dir / "pg_hba.conf")
+    assert all(refusal is not None for _, refusal in attempts)
+    assert plaintext_login(env) is not None

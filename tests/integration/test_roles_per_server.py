@@ -230,3 +230,33 @@ def test_primary_refuses_direct_tick_deletes_the_replica_allows_them(local_env):
                             assert c.execute("DELETE FROM market_data.btc_ticks").rowcount == 1
         finally:
             db.drop()
+
+
+def test_retention_drop_chunks_refuses_a_cutoff_that_passes_what_landing_holds(local_env):
+    """The SECURITY DEFINER path is the guard itself, whatever its caller passes: the retention
+    login calling ops.retention_drop_chunks directly with a hostile cut-off (the future,
+    'infinity', or past ticks landing does not hold — the stream's, not compacted) drops
+    nothing; a cut-off below them still works."""
+    pw = local_env.secrets
+    db = FreshDb(local_env, "primary")
+    try:
+        migrate.run(db.dsn, password=db.password, logins=local_env.worker_logins())
+        with db.connect(user="ingest_worker", password=pw["ingest_worker"]) as c:
+            c.execute(TICK)  # 2024-01-01 00:05: ticks without a registry row (unlanded)
+        with db.connect(user="retention_worker", password=pw["retention_worker"]) as c:
+            for cut in ("infinity", "2999-01-01", "2025-01-01"):
+                with pytest.raises(psycopg.errors.InvalidParameterValue):
+                    c.execute("SELECT ops.retention_drop_chunks('market_data.btc_ticks', %s)",
+                              [cut])
+                c.rollback()
+            with pytest.raises(psycopg.errors.InvalidParameterValue):
+                c.execute("SELECT ops.retention_drop_chunks('market_data.btc_ticks; DROP "
+                          "TABLE market_data.btc_ticks', '2020-01-01')")
+            c.rollback()
+            c.execute("SELECT ops.retention_drop_chunks('market_data.btc_ticks', "
+                      "'2023-06-01')").fetchall()
+            c.commit()
+        with db.connect() as c:
+            assert c.execute("SELECT count(*) FROM market_data.btc_ticks").fetchone()[0] == 1
+    finally:
+        db.drop()

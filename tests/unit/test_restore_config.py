@@ -64,3 +64,41 @@ def test_security_settings_are_the_renderers():
         "listen_addresses", "port", "unix_socket_directories", "hba_file",
         "password_encryption")}
     assert security <= set(configs.SECURITY_SETTINGS)
+
+
+# What a data directory's postgresql.auto.conf can still say beside named settings: include
+# directives (PostgreSQL honours them in this file too, checked on a real server: an
+# `include_if_exists = 'old.conf'` there overrode the outside config file's port), which would
+# read a file the backup restored into the data directory — with `ssl = off`, say.
+INCLUDING_AUTO_CONF = ("work_mem = '64MB'\n"
+                       "include_if_exists = 'tickstack.conf'\n"
+                       "include 'old/pg.conf'\n"
+                       "INCLUDE_DIR = 'conf.d'\n"
+                       "unix_socket_permissions = 0777\n"
+                       "ssl_prefer_server_ciphers = off\n"
+                       "restore_command = 'pgbackrest archive-get %f \"%p\"'\n")
+KEPT = ["work_mem = '64MB'", "restore_command = 'pgbackrest archive-get %f \"%p\"'"]
+
+
+def test_the_restore_removes_include_directives_from_the_restored_auto_conf(tmp_path):
+    from workers.ops import server_start
+
+    (tmp_path / "postgresql.auto.conf").write_text(INCLUDING_AUTO_CONF)
+    dropped = server_start.drop_security_overrides(tmp_path)
+    assert len(dropped) == 5, dropped
+    assert (tmp_path / "postgresql.auto.conf").read_text().splitlines() == KEPT
+
+
+def test_the_restore_script_removes_include_directives_too(tmp_path):
+    pgdata = tmp_path / "pgdata" / "data"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "pgbackrest"
+    fake.write_text(f"#!/bin/sh\ncat > \"$PGDATA/postgresql.auto.conf\" <<'X'\n"
+                    f"{INCLUDING_AUTO_CONF}X\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PGDATA": str(pgdata), "PATH": f"{bindir}:{os.environ['PATH']}"}
+    r = subprocess.run(["sh", "-c", database.RESTORE_SCRIPT, "restore", "--type=time",
+                        "restore"], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert Path(pgdata / "postgresql.auto.conf").read_text().splitlines() == KEPT

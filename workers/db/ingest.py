@@ -123,6 +123,8 @@ class Pipeline:
         # this thread only; loads run on the database threads).
         self._lock_conn = sibling(conn)
         self.locks = SessionLocks(self._lock_conn)
+        # Ticks of buckets the live stream has not registered yet: their ids are checked too.
+        self._unregistered = trade_ids.unregistered(self._lock_conn, market, symbol)
         self._ranges: dict[int, tuple[int, int]] = {}  # trade ids of buckets landed this run
         self._added = AddedIds()  # the ids this run added to each bucket (for the summary)
         self.first_bucket: int | None = None  # the range of buckets this file landed
@@ -173,8 +175,7 @@ class Pipeline:
             self._complete()
 
     def _complete(self) -> None:
-        """The oldest flush in flight committed and was checked (_load): release its bucket
-        locks."""
+        """The oldest flush in flight committed and was checked (_load): release its locks."""
         f = self._in_flight.popleft()
         f.future.result()  # re-raises a load or check error here, in the caller's thread
         self.locks.release(f.locks)
@@ -300,7 +301,8 @@ class Pipeline:
         # Loads of this run in flight whose buckets may hold these ids: let them commit first.
         if self._in_flight and any(r[1] >= lo and r[0] <= hi for r in self._ranges.values()):
             self.wait()
-        bad = trade_ids.conflicting(self._lock_conn, self.market, self.symbol, ids, pos, owner)
+        bad = trade_ids.conflicting(self._lock_conn, self.market, self.symbol, ids, pos,
+                                    owner, self._unregistered)
         if not bad.any():
             return merged
         out = {}

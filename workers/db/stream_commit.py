@@ -13,6 +13,7 @@ import pyarrow as pa
 from workers.core import crashpoint, logs
 from workers.core.sqlfiles import query
 from workers.core.ticks import BUCKET_US, iso, to_dt, to_us
+from workers.db import trade_ids
 from workers.db.bucket_locks import xact_lock
 from workers.db.load import BucketLoad, advance_offset, buckets_of, load, mark_digests_stale
 from workers.db.load import insert_ticks as load_ticks
@@ -57,7 +58,7 @@ def commit_batch(conn: psycopg.Connection, market: str, symbol: str, source: str
             us = table.column("event_time").cast(pa.int64()).to_numpy()
             xact_lock(conn, [(market, symbol, int(b)) for b in set(us - us % BUCKET_US)],
                       shared=True)
-        n = insert_ticks(conn, market, symbol, table)
+        n = insert_ticks(conn, market, symbol, _not_held_elsewhere(conn, market, symbol, table))
         if table.num_rows:
             i = table.column("trade_id").to_pylist()
             last = max(range(len(i)), key=i.__getitem__)
@@ -69,6 +70,20 @@ def commit_batch(conn: psycopg.Connection, market: str, symbol: str, source: str
                 [source, g.market, g.symbol, g.first_missing_id, g.last_missing_id,
                  to_dt(g.after_us), to_dt(g.before_us)])
     return n
+
+
+def _not_held_elsewhere(conn: psycopg.Connection, market: str, symbol: str,
+                        table: pa.Table) -> pa.Table:
+    """The trades whose ids no other bucket holds: a trade id is stored in one bucket only, and
+    a file may have stored one of these ids elsewhere first (the stored copy wins, said)."""
+    bad = trade_ids.held_elsewhere(conn, market, symbol, table)
+    if not bad.any():
+        return table
+    log.warning("stream trades whose ids another bucket already holds are not stored again "
+                "(a trade id is stored in one bucket only; the stored copy wins)",
+                market=market, symbol=symbol, trade_ids=table.column("trade_id").filter(
+                    pa.array(bad)).to_pylist()[:20], count=int(bad.sum()))
+    return table.filter(pa.array(~bad))
 
 
 def read_offset(conn: psycopg.Connection, source: str, market: str, symbol: str
@@ -116,8 +131,12 @@ def compact(conn: psycopg.Connection, landing: Landing, market: str, symbol: str
         reg = conn.execute("SELECT s3_uri FROM landing.raw_blobs_5m WHERE market = %s AND "
                            "asset = %s AND bucket_5m = %s",
                            [market, symbol, to_dt(bucket_us)]).fetchone()
-        w = landing.merge_into(market, symbol, bucket_us,
-                               pa.concat_tables([t for _, t in parts]),
+        incoming = _not_held_elsewhere(conn, market, symbol,
+                                       pa.concat_tables([t for _, t in parts]))
+        if not incoming.num_rows and reg is None:  # every trade is stored in another bucket
+            landing.delete([k for k, _ in parts])
+            return None
+        w = landing.merge_into(market, symbol, bucket_us, incoming,
                                current_key=landing.key_of(reg[0]) if reg else None,
                                trust_listing=False)
         if w.merge.conflicts:

@@ -12,30 +12,43 @@ bucket's copy is the landing merge's business: duplicate or conflict by value).
 
 Guarantee, with the caller holding `bucket_locks.id_locks` over the ids from this check until its
 load commits (the file ingest does): whatever mix of buckets flushes write, within a file, across
-files, runs and concurrent ingests, no id is committed to two buckets by them. Not covered: ticks
-the live stream committed to a bucket it has not closed yet (no range is recorded for it until
-its compaction registers it), and objects changed outside tickstack's writers.
+files, runs and concurrent ingests, no id is committed to two buckets by them. Buckets holding
+ticks without a registry row — the live stream's, committed before their compaction registers
+them — are candidates too (`unregistered`, found once per run: their ranges are read from their
+ticks). The live stream checks its trades too (`held_elsewhere`, at commit and at compaction):
+one whose id a file stored in another bucket before is not stored again. Not covered: a stream
+bucket first written while a file ingest is under way, and the stream racing a file ingest over
+the same ids (the stream takes no id locks); objects changed outside tickstack's writers.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import psycopg
+import pyarrow as pa
 
 from workers.core.sqlfiles import query
-from workers.core.ticks import to_us
+from workers.core.ticks import BUCKET_US, to_us
+
+
+def unregistered(conn: psycopg.Connection, market: str, symbol: str) -> list:
+    """Buckets holding ticks but no registry row (the live stream's, not compacted yet)."""
+    return [b for (b,) in conn.execute(query(__package__, "unregistered_buckets"),
+                                       {"market": market, "symbol": symbol})]
 
 
 def stored_elsewhere(conn: psycopg.Connection, market: str, symbol: str, ids: np.ndarray,
-                     owner: np.ndarray) -> np.ndarray:
+                     owner: np.ndarray, unregistered_buckets: list = ()) -> np.ndarray:
     """Rows (id, bucket) whose id is stored in some bucket other than their own (and not in
     their own): True where the row would be a second copy."""
     bad = np.zeros(len(ids), dtype=bool)
     if not len(ids):
         return bad
-    cands = conn.execute(query(__package__, "buckets_by_trade_ids"), {
-        "market": market, "symbol": symbol, "lo": int(ids.min()),
-        "hi": int(ids.max())}).fetchall()
+    span = {"market": market, "symbol": symbol, "lo": int(ids.min()), "hi": int(ids.max())}
+    cands = conn.execute(query(__package__, "buckets_by_trade_ids"), span).fetchall()
+    if unregistered_buckets:
+        cands += conn.execute(query(__package__, "ranges_of_buckets"), {
+            **span, "buckets": list(unregistered_buckets)}).fetchall()
     held_in: dict[int, set[int]] = {}  # id -> the buckets holding it (of those asked)
     for bucket, first, last in cands:
         b = to_us(bucket)
@@ -69,10 +82,22 @@ def later_copies(ids: np.ndarray, pos: np.ndarray, owner: np.ndarray,
 
 
 def conflicting(conn: psycopg.Connection, market: str, symbol: str, ids: np.ndarray,
-                pos: np.ndarray, owner: np.ndarray) -> np.ndarray:
+                pos: np.ndarray, owner: np.ndarray, unregistered_buckets: list = ()
+                ) -> np.ndarray:
     """Rows that would store a trade id in a second bucket: stored copies win, then the first
     copy in input order. Call holding the ids' locks (bucket_locks.id_locks), with every
     earlier load of the same writer that may hold these ids committed."""
-    bad = stored_elsewhere(conn, market, symbol, ids, owner)
+    bad = stored_elsewhere(conn, market, symbol, ids, owner, unregistered_buckets)
     return bad | later_copies(ids, pos, owner, ~bad)
 
+
+
+def held_elsewhere(conn: psycopg.Connection, market: str, symbol: str,
+                   table: pa.Table) -> np.ndarray:
+    """Of a table of trades (the live stream's), those whose id another bucket already holds:
+    True where storing the row would make a second copy (the stored one wins)."""
+    if not table.num_rows:
+        return np.zeros(0, dtype=bool)
+    us = table.column("event_time").cast(pa.int64()).to_numpy()
+    return stored_elsewhere(conn, market, symbol, table.column("trade_id").to_numpy(),
+                            us - us % BUCKET_US)

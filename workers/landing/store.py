@@ -322,15 +322,17 @@ class Landing:
         if expected is not None and digest != expected:
             raise CorruptObject(f"{self.uri(key)}: SHA-256 mismatch: expected {expected}, "
                                 f"object is {digest}")
-        table = None
-        if parse:
-            try:  # one small object: Arrow's thread pool buys nothing (and aborted, arrow#34314)
-                table = conform(pq.read_table(io.BytesIO(data), use_threads=False))
-            except (pa.ArrowInvalid, OSError) as e:
-                raise CorruptObject(f"{self.uri(key)}: not a readable Parquet object "
-                                    f"(SHA-256 {digest}): {e}") from None
-        return Landed(table, digest, len(data), obj.get("Metadata", {}), obj.get("ETag"),
-                      None if parse else data)
+        return Landed(self._parse(key, data, digest) if parse else None, digest, len(data),
+                      obj.get("Metadata", {}), obj.get("ETag"), None if parse else data)
+
+    def _parse(self, key: str, data: bytes, digest: str) -> pa.Table:
+        # One object is small; Arrow's thread pool buys nothing here and its threads were seen
+        # to abort the process at exit (apache/arrow#34314).
+        try:
+            return conform(pq.read_table(io.BytesIO(data), use_threads=False))
+        except (pa.ArrowException, OSError) as e:
+            raise CorruptObject(f"{self.uri(key)}: not a readable Parquet object "
+                                f"(SHA-256 {digest}): {e}") from None
 
     def sha256_of(self, key: str) -> str:
         """The SHA-256 of the object's bytes, whatever they are (nothing parsed)."""
@@ -340,14 +342,17 @@ class Landing:
                       parse: bool = True) -> Landed:
         """The object, its SHA-256 checked against `expected` (the registry's) or, when there
         is none, against the checksum stored with the object; CorruptObject when it differs."""
-        if expected is not None:
+        if expected is not None:  # checked before parsing: garbage is named
             return self.read(key, expected, parse=parse)
-        obj = self.read(key, parse=parse)
+        obj = self.read(key, parse=False)
         want = obj.metadata.get("sha256")
         if want != obj.sha256:
             raise CorruptObject(f"{self.uri(key)}: SHA-256 mismatch: stored {want}, "
                                 f"object is {obj.sha256}")
-        return obj
+        if not parse:
+            return obj
+        return Landed(self._parse(key, obj.data, obj.sha256), obj.sha256, obj.size, obj.metadata,
+                      obj.etag)
 
     def read_if_exists(self, key: str, *, parse: bool = True) -> Landed | None:
         try:

@@ -10,12 +10,17 @@ repairs the primary, as the ingest login (no DELETE needed: missing rows are ins
 2. compare every registered bucket (from `since`) with its registry row: the object's row
    count against the bucket's tick count, and whether its 5-minute aggregate row is there.
    Buckets retention removed on purpose are not losses: ticks of a bucket below the newest
-   cut-off retention applied to the table (ops.retention_horizon) with none left, aggregates
-   below the aggregate's;
+   cut-off retention applied to the table (ops.retention_horizon) with none left and no chunk
+   covering it (retention drops whole chunks: the one holding the cut-off stays, with its
+   buckets below it), aggregates below the aggregate's;
 3. re-load the buckets that fall short from their landing objects (the one replay,
    workers/db/ingest.py: SHA-256 checked against the registry, under each bucket's lock, ticks
    through ON CONFLICT DO NOTHING, registry and aggregate upserted, digests marked);
 4. refresh and compare again: a bucket still short fails the run (exit 1).
+
+A short bucket whose landing object is gone too, or no longer matches its registry checksum,
+cannot be repaired from the source of truth: it is named with that reason (exit 1), and every
+other short bucket is repaired all the same.
 
 Rows the primary holds beyond the landed object (more ticks than the registry counts) are
 reported, never changed: removing rows needs DELETE, which the ingest login does not have, and
@@ -40,7 +45,7 @@ from workers.core.pg import require_autocommit
 from workers.core.sqlfiles import query
 from workers.core.ticks import iso, to_us
 from workers.db.ingest import replay
-from workers.landing.store import Landing
+from workers.landing.store import CorruptObject, Landing
 from workers.replica import digests
 
 log = logs.get("repair")
@@ -85,6 +90,7 @@ class Result:
     repaired: int = 0
     rows_inserted: int = 0
     seconds: float = 0.0
+    unrepairable: list[tuple[Bucket, str]] = field(default_factory=list)  # (bucket, why)
 
     @property
     def remaining(self) -> list[Bucket]:
@@ -96,7 +102,7 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return not self.remaining
+        return not self.remaining and not self.unrepairable
 
     def summary(self) -> str:
         b = self.before
@@ -108,11 +114,15 @@ class Result:
             return found + ", nothing to repair"
         tail = (f"; {len(self.remaining)} still short" if self.remaining else
                 "; now equal to landing")
+        if self.unrepairable:
+            tail += (f"; {len(self.unrepairable)} cannot be repaired: landing no longer holds "
+                     "their objects as registered")
         return (f"{found}: re-loaded {self.repaired} from landing ({self.rows_inserted:,} "
                 f"ticks inserted){tail}")
 
     def details(self) -> list[str]:
         out = [f"short: {b.describe()}" for b in self.before.short[:50]]
+        out += [f"cannot repair: {b.describe()}: {why}" for b, why in self.unrepairable[:50]]
         if len(self.before.short) > 50:
             out.append(f"… and {len(self.before.short) - 50} more")
         last = self.after or self.before
@@ -135,6 +145,7 @@ class Result:
 
         return {"check_only": self.check_only, "before": f(self.before), "after": f(self.after),
                 "repaired": self.repaired, "rows_inserted": self.rows_inserted,
+                "unrepairable": [f"{b.describe()}: {why}" for b, why in self.unrepairable],
                 "changed": self.changed, "ok": self.ok, "did": self.summary(),
                 "seconds": round(self.seconds, 3)}
 
@@ -144,6 +155,7 @@ def find(conn: psycopg.Connection, since: datetime | None = None) -> Findings:
     digests.refresh(conn, since)
     tick_cut, ohlcv_cut = conn.execute(
         "SELECT ops.retention_horizon(%s), ops.retention_horizon(%s)", [TICKS, OHLCV]).fetchone()
+    kept = _tick_chunks(conn)  # chunks retention did not drop (None: not a hypertable)
     out = Findings()
     for market, symbol, bucket, uri, landed, held, stale, has_ohlcv in conn.execute(
             query(__package__, "repair_compare"), {"since": since}):
@@ -151,7 +163,8 @@ def find(conn: psycopg.Connection, since: datetime | None = None) -> Findings:
         if stale:
             out.being_written += 1
             continue
-        ticks_gone = held == 0 and tick_cut is not None and bucket < tick_cut
+        ticks_gone = (held == 0 and tick_cut is not None and bucket < tick_cut
+                      and not any(lo <= bucket < hi for lo, hi in kept or ()))
         ohlcv_gone = not has_ohlcv and ohlcv_cut is not None and bucket < ohlcv_cut
         if ticks_gone or (held == landed and ohlcv_gone):
             out.retained += 1
@@ -162,20 +175,77 @@ def find(conn: psycopg.Connection, since: datetime | None = None) -> Findings:
     return out
 
 
+def _tick_chunks(conn: psycopg.Connection) -> list[tuple[datetime, datetime]] | None:
+    """The ranges of the ticks' chunks that exist (TimescaleDB; None elsewhere, where
+    retention deletes every row below its cut-off)."""
+    if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone():
+        return None
+    return conn.execute(query(__package__, "tick_chunk_ranges")).fetchall()
+
+
 def run(conn: psycopg.Connection, landing: Landing, *, check_only: bool = False,
         since: datetime | None = None) -> Result:
     """`conn`: the primary, as the ingest login (autocommit)."""
     require_autocommit(conn, "repair")
     t0 = time.monotonic()
     res = Result(check_only, find(conn, since))
+    todo = _in_landing(landing, res) if res.before.short else []
     if not check_only and res.before.short:
-        keys = [landing.key_of(b.uri) for b in res.before.short]
-        s = replay(conn, landing, keys, source="repair")
-        res.repaired, res.rows_inserted = s.buckets_unchanged, s.inserted
+        if todo:
+            _reload(conn, landing, res, todo)
         res.after = find(conn, since)
         # A bucket of flagged trades only (insurance fund, ADL) has no aggregate to re-load.
         res.after.short = [b for b in res.after.short if b.held != b.landed]
         log.info("primary repaired from landing", buckets=res.repaired,
-                 ticks=res.rows_inserted, still_short=len(res.after.short))
+                 ticks=res.rows_inserted, still_short=len(res.after.short),
+                 unrepairable=len(res.unrepairable))
+        for b, why in res.unrepairable:
+            log.error("bucket cannot be repaired from landing", bucket=b.describe(), reason=why)
     res.seconds = time.monotonic() - t0
     return res
+
+
+def _in_landing(landing: Landing, res: Result) -> list[tuple[Bucket, str]]:
+    """The short buckets whose objects landing still lists, with their keys; the others go
+    to `res.unrepairable` (also with --check: what a repair could not do is known now)."""
+    todo: list[tuple[Bucket, str]] = []
+    listed: dict[str, set[str]] = {}
+    for b in res.before.short:
+        key = landing.key_of(b.uri)
+        day = key.rsplit("/", 1)[0] + "/"
+        if day not in listed:
+            listed[day] = set(landing.keys(day, suffix=""))
+        if key in listed[day]:
+            todo.append((b, key))
+        else:
+            res.unrepairable.append((b, f"{b.uri} is missing from landing (the source of "
+                                        "truth lost it too: nothing to repair from)"))
+    return todo
+
+
+def _reload(conn: psycopg.Connection, landing: Landing, res: Result,
+            todo: list[tuple[Bucket, str]]) -> None:
+    """Replay the short buckets' objects; one that no longer matches its registry checksum
+    (or vanished meanwhile) goes to `res.unrepairable` (named, with why), the rest still load."""
+
+    def one(items: list[tuple[Bucket, str]]) -> None:
+        s = replay(conn, landing, [k for _, k in items], source="repair")
+        res.repaired += s.buckets_unchanged
+        res.rows_inserted += s.inserted
+
+    series = sorted({b.key[:2] for b, _ in todo})
+    for m in series:  # chunks of one series: one transaction each (replay's)
+        mine = [t for t in todo if t[0].key[:2] == m]
+        for i in range(0, len(mine), 64):
+            chunk = mine[i:i + 64]
+            try:
+                one(chunk)
+            except (CorruptObject, landing.s3.exceptions.NoSuchKey):
+                for item in chunk:  # rolled back whole: one at a time, naming the bad ones
+                    try:
+                        one([item])
+                    except landing.s3.exceptions.NoSuchKey:
+                        res.unrepairable.append((item[0], f"{item[0].uri} is missing from "
+                                                          "landing"))
+                    except CorruptObject as e:
+                        res.unrepairable.append((item[0], str(e)))

@@ -27,11 +27,18 @@ log = logs.get("restore")
 # data directory (TICKSTACK_PG_CONFIG_FILE). The one file of the data directory that still
 # sets settings, postgresql.auto.conf (ALTER SYSTEM; pgBackRest writes the recovery options
 # there), comes back from the backup: these are removed from it before the server starts.
-SECURITY_SETTINGS = ("listen_addresses", "port", "unix_socket_directories", "hba_file",
-                     "ident_file", "ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file",
-                     "ssl_crl_file", "ssl_crl_dir", "ssl_min_protocol_version",
-                     "ssl_max_protocol_version", "ssl_ciphers", "ssl_passphrase_command",
-                     "password_encryption", "krb_server_keyfile", "config_file")
+SECURITY_SETTINGS = ("listen_addresses", "port", "unix_socket_directories", "unix_socket_group",
+                     "unix_socket_permissions", "hba_file", "ident_file", "ssl",
+                     "ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file",
+                     "ssl_crl_dir", "ssl_min_protocol_version", "ssl_max_protocol_version",
+                     "ssl_ciphers", "ssl_ecdh_curve", "ssl_dh_params_file",
+                     "ssl_prefer_server_ciphers", "ssl_passphrase_command",
+                     "ssl_passphrase_command_supports_reload", "password_encryption",
+                     "scram_iterations", "authentication_timeout", "db_user_namespace",
+                     "krb_server_keyfile", "krb_caseins_users", "config_file",
+                     # A file may include others: from postgresql.auto.conf, a file the backup
+                     # restored into the data directory would set all of the above again.
+                     "include", "include_if_exists", "include_dir")
 # What a server in recovery answers before it takes connections: wait. Any other refusal of
 # the admin's connection (TLS, pg_hba.conf, password) will not pass by waiting.
 STARTING = ("the database system is starting up", "not yet accepting connections",
