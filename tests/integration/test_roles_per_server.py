@@ -57,17 +57,17 @@ def _tables(server: str) -> dict[str, dict[str, str]]:
         "ops.retention_runs": "ra", "ops.retention_targets": "r",
         # Ticks: through ops.retention_drop_chunks on the primary; batched DELETE elsewhere.
         "market_data.btc_ticks": "r" if server == "primary" else "rd"}.items()})
-    # replicate reads each side's retention horizons as the ingest login (sql/023).
+    # replicate reads each side's retention horizons as the ingest login (sql/022).
     for t in ("ops.retention_jobs", "ops.retention_runs", "ops.retention_targets"):
         m[t]["ingest_worker"] = "r"
     if server == "replica":  # replicate rebuilds differing buckets there: ingest's + DELETE of
-        # ticks, registry rows and bars (a bucket's rows the primary no longer has, sql/023)
+        # ticks, registry rows and bars (a bucket's rows the primary no longer has, sql/022)
         for t in (*_INGEST_TABLES, "ops.retention_jobs", "ops.retention_runs",
                   "ops.retention_targets"):
             rebuilt = t in ("market_data.btc_ticks", "landing.raw_blobs_5m",
                             "market_data.btc_ohlcv_5m")
             m[t]["replicate_worker"] = m[t]["ingest_worker"] + ("d" if rebuilt else "")
-    else:  # backup --check audits landing against the primary's registry (sql/025)
+    else:  # backup --check audits landing against the primary's registry (sql/024)
         m["landing.raw_blobs_5m"]["backup_worker"] = "r"
     # The primary: replicate_worker has nothing (replicate reads it as the ingest login);
     # backup_worker has nothing else of tickstack's data on either server (pg_monitor only).

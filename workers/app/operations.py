@@ -278,7 +278,7 @@ def archive_check(ctx: Context, *, audit_landing: bool = True):
     with ctx.connect("backup") as conn:
         r = backups.check(conn, tool, stall_seconds=ctx.settings.archive_stall_seconds,
                           deadline_seconds=ctx.settings.archive_check_seconds)
-        # The backup login reads the registry for it (sql/025), nothing else of the data.
+        # The backup login reads the registry for it (sql/024), nothing else of the data.
         return beside(ctx, r, conn) if audit_landing else r
 
 

@@ -1,6 +1,6 @@
 -- Buckets of one market's symbol whose trade-id range overlaps [lo, hi], with that range: from
 -- the aggregate, and from the registry (which also has a bucket of flagged trades only, without
--- an aggregate row; its expressions match the index of sql/024). Binance ids grow with time, so
+-- an aggregate row; its expressions match the index of sql/023). Binance ids grow with time, so
 -- besides a flush's own buckets this is empty unless an incoming id is already stored elsewhere.
 SELECT bucket_5m, first_trade_id, last_trade_id FROM market_data.btc_ohlcv_5m
 WHERE market = %(market)s AND symbol = %(symbol)s
