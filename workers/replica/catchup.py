@@ -43,7 +43,8 @@ from workers.core.ticks import iso, to_dt, to_us
 from workers.db.bucket_locks import xact_lock
 from workers.db.load import copy_rows, mark_digests_stale
 from workers.landing.parts import read_parts
-from workers.landing.store import CorruptObject, Landing, bucket_stats, merge, object_key
+from workers.landing.rows import bucket_stats, merge
+from workers.landing.store import CorruptObject, Landing, object_key
 from workers.replica import retained
 from workers.replica.compare import DIFFERENCES, KINDS, NAMES, Comparison, compare, lag_buckets
 from workers.replica.rows import Key
@@ -234,7 +235,8 @@ def _write(replica: psycopg.Connection, got: list[Rebuild], cmp: Comparison) -> 
                  s["first_trade_id"], s["last_trade_id"])
                 for g in got if g.ohlcv and not g.keep_ohlcv for s in [g.ohlcv]]
         if bars:
-            replica.cursor().executemany(query(__package__, "put_ohlcv"), bars)
+            # The primary writers' own upsert (workers/db/sql): the same bar on both servers.
+            replica.cursor().executemany(query("workers.db", "upsert_ohlcv"), bars)
         gone = [g.key for g in got if not g.ohlcv and not g.keep_ohlcv
                 and cmp.replica.get(g.key) and cmp.replica[g.key].ohlcv]
         if gone:
