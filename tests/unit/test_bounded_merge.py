@@ -12,7 +12,7 @@ import pytest
 from workers.core.ticks import TICK_SCHEMA
 from workers.landing.bounded import merge_stream
 from workers.landing.parquet import ROW_GROUP, to_parquet
-from workers.landing.store import bucket_stats, merge
+from workers.landing.rows import bucket_stats, merge
 
 T0 = 1_554_120_000_000_000
 

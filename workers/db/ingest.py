@@ -44,11 +44,11 @@ from workers.db.bucket_locks import Locks, SessionLocks, bucket_locks, combine, 
 from workers.db.load import BucketLoad, known_buckets, load
 from workers.db.replay import ingest_landing, landing_keys, replay
 from workers.db.summary import AddedIds, Summary
+from workers.landing.rows import split_by_bucket
 from workers.landing.store import (
     BucketWrite,
     Landing,
     object_key,
-    split_by_bucket,
 )
 from workers.sources.binance_files import BadFile, Limits, RawBatch, TradeFile, open_trade_file
 from workers.sources.validate import UnitState

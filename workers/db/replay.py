@@ -20,7 +20,8 @@ from workers.core.ticks import MARKETS, iso, printable
 from workers.db.bucket_locks import xact_lock
 from workers.db.load import BucketLoad, known_buckets, load
 from workers.db.summary import Summary
-from workers.landing.store import RAW, Landing, bucket_of_key, bucket_stats, object_key
+from workers.landing.rows import bucket_stats
+from workers.landing.store import RAW, Landing, bucket_of_key, object_key
 
 log = logs.get("ingest")
 KEY_LAYOUT = "raw/<market>/<SYMBOL>/<YYYY-MM-DD>/<HHMM>.parquet"

@@ -18,7 +18,8 @@ from workers.db.bucket_locks import xact_lock
 from workers.db.load import BucketLoad, advance_offset, buckets_of, load, mark_digests_stale
 from workers.db.load import insert_ticks as load_ticks
 from workers.landing.parts import list_parts, read_parts
-from workers.landing.store import Landing, bucket_stats
+from workers.landing.rows import bucket_stats
+from workers.landing.store import Landing
 
 log = logs.get("stream")
 DEFAULT_SOURCE = "stream:binance"  # the stream_source setting's default

@@ -1,11 +1,11 @@
 """Merging incoming rows into a large bucket object with memory bounded by the incoming rows.
 
-`store.merge` holds the whole bucket several times over (existing + incoming, sorted, taken);
+`rows.merge` holds the whole bucket several times over (existing + incoming, sorted, taken);
 for one dense bucket (600k trades in five minutes) that made the ingest's memory grow with the
 bucket. Here the existing object (sorted by trade id, as every writer stores it) is read one row
 group at a time and merged with the incoming rows (sorted by trade id) as a merge-join, the
 result streamed into the same bytes `to_parquet` would give, and the registry's statistics
-accumulated on the way. Same outcome row for row as `store.merge`: what is there first wins;
+accumulated on the way. Same outcome row for row as `rows.merge`: what is there first wins;
 an incoming row is new, a duplicate (of the object or of an earlier incoming row), or a
 conflict (same id, other values).
 """
@@ -27,7 +27,7 @@ CONFLICT = "conflicting duplicate trade id (same id, different values)"
 
 
 class Stats:
-    """`store.bucket_stats` over rows given a piece at a time (the same values)."""
+    """`rows.bucket_stats` over rows given a piece at a time (the same values)."""
 
     def __init__(self) -> None:
         self.n = 0
@@ -91,7 +91,7 @@ def _plus(a, b):
 
 class Streamed:
     """What a streamed merge did: the object's bytes and rows, the statistics of its content,
-    and the incoming rows' fate (as store.Merge: new_rows, duplicates, conflicts)."""
+    and the incoming rows' fate (as rows.Merge: new_rows, duplicates, conflicts)."""
 
     def __init__(self, data: bytes, rows: int, stats: dict, new_rows: pa.Table, duplicates: int,
                  conflicts: list[tuple[int, str]], existing_duplicate_ids: np.ndarray):
@@ -143,7 +143,7 @@ def merge_stream(existing: bytes, incoming: pa.Table) -> Streamed | None:
     dup = ~add & same
     of_existing = sid[found & same]
     conflicts = [(int(order[i]), CONFLICT) for i in np.flatnonzero(~add & ~same)]
-    new_rows = inc.take(pa.array(np.sort(order[add])))  # in arrival order, as store.merge
+    new_rows = inc.take(pa.array(np.sort(order[add])))  # in arrival order, as rows.merge
     data = out.close()
     return Streamed(data, out.rows, stats.result(), new_rows, int(dup.sum()), conflicts,
                     of_existing.astype(np.int64))
