@@ -145,9 +145,14 @@ def test_check_against_a_replica_that_stops_answering_fails_instead_of_hanging(
                              cwd=REPO, env=frozen, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         t0 = time.monotonic()
-        while px.accepted < 1 and time.monotonic() - t0 < 30:
-            time.sleep(0.01)
-        time.sleep(0.05)
+        # Freeze once its session is established (authenticated, in pg_stat_activity): a
+        # freeze during the TLS handshake would test the connect timeout instead.
+        with replica.db.connect() as c:
+            while not c.execute("SELECT 1 FROM pg_stat_activity WHERE usename = "
+                                "'replicate_worker' AND datname = current_database()"
+                                ).fetchone():
+                assert time.monotonic() - t0 < 30 and p.poll() is None, "no session came"
+                time.sleep(0.01)
         px.set("freeze")  # connected; from now on nothing passes either way
         try:
             out, err = p.communicate(timeout=120)
