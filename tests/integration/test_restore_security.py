@@ -108,6 +108,7 @@ def test_restore_to_before_an_upgrade_never_accepts_a_plaintext_login(env):
     ok(env, "migrate")
     old_release_config(env)
     ok(env, "backup", "--type", "full")  # the old files are in this backup set
+    time.sleep(1.1)  # the backup's finish time is in whole seconds: the target comes after it
     with admin(env) as c:
         c.execute("CREATE TABLE public.marker (at timestamptz)")
         c.execute("INSERT INTO public.marker VALUES (clock_timestamp())")
