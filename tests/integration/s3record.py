@@ -62,11 +62,24 @@ class Recording:
 
     def calls(self, identities: dict[str, str]) -> list[S3Call]:
         """Every recorded request as calls; `identities`: access key id -> identity."""
-        out: list[S3Call] = []
-        for line in self.text.splitlines():
-            if line.strip():
-                out += classify(json.loads(line), identities)
-        return out
+        return [c for entry in entries(self.text) for c in classify(entry, identities)]
+
+
+def entries(text: str) -> list[dict]:
+    """The recording's requests. moto appends each as `json.dumps(entry)` then "\n" in two
+    writes, without a lock: under concurrent requests two entries can share a line (a large
+    body goes out in its own write, the newlines follow later). So entries are read one JSON
+    value after another, whatever whitespace separates them; text that is not JSON still fails."""
+    dec = json.JSONDecoder()
+    out: list[dict] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            return out
+        entry, i = dec.raw_decode(text, i)
+        out.append(entry)
 
 
 def _body(entry: dict) -> str:
