@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: up test bench down clean install install-system install-python lint status env
+.PHONY: up test bench down clean install install-system install-python lint status env docs
 
 # The real Binance day: ../shared/data's copy where it exists (the project's machines, CI), else
 # the same day fetched from Binance's public archive into the download cache (a user's clone).
@@ -45,6 +45,11 @@ status: install-python
 
 env: install-python
 	@$(PY) -m infra.local env
+
+# The generated references (docs/reference/settings.md from Settings and the stack config);
+# tests/unit/test_docs.py fails when the committed page differs.
+docs: install-python
+	$(PY) -m infra.offline.reference
 
 # ruff, hadolint, actionlint and the policy pack's tests (scripts/lint.sh).
 lint: install-python

@@ -44,17 +44,28 @@ class Settings(BaseSettings):
         SecretStr(""), description="Dual-write replica connection string; empty = no replica."
     )
     # Least-privilege logins the workers use (empty: fall back to the primary DSN).
-    ingest_dsn: SecretStr = SecretStr("")
-    embed_dsn: SecretStr = SecretStr("")
-    retention_dsn: SecretStr = SecretStr("")
-    reader_dsn: SecretStr = SecretStr("")
-    replicate_dsn: SecretStr = SecretStr("")
-    backup_dsn: SecretStr = SecretStr("")
+    ingest_dsn: SecretStr = Field(SecretStr(""), description="The ingest login on the primary "
+                                  "(empty: the primary DSN).")
+    embed_dsn: SecretStr = Field(SecretStr(""), description="The embed login on the primary "
+                                 "(empty: the primary DSN).")
+    retention_dsn: SecretStr = Field(SecretStr(""),
+                                     description="The retention login on the primary "
+                                     "(empty: the primary DSN).")
+    reader_dsn: SecretStr = Field(SecretStr(""), description="The read-only login, `similar` "
+                                  "(empty: the primary DSN).")
+    replicate_dsn: SecretStr = Field(SecretStr(""), description="The replicate login on the "
+                                     "primary (empty: the primary DSN).")
+    backup_dsn: SecretStr = Field(SecretStr(""), description="The backup login on the primary "
+                                  "(pg_monitor, `backup --check`; empty: the primary DSN).")
     # The same logins on the replica (empty: the replica DSN itself): the dual-write and
     # replicate connect there as their own login, as in the cloud.
-    replica_ingest_dsn: SecretStr = SecretStr("")
-    replica_replicate_dsn: SecretStr = SecretStr("")
-    replica_retention_dsn: SecretStr = SecretStr("")
+    replica_ingest_dsn: SecretStr = Field(SecretStr(""), description="The ingest login on the "
+                                          "replica, the dual-write (empty: the replica DSN).")
+    replica_replicate_dsn: SecretStr = Field(SecretStr(""), description="The replicate login on "
+                                             "the replica (empty: the replica DSN).")
+    replica_retention_dsn: SecretStr = Field(SecretStr(""),
+                                             description="The retention login on the "
+                                             "replica (empty: the replica DSN).")
     worker_logins_file: str | None = Field(
         None,
         description="JSON file {group_role: {user, password}} of worker logins that `migrate` "
@@ -63,9 +74,11 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         None, description="S3 endpoint (moto locally); unset = AWS's own endpoints."
     )
-    aws_region: str = "us-east-1"
-    landing_bucket: str = "tickstack-landing"
-    backup_bucket: str = "tickstack-backup"
+    aws_region: str = Field("us-east-1", description="AWS region of the buckets.")
+    landing_bucket: str = Field("tickstack-landing", description="The landing bucket: one "
+                                "Parquet object per 5-minute bucket, the source of truth.")
+    backup_bucket: str = Field("tickstack-backup",
+                               description="pgBackRest's repository bucket (WAL and backups).")
     pgbackrest_config: str | None = Field(
         None, description="pgbackrest.conf path (rendered by infra/configs.py): backups and "
         "checks, through pgBackRest's TLS server on the database host."
@@ -73,7 +86,7 @@ class Settings(BaseSettings):
     pgbackrest_pg_config: str | None = Field(
         None, description="The database host's pgbackrest.conf, for `restore` (it runs where "
         "the data directory is); default: TICKSTACK_PGBACKREST_CONFIG.")
-    stanza: str = "tickstack"
+    stanza: str = Field("tickstack", description="pgBackRest stanza of the primary.")
     pgbackrest_os_user: str | None = Field(
         None, description="Run pgBackRest and pg_ctl as this OS user when running as root "
         "(they must act as the database's owner; `postgres` locally).")
@@ -125,8 +138,10 @@ class Settings(BaseSettings):
     stream_grace_seconds: float = Field(
         10.0, ge=0, description="A bucket's landing object is compacted from its parts once "
         "trades this far past the bucket's end arrive.")
-    stream_backoff_initial_seconds: float = Field(0.5, gt=0)
-    stream_backoff_max_seconds: float = Field(30.0, gt=0)
+    stream_backoff_initial_seconds: float = Field(
+        0.5, gt=0, description="First wait before reconnecting (doubling, jittered).")
+    stream_backoff_max_seconds: float = Field(
+        30.0, gt=0, description="Longest wait between reconnects.")
     stream_max_message_bytes: int = Field(
         65_536, ge=1024, description="Larger messages are quarantined unparsed (a trade "
         "message is ~200 bytes); frames above 16 MiB close the connection.")
@@ -162,7 +177,8 @@ class Settings(BaseSettings):
         "$XDG_CACHE_HOME/tickstack/binance, else ~/.cache/tickstack/binance; kept by "
         "`make clean`).")
     archive_parallel: int = Field(4, ge=1, le=32, description="Downloads at once.")
-    archive_connect_timeout_seconds: float = Field(10.0, gt=0)
+    archive_connect_timeout_seconds: float = Field(
+        10.0, gt=0, description="Connect timeout of one request to the archive.")
     archive_read_timeout_seconds: float = Field(
         30.0, gt=0, description="No byte for this long: the download is stalled (retried, "
         "resuming where it stopped).")
@@ -196,8 +212,11 @@ class Settings(BaseSettings):
         "reaches a named crash point (see workers/crashpoint.py).")
     report_dir: str = Field(
         ".tickstack/report", description="Where `workers up` writes its HTML report and figures.")
-    log_format: Literal["json", "console", "auto"] = "auto"
-    log_level: str = "info"
+    log_format: Literal["json", "console", "auto"] = Field(
+        "auto", description="Log lines as JSON, for a console, or `auto`: console on a "
+        "terminal, JSON otherwise.")
+    log_level: str = Field("info", description="Lowest level logged (debug, info, warning, "
+                           "error).")
 
     def dsn_for(self, worker: Literal["ingest", "embed", "retention", "reader", "replicate",
                                       "backup"]) -> str:
