@@ -26,6 +26,8 @@ MASKS = [
     (re.compile(r"\b\d+(\.\d+)? MB\b"), "<n> MB"),
     (re.compile(r"\b\d+ WAL archived"), "<n> WAL archived"),
     (re.compile(r"replica dual-write batches: [^;|]*"), "replica dual-write batches: <n>"),
+    # The version table's, written nowhere else (tests/unit/test_versions.py): X.YY.Z in the README.
+    (re.compile(r"TimescaleDB (\d+\.\d+\.\d+|X\.YY\.Z) \("), "TimescaleDB <version> ("),
 ]
 
 

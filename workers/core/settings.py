@@ -209,7 +209,7 @@ class Settings(BaseSettings):
         "other redirects across hosts are refused. `fetch --allow-redirect-host` adds to it.")
     crash_at: str = Field(
         "", description="TESTS ONLY: `point:N` kills the process with SIGKILL the Nth time it "
-        "reaches a named crash point (see workers/crashpoint.py).")
+        "reaches a named crash point (see workers/core/crashpoint.py).")
     report_dir: str = Field(
         ".tickstack/report", description="Where `workers up` writes its HTML report and figures.")
     log_format: Literal["json", "console", "auto"] = Field(
