@@ -302,3 +302,28 @@ def test_every_doc_page_the_code_names_exists():
                 bad.append(f"{f}: {page}")
     assert not bad, "code names docs pages that do not exist:\n" + "\n".join(bad)
 
+
+
+def test_the_generator_walks_nested_groups_and_aliases():
+    """Settings regrouped into sub-models (flat env names kept by aliases, or a nested
+    delimiter) still give one row per environment variable."""
+    from pydantic import AliasChoices, BaseModel, Field
+
+    from infra.offline.reference import settings_rows, stack_rows
+
+    class Archive(BaseModel):
+        parallel: int = Field(4, ge=1, description="Downloads at once.")
+        cache: str = Field("x", validation_alias=AliasChoices("tickstack_archive_cache_dir"))
+
+    class Grouped(BaseModel):
+        archive: Archive = Archive()
+        log_level: str = "info"
+
+    rows = {r[0]: r for r in settings_rows(Grouped, "TICKSTACK_", None)}
+    assert set(rows) == {"TICKSTACK_ARCHIVE_PARALLEL", "TICKSTACK_ARCHIVE_CACHE_DIR",
+                         "TICKSTACK_LOG_LEVEL"}
+    assert rows["TICKSTACK_ARCHIVE_PARALLEL"][1:] == ("int, ≥ 1", "`4`", "Downloads at once.")
+    nested = {r[0] for r in settings_rows(Grouped, "TICKSTACK_", "__")}
+    assert "TICKSTACK_ARCHIVE__PARALLEL" in nested
+    assert [r[0] for r in stack_rows(Grouped)] == ["archive", "archive.parallel",
+                                                   "archive.cache", "log_level"]
