@@ -17,8 +17,8 @@ from infra.components import access as acc
 from infra.components import grants
 from infra.components.access import Access, AccessArgs
 from infra.components.cluster import Cluster, ClusterArgs
-from infra.components.database import Primary, PrimaryArgs
 from infra.components.network import NetworkArgs, NetworkPolicies
+from infra.components.primary import Primary, PrimaryArgs
 from infra.components.replica import MASTER_USER, Replica, ReplicaArgs
 from infra.components.replica import PORT as REPLICA_PORT
 from infra.components.storage import Storage, StorageArgs
