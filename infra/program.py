@@ -11,7 +11,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
-from infra import configs
+from infra import configs, worker_settings
 from infra import stack_config as sc
 from infra.components import access as acc
 from infra.components import grants
@@ -121,7 +121,7 @@ def workers(cfg: sc.StackConfig, region: str, ns: pulumi.Input[str], image: pulu
     """The workers: migrations Job, ingest Deployment, CronJobs (their env from the one
     renderer)."""
     worker_env = pulumi.Output.all(storage.landing_bucket, storage.backup_bucket).apply(
-        lambda b: configs.worker_env(configs.WorkerEnv(
+        lambda b: worker_settings.worker_env(worker_settings.WorkerEnv(
             landing_bucket=b[0], backup_bucket=b[1], aws_region=region,
             log_format=cfg.log_format)))
     return Workers("workers", WorkersArgs(

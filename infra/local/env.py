@@ -30,7 +30,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra import configs, versions
+from infra import configs, versions, worker_settings
 from infra.local.interrupted import undo_interrupted_restore
 from infra.local.postgres import DATABASE, PG_BIN, Cluster, install_problems
 from infra.local.procs import (
@@ -456,7 +456,7 @@ class LocalEnv:
 
         `database`, `landing_bucket` and `replica=False` point the same settings at another
         database / bucket of this environment (tests and benchmarks use their own)."""
-        env = configs.worker_env(configs.WorkerEnv(
+        env = worker_settings.worker_env(worker_settings.WorkerEnv(
             landing_bucket=landing_bucket or self.landing_bucket,
             backup_bucket=self.backup_bucket, aws_region=REGION,
             s3_endpoint_url=self.moto.endpoint, log_format="console",
@@ -495,7 +495,7 @@ class LocalEnv:
 
     def write_worker_logins(self) -> Path:
         p = self.state / "worker-logins.json"
-        _write_private(p, configs.worker_logins_json(self.secrets))
+        _write_private(p, worker_settings.worker_logins_json(self.secrets))
         return p
 
 
