@@ -8,7 +8,7 @@ import pytest
 
 from infra import configs, worker_settings
 from infra.components import database, replica, workers
-from infra.offline.mocking import unwrap
+from infra.offline.graph import unwrap
 from tests.unit.pulumi_stacks import (
     STACKS,
     config,
