@@ -252,6 +252,7 @@ def init_containers(image: str, resources: Resources, restore: Restore | None,
 
 
 def pod_annotations(restore: Restore | None, config_hash: pulumi.Input[str]) -> dict:
+    """The pod's annotations: its configuration's hash, and a restore's target."""
     out = {"tickstack.io/config-sha256": config_hash}
     if restore is not None:
         out["tickstack.io/restore-target"] = restore.target_iso
