@@ -2,16 +2,15 @@
 
 The Pulumi program puts these texts into ConfigMaps/Secrets; the local environment writes them
 to disk. Both call the functions below with their own inputs, so a setting changed here changes
-in both places. Pure functions: no I/O, no Pulumi, no environment reads.
+in both places. Pure functions: no I/O, no Pulumi, no environment reads. What each worker is
+handed (its settings and login DSNs) is built from the logins named here by
+infra/worker_settings.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
-
-T = TypeVar("T")
+from typing import Literal
 
 STANZA = "tickstack"
 DATABASE = "tickstack"
@@ -138,6 +137,15 @@ def pgbackrest_conf(
         raise ValueError(f"block incremental backups need pgBackRest "
                          f"{'.'.join(map(str, BLOCK_INCREMENTAL_SINCE))} or newer, not "
                          f"{pgbackrest_version}")
+    glob = _repo_options(repo, paths, process_max, block_incremental)
+    if server is not None:
+        glob.update(_tls_server_options(server, stanza))
+    return _ini({"global": glob, stanza: _stanza_options(pg, remote)})
+
+
+def _repo_options(repo: BackupRepo, paths: PgBackRestPaths, process_max: int,
+                  block_incremental: bool) -> dict[str, str]:
+    """pgbackrest.conf's [global]: the repository, compression, logs and paths."""
     glob = {
         "repo1-type": "s3",
         "repo1-path": repo.path,
@@ -168,17 +176,25 @@ def pgbackrest_conf(
         glob["repo1-storage-port"] = str(repo.port)
     if repo.kms_key_id:
         glob["repo1-s3-kms-key-id"] = repo.kms_key_id
-    if server is not None:
-        glob.update({
-            "tls-server-address": server.address,
-            "tls-server-port": str(server.port),
-            "tls-server-cert-file": server.tls.cert,
-            "tls-server-key-file": server.tls.key,
-            "tls-server-ca-file": server.tls.ca,
-            # Only the backup workers' certificate, and only for this stanza.
-            "tls-server-auth": f"{server.client_cn}={stanza}",
-        })
-    stanza_opts = {}
+    return glob
+
+
+def _tls_server_options(server: PgBackRestServer, stanza: str) -> dict[str, str]:
+    """The database host's TLS server, serving the backup workers' certificate only."""
+    return {
+        "tls-server-address": server.address,
+        "tls-server-port": str(server.port),
+        "tls-server-cert-file": server.tls.cert,
+        "tls-server-key-file": server.tls.key,
+        "tls-server-ca-file": server.tls.ca,
+        # Only the backup workers' certificate, and only for this stanza.
+        "tls-server-auth": f"{server.client_cn}={stanza}",
+    }
+
+
+def _stanza_options(pg: PrimaryPg, remote: PgBackRestRemote | None) -> dict[str, str]:
+    """The stanza's section: the database (through the TLS server, from a backup worker)."""
+    stanza_opts: dict[str, str] = {}
     if remote is not None:
         stanza_opts.update({
             "pg1-host": remote.host,
@@ -194,7 +210,7 @@ def pgbackrest_conf(
         "pg1-socket-path": pg.socket_dir,
         "pg1-user": pg.user,
     })
-    return _ini({"global": glob, stanza: stanza_opts})
+    return stanza_opts
 
 
 def archive_command(config_path: str, stanza: str = STANZA) -> str:
@@ -348,32 +364,6 @@ def postgres_conf_text(settings: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --- worker settings -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WorkerEnv:
-    landing_bucket: str
-    backup_bucket: str
-    aws_region: str
-    s3_endpoint_url: str | None = None
-    log_format: Literal["json", "console"] = "json"
-
-
-def worker_env(w: WorkerEnv) -> dict[str, str]:
-    """Non-secret TICKSTACK_* settings every worker gets (DSNs are secrets, handed separately)."""
-    env = {
-        "TICKSTACK_LANDING_BUCKET": w.landing_bucket,
-        "TICKSTACK_BACKUP_BUCKET": w.backup_bucket,
-        "TICKSTACK_AWS_REGION": w.aws_region,
-        "TICKSTACK_LOG_FORMAT": w.log_format,
-        "AWS_DEFAULT_REGION": w.aws_region,
-    }
-    if w.s3_endpoint_url:
-        env["TICKSTACK_S3_ENDPOINT_URL"] = w.s3_endpoint_url
-    return env
-
-
 # --- helpers ---------------------------------------------------------------------------------
 
 
@@ -424,46 +414,3 @@ def dsn_env_key(group: str, server: Server = "primary") -> str:
 def admin_env_key(server: Server) -> str:
     """The setting of a server's admin DSN (migrations): TICKSTACK_PRIMARY_DSN / _REPLICA_DSN."""
     return f"TICKSTACK_{server.upper()}_DSN"
-
-
-def workload_dsn_env(primary: str | None, replica: str | None,
-                     dsn: Callable[[Server, str | None], T]) -> dict[str, T]:
-    """The DSN settings one workload gets, for both environments: `primary`/`replica` are the
-    group role it connects as on each server ("admin": the server's admin; None: not at all),
-    `dsn(server, group)` the DSN of that login (group None: the admin).
-
-    A workload's own login is also its server's default DSN (TICKSTACK_PRIMARY_DSN /
-    TICKSTACK_REPLICA_DSN), so a command that falls back to the default uses it too.
-    """
-    out: dict[str, T] = {}
-    for server, group in (("primary", primary), ("replica", replica)):
-        if group is None:
-            continue
-        value = dsn(server, None if group == "admin" else group)
-        out[admin_env_key(server)] = value
-        if group != "admin":
-            out[dsn_env_key(group, server)] = value
-    return out
-
-
-def postgres_dsn(*, user: str, password: str | None, host: str, port: int = 5432,
-                 database: str = DATABASE, sslmode: str = SSLMODE,
-                 sslrootcert: str | None = None) -> str:
-    """A libpq URI; user and password are percent-encoded. Without a password, libpq finds it
-    in its password file (the local environment). `verify-full` needs the CA (`sslrootcert`)."""
-    from urllib.parse import quote
-
-    if sslmode == "verify-full" and not sslrootcert:
-        raise ValueError("sslmode=verify-full needs sslrootcert (the CA of the server)")
-    auth = quote(user, safe="") + ("" if password is None else ":" + quote(password, safe=""))
-    query = f"sslmode={sslmode}" + (f"&sslrootcert={quote(sslrootcert)}" if sslrootcert
-                                    else "")
-    return f"postgresql://{auth}@{host}:{port}/{quote(database, safe='')}?{query}"
-
-
-def worker_logins_json(passwords: dict[str, str]) -> str:
-    """What TICKSTACK_WORKER_LOGINS_FILE holds: {group: {user, password}} (login user -> pw)."""
-    import json
-
-    return json.dumps({g: {"user": u, "password": passwords[u]}
-                       for g, u in WORKER_LOGINS.items()}, indent=1, sort_keys=True)

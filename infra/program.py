@@ -11,14 +11,14 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
-from infra import configs
+from infra import configs, worker_settings
 from infra import stack_config as sc
 from infra.components import access as acc
 from infra.components import grants
 from infra.components.access import Access, AccessArgs
 from infra.components.cluster import Cluster, ClusterArgs
-from infra.components.database import Primary, PrimaryArgs
 from infra.components.network import NetworkArgs, NetworkPolicies
+from infra.components.primary import Primary, PrimaryArgs
 from infra.components.replica import MASTER_USER, Replica, ReplicaArgs
 from infra.components.replica import PORT as REPLICA_PORT
 from infra.components.storage import Storage, StorageArgs
@@ -55,56 +55,10 @@ def build(cfg: sc.StackConfig, region: str,
     network = NetworkPolicies("network", NetworkArgs(
         namespace=ns, vpc_cidr=cluster.vpc_cidr, stream_port=cfg.stream_port,
     ), opts=on_cluster)
-    primary = Primary("primary", PrimaryArgs(
-        namespace=ns, service_account=access.service_accounts[acc.DB_SA],
-        image=cfg.primary_image, storage_size=cfg.primary_storage_size,
-        storage_class=cfg.primary_storage_class, resources=cfg.primary_resources,
-        tuning=configs.PgTuning(shared_buffers=cfg.primary_shared_buffers,
-                                max_connections=cfg.primary_max_connections),
-        backup_bucket=storage.backup_bucket, region=region, kms_key_arn=storage.kms_key_arn,
-        retention_full=cfg.backup_retention_full, retention_diff=cfg.backup_retention_diff,
-        max_unavailable=cfg.primary_max_unavailable,
-        startup_seconds=cfg.primary_startup_seconds, restore=cfg.restore,
-        pgbackrest_resources=cfg.pgbackrest_resources, protect=cfg.protect_data,
-        await_margin_seconds=cfg.await_margin_seconds,
-    ), opts=on_cluster)
-    replica = Replica("replica", ReplicaArgs(
-        vpc_id=cluster.vpc_id, subnet_ids=cluster.private_subnet_ids,
-        source_security_group_ids=[cluster.cluster_security_group_id,
-                                   *cfg.replica_source_security_group_ids],
-        kms_key_arn=storage.kms_key_arn, instance_class=cfg.replica_instance_class,
-        engine_version=cfg.replica_engine_version,
-        allocated_storage_gb=cfg.replica_allocated_storage_gb,
-        max_allocated_storage_gb=cfg.replica_max_allocated_storage_gb,
-        multi_az=cfg.replica_multi_az, backup_retention_days=cfg.replica_backup_retention_days,
-        deletion_protection=cfg.deletion_protection,
-        skip_final_snapshot=cfg.replica_skip_final_snapshot, protect=cfg.protect_data,
-        final_snapshot_name=f"tickstack-{stack}-replica-final",
-    ))
+    primary = primary_database(cfg, region, ns, access, storage, on_cluster)
+    replica = replica_database(cfg, stack, cluster, storage)
     image = worker_image(storage, cfg)
-    worker_env = pulumi.Output.all(storage.landing_bucket, storage.backup_bucket).apply(
-        lambda b: configs.worker_env(configs.WorkerEnv(
-            landing_bucket=b[0], backup_bucket=b[1], aws_region=region,
-            log_format=cfg.log_format)))
-    Workers("workers", WorkersArgs(
-        namespace=ns, image=image, worker_env=worker_env,
-        primary_host=primary.host, primary_password=primary.superuser_password,
-        replica_host=replica.address, replica_port=REPLICA_PORT,
-        replica_master_user=MASTER_USER, replica_master_password=replica.master_password,
-        schedules=cfg.schedules, job_deadlines=cfg.job_deadlines, stream_url=cfg.stream_url,
-        stream_symbol=cfg.stream_symbol,
-        stream_market=cfg.stream_market,
-        ingest_grace_period_seconds=cfg.ingest_grace_period_seconds,
-        ingest_resources=cfg.ingest_resources, job_resources=cfg.job_resources,
-        ca_config_map=primary.ca_config_map,
-        pgbackrest_client_config_map=primary.client_config_map,
-        pgbackrest_client_tls_secret=primary.client_tls_secret,
-        migrate_timeout_seconds=cfg.migrate_timeout_seconds,
-        restore_timeout_seconds=cfg.restore_timeout_seconds,
-        await_margin_seconds=cfg.await_margin_seconds,
-        restore_target=cfg.restore.target_iso if cfg.restore else None,
-        depends_on=[primary.statefulset, replica.instance, network],
-    ), opts=on_cluster)
+    workers(cfg, region, ns, image, storage, primary, replica, network, on_cluster)
 
     return {
         "landingBucket": storage.landing_bucket,
@@ -123,6 +77,72 @@ def build(cfg: sc.StackConfig, region: str,
         "restoreTarget": pulumi.Output.from_input(
             cfg.restore.target_iso if cfg.restore else ""),
     }
+
+
+def primary_database(cfg: sc.StackConfig, region: str, ns: pulumi.Input[str], access: Access,
+                     storage: Storage, on_cluster: pulumi.ResourceOptions) -> Primary:
+    """The primary: one-pod StatefulSet, its configuration, certificates and backups."""
+    return Primary("primary", PrimaryArgs(
+        namespace=ns, service_account=access.service_accounts[acc.DB_SA],
+        image=cfg.primary_image, storage_size=cfg.primary_storage_size,
+        storage_class=cfg.primary_storage_class, resources=cfg.primary_resources,
+        tuning=configs.PgTuning(shared_buffers=cfg.primary_shared_buffers,
+                                max_connections=cfg.primary_max_connections),
+        backup_bucket=storage.backup_bucket, region=region, kms_key_arn=storage.kms_key_arn,
+        retention_full=cfg.backup_retention_full, retention_diff=cfg.backup_retention_diff,
+        max_unavailable=cfg.primary_max_unavailable,
+        startup_seconds=cfg.primary_startup_seconds, restore=cfg.restore,
+        pgbackrest_resources=cfg.pgbackrest_resources, protect=cfg.protect_data,
+        await_margin_seconds=cfg.await_margin_seconds,
+    ), opts=on_cluster)
+
+
+def replica_database(cfg: sc.StackConfig, stack: str, cluster: Cluster,
+                     storage: Storage) -> Replica:
+    """The dual-write replica (RDS), reachable from the cluster's pods."""
+    return Replica("replica", ReplicaArgs(
+        vpc_id=cluster.vpc_id, subnet_ids=cluster.private_subnet_ids,
+        source_security_group_ids=[cluster.cluster_security_group_id,
+                                   *cfg.replica_source_security_group_ids],
+        kms_key_arn=storage.kms_key_arn, instance_class=cfg.replica_instance_class,
+        engine_version=cfg.replica_engine_version,
+        allocated_storage_gb=cfg.replica_allocated_storage_gb,
+        max_allocated_storage_gb=cfg.replica_max_allocated_storage_gb,
+        multi_az=cfg.replica_multi_az, backup_retention_days=cfg.replica_backup_retention_days,
+        deletion_protection=cfg.deletion_protection,
+        skip_final_snapshot=cfg.replica_skip_final_snapshot, protect=cfg.protect_data,
+        final_snapshot_name=f"tickstack-{stack}-replica-final",
+    ))
+
+
+def workers(cfg: sc.StackConfig, region: str, ns: pulumi.Input[str], image: pulumi.Output[str],
+            storage: Storage, primary: Primary, replica: Replica,
+            network: NetworkPolicies, on_cluster: pulumi.ResourceOptions) -> Workers:
+    """The workers: migrations Job, ingest Deployment, CronJobs (their env from the one
+    renderer)."""
+    worker_env = pulumi.Output.all(storage.landing_bucket, storage.backup_bucket).apply(
+        lambda b: worker_settings.worker_env(worker_settings.WorkerEnv(
+            landing_bucket=b[0], backup_bucket=b[1], aws_region=region,
+            log_format=cfg.log_format)))
+    return Workers("workers", WorkersArgs(
+        namespace=ns, image=image, worker_env=worker_env,
+        primary_host=primary.host, primary_password=primary.superuser_password,
+        replica_host=replica.address, replica_port=REPLICA_PORT,
+        replica_master_user=MASTER_USER, replica_master_password=replica.master_password,
+        schedules=cfg.schedules, job_deadlines=cfg.job_deadlines, stream_url=cfg.stream_url,
+        stream_symbol=cfg.stream_symbol,
+        stream_market=cfg.stream_market,
+        ingest_grace_period_seconds=cfg.ingest_grace_period_seconds,
+        ingest_resources=cfg.ingest_resources, job_resources=cfg.job_resources,
+        ca_config_map=primary.ca_config_map,
+        pgbackrest_client_config_map=primary.client_config_map,
+        pgbackrest_client_tls_secret=primary.client_tls_secret,
+        migrate_timeout_seconds=cfg.migrate_timeout_seconds,
+        restore_timeout_seconds=cfg.restore_timeout_seconds,
+        await_margin_seconds=cfg.await_margin_seconds,
+        restore_target=cfg.restore.target_iso if cfg.restore else None,
+        depends_on=[primary.statefulset, replica.instance, network],
+    ), opts=on_cluster)
 
 
 def worker_image(storage: Storage, cfg: sc.StackConfig) -> pulumi.Output[str]:

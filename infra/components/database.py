@@ -30,6 +30,10 @@ Disaster recovery: with `restore` set, an init container restores the data direc
 backup bucket to the target time before Postgres starts (only when the volume is empty: it
 never restores over an existing database), and Postgres replays WAL up to the target and
 promotes.
+
+This module is the pure part: names, paths, the rendered files, the restore command and the
+pod's containers. The Pulumi component that declares the resources is primary.py, its
+certificates primary_tls.py.
 """
 
 from __future__ import annotations
@@ -38,9 +42,6 @@ import hashlib
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_kubernetes as k8s
-import pulumi_random as random
-import pulumi_tls as tls
 
 from infra import configs
 from infra.components import k8s as kx
@@ -80,11 +81,6 @@ CLIENT_TLS = configs.TlsFiles(cert=f"{CLIENT_TLS_DIR}/tls.crt", key=f"{CLIENT_TL
                               ca=f"{CLIENT_TLS_DIR}/ca.crt")
 CLIENT_PATHS = configs.PgBackRestPaths(log="/tmp/pgbackrest/log", lock="/tmp/pgbackrest/lock",
                                        spool="/tmp/pgbackrest/spool")
-# Server certificate validity; `pulumi up` re-issues it within the renewal window (every
-# deploy runs `up`), and the pod rolls (the certificate's hash is a pod annotation).
-CERT_VALIDITY_HOURS = 365 * 24
-CERT_RENEW_HOURS = 60 * 24
-CA_VALIDITY_HOURS = 10 * 365 * 24
 
 
 def service_host(namespace: str) -> str:
@@ -161,316 +157,109 @@ RESTORE_SCRIPT = (
     'echo "tickstack restore: pgbackrest $*"; pgbackrest "$@"; '
     + configs.strip_security_settings_sh('"$PGDATA/postgresql.auto.conf"')
 )
-@dataclass(frozen=True)
-class PrimaryArgs:
-    namespace: pulumi.Input[str]
-    service_account: pulumi.Input[str]
-    image: str
-    storage_size: str
-    storage_class: str | None
-    resources: Resources
-    tuning: configs.PgTuning
-    backup_bucket: pulumi.Input[str]
-    region: str
-    kms_key_arn: pulumi.Input[str]
-    retention_full: int
-    retention_diff: int
-    max_unavailable: int
-    startup_seconds: int
-    pgbackrest_resources: Resources
-    protect: bool
-    restore: Restore | None = None
-    # Pulumi waits this long beyond the start-up budget for the StatefulSet to be ready.
-    await_margin_seconds: int = 600
 
 
-class Primary(pulumi.ComponentResource):
-    """Needs a Kubernetes provider in `opts.providers`."""
+# --- the pod (pure: what the StatefulSet's template holds) -----------------------------------
 
-    host: pulumi.Output[str]
-    superuser_password: pulumi.Output[str]
-    statefulset: k8s.apps.v1.StatefulSet
-    files: pulumi.Output[dict]
-    ca_config_map: pulumi.Output[str]  # ConfigMap with ca.crt: what workers verify with
-    client_config_map: pulumi.Output[str]  # ConfigMap with the backup workers' pgbackrest.conf
-    client_tls_secret: pulumi.Output[str]  # Secret with their client certificate
-    ca_cert: pulumi.Output[str]
 
-    def __init__(self, name: str, args: PrimaryArgs,
-                 opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("tickstack:database:Primary", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        # The data and what holds it: protected (`pulumi destroy` refuses) and kept in the
-        # cluster if Pulumi ever deletes them (retainOnDelete).
-        keep = pulumi.ResourceOptions(parent=self, protect=args.protect, retain_on_delete=True)
-        ns = args.namespace
-        lbl = kx.labels("database", name=NAME)
-        sel = kx.selector("database", name=NAME)
+def volumes_and_mounts() -> tuple[list[dict], list[dict]]:
+    """The scratch volumes (emptyDir) and every mount the pod's containers share; the
+    ConfigMap and Secret volumes behind the first mounts are the component's."""
+    volumes, mounts = [], [
+        {"name": "data", "mount_path": PGDATA_MOUNT},
+        {"name": "postgres-config", "mount_path": PG_CONFIG_DIR, "read_only": True},
+        {"name": "pgbackrest-config", "mount_path": PGBACKREST_DIR, "read_only": True},
+        {"name": "tls", "mount_path": TLS_DIR, "read_only": True},
+    ]
+    for v, m in (kx.scratch("tmp", "/tmp", "1Gi"),
+                 kx.scratch("run", SOCKET_DIR, "16Mi"),
+                 kx.scratch("pgbackrest-log", CLOUD_PATHS.log, "512Mi"),
+                 kx.scratch("pgbackrest-spool", CLOUD_PATHS.spool, "4Gi"),
+                 kx.scratch("shm", "/dev/shm", "1Gi", medium="Memory")):
+        volumes.append(v)
+        mounts.append(m)
+    return volumes, mounts
 
-        password = random.RandomPassword(f"{name}-superuser-password", length=32,
-                                         special=False, opts=child)
-        self.superuser_password = password.result
-        secret = k8s.core.v1.Secret(
-            f"{name}-superuser",
-            metadata={"name": f"{NAME}-superuser", "namespace": ns, "labels": lbl},
-            type="Opaque", string_data={SUPERUSER_PASSWORD_KEY: password.result}, opts=child)
 
-        tls_objects = self._tls(name, args, lbl, child)
+def postgres_container(image: str, resources: Resources, startup_seconds: int,
+                       mounts: list[dict]) -> dict:
+    """The database container; only it reads the password (initdb on an empty volume)."""
+    pg_mounts = [*mounts, {"name": "superuser", "mount_path": SUPERUSER_DIR,
+                           "read_only": True}]
+    env = [
+        {"name": "PGDATA", "value": PGDATA},
+        {"name": "PGBACKREST_CONFIG", "value": PGBACKREST_CONF},
+        # A file, never an environment variable (inherited by every child process).
+        {"name": "POSTGRES_PASSWORD_FILE",
+         "value": f"{SUPERUSER_DIR}/{SUPERUSER_PASSWORD_KEY}"},
+    ]
+    pg_isready = ["pg_isready", "-q", "-h", SOCKET_DIR, "-p", str(PORT), "-U", SUPERUSER]
+    return {
+        "name": CONTAINER,
+        "image": image,
+        "image_pull_policy": "IfNotPresent",
+        "args": ["postgres", *configs.postgres_start_options(PG_CONFIG_DIR)],
+        "env": env,
+        "ports": [{"name": "postgres", "container_port": PORT, "protocol": "TCP"}],
+        "resources": resources.k8s(),
+        "security_context": kx.container_security_context(kx.DB_UID),
+        "volume_mounts": pg_mounts,
+        "startup_probe": {"exec": {"command": pg_isready}, "period_seconds": 10,
+                          "timeout_seconds": 5,
+                          "failure_threshold": max(6, startup_seconds // 10)},
+        "readiness_probe": {"exec": {"command": pg_isready}, "period_seconds": 10,
+                            "timeout_seconds": 5, "failure_threshold": 3},
+        "liveness_probe": {"exec": {"command": pg_isready}, "period_seconds": 20,
+                           "timeout_seconds": 5, "failure_threshold": 6},
+    }
 
-        self.files = pulumi.Output.all(args.backup_bucket, args.kms_key_arn, ns).apply(
-            lambda a: render_primary_files(
-                BackupTarget(bucket=a[0], region=args.region, kms_key_arn=a[1],
-                             retention_full=args.retention_full,
-                             retention_diff=args.retention_diff),
-                args.tuning, a[2]))
-        pg_conf = k8s.core.v1.ConfigMap(
-            f"{name}-postgres-config",
-            metadata={"name": f"{NAME}-postgres", "namespace": ns, "labels": lbl},
-            data=self.files.apply(lambda f: {k: f[k] for k in
-                                             ("postgresql.conf", "tickstack.conf", "pg_hba.conf")}),
-            opts=child)
-        br_conf = k8s.core.v1.ConfigMap(
-            f"{name}-pgbackrest-config",
-            metadata={"name": f"{NAME}-pgbackrest", "namespace": ns, "labels": lbl},
-            data=self.files.apply(lambda f: {"pgbackrest.conf": f["pgbackrest.conf"]}),
-            opts=child)
-        client_conf = k8s.core.v1.ConfigMap(
-            f"{name}-pgbackrest-client-config",
-            metadata={"name": "tickstack-pgbackrest-client", "namespace": ns,
-                      "labels": {"app.kubernetes.io/part-of": kx.PART_OF}},
-            data=self.files.apply(lambda f: {"pgbackrest.conf": f["pgbackrest-client.conf"]}),
-            opts=child)
-        self.client_config_map = kx.name_of(client_conf)
-        # A config or certificate change rolls the pod (Postgres reads them at start).
-        config_hash = pulumi.Output.all(self.files, tls_objects["server_cert"]).apply(
-            lambda a: hashlib.sha256(("\0".join(f"{k}={v}" for k, v in sorted(a[0].items()))
-                                      + "\0" + a[1]).encode()).hexdigest())
 
-        ports = [{"name": "postgres", "port": PORT, "target_port": "postgres"},
-                 {"name": "pgbackrest", "port": PGBACKREST_PORT, "target_port": "pgbackrest"}]
-        headless = k8s.core.v1.Service(
-            f"{name}-headless",
-            metadata={"name": f"{NAME}-headless", "namespace": ns, "labels": lbl},
-            spec={"cluster_ip": "None", "selector": sel, "publish_not_ready_addresses": True,
-                  "ports": ports},
-            opts=child)
-        service = k8s.core.v1.Service(
-            f"{name}-service",
-            metadata={"name": NAME, "namespace": ns, "labels": lbl},
-            spec={"type": "ClusterIP", "selector": sel, "ports": ports},
-            opts=child)
-        self.host = pulumi.Output.concat(kx.name_of(service), ".", ns, ".svc.cluster.local")
+def pgbackrest_sidecar(image: str, resources: Resources, mounts: list[dict]) -> dict:
+    """pgBackRest's TLS server: backups are taken through it (no pods/exec), with their own
+    CPU and memory, never inside the database container's limits."""
+    return {
+        "name": SIDECAR,
+        "image": image,
+        "image_pull_policy": "IfNotPresent",
+        "command": ["pgbackrest", f"--config={PGBACKREST_CONF}", "server"],
+        "env": [{"name": "PGDATA", "value": PGDATA}],
+        "ports": [{"name": "pgbackrest", "container_port": PGBACKREST_PORT,
+                   "protocol": "TCP"}],
+        "resources": resources.k8s(),
+        "security_context": kx.container_security_context(kx.DB_UID),
+        "volume_mounts": mounts,
+        "readiness_probe": {"tcp_socket": {"port": "pgbackrest"}, "period_seconds": 10},
+        "liveness_probe": {"tcp_socket": {"port": "pgbackrest"}, "period_seconds": 20,
+                           "failure_threshold": 6},
+    }
 
-        volumes, mounts = self._volumes()
-        # Only the postgres container reads the password (initdb on an empty volume).
-        pg_mounts = [*mounts, {"name": "superuser", "mount_path": SUPERUSER_DIR,
-                               "read_only": True}]
-        security = kx.container_security_context(kx.DB_UID)
-        env = [
-            {"name": "PGDATA", "value": PGDATA},
-            {"name": "PGBACKREST_CONFIG", "value": PGBACKREST_CONF},
-            # A file, never an environment variable (inherited by every child process).
-            {"name": "POSTGRES_PASSWORD_FILE",
-             "value": f"{SUPERUSER_DIR}/{SUPERUSER_PASSWORD_KEY}"},
-        ]
-        pg_isready = ["pg_isready", "-q", "-h", SOCKET_DIR, "-p", str(PORT), "-U", SUPERUSER]
-        container = {
-            "name": CONTAINER,
-            "image": args.image,
-            "image_pull_policy": "IfNotPresent",
-            "args": ["postgres", *configs.postgres_start_options(PG_CONFIG_DIR)],
-            "env": env,
-            "ports": [{"name": "postgres", "container_port": PORT, "protocol": "TCP"}],
-            "resources": args.resources.k8s(),
-            "security_context": security,
-            "volume_mounts": pg_mounts,
-            "startup_probe": {"exec": {"command": pg_isready}, "period_seconds": 10,
-                              "timeout_seconds": 5,
-                              "failure_threshold": max(6, args.startup_seconds // 10)},
-            "readiness_probe": {"exec": {"command": pg_isready}, "period_seconds": 10,
-                                "timeout_seconds": 5, "failure_threshold": 3},
-            "liveness_probe": {"exec": {"command": pg_isready}, "period_seconds": 20,
-                               "timeout_seconds": 5, "failure_threshold": 6},
-        }
-        # pgBackRest's TLS server: backups are taken through it (no pods/exec), with their own
-        # CPU and memory, never inside the database container's limits.
-        sidecar = {
-            "name": SIDECAR,
-            "image": args.image,
-            "image_pull_policy": "IfNotPresent",
-            "command": ["pgbackrest", f"--config={PGBACKREST_CONF}", "server"],
-            "env": [{"name": "PGDATA", "value": PGDATA}],
-            "ports": [{"name": "pgbackrest", "container_port": PGBACKREST_PORT,
-                       "protocol": "TCP"}],
-            "resources": args.pgbackrest_resources.k8s(),
-            "security_context": security,
-            "volume_mounts": mounts,
-            "readiness_probe": {"tcp_socket": {"port": "pgbackrest"}, "period_seconds": 10},
-            "liveness_probe": {"tcp_socket": {"port": "pgbackrest"}, "period_seconds": 20,
-                               "failure_threshold": 6},
-        }
-        init_containers = []
-        if args.restore is not None:
-            init_containers.append({
-                "name": "pgbackrest-restore",
-                "image": args.image,
-                "image_pull_policy": "IfNotPresent",
-                "command": ["sh", "-c", RESTORE_SCRIPT, "restore", *restore_args(args.restore)],
-                "env": [{"name": "PGDATA", "value": PGDATA}],
-                "resources": args.resources.k8s(),
-                "security_context": security,
-                "volume_mounts": mounts,
-            })
-        pod_annotations = {"tickstack.io/config-sha256": config_hash}
-        if args.restore is not None:
-            pod_annotations["tickstack.io/restore-target"] = args.restore.target_iso
-        storage_class = args.storage_class or self._storage_class(name, args, keep)
-        pvc_spec: dict = {"access_modes": ["ReadWriteOnce"], "storage_class_name": storage_class,
-                          "resources": {"requests": {"storage": args.storage_size}}}
-        wait = f"{args.startup_seconds + args.await_margin_seconds}s"
-        self.statefulset = k8s.apps.v1.StatefulSet(
-            f"{name}-statefulset",
-            metadata={"name": NAME, "namespace": ns, "labels": lbl},
-            spec={
-                "service_name": kx.name_of(headless),
-                "replicas": 1,
-                "selector": {"match_labels": sel},
-                "pod_management_policy": "OrderedReady",
-                "update_strategy": {"type": "RollingUpdate"},
-                # The data outlives the StatefulSet: deleting or scaling keeps the volume.
-                "persistent_volume_claim_retention_policy": {"when_deleted": "Retain",
-                                                             "when_scaled": "Retain"},
-                "template": {
-                    "metadata": {"labels": lbl, "annotations": pod_annotations},
-                    "spec": {
-                        "service_account_name": args.service_account,
-                        "automount_service_account_token": False,
-                        "enable_service_links": False,
-                        "security_context": kx.pod_security_context(kx.DB_UID),
-                        # Fast shutdown and the last WAL segment archived.
-                        "termination_grace_period_seconds": 120,
-                        "init_containers": init_containers,
-                        "containers": [container, sidecar],
-                        "volumes": [*volumes,
-                                    {"name": "postgres-config",
-                                     "config_map": {"name": kx.name_of(pg_conf)}},
-                                    {"name": "pgbackrest-config",
-                                     "config_map": {"name": kx.name_of(br_conf)}},
-                                    {"name": "tls", "secret": {
-                                        "secret_name": tls_objects["server_secret"],
-                                        "default_mode": 0o440}},
-                                    {"name": "superuser", "secret": {
-                                        "secret_name": kx.name_of(secret),
-                                        "default_mode": 0o440}}],
-                    },
-                },
-                "volume_claim_templates": [{"metadata": {"name": "data", "labels": lbl},
-                                            "spec": pvc_spec}],
-            },
-            # volumeClaimTemplates cannot change in place: a change would replace the
-            # StatefulSet. Growth goes through the claim below; anything else is an
-            # operator's job (docs/pulumi.md). Pulumi waits as long as start-up may take.
-            opts=pulumi.ResourceOptions.merge(keep, pulumi.ResourceOptions(
-                ignore_changes=["spec.volumeClaimTemplates"],
-                custom_timeouts=pulumi.CustomTimeouts(create=wait, update=wait))))
-        # A bigger primaryStorageSize grows the existing volume (the StorageClass allows
-        # expansion), as CloudNativePG resizes its PVCs; shrinking is refused by Kubernetes.
-        k8s.core.v1.PersistentVolumeClaimPatch(
-            f"{name}-data-size",
-            metadata={"name": PVC, "namespace": ns,
-                      "annotations": {"pulumi.com/patchForce": "true"}},
-            spec={"resources": {"requests": {"storage": args.storage_size}}},
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.statefulset],
-                                        retain_on_delete=True))
-        k8s.policy.v1.PodDisruptionBudget(
-            f"{name}-pdb",
-            metadata={"name": NAME, "namespace": ns, "labels": lbl},
-            spec={"max_unavailable": args.max_unavailable, "selector": {"match_labels": sel}},
-            opts=child)
-        self.register_outputs({"host": self.host, "pod": POD, "caCert": self.ca_cert})
 
-    def _storage_class(self, name: str, args: PrimaryArgs,
-                       keep: pulumi.ResourceOptions) -> pulumi.Output[str]:
-        """The primary's StorageClass: EBS gp3, encrypted, volumes kept when their claim goes
-        (Retain) and growable in place; bound where the pod is scheduled."""
-        sc = k8s.storage.v1.StorageClass(
-            f"{name}-storage-class",
-            metadata={"name": pulumi.Output.concat(args.namespace, "-primary-data"),
-                      "labels": {"app.kubernetes.io/part-of": kx.PART_OF}},
-            provisioner="ebs.csi.aws.com",
-            parameters={"type": "gp3", "encrypted": "true", "csi.storage.k8s.io/fstype": "ext4"},
-            reclaim_policy="Retain",
-            allow_volume_expansion=True,
-            volume_binding_mode="WaitForFirstConsumer",
-            opts=keep)
-        return kx.name_of(sc)
+def init_containers(image: str, resources: Resources, restore: Restore | None,
+                    mounts: list[dict]) -> list[dict]:
+    """With `restore` set: restore the (empty) data directory before Postgres starts."""
+    if restore is None:
+        return []
+    return [{
+        "name": "pgbackrest-restore",
+        "image": image,
+        "image_pull_policy": "IfNotPresent",
+        "command": ["sh", "-c", RESTORE_SCRIPT, "restore", *restore_args(restore)],
+        "env": [{"name": "PGDATA", "value": PGDATA}],
+        "resources": resources.k8s(),
+        "security_context": kx.container_security_context(kx.DB_UID),
+        "volume_mounts": mounts,
+    }]
 
-    def _tls(self, name: str, args: PrimaryArgs, lbl: dict,
-             child: pulumi.ResourceOptions) -> dict:
-        """The stack's CA, the server's certificate and the backup workers' client
-        certificate; Secrets for the keys, a ConfigMap for the CA."""
-        ns = args.namespace
-        ca_key = tls.PrivateKey(f"{name}-ca-key", algorithm="ECDSA", ecdsa_curve="P256",
-                                opts=child)
-        ca = tls.SelfSignedCert(
-            f"{name}-ca", private_key_pem=ca_key.private_key_pem, is_ca_certificate=True,
-            subject={"common_name": "tickstack primary CA", "organization": "tickstack"},
-            validity_period_hours=CA_VALIDITY_HOURS,
-            allowed_uses=["cert_signing", "crl_signing", "digital_signature"], opts=child)
-        self.ca_cert = ca.cert_pem
 
-        def leaf(key: str, cn: str, uses: list[str], dns_names=None) -> tuple:
-            k = tls.PrivateKey(f"{name}-{key}-key", algorithm="ECDSA", ecdsa_curve="P256",
-                               opts=child)
-            req = tls.CertRequest(f"{name}-{key}-csr", private_key_pem=k.private_key_pem,
-                                  subject={"common_name": cn, "organization": "tickstack"},
-                                  dns_names=dns_names, opts=child)
-            cert = tls.LocallySignedCert(
-                f"{name}-{key}-cert", cert_request_pem=req.cert_request_pem,
-                ca_private_key_pem=ca_key.private_key_pem, ca_cert_pem=ca.cert_pem,
-                validity_period_hours=CERT_VALIDITY_HOURS, early_renewal_hours=CERT_RENEW_HOURS,
-                allowed_uses=["digital_signature", "key_encipherment", *uses], opts=child)
-            return k, cert
+def pod_annotations(restore: Restore | None, config_hash: pulumi.Input[str]) -> dict:
+    """The pod's annotations: its configuration's hash, and a restore's target."""
+    out = {"tickstack.io/config-sha256": config_hash}
+    if restore is not None:
+        out["tickstack.io/restore-target"] = restore.target_iso
+    return out
 
-        server_key, server_cert = leaf(
-            "server", NAME, ["server_auth"],
-            dns_names=pulumi.Output.from_input(ns).apply(server_dns_names))
-        client_key, client_cert = leaf("pgbackrest-client", configs.PGBACKREST_CLIENT_CN,
-                                       ["client_auth"])
 
-        def tls_secret(key: str, meta_name: str, k, cert, labels: dict):
-            return k8s.core.v1.Secret(
-                f"{name}-{key}", metadata={"name": meta_name, "namespace": ns,
-                                           "labels": labels},
-                type="kubernetes.io/tls",
-                string_data={"tls.crt": cert.cert_pem,
-                             "tls.key": pulumi.Output.secret(k.private_key_pem),
-                             "ca.crt": ca.cert_pem}, opts=child)
-
-        server = tls_secret("tls", f"{NAME}-tls", server_key, server_cert, lbl)
-        client = tls_secret("pgbackrest-client-tls", "tickstack-pgbackrest-client-tls",
-                            client_key, client_cert, {"app.kubernetes.io/part-of": kx.PART_OF})
-        self.client_tls_secret = kx.name_of(client)
-        ca_map = k8s.core.v1.ConfigMap(
-            f"{name}-ca", metadata={"name": "tickstack-ca", "namespace": ns,
-                                    "labels": {"app.kubernetes.io/part-of": kx.PART_OF}},
-            data={"ca.crt": ca.cert_pem}, opts=child)
-        self.ca_config_map = kx.name_of(ca_map)
-        return {"server_secret": kx.name_of(server), "server_cert": server_cert.cert_pem}
-
-    @staticmethod
-    def _volumes() -> tuple[list[dict], list[dict]]:
-        volumes, mounts = [], [
-            {"name": "data", "mount_path": PGDATA_MOUNT},
-            {"name": "postgres-config", "mount_path": PG_CONFIG_DIR, "read_only": True},
-            {"name": "pgbackrest-config", "mount_path": PGBACKREST_DIR, "read_only": True},
-            {"name": "tls", "mount_path": TLS_DIR, "read_only": True},
-        ]
-        for v, m in (kx.scratch("tmp", "/tmp", "1Gi"),
-                     kx.scratch("run", SOCKET_DIR, "16Mi"),
-                     kx.scratch("pgbackrest-log", CLOUD_PATHS.log, "512Mi"),
-                     kx.scratch("pgbackrest-spool", CLOUD_PATHS.spool, "4Gi"),
-                     kx.scratch("shm", "/dev/shm", "1Gi", medium="Memory")):
-            volumes.append(v)
-            mounts.append(m)
-        return volumes, mounts
+def config_sha256(files: dict[str, str], server_cert: str) -> str:
+    """What rolls the pod: a config or certificate change (Postgres reads them at start)."""
+    return hashlib.sha256(("\0".join(f"{k}={v}" for k, v in sorted(files.items()))
+                           + "\0" + server_cert).encode()).hexdigest()

@@ -19,7 +19,7 @@ Least privilege: every workload connects as its own login (sql/002_roles.sql gro
 `workers migrate` creates from the logins Secret), gets its DSNs from its own Secret mounted as
 files (never a ConfigMap, never environment variables), and runs under its own service account
 with its own IRSA role granting exactly its row of grants.GRANTS (access.py). Non-secret
-settings come from infra/configs.worker_env, as locally.
+settings come from infra/worker_settings.worker_env, as locally.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from infra import configs, cron
+from infra import configs, cron, worker_settings
 from infra.components import database as db
 from infra.components import grants
 from infra.components import k8s as kx
@@ -170,7 +170,7 @@ class Workers(pulumi.ComponentResource):
                       "labels": kx.labels("migrate")},
             type="Opaque",
             string_data={"logins.json": pulumi.Output.all(**passwords).apply(
-                configs.worker_logins_json)},
+                worker_settings.worker_logins_json)},
             opts=child)
         self._logins_secret = kx.name_of(logins)
         env_map = k8s.core.v1.ConfigMap(
@@ -224,12 +224,12 @@ class Workers(pulumi.ComponentResource):
                 pw = passwords[user] if group else a.replica_master_password
                 host, port, ca = a.replica_host, a.replica_port, RDS_CA_BUNDLE
             return pulumi.Output.all(pw, host).apply(
-                lambda v: configs.postgres_dsn(user=user, password=v[0], host=v[1], port=port,
-                                               sslrootcert=ca))
+                lambda v: worker_settings.postgres_dsn(user=user, password=v[0], host=v[1],
+                                                       port=port, sslrootcert=ca))
 
         # Which setting gets which login: the one function the local environment's settings
-        # follow too (configs.workload_dsn_env).
-        data = configs.workload_dsn_env(wl.primary, wl.replica, dsn_output)
+        # follow too (worker_settings.workload_dsn_env).
+        data = worker_settings.workload_dsn_env(wl.primary, wl.replica, dsn_output)
         secret = k8s.core.v1.Secret(
             f"{self._name}-dsn-{key}",
             metadata={"name": f"tickstack-dsn-{key}", "namespace": a.namespace,

@@ -30,19 +30,17 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra import configs, versions
+from infra import configs, worker_settings
+from infra.local import bootstrap
 from infra.local.interrupted import undo_interrupted_restore
+from infra.local.pgbackrest import PgBackRestServer
 from infra.local.postgres import DATABASE, PG_BIN, Cluster, install_problems
 from infra.local.procs import (
     PartError,
     blocking_dir,
     db_user,
     make_db_dir,
-    port_open,
-    read_pid,
     run_db,
-    stop_pid,
-    wait_until,
 )
 from infra.local.s3 import MOTO_KEY, MOTO_SECRET, Moto, Stunnel
 from infra.local.tls import LocalCa
@@ -95,6 +93,9 @@ class LocalEnv:
                                sock / "replica", self.secrets["postgres_password"],
                                ca_file=self.tls.ca)
         self.pgbr_dir = self.state / "pgbackrest"
+        # pgBackRest's TLS server (the cloud's sidecar in the primary's pod).
+        self.pgbr_server = PgBackRestServer(self.pgbr_dir, self.ports["pgbackrest"],
+                                            self.pgbackrest_conf_path, self.pgbackrest_env())
 
     # --- state files -----------------------------------------------------------------------
 
@@ -204,79 +205,15 @@ class LocalEnv:
             env={**os.environ, **self.pgbackrest_env()}, check=False, timeout=timeout,
         )
 
-    # --- pgBackRest's TLS server (the cloud's sidecar in the primary's pod) -----------------
-
-    @property
-    def pgbr_server_pidfile(self) -> Path:
-        return self.pgbr_dir / "server.pid"
-
-    def pgbr_server_healthy(self) -> bool:
-        return read_pid(self.pgbr_server_pidfile) is not None and port_open(
-            self.ports["pgbackrest"])
-
-    def start_pgbackrest_server(self) -> None:
-        import subprocess
-
-        if self.pgbr_server_healthy():
-            return
-        if port_open(self.ports["pgbackrest"]):
-            raise PartError("pgbackrest-server",
-                            f"port {self.ports['pgbackrest']} is already in use by another program")
-        u = db_user()
-        log = self.pgbr_dir / "server.log"
-        kw: dict = {}
-        env = {**os.environ, **self.pgbackrest_env()}
-        if u is not None:
-            kw = {"user": u.pw_uid, "group": u.pw_gid, "extra_groups": []}
-            env.update(HOME=u.pw_dir, USER="postgres", LOGNAME="postgres")
-        with open(log, "ab") as out:
-            p = subprocess.Popen(
-                ["pgbackrest", f"--config={self.pgbackrest_conf_path}", "server"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env=env, close_fds=True, cwd="/", **kw)
-        self.pgbr_server_pidfile.write_text(str(p.pid))
-        if not wait_until(lambda: port_open(self.ports["pgbackrest"]), 15) or \
-                read_pid(self.pgbr_server_pidfile) is None:
-            raise PartError("pgbackrest-server", "pgbackrest server did not start", log)
-
-    def stop_pgbackrest_server(self) -> None:
-        pid = read_pid(self.pgbr_server_pidfile)
-        if pid:
-            stop_pid(pid)
-        self.pgbr_server_pidfile.unlink(missing_ok=True)
-
-    # --- the replica's bootstrap: what RDS does from the instance's inputs ----------------------
+    # --- what the cloud does to the servers, by the same steps (bootstrap.py) -----------------
 
     def bootstrap_replica(self, master_user: str, password: str, db_name: str) -> None:
-        """As RDS creates an instance: a master login that is not a superuser (RDS's
-        rds_superuser: CREATEDB, CREATEROLE, the allow-listed extensions), and `db_name`
-        owned by it. pgvector is allow-listed on RDS; here only a superuser may create an
-        untrusted extension, so it is made available in template1, as RDS makes it
-        available to its master user. Idempotent; the password is set every time."""
-        from psycopg import sql
+        """As RDS creates an instance (bootstrap.bootstrap_replica)."""
+        bootstrap.bootstrap_replica(self.replica, master_user, password, db_name)
 
-        c = self.replica
-        ident = sql.Identifier(master_user).as_string(None)
-        lit = sql.Literal(password).as_string(None)
-        exists = c.psql("SELECT 1 FROM pg_roles WHERE rolname = "
-                        + sql.Literal(master_user).as_string(None))
-        verb = "ALTER" if exists == "1" else "CREATE"
-        c.psql(f"{verb} ROLE {ident} LOGIN NOSUPERUSER CREATEDB CREATEROLE PASSWORD {lit}")
-        # What RDS's rds_superuser holds of the predefined roles.
-        c.psql(f"GRANT pg_monitor, pg_signal_backend TO {ident}")
-        c.psql("CREATE EXTENSION IF NOT EXISTS vector", db="template1")
-        dbl, dbi = sql.Literal(db_name).as_string(None), sql.Identifier(db_name).as_string(None)
-        owner = c.psql(f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {dbl}")
-        if not owner:
-            c.psql(f"CREATE DATABASE {dbi} OWNER {ident}")
-        elif owner != master_user:
-            # State from before the replica had its own admin: the database and the migration
-            # ledger were the superuser's. Hand them to the master, as RDS would have them.
-            c.psql(f"ALTER DATABASE {dbi} OWNER TO {ident}")
-            c.psql("DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
-                   f"'tickstack_migrator') THEN GRANT tickstack_migrator TO {ident}; END IF; "
-                   "END $$", db=db_name)
-            c.psql(f"ALTER TABLE IF EXISTS ops.schema_migrations OWNER TO {ident}", db=db_name)
+    def update_timescaledb(self) -> list[str]:
+        """Move every database of the primary to the installed TimescaleDB; what was done."""
+        return bootstrap.update_timescaledb(self.primary, self.pgbackrest_env())
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -328,51 +265,12 @@ class LocalEnv:
                 c.reload()
         self.bootstrap_replica(configs.REPLICA_ADMIN, self.secrets[configs.REPLICA_ADMIN],
                                DATABASE)
-        if not self.pgbr_server_healthy():
-            self.start_pgbackrest_server()
+        if not self.pgbr_server.healthy():
+            self.pgbr_server.start()
             started.append("pgbackrest-server")
         started += self.update_timescaledb()
         self.ensure_stanza()
         return started
-
-    # --- TimescaleDB updates in place ------------------------------------------------------
-
-    def update_timescaledb(self) -> list[str]:
-        """Move every database of the primary to the installed TimescaleDB; what was done.
-
-        A new TimescaleDB install keeps the older version's library, so a cluster made with it
-        still starts; `ALTER EXTENSION timescaledb UPDATE`, the first command of a fresh session
-        (before anything loads the old library), then moves each database. A primary started
-        before the install runs the old loader: it is restarted first.
-        """
-        want = versions.load().timescaledb
-        p = self.primary
-        dbs = p.psql("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
-                     "ORDER BY 1").splitlines()
-        behind = [(db, v) for db in dbs
-                  if (v := p.psql("SELECT extversion FROM pg_extension "
-                                  "WHERE extname = 'timescaledb'", db=db)) and v != want]
-        if not behind:
-            return []
-        done: list[str] = []
-        loader = Path(p.psql("SELECT setting FROM pg_config WHERE name = 'PKGLIBDIR'")) \
-            / "timescaledb.so"
-        started_at = float(p.psql("SELECT extract(epoch FROM pg_postmaster_start_time())"))
-        if loader.exists() and loader.stat().st_mtime > started_at:
-            p.stop()
-            p.start(env=self.pgbackrest_env())
-            done.append("primary restarted (its TimescaleDB loader predated the install)")
-        for db, old in behind:
-            # psql -c: a fresh session whose first command is the update (Cluster.psql).
-            p.psql("ALTER EXTENSION timescaledb UPDATE", db=db)
-            new = p.psql("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
-                         db=db)
-            if new != want:
-                raise PartError("primary", f"database {db}: ALTER EXTENSION timescaledb UPDATE "
-                                f"left version {new}, not {want}", p.log)
-            done.append(f"timescaledb {old} -> {new} in database {db} (updated in place: "
-                        f"ALTER EXTENSION timescaledb UPDATE)")
-        return done
 
     def ensure_stanza(self) -> None:
         # stanza-create is idempotent for a matching stanza (checked in DESIGN.md).
@@ -387,8 +285,8 @@ class LocalEnv:
         `save_s3=False` skips the S3 snapshot: for throwaway environments deleted right after.
         """
         stopped: list[str] = []
-        if read_pid(self.pgbr_server_pidfile):
-            self.stop_pgbackrest_server()
+        if self.pgbr_server.pid():
+            self.pgbr_server.stop()
             stopped.append("pgbackrest-server")
         for c in (self.primary, self.replica):
             if c.exists() and c.running():
@@ -416,7 +314,7 @@ class LocalEnv:
             out.append(PartStatus(c.name, c.port, ok, "accepting connections" if ok else
                                   ("stopped" if c.exists() else "not initialised")))
         out.append(self._archiver_status())
-        ok = self.pgbr_server_healthy()
+        ok = self.pgbr_server.healthy()
         out.append(PartStatus("pgbackrest-server", self.ports["pgbackrest"], ok,
                               "TLS, client certificate" if ok else "stopped"))
         return out
@@ -456,7 +354,7 @@ class LocalEnv:
 
         `database`, `landing_bucket` and `replica=False` point the same settings at another
         database / bucket of this environment (tests and benchmarks use their own)."""
-        env = configs.worker_env(configs.WorkerEnv(
+        env = worker_settings.worker_env(worker_settings.WorkerEnv(
             landing_bucket=landing_bucket or self.landing_bucket,
             backup_bucket=self.backup_bucket, aws_region=REGION,
             s3_endpoint_url=self.moto.endpoint, log_format="console",
@@ -495,7 +393,7 @@ class LocalEnv:
 
     def write_worker_logins(self) -> Path:
         p = self.state / "worker-logins.json"
-        _write_private(p, configs.worker_logins_json(self.secrets))
+        _write_private(p, worker_settings.worker_logins_json(self.secrets))
         return p
 
 

@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra import configs, versions
+from infra import configs, versions, worker_settings
 from infra.local.procs import PartError, chown_db, make_db_dir, port_open, run_db, tail_of
 
 PG_BIN = Path(os.environ.get("TICKSTACK_PG_BIN") or versions.load().pg_bindir)
@@ -76,10 +76,10 @@ class Cluster:
 
     def dsn(self, db: str = DATABASE, user: str = "postgres") -> str:
         """TLS, verified as the workers verify it in the cloud; the password is in pgpass."""
-        return configs.postgres_dsn(user=user, password=None, host="127.0.0.1", port=self.port,
-                                    database=db, sslrootcert=str(self.ca_file)
-                                    if self.ca_file else None,
-                                    sslmode=configs.SSLMODE if self.ca_file else "require")
+        return worker_settings.postgres_dsn(
+            user=user, password=None, host="127.0.0.1", port=self.port, database=db,
+            sslrootcert=str(self.ca_file) if self.ca_file else None,
+            sslmode=configs.SSLMODE if self.ca_file else "require")
 
     def exists(self) -> bool:
         return (self.data / "PG_VERSION").exists()

@@ -1,7 +1,7 @@
 """The local environment's certificate authority: TLS to the servers, as in the cloud.
 
 The cloud's primary serves TLS with a certificate its stack's CA signed (pulumi_tls,
-infra/components/database.py); locally `infra.local` makes the same three things once, under
+infra/components/primary_tls.py); locally `infra.local` makes the same three things once, under
 `<state>/tls/`, and keeps them:
 
     ca.crt / ca.key           the local CA (ECDSA P-256, 10 years)

@@ -431,7 +431,7 @@ def check(resources: Iterable[Resource], rules: Iterable[Rule] = RULES) -> list[
 
 
 def from_graph(graph: Any, production: bool = False) -> list[Resource]:
-    """Resources of an infra.mocking.Graph (the program rendered offline under mocks);
+    """Resources of an infra.offline.graph.Graph (the program rendered offline under mocks);
     `production`: the stack protects its data (protectData)."""
     return [Resource(type=r.type, name=r.name, props=r.plain, urn=r.urn,
                      depends_on=tuple(r.dependencies), secret_paths=tuple(r.secret_paths()),

@@ -2,28 +2,8 @@
 
 It serves a directory whose tree is the archive's (`data/spot/daily/trades/BTCUSDT/…zip` and
 `.CHECKSUM` beside each), answers HEAD and GET with byte ranges (206, 416) over HTTP/1.1
-keep-alive, and records every request. Faults are queued per path and used up one per GET, or set
-for every GET of a path:
-
-* `cut(n)`: headers announcing the whole (remaining) length, `n` bytes, then the connection drops;
-* `truncated(n)`: as if the file ended at byte `n` (its full length still announced): every GET
-  gets what it asked for up to `n`, then the connection drops;
-* `stall(n)`: the file up to byte `n`, then silence until the server stops (`n=None`: silence
-  before the headers);
-* `status(code, retry_after)`: an error answer (429, 503…) with an optional Retry-After;
-* `corrupt()`: the file with one byte changed; `throttle(bytes_per_s)`: the file, slowly;
-* `ignore_range()` (or `cut(n, ignore_range=True)`): a Range request answered 200 with the whole
-  file, as a server without Range support does;
-* `endless(n)`: no Content-Length, the file and then zeros until `n` bytes are sent (the server
-  closes); `hide_length=True`: its HEAD does not say the size either;
-* `slow_headers(bytes_per_s)`: a header trickled a byte at a time until the server stops;
-* a Range answered with a 206 (its Content-Range saying so) for at most its first n bytes,
-  `range_parts(n)`, or from byte n when it asked for more, `range_from(n)`;
-* `head_size(n)`: the HEAD announces n bytes whatever the file's size (GETs are honest);
-  `short_length(n)`: a GET announces a Content-Length of n bytes but sends the whole rest;
-* `redirect_loop()` (A -> A?loop=1 -> A), `redirect_chain()` (A -> A?hop=1 -> A?hop=2 …),
-  `redirect_to(base_url)`: 302 to the same path under another server. These (and a hidden
-  length) apply to HEAD as well, when set with `always`.
+keep-alive, and records every request. Faults (archive_faults.py) are queued per path and used
+up one per GET, or set for every GET of a path.
 
 `sent[path]` counts the body bytes written for each path (all requests).
 
@@ -46,87 +26,10 @@ from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from tests.integration.archive_faults import Fault, fault_ignores_range
+
 REAL_DAY = date(2019, 4, 1)
 REAL_NAME = "BTCUSDT-trades-2019-04-01"
-
-
-@dataclass(frozen=True)
-class Fault:
-    kind: str  # the builder's name (cut, truncated, stall…; plain: ignore_range; loop, chain)
-    n: int | None = None
-    code: int = 0
-    retry_after: str | None = None
-    ignore_range: bool = False
-    hide_length: bool = False
-    to: str | None = None
-
-    @property
-    def on_head(self) -> bool:
-        return self.kind in ("loop", "chain", "redirect", "head_size") or self.hide_length
-
-
-def cut(n: int, ignore_range: bool = False) -> Fault:
-    return Fault("cut", n, ignore_range=ignore_range)
-
-
-def ignore_range() -> Fault:
-    return Fault("plain", ignore_range=True)
-
-
-def endless(n: int, hide_length: bool = False) -> Fault:
-    return Fault("endless", n, hide_length=hide_length)
-
-
-def slow_headers(bytes_per_s: int) -> Fault:
-    return Fault("slow_headers", bytes_per_s)
-
-
-def range_parts(n: int) -> Fault:
-    return Fault("range_parts", n)
-
-
-def range_from(n: int) -> Fault:  # n=0: the whole file, as a 206
-    return Fault("range_from", n)
-
-
-def head_size(n: int) -> Fault:
-    return Fault("head_size", n)
-
-
-def short_length(n: int) -> Fault:
-    return Fault("short_length", n)
-
-
-def redirect_loop() -> Fault:
-    return Fault("loop")
-
-
-def redirect_chain() -> Fault:
-    return Fault("chain")
-
-
-def redirect_to(base_url: str) -> Fault:
-    return Fault("redirect", to=base_url.rstrip("/"))
-
-
-def truncated(n: int) -> Fault:
-    return Fault("truncated", n)
-
-
-def stall(n: int | None = 0) -> Fault:
-    return Fault("stall", n)
-
-
-def status(code: int, retry_after: str | int | None = None) -> Fault:
-    return Fault("status", code=code, retry_after=None if retry_after is None else str(retry_after))
-
-
-def corrupt() -> Fault:
-    return Fault("corrupt")
-
-
-def throttle(bytes_per_s: int) -> Fault:
-    return Fault("throttle", bytes_per_s)
 
 
 @dataclass(frozen=True)
@@ -242,44 +145,19 @@ class _Handler(BaseHTTPRequestHandler):
         path = path.lstrip("/")
         rng = self.headers.get("Range")
         fault = self.archive._next_fault(path) if body else self.archive._head_fault(path)
-        file = (self.archive.root / path).resolve()
-        inside = self.archive.root.resolve() in file.parents
-        if fault and fault.kind in ("loop", "chain", "redirect"):
-            if fault.kind == "loop":
-                to = f"/{path}" if query else f"/{path}?loop=1"
-            elif fault.kind == "chain":
-                hop = int(query.split("=", 1)[1]) if query.startswith("hop=") else 0
-                to = f"/{path}?hop={hop + 1}"
-            else:
-                to = f"{fault.to}/{path}"
-            self._record(path, rng, 302)
-            return self._plain(302, b"", {"Location": to})
-        if fault and fault.kind == "status":
-            self._record(path, rng, fault.code)
-            extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-            return self._plain(fault.code, b"slow down\n", extra)
-        if not inside or not file.is_file():
-            self._record(path, rng, 404)
-            return self._plain(404, b"<Error><Code>NoSuchKey</Code></Error>\n")
-        data = file.read_bytes()
+        if self._refused(path, query, rng, fault):
+            return
+        data = (self.archive.root / path).resolve().read_bytes()
         if fault and fault.kind == "corrupt":
             mid = len(data) // 2
             data = data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1:]
         if fault and fault.kind == "endless":
             return self._endless(path, rng, data, fault, body)
-        start, code = 0, 200
-        if rng and rng.startswith("bytes=") and not fault_ignores_range(fault):
-            first = rng[6:].split("-", 1)[0]
-            start = int(first) if first.isdigit() else 0
-            if start >= len(data):
-                self._record(path, rng, 416)
-                return self._plain(416, b"", {"Content-Range": f"bytes */{len(data)}"})
-            code = 206
-        if code == 206 and fault and fault.kind == "range_from":
-            start = min(start, fault.n)
-        end = len(data)  # the answer's bytes: data[start:end]
-        if code == 206 and fault and fault.kind == "range_parts":
-            end = min(end, start + fault.n)
+        span = _span(rng, len(data), fault)
+        if span is None:
+            self._record(path, rng, 416)
+            return self._plain(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+        start, end, code = span  # the answer's bytes: data[start:end]
         self._record(path, rng, code)
         if fault and fault.kind == "slow_headers":
             return self._slow_headers(fault.n)
@@ -298,9 +176,36 @@ class _Handler(BaseHTTPRequestHandler):
         if code == 206:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
         self.end_headers()
-        if not body:
-            return
-        payload = data[start:end]
+        if body:
+            self._body(path, data[start:end], start, fault)
+
+    def _refused(self, path: str, query: str, rng: str | None, fault: Fault | None) -> bool:
+        """A redirect, an error status or a 404 in place of the file: answered here."""
+        if fault and fault.kind in ("loop", "chain", "redirect"):
+            if fault.kind == "loop":
+                to = f"/{path}" if query else f"/{path}?loop=1"
+            elif fault.kind == "chain":
+                hop = int(query.split("=", 1)[1]) if query.startswith("hop=") else 0
+                to = f"/{path}?hop={hop + 1}"
+            else:
+                to = f"{fault.to}/{path}"
+            self._record(path, rng, 302)
+            self._plain(302, b"", {"Location": to})
+            return True
+        if fault and fault.kind == "status":
+            self._record(path, rng, fault.code)
+            extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            self._plain(fault.code, b"slow down\n", extra)
+            return True
+        file = (self.archive.root / path).resolve()
+        if self.archive.root.resolve() not in file.parents or not file.is_file():
+            self._record(path, rng, 404)
+            self._plain(404, b"<Error><Code>NoSuchKey</Code></Error>\n")
+            return True
+        return False
+
+    def _body(self, path: str, payload: bytes, start: int, fault: Fault | None) -> None:
+        """The announced bytes, or what the fault leaves of them (cut, stalled, throttled)."""
         try:
             if fault and fault.kind in ("cut", "stall", "truncated"):
                 keep = fault.n if fault.kind == "cut" else max(0, fault.n - start)
@@ -377,8 +282,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.archive._record(Req(time.monotonic(), self.command, path, rng, code))
 
 
-def fault_ignores_range(fault: Fault | None) -> bool:
-    return fault is not None and fault.ignore_range
+def _span(rng: str | None, size: int, fault: Fault | None) -> tuple[int, int, int] | None:
+    """(start, end, status) of the answer to a Range header (None: 416, nothing to send)."""
+    start, code = 0, 200
+    if rng and rng.startswith("bytes=") and not fault_ignores_range(fault):
+        first = rng[6:].split("-", 1)[0]
+        start = int(first) if first.isdigit() else 0
+        if start >= size:
+            return None
+        code = 206
+    if code == 206 and fault and fault.kind == "range_from":
+        start = min(start, fault.n)
+    end = size
+    if code == 206 and fault and fault.kind == "range_parts":
+        end = min(end, start + fault.n)
+    return start, end, code
 
 
 # --- building an archive tree ----------------------------------------------------------------

@@ -41,7 +41,8 @@ from infra import configs
 from infra.components import database as db
 from infra.components import workers as wk
 from infra.local.env import LocalEnv
-from infra.offline.mocking import Graph, mock_pem
+from infra.offline.graph import Graph
+from infra.offline.mocking import mock_pem
 from tests.conftest import REPO
 
 WORKLOAD_KINDS = {"kubernetes:batch/v1:Job": "Job", "kubernetes:batch/v1:CronJob": "CronJob",

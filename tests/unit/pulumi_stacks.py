@@ -7,7 +7,7 @@ from functools import cache
 from typing import Any
 
 from infra.offline import mocking, render
-from infra.offline.mocking import Graph, Res
+from infra.offline.graph import Graph, Res
 
 STACKS = ("dev", "prod")
 RESTORE = {"targetTime": "2025-03-01T12:00:00Z", "backupSet": "20250223-030000F"}

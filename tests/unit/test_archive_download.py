@@ -1,5 +1,5 @@
 """The archive client's bounds and what it shows, read without a server (the behaviour against a
-hostile mirror is tested on a real one in tests/integration/test_fetch.py)."""
+hostile mirror is tested on a real one in tests/integration/fetch/test_fetch_mirror.py)."""
 
 from __future__ import annotations
 

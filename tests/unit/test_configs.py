@@ -6,7 +6,7 @@ import configparser
 
 import pytest
 
-from infra import configs
+from infra import configs, worker_settings
 
 REPO = configs.BackupRepo(bucket="bk", region="eu-west-1")
 PG = configs.PrimaryPg(data_dir="/pgdata", port=5432)
@@ -99,10 +99,10 @@ def test_conf_text_quotes_values():
 
 
 def test_worker_env():
-    env = configs.worker_env(configs.WorkerEnv("l", "b", "eu-west-1"))
+    env = worker_settings.worker_env(worker_settings.WorkerEnv("l", "b", "eu-west-1"))
     assert env["TICKSTACK_LANDING_BUCKET"] == "l"
     assert "TICKSTACK_S3_ENDPOINT_URL" not in env
-    env = configs.worker_env(configs.WorkerEnv("l", "b", "r", s3_endpoint_url="http://x"))
+    env = worker_settings.worker_env(worker_settings.WorkerEnv("l", "b", "r", s3_endpoint_url="http://x"))
     assert env["TICKSTACK_S3_ENDPOINT_URL"] == "http://x"
 
 
@@ -122,27 +122,27 @@ def test_every_server_serves_tls_and_only_tls_over_tcp():
 
 
 def test_dsns_verify_the_server():
-    dsn = configs.postgres_dsn(user="u", password="p:w", host="h", sslrootcert="/ca.crt")
+    dsn = worker_settings.postgres_dsn(user="u", password="p:w", host="h", sslrootcert="/ca.crt")
     assert dsn == "postgresql://u:p%3Aw@h:5432/tickstack?sslmode=verify-full&sslrootcert=/ca.crt"
     with pytest.raises(ValueError, match="sslrootcert"):
-        configs.postgres_dsn(user="u", password="p", host="h")
+        worker_settings.postgres_dsn(user="u", password="p", host="h")
     # Without a password libpq reads its password file (the local environment).
-    assert configs.postgres_dsn(user="u", password=None, host="h", sslrootcert="/c").startswith(
-        "postgresql://u@h:5432/")
+    assert worker_settings.postgres_dsn(user="u", password=None, host="h",
+                                        sslrootcert="/c").startswith("postgresql://u@h:5432/")
 
 
 def test_workload_dsn_settings_name_each_login_on_each_server():
     def dsn(server, group):
         return f"{server}:{group or 'admin'}"
 
-    assert configs.workload_dsn_env("admin", "admin", dsn) == {
+    assert worker_settings.workload_dsn_env("admin", "admin", dsn) == {
         "TICKSTACK_PRIMARY_DSN": "primary:admin", "TICKSTACK_REPLICA_DSN": "replica:admin"}
-    assert configs.workload_dsn_env("tickstack_ingest", "tickstack_replicate", dsn) == {
+    assert worker_settings.workload_dsn_env("tickstack_ingest", "tickstack_replicate", dsn) == {
         "TICKSTACK_PRIMARY_DSN": "primary:tickstack_ingest",
         "TICKSTACK_INGEST_DSN": "primary:tickstack_ingest",
         "TICKSTACK_REPLICA_DSN": "replica:tickstack_replicate",
         "TICKSTACK_REPLICA_REPLICATE_DSN": "replica:tickstack_replicate"}
-    assert configs.workload_dsn_env("tickstack_embed", None, dsn) == {
+    assert worker_settings.workload_dsn_env("tickstack_embed", None, dsn) == {
         "TICKSTACK_PRIMARY_DSN": "primary:tickstack_embed",
         "TICKSTACK_EMBED_DSN": "primary:tickstack_embed"}
 

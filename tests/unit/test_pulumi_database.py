@@ -8,7 +8,7 @@ import pytest
 
 from infra import configs, versions
 from infra.components import access, database
-from infra.offline.mocking import unwrap
+from infra.offline.graph import unwrap
 from infra.stack_config import StackConfig
 from tests.unit.pulumi_stacks import (
     STACKS,

@@ -24,7 +24,7 @@ import pytest
 from infra import configs
 from infra.components import database as db
 from infra.components import workers as wk
-from infra.offline.mocking import Graph
+from infra.offline.graph import Graph
 from infra.stack_config import StackConfig
 from tests.unit.pulumi_stacks import STACKS, config, graph, restore_graph
 

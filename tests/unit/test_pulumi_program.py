@@ -15,6 +15,7 @@ import yaml
 from kubernetes_validate import utils as kv_utils
 
 from infra.offline import mocking, render
+from infra.offline.graph import SECRET, Graph
 from infra.offline.mocking import example_cluster_outputs
 from tests.unit.pulumi_stacks import (
     STACKS,
@@ -129,7 +130,7 @@ def test_the_apply_guard_notices_a_resource_created_in_an_apply():
     assert g.created_in_apply == ["aws:s3/bucketVersioning:BucketVersioning v"]
 
 
-def deprecations(g: mocking.Graph) -> list[str]:
+def deprecations(g: Graph) -> list[str]:
     return ([m for c, m in g.warnings if "Deprecat" in c or "deprecat" in m.lower()]
             + [m for lvl, m in g.log if lvl == "WARNING" and "deprecat" in m.lower()])
 
@@ -254,7 +255,7 @@ def test_render_prints_the_graph_with_secrets_masked(tmp_path, capsys):
     for r in doc["resources"]:
         assert set(r) >= {"type", "name", "parent", "inputs"}
     secret = next(r for r in doc["resources"] if r["name"] == "primary-superuser")
-    assert secret["inputs"]["stringData"] == mocking.SECRET
+    assert secret["inputs"]["stringData"] == SECRET
     for pw in passwords(graph("dev")):
         assert pw not in text
     assert doc["outputs"]["namespace"] == stack_value("dev", "namespace")

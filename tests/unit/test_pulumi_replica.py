@@ -8,7 +8,8 @@ import pytest
 
 from infra import versions
 from infra.components import replica, workers
-from infra.offline.mocking import example_cluster_outputs, unwrap
+from infra.offline.graph import unwrap
+from infra.offline.mocking import example_cluster_outputs
 from tests.unit.pulumi_stacks import STACKS, graph, stack_value
 
 RDS = "aws:rds/instance:Instance"

@@ -6,9 +6,9 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from infra import configs
+from infra import configs, worker_settings
 from infra.components import database, replica, workers
-from infra.offline.mocking import unwrap
+from infra.offline.graph import unwrap
 from tests.unit.pulumi_stacks import (
     STACKS,
     config,
@@ -185,7 +185,7 @@ def test_service_accounts_and_api_tokens(stack):
 def test_secrets_never_reach_configmaps_or_plain_env(stack):
     g = graph(stack)
     env = config_map_data(g, "workers-env")
-    assert env == configs.worker_env(configs.WorkerEnv(
+    assert env == worker_settings.worker_env(worker_settings.WorkerEnv(
         landing_bucket=g.outputs["landingBucket"], backup_bucket=g.outputs["backupBucket"],
         aws_region="eu-west-1", log_format="json"))
     assert not any("DSN" in k or "PASSWORD" in k for k in env)

@@ -1,0 +1,79 @@
+"""What the cloud does to the servers, done locally by the same steps: the replica
+bootstrapped as RDS does from the instance's inputs, and the primary's TimescaleDB moved in
+place when the install is newer than a database's extension."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from infra import versions
+from infra.local.postgres import Cluster
+from infra.local.procs import PartError
+
+
+def bootstrap_replica(c: Cluster, master_user: str, password: str, db_name: str) -> None:
+    """As RDS creates an instance: a master login that is not a superuser (RDS's
+    rds_superuser: CREATEDB, CREATEROLE, the allow-listed extensions), and `db_name`
+    owned by it. pgvector is allow-listed on RDS; here only a superuser may create an
+    untrusted extension, so it is made available in template1, as RDS makes it
+    available to its master user. Idempotent; the password is set every time."""
+    from psycopg import sql
+
+    ident = sql.Identifier(master_user).as_string(None)
+    lit = sql.Literal(password).as_string(None)
+    exists = c.psql("SELECT 1 FROM pg_roles WHERE rolname = "
+                    + sql.Literal(master_user).as_string(None))
+    verb = "ALTER" if exists == "1" else "CREATE"
+    c.psql(f"{verb} ROLE {ident} LOGIN NOSUPERUSER CREATEDB CREATEROLE PASSWORD {lit}")
+    # What RDS's rds_superuser holds of the predefined roles.
+    c.psql(f"GRANT pg_monitor, pg_signal_backend TO {ident}")
+    c.psql("CREATE EXTENSION IF NOT EXISTS vector", db="template1")
+    dbl, dbi = sql.Literal(db_name).as_string(None), sql.Identifier(db_name).as_string(None)
+    owner = c.psql(f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {dbl}")
+    if not owner:
+        c.psql(f"CREATE DATABASE {dbi} OWNER {ident}")
+    elif owner != master_user:
+        # State from before the replica had its own admin: the database and the migration
+        # ledger were the superuser's. Hand them to the master, as RDS would have them.
+        c.psql(f"ALTER DATABASE {dbi} OWNER TO {ident}")
+        c.psql("DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
+               f"'tickstack_migrator') THEN GRANT tickstack_migrator TO {ident}; END IF; "
+               "END $$", db=db_name)
+        c.psql(f"ALTER TABLE IF EXISTS ops.schema_migrations OWNER TO {ident}", db=db_name)
+
+
+def update_timescaledb(p: Cluster, start_env: dict[str, str]) -> list[str]:
+    """Move every database of the primary `p` to the installed TimescaleDB; what was done.
+
+    A new TimescaleDB install keeps the older version's library, so a cluster made with it
+    still starts; `ALTER EXTENSION timescaledb UPDATE`, the first command of a fresh session
+    (before anything loads the old library), then moves each database. A primary started
+    before the install runs the old loader: it is restarted first (with `start_env`).
+    """
+    want = versions.load().timescaledb
+    dbs = p.psql("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
+                 "ORDER BY 1").splitlines()
+    behind = [(db, v) for db in dbs
+              if (v := p.psql("SELECT extversion FROM pg_extension "
+                              "WHERE extname = 'timescaledb'", db=db)) and v != want]
+    if not behind:
+        return []
+    done: list[str] = []
+    loader = Path(p.psql("SELECT setting FROM pg_config WHERE name = 'PKGLIBDIR'")) \
+        / "timescaledb.so"
+    started_at = float(p.psql("SELECT extract(epoch FROM pg_postmaster_start_time())"))
+    if loader.exists() and loader.stat().st_mtime > started_at:
+        p.stop()
+        p.start(env=start_env)
+        done.append("primary restarted (its TimescaleDB loader predated the install)")
+    for db, old in behind:
+        # psql -c: a fresh session whose first command is the update (Cluster.psql).
+        p.psql("ALTER EXTENSION timescaledb UPDATE", db=db)
+        new = p.psql("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
+                     db=db)
+        if new != want:
+            raise PartError("primary", f"database {db}: ALTER EXTENSION timescaledb UPDATE "
+                            f"left version {new}, not {want}", p.log)
+        done.append(f"timescaledb {old} -> {new} in database {db} (updated in place: "
+                    f"ALTER EXTENSION timescaledb UPDATE)")
+    return done

@@ -1,0 +1,1 @@
+"""The ivfflat index on signals.btc_embeddings, its swap while readers query, and `similar`."""
