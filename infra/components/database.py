@@ -19,7 +19,7 @@ ConfigMap).
 
 Backups: pgBackRest's TLS server runs as a sidecar in the pod (own resources; Crunchy PGO's
 design), and the backup CronJobs take backups through it with their client certificate — no
-`pods/exec`, no backup streamed through the API server (docs/backups.md).
+`pods/exec`, no backup streamed through the API server (docs/deploying/backups-in-kubernetes.md).
 
 Data protection (`protectData`): the StatefulSet is protected and retained on delete, its
 volume claim template is never changed in place (`ignoreChanges`: a change would replace the

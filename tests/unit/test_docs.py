@@ -279,14 +279,6 @@ def test_readme_is_a_front_door():
     assert "applied" in readme_sample(text)
 
 
-# TEMPORARY: removed at merge — comments in infra/ (another engineer's files) that still name
-# the pages' old paths; the lead updates them to the paths on the right.
-STALE_CODE_REFERENCES = {
-    ("infra/components/database.py", "docs/backups.md"): "docs/deploying/backups-in-kubernetes.md",
-    ("infra/configs.py", "docs/backups.md"): "docs/deploying/backups-in-kubernetes.md",
-}
-
-
 def test_every_doc_page_the_code_names_exists():
     """Messages and comments send readers to docs/ pages: those pages must exist."""
     files, _ = tracked()
@@ -297,8 +289,7 @@ def test_every_doc_page_the_code_names_exists():
         if f == "tests/unit/test_docs.py":
             continue
         for page in set(re.findall(r"docs/[\w/.-]+\.md", (REPO / f).read_text())):
-            if page not in files and page not in PENDING_PAGES \
-                    and (f, page) not in STALE_CODE_REFERENCES:
+            if page not in files and page not in PENDING_PAGES:
                 bad.append(f"{f}: {page}")
     assert not bad, "code names docs pages that do not exist:\n" + "\n".join(bad)
 
