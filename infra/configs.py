@@ -20,7 +20,8 @@ PRIMARY_ADMIN = "postgres"
 REPLICA_ADMIN = "tickstack_admin"
 # pgBackRest's TLS server in the primary's pod (the local environment runs one too): backups
 # are taken through it by the backup workers, which authenticate with a client certificate
-# whose CN the server authorises for the stanza (docs/deploying/backups-in-kubernetes.md: why not pods/exec).
+# whose CN the server authorises for the stanza (why not pods/exec:
+# docs/deploying/backups-in-kubernetes.md).
 PGBACKREST_TLS_PORT = 8432
 PGBACKREST_CLIENT_CN = "tickstack-pgbackrest-client"
 # Workers verify the server's certificate and name (libpq sslmode); nothing weaker is rendered.
