@@ -162,6 +162,10 @@ def test_migrations_are_found_inside_an_installed_package(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     names = sorted(p.name for p in (site / "workers" / "migrations").glob("*.sql"))
     assert names == sorted(p.name for p in (REPO / "sql").glob("*.sql"))
+    # ...and every package's named queries (workers/<folder>/sql/*.sql, core's included).
+    queries = sorted(p.relative_to(site).as_posix() for p in site.glob("workers/*/sql/*.sql"))
+    assert queries == sorted(p.relative_to(REPO).as_posix()
+                             for p in REPO.glob("workers/*/sql/*.sql"))
     found = subprocess.run(
         [sys.executable, "-c", "from workers.core.sqlfiles import migrations_dir; "
          "print(migrations_dir())"], cwd=tmp_path, env={"PYTHONPATH": str(site)},

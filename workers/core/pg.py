@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import psycopg
 
+from workers.core.sqlfiles import query
+
 
 def require_autocommit(conn: psycopg.Connection, who: str = "this worker") -> psycopg.Connection:
     """Workers write in explicit transactions (`with conn.transaction()`); a connection that is
@@ -19,3 +21,9 @@ def sibling(conn: psycopg.Connection, **kw) -> psycopg.Connection:
     """A second connection to the same server as the same login (autocommit)."""
     return psycopg.connect(conn.info.dsn, password=conn.info.password or None,
                            autocommit=True, **kw)
+
+
+def set_local_utc(conn: psycopg.Connection | psycopg.Cursor) -> None:
+    """TimeZone UTC for the rest of the current transaction (timestamps read and written as
+    UTC, day boundaries in UTC)."""
+    conn.execute(query(__package__, "set_local_utc"))

@@ -25,9 +25,13 @@ while its flushes stay inside it; another writer of the same ids follows once it
 from __future__ import annotations
 
 import hashlib
+from functools import cache
 
 import numpy as np
 import psycopg
+from psycopg import sql
+
+from workers.core.sqlfiles import query, template
 
 # The first int of every tickstack landing lock: PostgreSQL's pg_locks shows it as classid.
 NAMESPACE = int.from_bytes(hashlib.sha256(b"tickstack.landing").digest()[:4], "big",
@@ -72,12 +76,18 @@ def id_locks(market: str, symbol: str, ids: np.ndarray) -> Locks:
     return out
 
 
+@cache
+def _call(fn: str) -> sql.Composed:
+    """`SELECT <fn>(namespace, key)` for one of the advisory lock functions."""
+    return template(__package__, "advisory_lock").format(fn=sql.Identifier(fn))
+
+
 def xact_lock(conn: psycopg.Connection, buckets: list[BucketId], *, shared: bool = False) -> None:
     """Transaction-scoped locks (released at commit or rollback), in sorted order; call inside
     a transaction that also registers the buckets."""
     fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
     for k in sorted({lock_key(b) for b in buckets}):
-        conn.execute(f"SELECT {fn}(%s, %s)", [NAMESPACE, k])
+        conn.execute(_call(fn), [NAMESPACE, k])
 
 
 class SessionLocks:
@@ -97,12 +107,12 @@ class SessionLocks:
     def _take(self, k: int, shared: bool, wait: bool) -> bool:
         fn = ("pg_advisory_lock" if wait else "pg_try_advisory_lock") + (
             "_shared" if shared else "")
-        r = self.conn.execute(f"SELECT {fn}(%s, %s)", [NAMESPACE, k]).fetchone()[0]
+        r = self.conn.execute(_call(fn), [NAMESPACE, k]).fetchone()[0]
         return True if wait else bool(r)
 
     def _drop(self, k: int, shared: bool) -> None:
         fn = "pg_advisory_unlock_shared" if shared else "pg_advisory_unlock"
-        self.conn.execute(f"SELECT {fn}(%s, %s)", [NAMESPACE, k])
+        self.conn.execute(_call(fn), [NAMESPACE, k])
 
     def try_acquire(self, request: list[BucketId] | Locks) -> bool:
         """All of them now, or none (what was taken is released again). A lock held shared by
@@ -152,5 +162,5 @@ class SessionLocks:
 
     def release_all(self) -> None:
         if not self.conn.closed:
-            self.conn.execute("SELECT pg_advisory_unlock_all()")
+            self.conn.execute(query(__package__, "advisory_unlock_all"))
         self.held.clear()

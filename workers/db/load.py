@@ -22,8 +22,10 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+from psycopg import sql
 
-from workers.core.sqlfiles import query
+from workers.core.pg import set_local_utc
+from workers.core.sqlfiles import query, template
 from workers.core.ticks import BUCKET_US, SCHEMA_VERSION, to_dt, to_us
 from workers.db import copy_binary
 from workers.landing.store import PRODUCER
@@ -97,9 +99,17 @@ def _csv(market: str, symbol: str, tables: list[pa.Table]) -> bytes:
     return buf.getvalue()
 
 
+def _columns() -> sql.Composed:
+    return sql.SQL(", ").join(map(sql.Identifier, TICK_COLUMNS))
+
+
+def _copy_into(statement: sql.SQL, table: str) -> sql.Composed:
+    """A COPY of the tick columns into `table` ("schema.table" or a temporary table)."""
+    return statement.format(table=sql.Identifier(*table.split(".")), cols=_columns())
+
+
 def _copy(cur: psycopg.Cursor, table: str, data: bytes) -> None:
-    cols = ", ".join(TICK_COLUMNS)
-    with cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT csv)") as cp:
+    with cur.copy(_copy_into(template(__package__, "copy_ticks_csv"), table)) as cp:
         view = memoryview(data)
         for i in range(0, len(view), 1 << 20):
             cp.write(view[i:i + (1 << 20)])
@@ -115,8 +125,7 @@ def copy_rows(cur: psycopg.Cursor, table: str, series: Series, tables: list[pa.T
     if not all(copy_binary.encodable(t) for t in tables):
         _copy(cur, table, _csv(*series, tables))
         return
-    cols = ", ".join(TICK_COLUMNS)
-    with cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT binary)") as cp:
+    with cur.copy(_copy_into(template(__package__, "copy_ticks_binary"), table)) as cp:
         cp.write(copy_binary.HEADER)
         for t in tables:
             for i in range(0, t.num_rows, 8192):
@@ -127,8 +136,7 @@ def copy_rows(cur: psycopg.Cursor, table: str, series: Series, tables: list[pa.T
 def insert_ticks(cur: psycopg.Cursor, groups: list[tuple[Series, list[pa.Table]]]) -> int:
     """Ticks that may already be stored: through a staging table and ON CONFLICT DO NOTHING.
     Call inside a transaction with TimeZone UTC; returns the number inserted."""
-    cur.execute("CREATE TEMP TABLE IF NOT EXISTS ticks_stage "
-                "(LIKE market_data.btc_ticks INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+    cur.execute(query(__package__, "create_ticks_stage"))
     staged = 0
     for series, tables in groups:
         if any(t.num_rows for t in tables):
@@ -136,9 +144,7 @@ def insert_ticks(cur: psycopg.Cursor, groups: list[tuple[Series, list[pa.Table]]
             staged += 1
     if not staged:
         return 0
-    cols = ", ".join(TICK_COLUMNS)
-    cur.execute(f"INSERT INTO market_data.btc_ticks ({cols}) SELECT {cols} FROM ticks_stage "
-                "ON CONFLICT (bucket_5m, market, symbol, trade_id) DO NOTHING")
+    cur.execute(template(__package__, "insert_staged_ticks").format(cols=_columns()))
     return cur.rowcount
 
 
@@ -147,7 +153,7 @@ def mark_digests_stale(cur: psycopg.Cursor | psycopg.Connection,
     """Every writer of ticks calls this in the transaction that writes them: the buckets'
     digests become stale (recomputed by `replicate`), and the statement trigger on btc_ticks
     knows the change is accounted for (sql/017)."""
-    cur.execute("SELECT set_config('tickstack.digests_marked', 'on', true)")
+    cur.execute(query(__package__, "digests_marked"))
     keys = sorted(set(buckets))
     if keys:
         cur.execute(query(__package__, "mark_digests_stale"),
@@ -165,7 +171,7 @@ def load(conn: psycopg.Connection, loads: list[BucketLoad], *, source: str) -> i
     """Apply one flush in one transaction; returns the number of ticks inserted."""
     inserted = 0
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute("SET LOCAL TimeZone = 'UTC'")
+        set_local_utc(cur)
         mark_digests_stale(cur, [(b.market, b.symbol, b.bucket_us) for b in loads
                                  if b.rows.num_rows])
         # The live stream commits ticks of a bucket before the bucket is registered (it is

@@ -26,7 +26,7 @@ from psycopg import sql
 
 from workers.core import logs
 from workers.core.errors import BadInput, Failed
-from workers.core.sqlfiles import migrations_dir
+from workers.core.sqlfiles import migrations_dir, query, template
 
 SQL_DIR = migrations_dir()
 LEDGER_FILE = "_ledger.sql"
@@ -113,17 +113,7 @@ def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
 
 
 def capabilities(conn: psycopg.Connection) -> dict:
-    row = conn.execute(
-        """
-        SELECT (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'),
-               current_setting('timescaledb.license', true),
-               (SELECT extversion FROM pg_extension WHERE extname = 'vector'),
-               (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb_toolkit'),
-               EXISTS (SELECT 1 FROM pg_available_extensions
-                       WHERE name = 'timescaledb_toolkit'),
-               current_setting('server_version')
-        """
-    ).fetchone()
+    row = conn.execute(query(__package__, "capabilities")).fetchone()
     return {"timescaledb": row[0], "timescaledb_license": row[1] if row[0] else None,
             "vector": row[2], "timescaledb_toolkit": row[3],
             "toolkit_available": row[4], "server_version": row[5]}
@@ -177,7 +167,7 @@ def ensure_database(dsn: str, **kw) -> bool:
     with psycopg.connect(conninfo.make_conninfo(dsn, dbname="postgres"), autocommit=True,
                          connect_timeout=30, **kw) as c:
         try:
-            c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            c.execute(template(__package__, "create_database").format(sql.Identifier(name)))
         except psycopg.errors.DuplicateDatabase:
             return False
     log.info("created database", database=name)
@@ -196,13 +186,11 @@ def run(dsn: str, *, password: str | None = None, sql_dir: Path = SQL_DIR,
         ensure_database(dsn, **kw)
     with psycopg.connect(dsn, autocommit=True, **kw) as lock_conn, \
             psycopg.connect(dsn, **kw) as conn:
-        lock_conn.execute("SELECT pg_advisory_lock(%s)", [LOCK_KEY])
+        lock_conn.execute(query(__package__, "migrate_lock"), [LOCK_KEY])
         try:
             with conn.transaction():
                 conn.execute((sql_dir / LEDGER_FILE).read_text())
-            applied = dict(conn.execute(
-                "SELECT filename, sha256 FROM ops.schema_migrations ORDER BY filename"
-            ).fetchall())
+            applied = dict(conn.execute(query(__package__, "applied_migrations")).fetchall())
             conn.commit()
             _verify(files, applied)
             pending = [m for m in files if m.name not in applied]
@@ -223,7 +211,7 @@ def run(dsn: str, *, password: str | None = None, sql_dir: Path = SQL_DIR,
                          "carrying on without it", available=caps["toolkit_available"])
             return Result(done, [], already, caps, server)
         finally:
-            lock_conn.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
+            lock_conn.execute(query(__package__, "migrate_unlock"), [LOCK_KEY])
 
 
 def _verify(files: list[Migration], applied: dict[str, str]) -> None:
@@ -248,24 +236,27 @@ def _apply(conn: psycopg.Connection, m: Migration, lock_timeout: str) -> None:
     try:
         if m.transactional:
             with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(lock_timeout))
+                conn.execute(template(__package__, "set_local_lock_timeout").format(
+                    sql.Literal(lock_timeout)))
                 if not m.as_admin:
-                    conn.execute(sql.SQL("SET LOCAL ROLE {}").format(
+                    conn.execute(template(__package__, "set_local_role").format(
                         sql.Identifier(MIGRATOR_ROLE)))
                 conn.execute(m.text.encode())
-                conn.execute("RESET ROLE")
+                conn.execute(query(__package__, "reset_role"))
                 _record(conn, m, t0)
         else:
             conn.commit()
             conn.autocommit = True
             try:
-                conn.execute(sql.SQL("SET lock_timeout = {}").format(lock_timeout))
+                conn.execute(template(__package__, "set_lock_timeout").format(
+                    sql.Literal(lock_timeout)))
                 if not m.as_admin:
-                    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(MIGRATOR_ROLE)))
+                    conn.execute(template(__package__, "set_role").format(
+                        sql.Identifier(MIGRATOR_ROLE)))
                 conn.execute(m.text.encode())
             finally:
-                conn.execute("RESET ROLE")
-                conn.execute("RESET lock_timeout")
+                conn.execute(query(__package__, "reset_role"))
+                conn.execute(query(__package__, "reset_lock_timeout"))
                 conn.autocommit = False
             with conn.transaction():
                 _record(conn, m, t0)
@@ -277,8 +268,7 @@ def _apply(conn: psycopg.Connection, m: Migration, lock_timeout: str) -> None:
 
 def _record(conn: psycopg.Connection, m: Migration, t0: float) -> None:
     conn.execute(
-        "INSERT INTO ops.schema_migrations (filename, sha256, duration_ms, capabilities) "
-        "VALUES (%s, %s, %s, %s)",
+        query(__package__, "record_migration"),
         [m.name, m.sha256, int((time.monotonic() - t0) * 1000), json.dumps(capabilities(conn))],
     )
 
@@ -292,20 +282,21 @@ def _ensure_logins(conn: psycopg.Connection, logins: dict[str, tuple[str, str]],
     `log_statement = all` writes the statement into the server log, and the verifier is all
     it can show. A blocked ALTER ROLE fails after `lock_timeout` instead of hanging.
     """
-    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
+    conn.execute(template(__package__, "set_local_lock_timeout").format(
+        sql.Literal(lock_timeout)))
     for group, (user, password) in logins.items():
         if group not in WORKER_ROLES:
             raise MigrationError(f"unknown worker role {group!r}")
         verifier = conn.pgconn.encrypt_password(password.encode(), user.encode(),
                                                 b"scram-sha-256").decode()
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [user]).fetchone()
+        exists = conn.execute(query(__package__, "role_exists"), [user]).fetchone()
         verb = "ALTER" if exists else "CREATE"
         try:
-            conn.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
-                sql.SQL(verb), sql.Identifier(user), sql.Literal(verifier)))
+            conn.execute(template(__package__, f"{verb.lower()}_login").format(
+                user=sql.Identifier(user), verifier=sql.Literal(verifier)))
         except psycopg.errors.LockNotAvailable:
             raise MigrationError(f"worker login {user}: {verb} ROLE waited longer than "
                                  f"lock_timeout ({lock_timeout}) for another session holding "
                                  "the role; rolled back, run migrate again") from None
-        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group),
-                                                      sql.Identifier(user)))
+        conn.execute(template(__package__, "grant_group").format(
+            group=sql.Identifier(group), user=sql.Identifier(user)))

@@ -11,6 +11,7 @@ import psycopg
 import pyarrow as pa
 
 from workers.core import crashpoint, logs
+from workers.core.pg import set_local_utc
 from workers.core.sqlfiles import query
 from workers.core.ticks import BUCKET_US, iso, to_dt, to_us
 from workers.db import trade_ids
@@ -44,7 +45,7 @@ def insert_ticks(conn: psycopg.Connection, market: str, symbol: str, table: pa.T
     if not table.num_rows:
         return 0
     with conn.cursor() as cur:
-        cur.execute("SET LOCAL TimeZone = 'UTC'")
+        set_local_utc(cur)
         mark_digests_stale(cur, buckets_of(market, symbol, table))
         return load_ticks(cur, [((market, symbol), [table])])
 
@@ -90,9 +91,7 @@ def _not_held_elsewhere(conn: psycopg.Connection, market: str, symbol: str,
 def read_offset(conn: psycopg.Connection, source: str, market: str, symbol: str
                 ) -> tuple[int, int] | None:
     """(last trade id, its trade time µs) or None."""
-    r = conn.execute("SELECT last_trade_id, last_event_time FROM ingestion.stream_offsets "
-                     "WHERE source = %s AND market = %s AND symbol = %s",
-                     [source, market, symbol]).fetchone()
+    r = conn.execute(query(__package__, "read_offset"), [source, market, symbol]).fetchone()
     if r is None:
         return None
     return r[0], to_us(r[1])
@@ -102,10 +101,8 @@ def open_gaps(conn: psycopg.Connection, source: str, market: str, symbol: str
               ) -> list[tuple[int, int]]:
     """(first, last) missing id of every open gap of one stream: the ids below its offset that
     it has not accepted yet."""
-    return [tuple(r) for r in conn.execute(
-        "SELECT first_missing_id, last_missing_id FROM ingestion.stream_gaps WHERE source = %s "
-        "AND market = %s AND symbol = %s AND filled_at IS NULL ORDER BY 1",
-        [source, market, symbol])]
+    return [tuple(r) for r in conn.execute(query(__package__, "open_gaps"),
+                                           [source, market, symbol])]
 
 
 def refresh_gaps(conn: psycopg.Connection, symbol: str | None = None,
@@ -129,8 +126,7 @@ def compact(conn: psycopg.Connection, landing: Landing, market: str, symbol: str
         parts = read_parts(landing, market, symbol, bucket_us)
         if not parts:
             return None
-        reg = conn.execute("SELECT s3_uri FROM landing.raw_blobs_5m WHERE market = %s AND "
-                           "asset = %s AND bucket_5m = %s",
+        reg = conn.execute(query(__package__, "registered_uri"),
                            [market, symbol, to_dt(bucket_us)]).fetchone()
         incoming = _not_held_elsewhere(conn, market, symbol,
                                        pa.concat_tables([t for _, t in parts]))

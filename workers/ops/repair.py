@@ -153,8 +153,8 @@ class Result:
 def find(conn: psycopg.Connection, since: datetime | None = None) -> Findings:
     """Refresh the primary's digests, then hold every registered bucket against landing."""
     digests.refresh(conn, since)
-    tick_cut, ohlcv_cut = conn.execute(
-        "SELECT ops.retention_horizon(%s), ops.retention_horizon(%s)", [TICKS, OHLCV]).fetchone()
+    tick_cut, ohlcv_cut = conn.execute(query(__package__, "retention_cutoffs"),
+                                       [TICKS, OHLCV]).fetchone()
     kept = _tick_chunks(conn)  # chunks retention did not drop (None: not a hypertable)
     out = Findings()
     for market, symbol, bucket, uri, landed, held, stale, has_ohlcv in conn.execute(
@@ -178,7 +178,7 @@ def find(conn: psycopg.Connection, since: datetime | None = None) -> Findings:
 def _tick_chunks(conn: psycopg.Connection) -> list[tuple[datetime, datetime]] | None:
     """The ranges of the ticks' chunks that exist (TimescaleDB; None elsewhere, where
     retention deletes every row below its cut-off)."""
-    if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone():
+    if not conn.execute(query(__package__, "has_timescaledb")).fetchone():
         return None
     return conn.execute(query(__package__, "tick_chunk_ranges")).fetchall()
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import psycopg
 
 from workers.core import logs
+from workers.core.sqlfiles import query
 from workers.ops.backup import Tool
 
 log = logs.get("restore")
@@ -76,7 +77,7 @@ def probe(dsn: str) -> tuple[bool | None, str | None]:
     """(True: a primary, False: in recovery, None: no session; the refusal when none)."""
     try:
         with psycopg.connect(dsn, connect_timeout=3) as c:
-            return (not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]), None
+            return (not c.execute(query(__package__, "in_recovery")).fetchone()[0]), None
     except psycopg.Error as e:
         return None, " ".join(str(e).split()) or type(e).__name__
 

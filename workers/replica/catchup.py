@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from workers.core import logs
 from workers.core.errors import Failed
-from workers.core.pg import require_autocommit, sibling
+from workers.core.pg import require_autocommit, set_local_utc, sibling
 from workers.core.sqlfiles import query
 from workers.core.ticks import iso, to_dt, to_us
 from workers.db.bucket_locks import xact_lock
@@ -185,9 +185,8 @@ def landed(primary: psycopg.Connection, landing: Landing, key: Key,
         except CorruptObject as e:
             return Rebuild(key, None, None, None, lost=str(e))
         holds = bool(primary.execute(query(__package__, "holding_ticks"), args).fetchone())
-        bar = primary.execute("SELECT 1 FROM market_data.btc_ohlcv_5m WHERE market = %s AND "
-                              "symbol = %s AND bucket_5m = %s", [market, symbol, args[2][0]]
-                              ).fetchone()
+        bar = primary.execute(query(__package__, "has_ohlcv_bar"),
+                              [market, symbol, args[2][0]]).fetchone()
     tables = ([obj] if obj is not None else []) + [t for _, t in parts]
     if not tables:  # neither landing nor the primary holds any of it: the replica's registry
         # row and bar go (pointers and aggregates of nothing); its ticks, if any, stay
@@ -214,7 +213,7 @@ def _write(replica: psycopg.Connection, got: list[Rebuild], cmp: Comparison) -> 
     keys = [g.key for g in got]
     rows = 0
     with replica.transaction():
-        replica.execute("SET LOCAL TimeZone = 'UTC'")
+        set_local_utc(replica)
         mark_digests_stale(replica, keys)
         replica.execute(query(__package__, "delete_buckets"),
                         _cols([g.key for g in got if not g.keep_ticks]))
@@ -340,7 +339,7 @@ def run(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landi
     for c in (primary, replica):
         require_autocommit(c, "replicate")
     res = Result(check_only)
-    started = primary.execute("SELECT clock_timestamp()").fetchone()[0]
+    started = primary.execute(query(__package__, "clock_now")).fetchone()[0]
     # Catching up rebuilds what differs anyway (a write in flight included): only the final
     # comparison waits for writers.
     cmp = compare(primary, replica, since, settle if check_only else 0.0)
@@ -372,6 +371,6 @@ def run(primary: psycopg.Connection, replica: psycopg.Connection, landing: Landi
         if done:
             res.lag_cleared = primary.execute(query(__package__, "clear_lag"),
                                               [*_cols(done), started]).rowcount
-    res.lag_open = primary.execute("SELECT count(*) FROM ingestion.replica_lag").fetchone()[0]
+    res.lag_open = primary.execute(query(__package__, "open_lag_count")).fetchone()[0]
     res.seconds = time.monotonic() - t0
     return res

@@ -18,6 +18,7 @@ from datetime import date, datetime
 import psycopg
 
 from workers.core import logs
+from workers.core.pg import set_local_utc
 from workers.core.sqlfiles import query
 from workers.core.ticks import to_us
 
@@ -86,7 +87,7 @@ def _recompute(conn: psycopg.Connection, chunk: list[tuple]) -> tuple[int, int]:
 
 def days(conn: psycopg.Connection, since: datetime | None = None) -> dict[DayKey, Day]:
     with conn.transaction():
-        conn.execute("SET LOCAL TimeZone = 'UTC'")
+        set_local_utc(conn)
         rows = conn.execute(query(__package__, "day_digests"), {"since": since}).fetchall()
     return {(m, s, d): Day(b, n, st, h) for m, s, d, b, n, st, h in rows}
 

@@ -12,6 +12,7 @@ from datetime import datetime
 
 import psycopg
 
+from workers.core.pg import set_local_utc
 from workers.core.sqlfiles import query
 from workers.core.ticks import to_dt, to_us
 
@@ -45,7 +46,7 @@ def days(conn: psycopg.Connection, since: datetime | None = None
     """{kind: {(market, symbol, day): (rows, digest)}} for the registry and the aggregate."""
     out = {}
     with conn.transaction():
-        conn.execute("SET LOCAL TimeZone = 'UTC'")
+        set_local_utc(conn)
         for kind in ROW_KINDS:
             rows = conn.execute(query(__package__, f"{kind}_days"), {"since": since}).fetchall()
             out[kind] = {(m, s, d): (n, h) for m, s, d, n, h in rows}
@@ -61,7 +62,7 @@ def buckets(conn: psycopg.Connection, which: list[tuple], since: datetime | None
     args = [[m for m, _, _ in which], [s for _, s, _ in which], [d for _, _, d in which],
             since, since]
     with conn.transaction():
-        conn.execute("SET LOCAL TimeZone = 'UTC'")
+        set_local_utc(conn)
         for kind in ROW_KINDS:
             out[kind] = {(m, s, to_us(b)): h for m, s, b, h in
                          conn.execute(query(__package__, f"{kind}_buckets"), args)}
@@ -74,7 +75,7 @@ def state(conn: psycopg.Connection, keys: list[Key]) -> dict[Key, Held]:
     if not keys:
         return {}
     with conn.transaction():
-        conn.execute("SET LOCAL TimeZone = 'UTC'")
+        set_local_utc(conn)
         rows = conn.execute(query(__package__, "bucket_state"), [
             [k[0] for k in keys], [k[1] for k in keys], [to_dt(k[2]) for k in keys]]).fetchall()
     return {(m, s, to_us(b)): Held((n, x) if has else None, r, o)

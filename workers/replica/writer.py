@@ -30,10 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 
 from workers.core import logs
 from workers.core.health import Metrics
-from workers.core.sqlfiles import query
+from workers.core.sqlfiles import query, template
 from workers.core.ticks import to_dt
 
 log = logs.get("replica")
@@ -165,8 +166,9 @@ class ReplicaWriter:
                 self._conn = None
                 conn = psycopg.connect(self.dsn, autocommit=True,
                                        connect_timeout=max(2, math.ceil(self.timeout)))
-                conn.execute(f"SET statement_timeout = {int(self.timeout * 1000)}")
-                conn.execute(f"SET lock_timeout = {int(self.timeout * 1000)}")
+                ms = sql.Literal(int(self.timeout * 1000))
+                conn.execute(template(__package__, "set_statement_timeout").format(ms))
+                conn.execute(template(__package__, "set_lock_timeout").format(ms))
                 self._conn = conn
             job.fn(self._conn)
         except Exception as e:

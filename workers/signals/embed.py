@@ -21,7 +21,7 @@ from psycopg import sql
 
 from workers.core import logs
 from workers.core.pg import require_autocommit
-from workers.core.sqlfiles import query
+from workers.core.sqlfiles import query, template
 from workers.core.ticks import to_dt, to_us
 from workers.signals import features, vector_index
 
@@ -55,15 +55,10 @@ def read_ticks(conn: psycopg.Connection, market: str, symbol: str, buckets: list
     """Ticks of the given buckets, sorted, as Arrow columns (one COPY, parsed in C++)."""
     buf = io.BytesIO()
     with conn.cursor() as cur:
-        query = sql.SQL(
-            "COPY (SELECT (extract(epoch FROM bucket_5m) * 1000000)::bigint, "
-            "(extract(epoch FROM event_time) * 1000000)::bigint, price::float8, "
-            "quantity::float8, is_buyer_maker FROM market_data.btc_ticks "
-            "WHERE market = {} AND symbol = {} AND bucket_5m = ANY({}) "
-            "AND trade_kind IS NULL "  # flagged trades (insurance fund, ADL) are no market
-            "ORDER BY bucket_5m, event_time, trade_id) TO STDOUT (FORMAT csv)"
-        ).format(sql.Literal(market), sql.Literal(symbol), sql.Literal(buckets))
-        with cur.copy(query) as cp:
+        statement = template(__package__, "window_ticks").format(
+            market=sql.Literal(market), symbol=sql.Literal(symbol),
+            buckets=sql.Literal(buckets))
+        with cur.copy(statement) as cp:
             for chunk in cp:
                 buf.write(chunk)
     buf.seek(0)
@@ -83,11 +78,9 @@ def run(conn: psycopg.Connection, *, symbol: str | None = None, market: str | No
     require_autocommit(conn, "embed")
     register_vector(conn)
     s = EmbedSummary()
-    series = conn.execute(
-        "SELECT DISTINCT market, symbol FROM market_data.btc_ohlcv_5m WHERE "
-        "(%(m)s::text IS NULL OR market = %(m)s) AND (%(s)s::text IS NULL OR symbol = %(s)s) "
-        "ORDER BY 1, 2", {"m": market, "s": symbol}).fetchall()
-    now = now or conn.execute("SELECT now()").fetchone()[0]
+    series = conn.execute(query(__package__, "series_to_embed"),
+                          {"m": market, "s": symbol}).fetchall()
+    now = now or conn.execute(query(__package__, "transaction_now")).fetchone()[0]
     for mkt, sym in series:
         todo = conn.execute(query(__package__, "windows_to_embed"), {
             "market": mkt, "symbol": sym, "now": now,
@@ -122,10 +115,8 @@ def _embed_batch(conn: psycopg.Connection, market: str, symbol: str, todo: list,
     if not rows:
         return
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute("CREATE TEMP TABLE IF NOT EXISTS emb_stage (market text, symbol text, "
-                    "bucket timestamptz, feature_vector vector(256), feature_version smallint, "
-                    "source_sha256 text) ON COMMIT DELETE ROWS")
-        with cur.copy("COPY emb_stage FROM STDIN (FORMAT binary)") as cp:
+        cur.execute(query(__package__, "create_emb_stage"))
+        with cur.copy(query(__package__, "copy_emb_stage")) as cp:
             cp.set_types(["text", "text", "timestamptz", "vector", "int2", "text"])
             for r in rows:
                 cp.write_row(r)
@@ -136,16 +127,12 @@ def _embed_batch(conn: psycopg.Connection, market: str, symbol: str, todo: list,
 def _update_labels(conn: psycopg.Connection, market: str, symbol: str) -> int:
     """Fill label keys whose horizon now has data; write only rows whose labels changed."""
     want = {"fwd_ret_5m", "fwd_ret_15m", "fwd_ret_60m", "fwd_vol_60m"}
-    incomplete = conn.execute(
-        "SELECT bucket, label_snapshot FROM signals.btc_embeddings WHERE market = %s "
-        "AND symbol = %s AND NOT (label_snapshot ?& %s)",
-        [market, symbol, sorted(want)]).fetchall()
+    incomplete = conn.execute(query(__package__, "incomplete_labels"),
+                              [market, symbol, sorted(want)]).fetchall()
     if not incomplete:
         return 0
     closes = {to_us(b): float(c) for b, c in conn.execute(
-        "SELECT bucket_5m, close FROM market_data.btc_ohlcv_5m WHERE market = %s "
-        "AND symbol = %s AND bucket_5m >= %s",
-        [market, symbol, min(b for b, _ in incomplete)])}
+        query(__package__, "closes_since"), [market, symbol, min(b for b, _ in incomplete)])}
     changes = []
     for bucket, current in incomplete:
         new = {**current, **features.labels(closes, to_us(bucket))}
@@ -153,8 +140,6 @@ def _update_labels(conn: psycopg.Connection, market: str, symbol: str) -> int:
             changes.append((json.dumps(new), market, symbol, bucket))
     if changes:
         with conn.transaction(), conn.cursor() as cur:
-            cur.executemany("UPDATE signals.btc_embeddings SET label_snapshot = %s, "
-                            "updated_at = now() WHERE market = %s AND symbol = %s "
-                            "AND bucket = %s", changes)
+            cur.executemany(query(__package__, "update_labels"), changes)
     return len(changes)
 

@@ -16,6 +16,7 @@ from psycopg import sql
 
 from workers.core.errors import BadInput
 from workers.core.sqlfiles import query as query_sql
+from workers.core.sqlfiles import template
 from workers.signals import vector_index
 
 LABEL_KEYS = ("fwd_ret_5m", "fwd_ret_15m", "fwd_ret_60m", "fwd_vol_60m")
@@ -100,9 +101,7 @@ def window_of(at: datetime) -> datetime:
 def latest_window(conn: psycopg.Connection, symbol: str, *, labelled: bool = False,
                   market: str = "spot") -> datetime:
     """The newest embedded window (`labelled`: the newest whose next hour is known)."""
-    row = conn.execute("SELECT max(bucket) FROM signals.btc_embeddings WHERE market = %s "
-                       "AND symbol = %s "
-                       "AND (NOT %s OR label_snapshot ? 'fwd_ret_60m')",
+    row = conn.execute(query_sql(__package__, "latest_window"),
                        [market, symbol, labelled]).fetchone()
     if row[0] is None:
         raise NoEmbedding(f"no embedded window{' with a known next hour' if labelled else ''} "
@@ -133,8 +132,7 @@ def query(conn: psycopg.Connection, *, symbol: str, at: datetime, k: int = 10,
     check_options(k=k, probes=probes, exclude_minutes=exclude_minutes)
     register_vector(conn)
     bucket = window_of(at)
-    row = conn.execute("SELECT feature_vector, label_snapshot FROM signals.btc_embeddings "
-                       "WHERE market = %s AND symbol = %s AND bucket = %s",
+    row = conn.execute(query_sql(__package__, "window_embedding"),
                        [market, symbol, bucket]).fetchone()
     if row is None:
         raise NoEmbedding(f"no embedding for {symbol} at {bucket:%Y-%m-%d %H:%M} UTC (the "
@@ -152,12 +150,10 @@ def query(conn: psycopg.Connection, *, symbol: str, at: datetime, k: int = 10,
     rows, used_probes = nearest(conn, vec, market=market, symbol=symbol, upto=upto, k=k,
                                 probes=probes, index=idx)
     with conn.transaction():
-        uncond = conn.execute(
-            sql.SQL("SELECT {} FROM signals.btc_embeddings WHERE market = %s "
-                    "AND symbol = %s").format(
-                sql.SQL(", ").join(
-                    sql.SQL("avg((label_snapshot->>{})::float8)").format(sql.Literal(key))
-                    for key in LABEL_KEYS)), [market, symbol]).fetchone()
+        mean = template(__package__, "label_mean")
+        uncond = conn.execute(template(__package__, "label_means").format(
+            means=sql.SQL(", ").join(mean.format(key=sql.Literal(key)) for key in LABEL_KEYS)),
+            [market, symbol]).fetchone()
     neighbours = [{"bucket": b.isoformat(), "distance": float(d), "labels": lab}
                   for b, d, lab in rows]
     means = {}

@@ -36,6 +36,7 @@ from psycopg import sql
 from workers.core import logs
 from workers.core.errors import Failed
 from workers.core.sqlfiles import query as query_sql
+from workers.core.sqlfiles import template
 
 MIN_ROWS = 10_000
 KIND = "halfvec"  # what build_embedding_index builds; the query must match it to use it
@@ -105,10 +106,8 @@ ITERATIVE_SCAN = "relaxed_order"
 
 
 def _apply(conn: psycopg.Connection, probes: int) -> None:
-    # The filter is applied after the index scan: iterative scans (pgvector >= 0.8) keep
-    # probing lists until enough rows pass it, instead of returning fewer than asked.
-    conn.execute(sql.SQL("SET ivfflat.probes = {}; SET ivfflat.iterative_scan = {}").format(
-        sql.Literal(int(probes)), sql.Literal(ITERATIVE_SCAN)))
+    conn.execute(template(__package__, "set_probes").format(
+        probes=sql.Literal(int(probes)), scan=sql.Literal(ITERATIVE_SCAN)))
 
 
 @dataclass
@@ -125,18 +124,13 @@ class IndexState:
 
 def current(conn: psycopg.Connection) -> Index | None:
     """The index in use (the newest recorded build that still exists), if any."""
-    row = conn.execute(
-        "SELECT b.index_name, b.rows, b.lists, b.kind, b.probes "
-        "FROM signals.vector_index_builds b "
-        "JOIN pg_class c ON c.relname = b.index_name "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'signals' "
-        "ORDER BY b.built_at DESC, b.index_name DESC LIMIT 1").fetchone()
+    row = conn.execute(query_sql(__package__, "current_index")).fetchone()
     return Index(*row) if row else None
 
 
 def ensure(conn: psycopg.Connection, *, min_rows: int = MIN_ROWS) -> IndexState:
     """Apply the lifecycle rule: build, rebuild (new, then swap) or keep."""
-    rows = conn.execute("SELECT count(*) FROM signals.btc_embeddings").fetchone()[0]
+    rows = conn.execute(query_sql(__package__, "embedding_count")).fetchone()[0]
     last = current(conn)
     if last is None and rows < min_rows:
         return IndexState(rows, None, None, None, "none (below threshold)")
@@ -179,7 +173,7 @@ def calibrate(conn: psycopg.Connection, index: Index, *, target: float = RECALL_
         # Short transactions (a swap's DROP INDEX waits for open ones), and one core for each
         # exact scan: readers keep the other, as this runs beside them.
         with conn.transaction():
-            conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+            conn.execute(query_sql(__package__, "no_parallel_workers"))
             truth = {r[0] for r in conn.execute(exact, params).fetchall()}
         if len(truth) == K:
             asks.append(params)
@@ -203,8 +197,7 @@ def calibrate(conn: psycopg.Connection, index: Index, *, target: float = RECALL_
     while recall(probes) < target and probes < index.lists:
         probes = min(index.lists, max(probes + 1, math.ceil(probes * 1.1)))
     cal = Calibration(probes, tried[probes], len(asks), tried, time.monotonic() - t0)
-    conn.execute("SELECT signals.record_embedding_index_probes(%s, %s::integer, %s::real, "
-                 "%s::integer)",
+    conn.execute(query_sql(__package__, "record_probes"),
                  [index.name, cal.probes, cal.recall, cal.queries])
     if not conn.autocommit:
         conn.commit()
@@ -218,7 +211,7 @@ def prewarm(conn: psycopg.Connection, index: str) -> int | None:
     """Load the index into shared_buffers when it takes at most half of them (the table's hot
     pages need the rest); blocks loaded, or None (too big: a warning says what to raise; or no
     pg_prewarm on this server). Queries then read probed lists from memory, not the OS cache."""
-    if conn.execute("SELECT to_regproc('public.pg_prewarm') IS NULL").fetchone()[0]:
+    if conn.execute(query_sql(__package__, "no_prewarm")).fetchone()[0]:
         return None
     row = conn.execute(query_sql(__package__, "prewarm_index"), {"index": index}).fetchone()
     if row is None:
@@ -237,11 +230,11 @@ def rebuild(conn: psycopg.Connection, *, rows: int | None = None,
             expected: Index | None = None) -> IndexState:
     """Build a new index for the table as it is now and swap it in (also: a forced rebuild)."""
     if rows is None:
-        rows = conn.execute("SELECT count(*) FROM signals.btc_embeddings").fetchone()[0]
+        rows = conn.execute(query_sql(__package__, "embedding_count")).fetchone()[0]
         expected = current(conn)
     lists = lists_for(rows)
     t0 = time.monotonic()
-    name = conn.execute("SELECT signals.build_embedding_index(%s, %s)",
+    name = conn.execute(query_sql(__package__, "build_index"),
                         [lists, expected.name if expected else None]).fetchone()[0]
     if not conn.autocommit:
         conn.commit()
@@ -269,7 +262,7 @@ def drop_replaced(conn: psycopg.Connection, *, attempts: int = 5) -> int:
     for attempt in range(attempts):
         try:
             with conn.transaction():
-                n = conn.execute("SELECT signals.drop_replaced_embedding_indexes()").fetchone()[0]
+                n = conn.execute(query_sql(__package__, "drop_replaced_indexes")).fetchone()[0]
             if n is not None:
                 return n
         except psycopg.errors.LockNotAvailable:

@@ -1,0 +1,2 @@
+-- The password travels as a SCRAM-SHA-256 verifier, never in clear.
+ALTER ROLE {user} LOGIN PASSWORD {verifier}

@@ -1,0 +1,1 @@
+SELECT ops.retention_horizon(%s), ops.retention_horizon(%s)

@@ -1,0 +1,1 @@
+SELECT count(*) FROM ingestion.replica_lag

@@ -1,0 +1,1 @@
+SELECT signals.build_embedding_index(%s, %s)

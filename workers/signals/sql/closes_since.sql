@@ -1,0 +1,2 @@
+SELECT bucket_5m, close FROM market_data.btc_ohlcv_5m WHERE market = %s
+AND symbol = %s AND bucket_5m >= %s

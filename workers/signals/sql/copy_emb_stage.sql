@@ -1,0 +1,1 @@
+COPY emb_stage FROM STDIN (FORMAT binary)

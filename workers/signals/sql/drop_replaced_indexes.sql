@@ -1,0 +1,1 @@
+SELECT signals.drop_replaced_embedding_indexes()

@@ -1,0 +1,1 @@
+SELECT count(*) FROM signals.btc_embeddings

@@ -1,0 +1,1 @@
+avg((label_snapshot->>{key})::float8)

@@ -1,0 +1,2 @@
+SELECT feature_vector, label_snapshot FROM signals.btc_embeddings
+WHERE market = %s AND symbol = %s AND bucket = %s
