@@ -32,11 +32,13 @@ import subprocess
 import sys
 import time
 import zipfile
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import month_report  # noqa: E402
 import monthgen  # noqa: E402
 from common import (  # noqa: E402
     REPO,
@@ -53,8 +55,7 @@ from common import (  # noqa: E402
     settle,
     throwaway_env,
 )
-
-MB = 2**20
+from month_report import MB  # noqa: E402
 
 
 def per_million(seconds: float, rows: int) -> float:
@@ -150,54 +151,19 @@ def destroy_primary(env) -> None:
     shutil.chown(env.primary.data, st.st_uid, st.st_gid)
 
 
-def rows_at(files: list[dict], t: float) -> float:
-    """Rows ingested by time t (linear within each file)."""
-    prev_t, prev_rows = 0.0, 0
-    for f in files:
-        start = max(prev_t, f["done_at"] - f["seconds"])
-        if t <= f["done_at"]:
-            if t <= start:
-                return prev_rows
-            return prev_rows + f["rows_read"] * (t - start) / (f["done_at"] - start)
-        prev_t, prev_rows = f["done_at"], prev_rows + f["rows_read"]
-    return prev_rows
+@dataclass
+class Month:
+    """The run's shared state: the environment, its database and bucket, the workers' env,
+    a scratch folder, and the figures gathered so far."""
+
+    env: object
+    db: str
+    e: dict[str, str]
+    tmp: Path
+    fig: dict
 
 
-def plot(fig_path: Path, run: dict, copy_days: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = run["files"]
-    starts = [sum(f["rows_read"] for f in files[:i]) / 1e6 for i in range(len(files) + 1)]
-    rate = [f["rows_read"] / f["seconds"] / 1e3 for f in files]
-    fig, (a, b) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
-    a.stairs(rate, starts, label="workers ingest, per daily file (landing + primary + "
-             "aggregate + offsets + replica dual-write)")
-    if copy_days:
-        a.plot([(d["cum_rows"] - d["rows"] / 2) / 1e6 for d in copy_days],
-               [d["rows"] / d["copy_s"] / 1e3 for d in copy_days], "o",
-               label="psql \\copy of the same day into an empty hypertable")
-    a.axhline(rate[0] * 0.85, color="grey", ls=":", lw=1, label="0.85 x the first day")
-    a.set_ylabel("thousand rows/s (per daily file)")
-    a.set_ylim(bottom=0)
-    a.legend(fontsize=8, loc="lower left")
-    a.set_title("a generated month: cost per row as the data grows")
-    xs = [rows_at(files, t) / 1e6 for t, _ in run["rss"]]
-    b.plot(xs, [r / MB for _, r in run["rss"]], lw=0.8, label="RSS of the ingest process")
-    b.axhline(300, color="red", ls=":", lw=1, label="300 MB")
-    b.set_ylabel("MB")
-    b.set_xlabel("million rows ingested")
-    b.set_ylim(bottom=0)
-    b.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(fig_path, dpi=110)
-    plt.close(fig)
-    print(f"figure: {fig_path}")
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--days", type=int, default=30)
@@ -210,7 +176,11 @@ def main() -> None:
                     help="where the generated files are kept between runs")
     ap.add_argument("--skip", default="", help="comma list of phases to skip: copy, rerun, "
                     "replicate, restore, retention")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     skip = set(filter(None, args.skip.split(",")))
     spec = monthgen.Spec(days=args.days, trades_per_day=args.trades_per_day)
     t0 = time.perf_counter()
@@ -230,233 +200,245 @@ def main() -> None:
         replica_db(env, db)
         bucket = "bench-month"
         landing_bucket(env, bucket)
-        e = workers_env(env, db, bucket)
-
-        # 1. the month, minus the held-back day, in one process with the dual-write on.
-        settle(env)
-        kinds = CpuKinds(env)
-        cpu0, kids0 = cpu_by_part(env), children_cpu()
-        run = ingest(e, first_files, tmp / "ingest.log")
-        cpu = cpu_delta(cpu0, cpu_by_part(env))
-        detail = kinds.stop()
-        cpu["ingest process"] = round(children_cpu() - kids0, 2)
-        days = run["files"]
-        rates = [d["rows_read"] / d["seconds"] for d in days]
-        rows1 = sum(d["rows_read"] for d in days)
-        last_week = rates[-7:]
-        fig["ingest"] = {
-            "files": len(days), "rows": rows1, "wall_s": round(run["wall"], 1),
-            "rows_per_s": round(rows1 / run["wall"]),
-            "first_day_rows_per_s": round(rates[0]), "last_day_rows_per_s": round(rates[-1]),
-            "min_day_rows_per_s": round(min(rates)),
-            "last_week_vs_first_day": round(sum(last_week) / len(last_week) / rates[0], 3),
-            "min_day_vs_first_day": round(min(rates) / rates[0], 3),
-            "peak_rss_mb": round(run["peak_rss"] / MB),
-            "per_day": [{"file": Path(d["source"]).name, "rows": d["rows_read"],
-                         "seconds": d["seconds"], "rows_per_s": round(r)}
-                        for d, r in zip(days, rates, strict=True)],
-            "rss_mb": [(round(t, 1), round(r / MB)) for t, r in run["rss"][::8]],
-            # Where the machine's time went: CPU seconds per million rows by part, and how
-            # many of the 2 cores were busy on average.
-            "cpu_s_per_million": {k: per_million(v, rows1) for k, v in cpu.items()},
-            "cpu_s_per_million_total": per_million(sum(cpu.values()), rows1),
-            "cores_busy": round(sum(cpu.values()) / run["wall"], 2),
-            "cpu_s_per_million_clusters": {k: per_million(v, rows1)
-                                           for k, v in sorted(detail.items())},
-        }
-        print(f"ingest: {len(days)} files, {rows1:,} rows in {run['wall']:.0f} s "
-              f"({rows1 / run['wall']:,.0f} rows/s); first day {rates[0]:,.0f} rows/s, last "
-              f"{rates[-1]:,.0f}, slowest {min(rates):,.0f}; last week "
-              f"{fig['ingest']['last_week_vs_first_day']:.2f}x the first day (goal >= 0.85x);"
-              f" peak RSS {run['peak_rss'] / MB:.0f} MB (goal <= 300)", flush=True)
-        print("  CPU s per million rows: " + ", ".join(
-            f"{k} {v:.2f}" for k, v in sorted(fig["ingest"]["cpu_s_per_million"].items(),
-                                              key=lambda kv: -kv[1]))
-              + f"; total {fig['ingest']['cpu_s_per_million_total']:.2f} on "
-              f"{fig['ingest']['cores_busy']:.2f} cores busy on average", flush=True)
-        print("  of the clusters: " + ", ".join(
-            f"{k} {v:.2f}" for k, v in fig["ingest"]["cpu_s_per_million_clusters"].items()
-            if abs(v) >= 0.01), flush=True)
-        lag = int(scalar(env, db, "SELECT count(*) FROM ingestion.replica_lag"))
-        fig["ingest"]["replica_lag_buckets"] = lag
-
-        # 2. \copy of some of the same days into an identical empty hypertable.
+        m = Month(env, db, workers_env(env, db, bucket), tmp, fig)
+        run = stage_ingest(m, first_files)
         copy_days: list[dict] = []
         if "copy" not in skip and args.copy_days:
-            settle(env)
-            cdb = fresh_db(env, "month_copy")
-            step = max(1, (len(days) - 1) // max(1, args.copy_days - 1))
-            picks = sorted({min(i, len(days) - 1) for i in range(0, len(days), step)}
-                           )[:args.copy_days - 1] + [len(days) - 1]
-            cum = 0
-            by_name = {Path(d["source"]).name: d for d in days}
-            for i, f in enumerate(first_files):
-                cum += by_name[f.name]["rows_read"]
-                if i not in picks:
-                    continue
-                secs, n, ccpu = copy_day(env, cdb, f, tmp)
-                d = by_name[f.name]
-                copy_days.append({"file": f.name, "rows": n, "copy_s": round(secs, 2),
-                                  "ingest_s": d["seconds"], "cum_rows": cum,
-                                  "ratio": round(d["seconds"] / secs, 3), "cpu": ccpu})
-                print(f"  {f.name}: psql \\copy {secs:6.1f} s, ingest {d['seconds']:6.1f} s "
-                      f"= {d['seconds'] / secs:4.2f}x", flush=True)
-            env.primary.psql(f'DROP DATABASE "{cdb}" WITH (FORCE)')
-            ing = sum(d["ingest_s"] for d in copy_days)
-            cp = sum(d["copy_s"] for d in copy_days)
-            crows = sum(d["rows"] for d in copy_days)
-            ccpu = {k: per_million(sum(d["cpu"].get(k, 0) for d in copy_days), crows)
-                    for k in ("primary", "psql")}
-            ing_cpu = fig["ingest"]["cpu_s_per_million_total"]
-            # With every core busy all the time the ingest could not take less than its CPU
-            # over the cores; against \copy's wall time per million rows that is a floor for
-            # the ratio no overlap can beat.
-            floor = ing_cpu / (os.cpu_count() or 1) / per_million(cp, crows)
-            fig["copy"] = {"days": copy_days, "ingest_s": round(ing, 1), "copy_s": round(cp, 1),
-                           "ratio": round(ing / cp, 3), "cpu_s_per_million": ccpu,
-                           "cpu_s_per_million_total": round(sum(ccpu.values()), 3),
-                           "ratio_floor_all_cores_busy": round(floor, 3)}
-            print(f"ingest / psql \\copy over the same {len(copy_days)} days = {ing / cp:.2f}x "
-                  f"(goal <= 1.0x); \\copy used {sum(ccpu.values()):.2f} CPU s per million "
-                  f"rows (server {ccpu['primary']:.2f}, psql {ccpu['psql']:.2f}), the ingest "
-                  f"{ing_cpu:.2f}: with all {os.cpu_count()} cores busy all the time it could "
-                  f"not beat {floor:.2f}x", flush=True)
-
-        # 3. reruns: unchanged, then one file changed.
+            copy_days = stage_copy(m, first_files, run["files"], args.copy_days)
         if "rerun" not in skip:
-            secs, out = cli(e, "ingest", "--json", *map(str, first_files))
-            sums = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
-            skipped = sum(s["files_skipped"] for s in sums)
-            changed = changed_copy(first_files[len(first_files) // 2], tmp / "changed")
-            swapped = [changed if f.name == changed.name else f for f in first_files]
-            before = scalar(env, db, "SELECT count(*) FROM market_data.btc_ticks")
-            secs2, out2 = cli(e, "ingest", "--json", *map(str, swapped))
-            sums2 = [json.loads(ln) for ln in out2.splitlines() if ln.startswith("{")]
-            after = scalar(env, db, "SELECT count(*) FROM market_data.btc_ticks")
-            full = [s for s in sums2 if not s["files_skipped"]]
-            fig["rerun"] = {"seconds": round(secs, 2), "files_skipped": skipped,
-                            "ratio_to_first": round(secs / run["wall"], 4),
-                            "one_changed_seconds": round(secs2, 2),
-                            "one_changed_full_path": [Path(s["source"]).name for s in full],
-                            "one_changed_inserted": sum(s["inserted"] for s in sums2),
-                            "one_changed_duplicates": sum(s["duplicates"] for s in sums2),
-                            "ticks_unchanged": before == after}
-            print(f"rerun of {len(first_files)} files: {secs:.1f} s = "
-                  f"{secs / run['wall'] * 100:.2f}% of the first ingest (goal <= 2%), "
-                  f"{skipped} skipped; one file changed: {secs2:.1f} s, "
-                  f"{len(full)} through the full path, {fig['rerun']['one_changed_inserted']} "
-                  f"new ticks, ticks unchanged: {before == after}", flush=True)
-
-        # 4. replicate at the month scale.
+            stage_rerun(m, first_files, run["wall"])
         if "replicate" not in skip:
-            secs, out = cli(e, "replicate", "--json", ok=(0, 1))
-            r1 = json.loads(out)
-            secs_c, out = cli(e, "replicate", "--check", "--json", ok=(0, 1))
-            rc = json.loads(out)
-            # A flush the replica missed: one bucket's ticks gone there, as a writer marks it.
-            day12 = datetime(2024, 4, 12, 13, 5, tzinfo=UTC) if args.days >= 12 else None
-            when = (day12 or datetime.fromisoformat(spec.first_day + "T00:00:00+00:00")
-                    ).isoformat()
-            env.replica.psql(
-                "BEGIN; SELECT set_config('tickstack.digests_marked', 'on', true); "
-                "INSERT INTO market_data.tick_digests (market, symbol, bucket_5m) VALUES "
-                f"('spot', 'BTCUSDT', '{when}') ON CONFLICT (market, symbol, bucket_5m) DO "
-                "UPDATE SET tick_count = NULL, digest = NULL, version = "
-                "market_data.tick_digests.version + 1; "
-                f"DELETE FROM market_data.btc_ticks WHERE bucket_5m = '{when}'; COMMIT;", db=db)
-            secs_d, out = cli(e, "replicate", "--check", "--json", ok=(0, 1))
-            rd = json.loads(out)
-            secs_r, out = cli(e, "replicate", "--json", ok=(0, 1))
-            rr = json.loads(out)
-            rows = rc["after"].get("rows", 0)
-            fig["replicate"] = {
-                "catch_up_s": round(secs, 1), "catch_up": r1["caught_up"],
-                "catch_up_rows": r1["rows_loaded"], "digests": r1["before"].get(
-                    "digests_recomputed"), "first_per_million_s": per_million(secs, rows),
-                "check_equal_s": round(secs_c, 2), "check_equal_ok": rc["differing"] == [],
-                "days": rc["after"].get("days"), "buckets": rc["after"].get("buckets"),
-                "rows": rows, "check_per_million_s": per_million(secs_c, rows),
-                "check_one_missing_s": round(secs_d, 2),
-                "check_one_missing_found": rd["differing"],
-                "days_drilled": rd["before"].get("days_differing"),
-                "repair_s": round(secs_r, 2), "repaired": rr["differing"] == [],
-                "repair_caught_up": rr["caught_up"]}
-            print(f"replicate: catch-up + first digests {secs:.1f} s ({r1['caught_up']} buckets "
-                  f"rebuilt); --check of the equal month ({rows:,} rows, "
-                  f"{rc['after'].get('days')} days) {secs_c:.2f} s (goal <= 10 s); one bucket "
-                  f"missing: --check {secs_d:.2f} s, {len(rd['differing'])} found in "
-                  f"{rd['before'].get('days_differing')} day(s); repaired in {secs_r:.2f} s",
-                  flush=True)
-
-        # 5. backup, the held-back day after it, restore to the time between.
+            first = spec.first_day
+            stage_replicate(m, datetime(2024, 4, 12, 13, 5, tzinfo=UTC) if args.days >= 12
+                            else datetime.fromisoformat(first + "T00:00:00+00:00"))
         if "restore" not in skip:
-            secs_b, _ = cli(e, "backup", "--type", "full")
-            target = scalar(env, db, "SELECT clock_timestamp()")
-            time.sleep(1.1)
-            late = ingest(e, [held], tmp / "ingest-late.log")
-            cli(e, "backup", "--check")
-            whole = int(scalar(env, db, "SELECT count(*) FROM market_data.btc_ticks"))
-            destroy_primary(env)
-            secs_r, out = cli(e, "restore", "--target-time", target, "--timeline", "current")
-            got = int(scalar(env, db, "SELECT count(*) FROM market_data.btc_ticks"))
-            steps = {m.group(2).strip(): float(m.group(1)) for m in re.finditer(
-                r"^\s+([\d.]+) s\s+(.+?)(?: —|$)", out, re.M)}
-            replay = next((v for k, v in steps.items() if k.startswith("landing replay")), None)
-            late_rows = late["files"][0]["rows_read"]
-            fig["restore"] = {"backup_s": round(secs_b, 1), "late_day_ingest_s":
-                              late["files"][0]["seconds"], "late_day_rows": late_rows,
-                              "restore_s": round(secs_r, 1), "steps": steps,
-                              "replay_s": replay,
-                              "replay_per_million_s": per_million(replay or 0, late_rows),
-                              "ticks_after": got, "ticks_expected": whole,
-                              "exact": got == whole, "report": out[-1500:]}
-            print(f"restore: full backup {secs_b:.0f} s; workers restore {secs_r:.0f} s, of it "
-                  f"landing replay {replay} s for the day after the target ({late_rows:,} rows); "
-                  f"ticks {got:,} of {whole:,}", flush=True)
+            late = stage_restore(m, held)
         else:
-            late = ingest(e, [held], tmp / "ingest-late.log")
+            late = ingest(m.e, [held], tmp / "ingest-late.log")
         run["files"] += late["files"]
-
-        # 6. retention: every chunk of the month but the newest.
         if "retention" not in skip:
-            last_chunk = env.primary.psql(
-                "SELECT max(range_start) FROM timescaledb_information.chunks WHERE "
-                "hypertable_name = 'btc_ticks'", db=db)
-            now = datetime.fromisoformat(scalar(env, db, "SELECT now()"))
-            cut = datetime.fromisoformat(last_chunk)
-            secs_interval = int((now - cut + timedelta(minutes=5)).total_seconds())
-            env.primary.psql("INSERT INTO ops.retention_jobs (job_name, hypertable, policy) "
-                             "VALUES ('bench_month', 'market_data.btc_ticks', "
-                             f"'{{\"drop_after\": \"{secs_interval} seconds\"}}')", db=db)
-            env.replica.psql("INSERT INTO ops.retention_jobs (job_name, hypertable, policy) "
-                             "VALUES ('bench_month', 'market_data.btc_ticks', "
-                             f"'{{\"drop_after\": \"{secs_interval} seconds\"}}')", db=db)
-            before = int(scalar(env, db, "SELECT count(*) FROM market_data.btc_ticks"))
-            secs_dry, _ = cli(e, "retention", "--job", "bench_month", "--dry-run")
-            secs_ret, out = cli(e, "retention", "--job", "bench_month", "--json")
-            res = json.loads(out)
-            after = int(scalar(env, db, "SELECT count(*) FROM market_data.btc_ticks"))
-            prim = res.get("primary", [{}])[0]
-            repl = res.get("replica", [{}])[0]
-            fig["retention"] = {"dry_run_s": round(secs_dry, 1), "run_s": round(secs_ret, 1),
-                                "primary_chunks": prim.get("chunks"),
-                                "primary_rows": prim.get("rows"),
-                                "primary_s": prim.get("seconds"),
-                                "replica_rows": repl.get("rows"), "replica_s": repl.get("seconds"),
-                                "ticks_before": before, "ticks_after": after,
-                                "primary_per_million_s": per_million(prim.get("seconds") or 0,
-                                                                     prim.get("rows") or 0),
-                                "replica_per_million_s": per_million(repl.get("seconds") or 0,
-                                                                     repl.get("rows") or 0)}
-            print(f"retention: dry-run {secs_dry:.1f} s; drop {prim.get('chunks')} chunks "
-                  f"({prim.get('rows'):,} rows) on the primary in {prim.get('seconds')} s, "
-                  f"{repl.get('rows'):,} rows deleted on the replica in {repl.get('seconds')} s",
-                  flush=True)
+            stage_retention(m)
 
     fig["seconds"] = round(time.perf_counter() - t0, 1)
     save("month", fig)
-    plot(out_dir() / "month.png", run, copy_days)
+    month_report.plot(out_dir() / "month.png", run, copy_days)
     print(f"month bench: {fig['seconds'] / 60:.1f} min")
+
+
+def stage_ingest(m: Month, first_files: list[Path]) -> dict:
+    """1. the month, minus the held-back day, in one process with the dual-write on."""
+    env = m.env
+    settle(env)
+    kinds = CpuKinds(env)
+    cpu0, kids0 = cpu_by_part(env), children_cpu()
+    run = ingest(m.e, first_files, m.tmp / "ingest.log")
+    cpu = cpu_delta(cpu0, cpu_by_part(env))
+    detail = kinds.stop()
+    cpu["ingest process"] = round(children_cpu() - kids0, 2)
+    days = run["files"]
+    rates = [d["rows_read"] / d["seconds"] for d in days]
+    rows1 = sum(d["rows_read"] for d in days)
+    last_week = rates[-7:]
+    m.fig["ingest"] = {
+        "files": len(days), "rows": rows1, "wall_s": round(run["wall"], 1),
+        "rows_per_s": round(rows1 / run["wall"]),
+        "first_day_rows_per_s": round(rates[0]), "last_day_rows_per_s": round(rates[-1]),
+        "min_day_rows_per_s": round(min(rates)),
+        "last_week_vs_first_day": round(sum(last_week) / len(last_week) / rates[0], 3),
+        "min_day_vs_first_day": round(min(rates) / rates[0], 3),
+        "peak_rss_mb": round(run["peak_rss"] / MB),
+        "per_day": [{"file": Path(d["source"]).name, "rows": d["rows_read"],
+                     "seconds": d["seconds"], "rows_per_s": round(r)}
+                    for d, r in zip(days, rates, strict=True)],
+        "rss_mb": [(round(t, 1), round(r / MB)) for t, r in run["rss"][::8]],
+        # Where the machine's time went: CPU seconds per million rows by part, and how
+        # many of the 2 cores were busy on average.
+        "cpu_s_per_million": {k: per_million(v, rows1) for k, v in cpu.items()},
+        "cpu_s_per_million_total": per_million(sum(cpu.values()), rows1),
+        "cores_busy": round(sum(cpu.values()) / run["wall"], 2),
+        "cpu_s_per_million_clusters": {k: per_million(v, rows1)
+                                       for k, v in sorted(detail.items())},
+    }
+    month_report.print_ingest(m.fig["ingest"], rates, run)
+    lag = int(scalar(env, m.db, "SELECT count(*) FROM ingestion.replica_lag"))
+    m.fig["ingest"]["replica_lag_buckets"] = lag
+    return run
+
+
+def stage_copy(m: Month, first_files: list[Path], days: list[dict], n_days: int
+               ) -> list[dict]:
+    """2. \\copy of some of the same days into an identical empty hypertable."""
+    env = m.env
+    copy_days: list[dict] = []
+    settle(env)
+    cdb = fresh_db(env, "month_copy")
+    step = max(1, (len(days) - 1) // max(1, n_days - 1))
+    picks = sorted({min(i, len(days) - 1) for i in range(0, len(days), step)}
+                   )[:n_days - 1] + [len(days) - 1]
+    cum = 0
+    by_name = {Path(d["source"]).name: d for d in days}
+    for i, f in enumerate(first_files):
+        cum += by_name[f.name]["rows_read"]
+        if i not in picks:
+            continue
+        secs, n, ccpu = copy_day(env, cdb, f, m.tmp)
+        d = by_name[f.name]
+        copy_days.append({"file": f.name, "rows": n, "copy_s": round(secs, 2),
+                          "ingest_s": d["seconds"], "cum_rows": cum,
+                          "ratio": round(d["seconds"] / secs, 3), "cpu": ccpu})
+        print(f"  {f.name}: psql \\copy {secs:6.1f} s, ingest {d['seconds']:6.1f} s "
+              f"= {d['seconds'] / secs:4.2f}x", flush=True)
+    env.primary.psql(f'DROP DATABASE "{cdb}" WITH (FORCE)')
+    ing = sum(d["ingest_s"] for d in copy_days)
+    cp = sum(d["copy_s"] for d in copy_days)
+    crows = sum(d["rows"] for d in copy_days)
+    ccpu = {k: per_million(sum(d["cpu"].get(k, 0) for d in copy_days), crows)
+            for k in ("primary", "psql")}
+    ing_cpu = m.fig["ingest"]["cpu_s_per_million_total"]
+    # With every core busy all the time the ingest could not take less than its CPU
+    # over the cores; against \copy's wall time per million rows that is a floor for
+    # the ratio no overlap can beat.
+    floor = ing_cpu / (os.cpu_count() or 1) / per_million(cp, crows)
+    m.fig["copy"] = {"days": copy_days, "ingest_s": round(ing, 1), "copy_s": round(cp, 1),
+                     "ratio": round(ing / cp, 3), "cpu_s_per_million": ccpu,
+                     "cpu_s_per_million_total": round(sum(ccpu.values()), 3),
+                     "ratio_floor_all_cores_busy": round(floor, 3)}
+    month_report.print_copy(m.fig["copy"], ing / cp, floor, ing_cpu)
+    return copy_days
+
+
+def stage_rerun(m: Month, first_files: list[Path], first_wall: float) -> None:
+    """3. reruns: unchanged, then one file changed."""
+    env, db, e = m.env, m.db, m.e
+    secs, out = cli(e, "ingest", "--json", *map(str, first_files))
+    sums = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+    skipped = sum(s["files_skipped"] for s in sums)
+    changed = changed_copy(first_files[len(first_files) // 2], m.tmp / "changed")
+    swapped = [changed if f.name == changed.name else f for f in first_files]
+    before = scalar(env, db, "SELECT count(*) FROM market_data.btc_ticks")
+    secs2, out2 = cli(e, "ingest", "--json", *map(str, swapped))
+    sums2 = [json.loads(ln) for ln in out2.splitlines() if ln.startswith("{")]
+    after = scalar(env, db, "SELECT count(*) FROM market_data.btc_ticks")
+    full = [s for s in sums2 if not s["files_skipped"]]
+    m.fig["rerun"] = r = {"seconds": round(secs, 2), "files_skipped": skipped,
+                          "ratio_to_first": round(secs / first_wall, 4),
+                          "one_changed_seconds": round(secs2, 2),
+                          "one_changed_full_path": [Path(s["source"]).name for s in full],
+                          "one_changed_inserted": sum(s["inserted"] for s in sums2),
+                          "one_changed_duplicates": sum(s["duplicates"] for s in sums2),
+                          "ticks_unchanged": before == after}
+    print(f"rerun of {len(first_files)} files: {secs:.1f} s = "
+          f"{secs / first_wall * 100:.2f}% of the first ingest (goal <= 2%), "
+          f"{skipped} skipped; one file changed: {secs2:.1f} s, "
+          f"{len(full)} through the full path, {r['one_changed_inserted']} "
+          f"new ticks, ticks unchanged: {before == after}", flush=True)
+
+
+def stage_replicate(m: Month, missed: datetime) -> None:
+    """4. replicate at the month scale; then one bucket the replica missed (at `missed`)."""
+    e = m.e
+    secs, out = cli(e, "replicate", "--json", ok=(0, 1))
+    r1 = json.loads(out)
+    secs_c, out = cli(e, "replicate", "--check", "--json", ok=(0, 1))
+    rc = json.loads(out)
+    # A flush the replica missed: one bucket's ticks gone there, as a writer marks it.
+    when = missed.isoformat()
+    m.env.replica.psql(
+        "BEGIN; SELECT set_config('tickstack.digests_marked', 'on', true); "
+        "INSERT INTO market_data.tick_digests (market, symbol, bucket_5m) VALUES "
+        f"('spot', 'BTCUSDT', '{when}') ON CONFLICT (market, symbol, bucket_5m) DO "
+        "UPDATE SET tick_count = NULL, digest = NULL, version = "
+        "market_data.tick_digests.version + 1; "
+        f"DELETE FROM market_data.btc_ticks WHERE bucket_5m = '{when}'; COMMIT;", db=m.db)
+    secs_d, out = cli(e, "replicate", "--check", "--json", ok=(0, 1))
+    rd = json.loads(out)
+    secs_r, out = cli(e, "replicate", "--json", ok=(0, 1))
+    rr = json.loads(out)
+    rows = rc["after"].get("rows", 0)
+    m.fig["replicate"] = {
+        "catch_up_s": round(secs, 1), "catch_up": r1["caught_up"],
+        "catch_up_rows": r1["rows_loaded"], "digests": r1["before"].get(
+            "digests_recomputed"), "first_per_million_s": per_million(secs, rows),
+        "check_equal_s": round(secs_c, 2), "check_equal_ok": rc["differing"] == [],
+        "days": rc["after"].get("days"), "buckets": rc["after"].get("buckets"),
+        "rows": rows, "check_per_million_s": per_million(secs_c, rows),
+        "check_one_missing_s": round(secs_d, 2),
+        "check_one_missing_found": rd["differing"],
+        "days_drilled": rd["before"].get("days_differing"),
+        "repair_s": round(secs_r, 2), "repaired": rr["differing"] == [],
+        "repair_caught_up": rr["caught_up"]}
+    print(f"replicate: catch-up + first digests {secs:.1f} s ({r1['caught_up']} buckets "
+          f"rebuilt); --check of the equal month ({rows:,} rows, "
+          f"{rc['after'].get('days')} days) {secs_c:.2f} s (goal <= 10 s); one bucket "
+          f"missing: --check {secs_d:.2f} s, {len(rd['differing'])} found in "
+          f"{rd['before'].get('days_differing')} day(s); repaired in {secs_r:.2f} s",
+          flush=True)
+
+
+def stage_restore(m: Month, held: Path) -> dict:
+    """5. backup, the held-back day after it, restore to the time between. Returns the late
+    day's ingest."""
+    env, db, e = m.env, m.db, m.e
+    secs_b, _ = cli(e, "backup", "--type", "full")
+    target = scalar(env, db, "SELECT clock_timestamp()")
+    time.sleep(1.1)
+    late = ingest(e, [held], m.tmp / "ingest-late.log")
+    cli(e, "backup", "--check")
+    whole = int(scalar(env, db, "SELECT count(*) FROM market_data.btc_ticks"))
+    destroy_primary(env)
+    secs_r, out = cli(e, "restore", "--target-time", target, "--timeline", "current")
+    got = int(scalar(env, db, "SELECT count(*) FROM market_data.btc_ticks"))
+    steps = {g.group(2).strip(): float(g.group(1)) for g in re.finditer(
+        r"^\s+([\d.]+) s\s+(.+?)(?: —|$)", out, re.M)}
+    replay = next((v for k, v in steps.items() if k.startswith("landing replay")), None)
+    late_rows = late["files"][0]["rows_read"]
+    m.fig["restore"] = {"backup_s": round(secs_b, 1), "late_day_ingest_s":
+                        late["files"][0]["seconds"], "late_day_rows": late_rows,
+                        "restore_s": round(secs_r, 1), "steps": steps,
+                        "replay_s": replay,
+                        "replay_per_million_s": per_million(replay or 0, late_rows),
+                        "ticks_after": got, "ticks_expected": whole,
+                        "exact": got == whole, "report": out[-1500:]}
+    print(f"restore: full backup {secs_b:.0f} s; workers restore {secs_r:.0f} s, of it "
+          f"landing replay {replay} s for the day after the target ({late_rows:,} rows); "
+          f"ticks {got:,} of {whole:,}", flush=True)
+    return late
+
+
+def stage_retention(m: Month) -> None:
+    """6. retention: every chunk of the month but the newest."""
+    env, db = m.env, m.db
+    last_chunk = env.primary.psql(
+        "SELECT max(range_start) FROM timescaledb_information.chunks WHERE "
+        "hypertable_name = 'btc_ticks'", db=db)
+    now = datetime.fromisoformat(scalar(env, db, "SELECT now()"))
+    cut = datetime.fromisoformat(last_chunk)
+    secs_interval = int((now - cut + timedelta(minutes=5)).total_seconds())
+    for cluster in (env.primary, env.replica):
+        cluster.psql("INSERT INTO ops.retention_jobs (job_name, hypertable, policy) "
+                     "VALUES ('bench_month', 'market_data.btc_ticks', "
+                     f"'{{\"drop_after\": \"{secs_interval} seconds\"}}')", db=db)
+    before = int(scalar(env, db, "SELECT count(*) FROM market_data.btc_ticks"))
+    secs_dry, _ = cli(m.e, "retention", "--job", "bench_month", "--dry-run")
+    secs_ret, out = cli(m.e, "retention", "--job", "bench_month", "--json")
+    res = json.loads(out)
+    after = int(scalar(env, db, "SELECT count(*) FROM market_data.btc_ticks"))
+    prim = res.get("primary", [{}])[0]
+    repl = res.get("replica", [{}])[0]
+    m.fig["retention"] = {"dry_run_s": round(secs_dry, 1), "run_s": round(secs_ret, 1),
+                          "primary_chunks": prim.get("chunks"),
+                          "primary_rows": prim.get("rows"),
+                          "primary_s": prim.get("seconds"),
+                          "replica_rows": repl.get("rows"), "replica_s": repl.get("seconds"),
+                          "ticks_before": before, "ticks_after": after,
+                          "primary_per_million_s": per_million(prim.get("seconds") or 0,
+                                                               prim.get("rows") or 0),
+                          "replica_per_million_s": per_million(repl.get("seconds") or 0,
+                                                               repl.get("rows") or 0)}
+    print(f"retention: dry-run {secs_dry:.1f} s; drop {prim.get('chunks')} chunks "
+          f"({prim.get('rows'):,} rows) on the primary in {prim.get('seconds')} s, "
+          f"{repl.get('rows'):,} rows deleted on the replica in {repl.get('seconds')} s",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Can point-in-time recovery from a backup set reach the target? Checked before the primary
-is touched (workers/ops/restore.py's preflight), from the repository's WAL archive: no hole on
-the way, and a commit after the target before the end of what can be replayed.
+is touched (workers/ops/restore_checks.py's preflight), from the repository's WAL archive: no
+hole on the way, and a commit after the target before the end of what can be replayed.
 """
 
 from __future__ import annotations

@@ -29,6 +29,8 @@ and ivfflat reaches 0.99 at the same probes (bench/vectors.py measures it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 FEATURE_VERSION = 2
@@ -139,73 +141,113 @@ def embed_windows(offsets: np.ndarray, t_us: np.ndarray, price: np.ndarray, qty:
         sel = np.repeat(counts >= MIN_TRADES, counts)
         t_us, price, qty, buyer_maker = t_us[sel], price[sel], qty[sel], buyer_maker[sel]
         counts = counts[kept]
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    ends = starts + counts
-    nw = len(kept)
-    w = np.repeat(np.arange(nw), counts)
-    step = np.clip((t_us - np.asarray(window_start_us)[kept][w]) // STEP_US, 0,
-                   STEPS - 1).astype(np.int64)
-    key = w * STEPS + step  # non-decreasing: trades are sorted by window and time
-    size = nw * STEPS
-    vol = np.bincount(key, weights=qty, minlength=size).reshape(nw, STEPS)
-    cnt = np.bincount(key, minlength=size).reshape(nw, STEPS).astype(np.float64)
-    sign = np.where(buyer_maker, -1.0, 1.0)
-    signed = np.bincount(key, weights=qty * sign, minlength=size).reshape(nw, STEPS)
-    total_vol = vol.sum(axis=1)
-    n = counts.astype(np.float64)
-
-    # Last trade of each step (where the key changes), carried forward over empty steps.
-    last = np.flatnonzero(np.diff(key, append=key[-1] + 1))
-    last_idx = np.full(size, -1)
-    last_idx[key[last]] = last
-    filled = np.maximum.accumulate(last_idx.reshape(nw, STEPS), axis=1)
+    g = _Grid.of(counts, t_us, qty, buyer_maker, np.asarray(window_start_us)[kept])
     logp = np.log(price)
-    logp0 = logp[starts]
+    r = _step_log_returns(g, logp)
+    stats = _stats_many(g, price, qty, buyer_maker, logp, r)
+    path = _vw_path_many(g, qty, logp)
+    ramp = np.arange(1, STEPS + 1) / STEPS
+    v = np.concatenate([
+        WEIGHTS["returns"] * _units(path - path.mean(axis=1, keepdims=True)),
+        WEIGHTS["volume"] * _units(np.cumsum(g.vol, axis=1) / g.total_vol[:, None] - ramp),
+        WEIGHTS["signed"] * _units(np.cumsum(g.signed, axis=1) / g.total_vol[:, None]),
+        WEIGHTS["count"] * _units(np.cumsum(g.cnt, axis=1) / g.n[:, None] - ramp),
+        WEIGHTS["stats"] * _units(stats),
+    ], axis=1)
+    return kept, _units(v).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The trades of `nw` windows on their (window, 5-second step) grid, with each step's
+    sums as (nw, STEPS) arrays."""
+
+    nw: int
+    w: np.ndarray  # each trade's window
+    key: np.ndarray  # each trade's cell, window * STEPS + step (non-decreasing)
+    starts: np.ndarray  # each window's first trade
+    ends: np.ndarray  # one past each window's last trade
+    n: np.ndarray  # trades of each window (float)
+    vol: np.ndarray
+    cnt: np.ndarray
+    signed: np.ndarray  # taker buy - taker sell volume
+    total_vol: np.ndarray
+
+    @classmethod
+    def of(cls, counts: np.ndarray, t_us: np.ndarray, qty: np.ndarray,
+           buyer_maker: np.ndarray, start_us: np.ndarray) -> _Grid:
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        nw = len(counts)
+        w = np.repeat(np.arange(nw), counts)
+        step = np.clip((t_us - start_us[w]) // STEP_US, 0, STEPS - 1).astype(np.int64)
+        key = w * STEPS + step  # non-decreasing: trades are sorted by window and time
+        size = nw * STEPS
+        vol = np.bincount(key, weights=qty, minlength=size).reshape(nw, STEPS)
+        cnt = np.bincount(key, minlength=size).reshape(nw, STEPS).astype(np.float64)
+        sign = np.where(buyer_maker, -1.0, 1.0)
+        signed = np.bincount(key, weights=qty * sign, minlength=size).reshape(nw, STEPS)
+        return cls(nw, w, key, starts, starts + counts, counts.astype(np.float64), vol, cnt,
+                   signed, vol.sum(axis=1))
+
+
+def _step_log_returns(g: _Grid, logp: np.ndarray) -> np.ndarray:
+    """(nw, STEPS) log returns between the last trades of consecutive steps (the last trade
+    carried forward over empty steps; the first step's from the window's first trade)."""
+    key = g.key
+    last = np.flatnonzero(np.diff(key, append=key[-1] + 1))  # where the key changes
+    last_idx = np.full(g.nw * STEPS, -1)
+    last_idx[key[last]] = last
+    filled = np.maximum.accumulate(last_idx.reshape(g.nw, STEPS), axis=1)
+    logp0 = logp[g.starts]
     step_logp = np.where(filled >= 0, logp[np.maximum(filled, 0)], logp0[:, None])
-    r = np.diff(np.concatenate([logp0[:, None], step_logp], axis=1), axis=1)
+    return np.diff(np.concatenate([logp0[:, None], step_logp], axis=1), axis=1)
+
+
+def _stats_many(g: _Grid, price: np.ndarray, qty: np.ndarray, buyer_maker: np.ndarray,
+                logp: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """The (nw, 16) window statistics (STATS), as embed_window computes them for one."""
+    w, starts, ends, n, vol, total_vol = g.w, g.starts, g.ends, g.n, g.vol, g.total_vol
     rv = np.sqrt(np.sum(r * r, axis=1))
     sd = np.std(r, axis=1)
-
     hi = np.maximum.reduceat(price, starts)
     lo = np.minimum.reduceat(price, starts)
     close = price[ends - 1]
-    rows = np.arange(nw)
     with np.errstate(invalid="ignore", divide="ignore"):
         z = (r - r.mean(axis=1, keepdims=True)) / sd[:, None]
         skew = np.where(sd > 0, np.mean(z ** 3, axis=1), 0.0)
         kurt = np.where(sd > 0, np.mean(z ** 4, axis=1) - 3.0, 0.0)
-        mean_q = np.bincount(w, weights=qty, minlength=nw) / n
-        sd_q = np.sqrt(np.bincount(w, weights=(qty - mean_q[w]) ** 2, minlength=nw) / n)
+        mean_q = np.bincount(w, weights=qty, minlength=g.nw) / n
+        sd_q = np.sqrt(np.bincount(w, weights=(qty - mean_q[w]) ** 2, minlength=g.nw) / n)
         stats = np.stack([
-            logp[ends - 1] - logp0, rv, np.log(hi / lo),
+            logp[ends - 1] - logp[starts], rv, np.log(hi / lo),
             np.where(hi > lo, (close - lo) / (hi - lo) - 0.5, 0.0),
-            np.bincount(w, weights=qty * ~buyer_maker, minlength=nw) / total_vol - 0.5,
+            np.bincount(w, weights=qty * ~buyer_maker, minlength=g.nw) / total_vol - 0.5,
             np.sum((vol / total_vol[:, None]) ** 2, axis=1) - 1.0 / STEPS,
-            np.mean(cnt > 0, axis=1) - 0.5,
+            np.mean(g.cnt > 0, axis=1) - 0.5,
             np.where(rv > 0, np.max(np.abs(r), axis=1) / rv, 0.0),
             np.tanh(skew / 3), np.tanh(kurt / 10),
             vol[:, :STEPS // 2].sum(axis=1) / total_vol - 0.5,
             vol[:, -12:].sum(axis=1) / total_vol - 0.2,
-            signed.sum(axis=1) / total_vol,
+            g.signed.sum(axis=1) / total_vol,
             sd_q / mean_q / 10,
             np.maximum.reduceat(qty, starts) / total_vol,
             np.mean(r > 0, axis=1) - 0.5,
         ], axis=1)
-        stats[:, :3] *= 100
-        vw = np.bincount(key, weights=qty * logp, minlength=size).reshape(nw, STEPS) / vol
-    vw_idx = np.maximum.accumulate(np.where(vol > 0, np.arange(STEPS), -1), axis=1)
-    first = vw[rows, np.argmax(vol > 0, axis=1)]
+    stats[:, :3] *= 100
+    return stats
+
+
+def _vw_path_many(g: _Grid, qty: np.ndarray, logp: np.ndarray) -> np.ndarray:
+    """(nw, STEPS) volume-weighted mean log price of each step (carried over empty steps)
+    minus the first step's."""
+    rows = np.arange(g.nw)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vw = np.bincount(g.key, weights=qty * logp,
+                         minlength=g.nw * STEPS).reshape(g.nw, STEPS) / g.vol
+    vw_idx = np.maximum.accumulate(np.where(g.vol > 0, np.arange(STEPS), -1), axis=1)
+    first = vw[rows, np.argmax(g.vol > 0, axis=1)]
     vw_path = np.where(vw_idx >= 0, vw[rows[:, None], np.maximum(vw_idx, 0)], first[:, None])
-    path = vw_path - first[:, None]
-    ramp = np.arange(1, STEPS + 1) / STEPS
-    v = np.concatenate([
-        WEIGHTS["returns"] * _units(path - path.mean(axis=1, keepdims=True)),
-        WEIGHTS["volume"] * _units(np.cumsum(vol, axis=1) / total_vol[:, None] - ramp),
-        WEIGHTS["signed"] * _units(np.cumsum(signed, axis=1) / total_vol[:, None]),
-        WEIGHTS["count"] * _units(np.cumsum(cnt, axis=1) / n[:, None] - ramp),
-        WEIGHTS["stats"] * _units(stats),
-    ], axis=1)
-    return kept, _units(v).astype(np.float32)
+    return vw_path - first[:, None]
 
 
 def _units(m: np.ndarray) -> np.ndarray:

@@ -99,80 +99,102 @@ def validate_rows(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | 
                   instrument: Instrument = SPOT_BASE,
                   future_us: int = DEFAULT_FUTURE_TOLERANCE_US
                   ) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
-    """`validate`, every check on every row (what a batch with a bad row goes through)."""
+    """`validate`, every check on every row (what a batch with a bad row goes through). A row
+    is quarantined with the first rule it fails, in the order below."""
     cols = dict(cols)
-    n = len(cols["trade_id"])
-    reason = np.full(n, None, dtype=object)
-    for i, why in (flagged or {}).items():
-        reason[i] = why
+    r = _Reasons(len(cols["trade_id"]), flagged)
+    _check_text(cols, r, instrument)
+    now = now_us or int(time.time() * 1_000_000)
+    unit = _check_time_text(cols, r, units, now + future_us)
+    bm_l = pc.utf8_lower(pc.utf8_trim_whitespace(cols["is_buyer_maker"]))
+    r.flag(~_mask(pc.is_in(bm_l, pa.array(["true", "false"]))), "unknown boolean text")
+    if symbol is not None and "symbol" in cols:
+        r.flag(~_mask(pc.equal(cols["symbol"], symbol)), f"different symbol (expected {symbol})")
+    return _convert_and_check_values(cols, r, unit, bm_l, instrument, now + future_us, future_us)
 
-    def flag(mask: np.ndarray, why: str) -> None:
-        sel = mask & (reason == None)  # noqa: E711 - elementwise comparison on an object array
-        reason[sel] = why
 
-    def np_mask(a) -> np.ndarray:
-        return np.asarray(a.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+class _Reasons:
+    """Each input row's quarantine reason: the first rule it failed (None: none so far)."""
 
-    all_empty = np.ones(n, dtype=bool)
+    def __init__(self, n: int, flagged: dict[int, str] | None):
+        self.reason = np.full(n, None, dtype=object)
+        for i, why in (flagged or {}).items():
+            self.reason[i] = why
+
+    def open(self) -> np.ndarray:
+        return self.reason == None  # noqa: E711 - elementwise comparison on an object array
+
+    def flag(self, mask: np.ndarray, why: str) -> None:
+        self.reason[mask & self.open()] = why
+
+
+def _mask(a) -> np.ndarray:
+    return np.asarray(a.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _check_text(cols: dict[str, pa.Array], r: _Reasons, instrument: Instrument) -> None:
+    """Empty lines, the trade id, and the decimal columns' text (trimmed in `cols`); a contract
+    market's quantity is whole contracts and its file quote is dropped (it follows from them)."""
+    all_empty = np.ones(len(r.reason), dtype=bool)
     for a in cols.values():
-        all_empty &= np_mask(pc.equal(pc.utf8_length(a), 0))
-    flag(all_empty, "empty line")
-
-    tid = cols["trade_id"]
-    flag(~np_mask(pc.match_substring_regex(tid, INTEGER)), "trade id is not a non-negative integer")
-
+        all_empty &= _mask(pc.equal(pc.utf8_length(a), 0))
+    r.flag(all_empty, "empty line")
+    r.flag(~_mask(pc.match_substring_regex(cols["trade_id"], INTEGER)),
+           "trade id is not a non-negative integer")
     for name, label in (("price", "price"), ("quantity", "quantity")):
         a = pc.utf8_trim_whitespace(cols[name])
         lower = pc.utf8_lower(a)
-        flag(np_mask(pc.is_in(lower, pa.array(["nan", "inf", "-inf", "+inf", "infinity",
+        r.flag(_mask(pc.is_in(lower, pa.array(["nan", "inf", "-inf", "+inf", "infinity",
                                                 "-infinity"]))), f"non-finite {label}")
-        flag(np_mask(pc.starts_with(a, "-")), f"negative {label}")
-        flag(~np_mask(pc.match_substring_regex(a, DECIMAL)), f"non-numeric {label}")
+        r.flag(_mask(pc.starts_with(a, "-")), f"negative {label}")
+        r.flag(~_mask(pc.match_substring_regex(a, DECIMAL)), f"non-numeric {label}")
         cols[name] = a
-
-    contracts = instrument.contract_usd is not None
-    if contracts:
-        flag(~np_mask(pc.match_substring_regex(cols["quantity"], WHOLE)),
-             "quantity is not a whole number of contracts")
+    if instrument.contract_usd is not None:
+        r.flag(~_mask(pc.match_substring_regex(cols["quantity"], WHOLE)),
+               "quantity is not a whole number of contracts")
         cols.pop("quote_quantity", None)  # the notional follows from the contracts
     if "quote_quantity" in cols:
-        flag(~np_mask(pc.match_substring_regex(cols["quote_quantity"], DECIMAL)),
-             "non-numeric quote quantity")
+        r.flag(~_mask(pc.match_substring_regex(cols["quote_quantity"], DECIMAL)),
+               "non-numeric quote quantity")
     if "base_quantity" in cols:
         cols["base_quantity"] = pc.utf8_trim_whitespace(cols["base_quantity"])
-        flag(~np_mask(pc.match_substring_regex(cols["base_quantity"], DECIMAL)),
-             "non-numeric base quantity")
+        r.flag(~_mask(pc.match_substring_regex(cols["base_quantity"], DECIMAL)),
+               "non-numeric base quantity")
 
+
+def _check_time_text(cols: dict[str, pa.Array], r: _Reasons, units: UnitState,
+                     latest_us: int) -> str | None:
+    """The timestamp's text: digits, in ms or µs, in the file's unit (fixed here by its first
+    plausible row). Returns the unit this batch is read in."""
     t = pc.utf8_trim_whitespace(cols["time"])
-    t_ok = np_mask(pc.match_substring_regex(t, r"^[0-9]{1,19}$"))
-    flag(~t_ok, "non-numeric timestamp")
+    t_ok = _mask(pc.match_substring_regex(t, r"^[0-9]{1,19}$"))
+    r.flag(~t_ok, "non-numeric timestamp")
     digits = np.asarray(pc.utf8_length(t).to_numpy(zero_copy_only=False))
-    now = now_us or int(time.time() * 1_000_000)
     unit = units.unit
     if unit is None:
-        candidates = t_ok & (reason == None)  # noqa: E711
-        units.unit = unit = _plausible_unit(t, digits, candidates, now + future_us)
+        candidates = t_ok & r.open()
+        units.unit = unit = _plausible_unit(t, digits, candidates, latest_us)
         if unit is None:  # no plausible row yet: this batch is read in its first row's unit
             unit = next((_unit_of(int(digits[i])) for i in np.flatnonzero(candidates)), None)
-    flag(t_ok & (digits <= 11), "timestamp in seconds (too small for ms or µs)")
-    flag(t_ok & (digits >= 18), "timestamp in nanoseconds (too large for ms or µs)")
-    flag(t_ok & (digits != 13) & (digits != 16), "timestamp magnitude is neither ms nor µs")
+    r.flag(t_ok & (digits <= 11), "timestamp in seconds (too small for ms or µs)")
+    r.flag(t_ok & (digits >= 18), "timestamp in nanoseconds (too large for ms or µs)")
+    r.flag(t_ok & (digits != 13) & (digits != 16), "timestamp magnitude is neither ms nor µs")
     if unit:
         other = 16 if unit == "ms" else 13
-        flag(t_ok & (digits == other),
-             f"timestamp unit differs from the file's ({'µs' if other == 16 else 'ms'} "
-             f"in a {unit} file)")
+        r.flag(t_ok & (digits == other),
+               f"timestamp unit differs from the file's ({'µs' if other == 16 else 'ms'} "
+               f"in a {unit} file)")
+    return unit
 
-    bm = pc.utf8_trim_whitespace(cols["is_buyer_maker"])
-    bm_l = pc.utf8_lower(bm)
-    flag(~np_mask(pc.is_in(bm_l, pa.array(["true", "false"]))), "unknown boolean text")
 
-    if symbol is not None and "symbol" in cols:
-        flag(~np_mask(pc.equal(cols["symbol"], symbol)), f"different symbol (expected {symbol})")
-
-    # Convert what passed so far; value checks that need numbers come after.
-    ok = reason == None  # noqa: E711
-    idx = pa.array(np.flatnonzero(ok))
+def _convert_and_check_values(cols: dict[str, pa.Array], r: _Reasons, unit: str | None,
+                              bm_l: pa.Array, instrument: Instrument, latest_us: int,
+                              future_us: int) -> tuple[pa.Table, np.ndarray,
+                                                       list[tuple[int, str]]]:
+    """Convert the rows whose text passed, then the checks that need numbers: positive price
+    and quantity, a time from Binance's first trades to `latest_us`, a contract market's base
+    quantity. Returns (accepted ticks, their input positions, [(position, reason)])."""
+    idx = pa.array(np.flatnonzero(r.open()))
     take = {k: pc.take(v, idx) for k, v in cols.items()}
     price = pc.cast(take["price"], pa.decimal128(24, 8))
     qty = pc.cast(take["quantity"], pa.decimal128(24, 8))
@@ -183,25 +205,23 @@ def validate_rows(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | 
     else:
         quote = instrument.quote(price, qty)
     zero = pa.scalar(0, pa.decimal128(24, 8))
-    bad_price = np_mask(pc.less_equal(price, zero))
-    bad_qty = np_mask(pc.less_equal(qty, zero))
     t_np = raw_t.to_numpy() * (1000 if unit == "ms" else 1)
     bad_base = np.zeros(len(idx), dtype=bool)
     base_why = "base quantity disagrees with the quantity"
-    if "base_quantity" in take and contracts:
+    if "base_quantity" in take and instrument.contract_usd is not None:
         bad_base = _base_disagrees(price, qty, take["base_quantity"], instrument.contract_usd)
         base_why = (f"base_qty disagrees with qty x {instrument.contract_usd} USD / price "
                     f"(the contract size of {instrument.symbol})")
     sub_ok = np.ones(len(idx), dtype=bool)
     positions = idx.to_numpy()
-    for mask, why in ((bad_price, "zero price"), (bad_qty, "zero quantity"),
+    for mask, why in ((_mask(pc.less_equal(price, zero)), "zero price"),
+                      (_mask(pc.less_equal(qty, zero)), "zero quantity"),
                       (t_np < MIN_TIME_US, too_old_reason()),
-                      (t_np > now + future_us, future_reason(future_us)),
+                      (t_np > latest_us, future_reason(future_us)),
                       (bad_base, base_why)):
         hit = mask & sub_ok
-        reason[positions[hit]] = why
+        r.reason[positions[hit]] = why
         sub_ok &= ~hit
-
     keep = pa.array(np.flatnonzero(sub_ok))
     table = pa.table({
         "trade_id": pc.take(pc.cast(take["trade_id"], pa.int64()), keep),
@@ -212,7 +232,7 @@ def validate_rows(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | 
         "is_buyer_maker": pc.take(pc.equal(pc.take(bm_l, idx), "true"), keep),
         "trade_kind": pa.nulls(len(keep), pa.string()),
     }, schema=TICK_SCHEMA)
-    bad = [(int(i), str(reason[i])) for i in np.flatnonzero(reason != None)]  # noqa: E711
+    bad = [(int(i), str(r.reason[i])) for i in np.flatnonzero(~r.open())]
     return table, positions[sub_ok], bad
 
 
