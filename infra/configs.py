@@ -310,7 +310,7 @@ def pg_hba(tcp_from: list[str]) -> str:
 # to before an upgrade, say — cannot bring back an older postgresql.conf or pg_hba.conf (one
 # without TLS): the restored server starts with the current files. What ALTER SYSTEM wrote
 # (postgresql.auto.conf) does travel with the data; `workers restore` removes the settings
-# below from it before the restored server starts (workers/ops/restore.py).
+# below from it before the restored server starts (workers/ops/restore_steps.py).
 CONF_FILE = "postgresql.conf"
 TICKSTACK_CONF_FILE = "tickstack.conf"
 HBA_FILE = "pg_hba.conf"

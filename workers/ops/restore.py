@@ -139,7 +139,7 @@ def pitr(tool: Tool, bindir: str, target: datetime, *, force: bool, admin_dsn: s
 
 def verify(conn: psycopg.Connection, expected: list[tuple[str, str]]) -> str:
     """Extensions present; the ledger a prefix of sql/ with the same checksums."""
-    ext = {n for (n,) in conn.execute("SELECT extname FROM pg_extension")}
+    ext = {n for (n,) in conn.execute(query(__package__, "extensions"))}
     missing = {"vector", "timescaledb"} - ext
     if missing:
         raise BackupError(f"restored database lacks extensions {sorted(missing)}")
@@ -153,7 +153,7 @@ def verify(conn: psycopg.Connection, expected: list[tuple[str, str]]) -> str:
 
 
 def newest_tick(conn: psycopg.Connection) -> str | None:
-    v = conn.execute("SELECT max(event_time) FROM market_data.btc_ticks").fetchone()[0]
+    v = conn.execute(query(__package__, "newest_tick")).fetchone()[0]
     return v.isoformat() if v else None
 
 

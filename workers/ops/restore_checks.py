@@ -59,7 +59,7 @@ def config_file_ready(config_file: str | None) -> None:
 def healthy(dsn: str) -> bool:
     try:
         with psycopg.connect(dsn, connect_timeout=3) as c:
-            return c.execute("SELECT NOT pg_is_in_recovery()").fetchone()[0]
+            return not c.execute(query(__package__, "in_recovery")).fetchone()[0]
     except psycopg.Error:
         return False
 
@@ -152,11 +152,11 @@ def _archive_up_to_now(conn: psycopg.Connection) -> None:
     now has a commit after it to stop at) and a WAL switch, then wait until it is archived.
     Without it, what the primary committed since its last switch would be missing from the
     archive (a fast shutdown does not archive the current segment)."""
-    conn.execute("SELECT pg_current_xact_id()")  # assigns an xid: its commit is in the WAL
-    wal = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
+    conn.execute(query(__package__, "assign_xid"))  # its commit is in the WAL
+    wal = conn.execute(query(__package__, "switch_wal")).fetchone()[0]
     deadline = time.monotonic() + ARCHIVE_NOW_SECONDS
     while time.monotonic() < deadline:
-        last = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
+        last = conn.execute(query(__package__, "last_archived_wal")).fetchone()[0]
         if last and wal_archive.WAL_NAME.match(last[:24]) and last[:24] >= wal:
             return
         time.sleep(0.5)

@@ -1,0 +1,2 @@
+-- assigns a transaction id: its commit is in the WAL
+SELECT pg_current_xact_id()

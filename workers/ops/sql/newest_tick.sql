@@ -1,0 +1,1 @@
+SELECT max(event_time) FROM market_data.btc_ticks
