@@ -1,5 +1,5 @@
 """What a dump file is, from its first rows (workers/sources/layouts.py), and what a market's
-quantity means (workers/sources/markets.py): pure functions, every published shape and the
+quantity means (workers/core/markets.py): pure functions, every published shape and the
 renamed / ambiguous ones (ids of ten digits look like timestamps in seconds)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from workers.core.errors import BadInput
+from workers.core.markets import instrument
 from workers.sources.binance_stream import Reject, market_of_url, parse
 from workers.sources.layouts import (
     CM_TRADES,
@@ -22,7 +23,6 @@ from workers.sources.layouts import (
     layout_from_header,
     layout_from_rows,
 )
-from workers.sources.markets import instrument
 
 P = Path("x.csv")
 T = 1_723_075_200_000

@@ -22,7 +22,8 @@ from datetime import datetime
 
 import pyarrow as pa
 
-from workers.core.ticks import MARKETS, SYMBOL_PATTERN, printable, to_dt, to_us
+from workers.core.markets import MARKETS, SYMBOL_PATTERN
+from workers.core.ticks import printable, to_dt, to_us
 from workers.landing.store import Landing
 
 PREFIX = "stream"

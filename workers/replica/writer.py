@@ -33,12 +33,13 @@ import psycopg
 
 from workers.core import logs
 from workers.core.health import Metrics
+from workers.core.markets import BucketId
 from workers.core.sqlfiles import query
 from workers.core.ticks import to_dt
 
 log = logs.get("replica")
 
-Bucket = tuple[str, str, int]  # (market, symbol, bucket start in µs)
+Bucket = BucketId  # (market, symbol, bucket start in µs)
 
 
 @dataclass
