@@ -70,3 +70,12 @@ def test_what_a_real_run_audits_reads_back_typed(primary):
     assert [r.job for r in results] == ["btc_ohlcv_5m", "btc_ticks"]
     assert [from_dict(a) for a in stored] == [a for r in results for a in r.actions]
     assert {a["action"] for a in stored} == {"delete", "compress"}  # bars: a plain table
+
+
+def test_the_policy_keys_are_the_ones_the_jobs_table_allows(primary):
+    with primary.connect() as c:
+        check = c.execute("SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                          "WHERE conname = 'retention_policy_shape'").fetchone()[0]
+    allowed = re.search(r"policy - ARRAY\[([^\]]*)\]", check)
+    assert allowed, check
+    assert tuple(re.findall(r"'(\w+)'", allowed.group(1))) == retention.POLICY_KEYS

@@ -11,10 +11,9 @@ import pyarrow as pa
 import pytest
 
 from workers.core.errors import BadInput
-from workers.core.markets import instrument
+from workers.core.markets import CM_TRADES, instrument
 from workers.sources.binance_stream import Reject, market_of_url, parse
 from workers.sources.layouts import (
-    CM_TRADES,
     FUT_AGG,
     FUT_TRADES,
     SPOT_AGG,

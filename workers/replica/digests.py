@@ -18,13 +18,14 @@ from datetime import date, datetime
 import psycopg
 
 from workers.core import logs
+from workers.core.markets import BucketId
 from workers.core.sqlfiles import query
 from workers.core.ticks import to_us
 
 log = logs.get("replicate")
 BATCH = 256  # stale buckets recomputed per statement
 
-Key = tuple[str, str, int]  # (market, symbol, bucket µs)
+Key = BucketId
 DayKey = tuple[str, str, date]  # (market, symbol, UTC day)
 
 

@@ -13,7 +13,6 @@ from workers.core.errors import BadInput, printable
 from workers.core.markets import (
     ARCHIVE_MARKET_PATHS,
     BY_NAME,
-    CM_TRADES,
     FUT_TRADES,
     SPOT_TRADES,
     Layout,
@@ -109,7 +108,7 @@ def market_of(path: Path, layout: Layout, given: str | None) -> str:
 
 
 def layout_from_header(path: Path, names: tuple[str, ...]) -> Layout:
-    for layout in (FUT_TRADES, CM_TRADES, SPOT_TRADES, FUT_AGG, SPOT_AGG):
+    for layout in (*TRADES_OF_MARKET.values(), FUT_AGG, SPOT_AGG):  # distinct columns each
         if names == layout.columns:
             return layout
     raise BadFile(path, f"not a Binance trades/aggTrades file: header {','.join(names)}")
