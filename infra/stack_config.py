@@ -32,6 +32,7 @@ from pydantic.alias_generators import to_camel
 
 from infra import versions
 from infra.cron import CHECK_DEADLINE_MAX_SECONDS, min_interval_seconds
+from workers.core.markets import MarketName
 
 NAMESPACE = "tickstack"  # the config namespace: keys are "tickstack:<key>"
 # Keys that named versions per stack; the version table names them once for every stack.
@@ -262,7 +263,7 @@ class StackConfig(_Model):
     stream_url: str = "wss://stream.binance.com:9443/ws/btcusdt@trade"
     stream_symbol: str = Field("BTCUSDT", pattern=r"^[A-Z0-9]{5,20}$")
     # Named, not guessed: the stream worker checks it against the URL's host at start.
-    stream_market: Literal["spot", "um", "cm"] = "spot"
+    stream_market: MarketName = "spot"  # the workers' market registry (workers/core/markets.py)
     ingest_grace_period_seconds: int = Field(60, ge=10, le=600)
     ingest_resources: Resources = Resources(cpu="250m", memory="512Mi", memoryLimit="1Gi")
     job_resources: Resources = Resources(cpu="250m", memory="512Mi", memoryLimit="2Gi")

@@ -21,6 +21,7 @@ from tests.integration.test_ingest_bad_input import write
 from tests.integration.test_replica import Replica, cli, cli_env
 from workers.db.ingest import ingest_file, ingest_landing
 from workers.ops import retention
+from workers.ops.retention_actions import Compress
 from workers.signals import embed
 
 DAY = "BTCUSDT-trades-2019-04-01"
@@ -101,9 +102,9 @@ def test_retention_compresses_the_old_chunk_and_bucket_checksums_are_unchanged(d
     res = day.results["btc_ticks"]
     assert res.outcome == "applied"
     [action] = res.actions
-    assert action["action"] == "compress" and action["chunks"] >= 1
-    assert action["rows"] == 183_355
-    assert compressed_chunks(day.s) == (action["chunks"], action["chunks"])
+    assert isinstance(action, Compress) and action.chunks >= 1
+    assert action.rows == 183_355
+    assert compressed_chunks(day.s) == (action.chunks, action.chunks)
     assert day.size_after < day.size_before / 2  # really compressed, not just marked
     assert day.s.state() == day.before  # per-bucket checksums, landing registry, aggregates
     # A second run finds nothing left to compress.

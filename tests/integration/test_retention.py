@@ -176,7 +176,7 @@ def test_rows_not_in_landing_are_never_removed(replica):
     with retention_conn(replica) as conn:
         [res] = retention.run(conn, now=NOW)
     assert res.rows == older
-    assert "not (fully) in landing" in res.actions[0]["held_back"]
+    assert "not (fully) in landing" in res.actions[0].held_back
     after, oldest = counts(replica)
     assert after == before - older and oldest == stray_bucket
 

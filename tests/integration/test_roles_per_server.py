@@ -69,6 +69,12 @@ def _tables(server: str) -> dict[str, dict[str, str]]:
             m[t]["replicate_worker"] = m[t]["ingest_worker"] + ("d" if rebuilt else "")
     else:  # backup --check audits landing against the primary's registry (sql/024)
         m["landing.raw_blobs_5m"]["backup_worker"] = "r"
+    # The markets (sql/026): readable by every login that reads a table referencing them —
+    # replicate where it reads tickstack's tables (the replica), backup where it reads the
+    # landing registry (the primary).
+    m["ingestion.markets"] = {u: "r" for u in (
+        "ingest_worker", "reader", "embed_worker", "retention_worker",
+        "backup_worker" if server == "primary" else "replicate_worker")}
     # The primary: replicate_worker has nothing (replicate reads it as the ingest login);
     # backup_worker has nothing else of tickstack's data on either server (pg_monitor only).
     return m

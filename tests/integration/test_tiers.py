@@ -28,6 +28,7 @@ from workers.db import migrate
 from workers.db.ingest import ingest_file
 from workers.db.migrate import SQL_DIR
 from workers.ops import retention
+from workers.ops.retention_actions import Delete, DropChunks
 
 TIERS = ("licensed", "apache", "plain")
 # The migration that turns compression on for a database first migrated without the licence.
@@ -129,19 +130,19 @@ def test_retention_does_what_each_tier_can(tier):
     assert res.outcome == "applied", res.as_dict()
     drop, compress = res.actions
     if name == "plain":
-        assert drop["action"] == "delete" and drop["deleted"] > 0
-        assert compress == {"action": "compress", "skipped": "not a hypertable here"}
+        assert isinstance(drop, Delete) and drop.deleted > 0
+        assert compress.as_dict() == {"action": "compress", "skipped": "not a hypertable here"}
     else:
-        assert drop["action"] == "drop_chunks" and drop["chunks"] > 0
+        assert isinstance(drop, DropChunks) and drop.chunks > 0
     if name == "apache":
-        assert compress["skipped"] == "compression unavailable (timescaledb.license = apache)"
+        assert compress.skipped == "compression unavailable (timescaledb.license = apache)"
     if name == "licensed":
-        assert compress["chunks"] > 0 and "skipped" not in compress
+        assert compress.chunks > 0 and "skipped" not in compress.as_dict()
         with s.admin() as c:
             n_compressed = c.execute(
                 "SELECT count(*) FROM timescaledb_information.chunks "
                 "WHERE hypertable_name = 'btc_ticks' AND is_compressed").fetchone()[0]
-        assert n_compressed == compress["chunks"]
+        assert n_compressed == compress.chunks
     # Whatever the tier did, the rows it keeps read back the same (compressed or not), and
     # nothing older is left but what shares a chunk with kept rows (whole chunks are dropped).
     assert [r for r in s.checksums() if r[0] >= cutoff] == kept

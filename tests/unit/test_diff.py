@@ -196,7 +196,8 @@ def program_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_diff_of_two_commits_and_the_working_tree(program_repo: Path) -> None:
     """The CLI, as CI runs it: REF = the commit before last; now = the working tree."""
-    env = {**os.environ, "PYTHONPATH": str(program_repo)}
+    # The program reads the workers' market registry (infra/stack_config.py): this checkout's.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(program_repo), str(REPO)])}
     r = subprocess.run([sys.executable, "-m", "infra.render", "--stack", "dev",
                         "--diff-against", "HEAD~1"], cwd=program_repo, env=env,
                        capture_output=True, text=True, timeout=300)
@@ -237,7 +238,8 @@ def test_diff_against_head_shows_only_the_uncommitted_change(program_repo: Path)
 
 
 def test_bad_ref_is_a_usage_error(program_repo: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(program_repo)}
+    # The program reads the workers' market registry (infra/stack_config.py): this checkout's.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(program_repo), str(REPO)])}
     r = subprocess.run([sys.executable, "-m", "infra.render", "--stack", "dev",
                         "--diff-against", "no-such-ref"], cwd=program_repo, env=env,
                        capture_output=True, text=True, timeout=120)

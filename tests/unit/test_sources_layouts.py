@@ -1,5 +1,5 @@
 """What a dump file is, from its first rows (workers/sources/layouts.py), and what a market's
-quantity means (workers/sources/markets.py): pure functions, every published shape and the
+quantity means (workers/core/markets.py): pure functions, every published shape and the
 renamed / ambiguous ones (ids of ten digits look like timestamps in seconds)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pyarrow as pa
 import pytest
 
 from workers.core.errors import BadInput
+from workers.core.markets import CM_TRADES, instrument
 from workers.sources.binance_stream import Reject, market_of_url, parse
 from workers.sources.layouts import (
-    CM_TRADES,
     FUT_AGG,
     FUT_TRADES,
     SPOT_AGG,
@@ -22,7 +22,6 @@ from workers.sources.layouts import (
     layout_from_header,
     layout_from_rows,
 )
-from workers.sources.markets import instrument
 
 P = Path("x.csv")
 T = 1_723_075_200_000

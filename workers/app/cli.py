@@ -19,6 +19,7 @@ from workers.app.context import Context
 from workers.app.progress import file_progress
 from workers.core import deadline, interrupts, logs
 from workers.core.errors import EXIT_FAILED, describe
+from workers.core.markets import choices, choices_help
 from workers.core.settings import Settings
 
 app = typer.Typer(
@@ -33,8 +34,8 @@ app = typer.Typer(
 )
 
 
-MARKET = typer.Option(None, "--market", help="spot, um (USDⓈ-M futures) or cm (COIN-M). "
-                      "Default: from the archive path / stream host; never from the symbol.")
+MARKET = typer.Option(None, "--market", help=f"{choices_help()}. Default: from the archive "
+                      "path / stream host; never from the symbol.")
 
 
 def _context(command: str) -> Context:
@@ -97,8 +98,8 @@ def migrate(
 def ingest(
     paths: list[str] = typer.Argument(
         None, help="Binance dump files (.csv/.zip, a .CHECKSUM beside a zip is verified) or "
-        "landing prefixes s3://<landing bucket>/raw/<market>/<SYMBOL>/… (market: spot, um, "
-        "cm); a prefix that selects no landing object is bad input (exit 2)."),
+        f"landing prefixes s3://<landing bucket>/raw/<market>/<SYMBOL>/… (market: {choices()}); "
+        "a prefix that selects no landing object is bad input (exit 2)."),
     symbol: str | None = typer.Option(None, "--symbol", help="Symbol when the file name "
                                          "does not say (BTCUSDT-trades-….zip does)."),
     market: str | None = MARKET,
@@ -140,8 +141,7 @@ def ingest(
 @command
 def fetch(
     symbol: str = typer.Option(..., "--symbol", help="BTCUSDT; on COIN-M BTCUSD_PERP."),
-    market: str = typer.Option("spot", "--market",
-                               help="spot | um (USDⓈ-M futures) | cm (COIN-M futures)."),
+    market: str = typer.Option("spot", "--market", help=f"{choices_help()}."),
     kind: str = typer.Option("trades", "--kind", help="trades | aggTrades"),
     since: str = typer.Option(..., "--since", help="First day: YYYY-MM-DD, or YYYY-MM."),
     until: str | None = typer.Option(None, "--until", help="Last day, inclusive (YYYY-MM-DD or "
@@ -173,9 +173,9 @@ def fetch(
     or an unknown symbol.
     """
     from workers.app import fetching
+    from workers.core.markets import instrument
     from workers.sources import binance_archive as archive
     from workers.sources.binance_files import check_ingestible
-    from workers.sources.markets import instrument
 
     ctx = _context("fetch")
     req = archive.Request.parse(symbol, market, kind, since, until)
@@ -327,7 +327,7 @@ def similar(
                            "or 'latest' for the newest embedded window."),
     k: int = typer.Option(10, "-k", min=1, max=1000, help="How many neighbours."),
     symbol: str = typer.Option("BTCUSDT", "--symbol"),
-    market: str = typer.Option("spot", "--market", help="spot, um or cm."),
+    market: str = typer.Option("spot", "--market", help=f"{choices_help()}."),
     exclude_minutes: int = typer.Option(
         60, "--exclude-minutes", min=0,
         help="Ignore windows this close before the query (0: include the window itself)."),

@@ -129,8 +129,8 @@ def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
     (replayed). `progress(source)` gives a per-source progress callback; `on_file(summary)`
     sees each source's summary as soon as it is done. Files loaded before whose buckets are
     unchanged are skipped unless `force`."""
+    from workers.core.markets import check_market, check_symbol
     from workers.core.memory import limit_allocator_retention
-    from workers.core.ticks import check_market, check_symbol
     from workers.db import ingest as pipeline
     from workers.sources.binance_files import Limits
 
@@ -373,10 +373,9 @@ def stream(ctx: Context, url: str, symbol: str, market: str | None = None) -> di
 
     from workers.core import crashpoint, logs
     from workers.core.health import HealthServer, Metrics
-    from workers.core.ticks import check_symbol
+    from workers.core.markets import check_symbol, instrument
     from workers.db import stream as live
     from workers.sources.binance_stream import market_of_url
-    from workers.sources.markets import instrument
 
     s = ctx.settings
     check_symbol(symbol.upper())

@@ -1,2 +1,3 @@
-"""Ground floor: settings, logging, errors, the tick schema and time units, SQL file loading,
-metrics and crash points. Everything above may use it; it uses nothing of the workers."""
+"""Ground floor: settings, logging, errors, the market registry (markets, instruments, bucket
+ids), the tick schema and time units, SQL file loading, metrics and crash points. Everything
+above may use it; it uses nothing of the workers."""

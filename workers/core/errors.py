@@ -60,3 +60,9 @@ def describe(e: BaseException) -> tuple[int, str]:
     if isinstance(e, OSError):
         return EXIT_FAILED, f"{type(e).__name__}: {e}"
     return EXIT_FAILED, f"{type(e).__name__}: {e}"
+
+
+def printable(text: str) -> str:
+    """Text from data made safe to echo on a terminal: control characters (escape sequences
+    included) shown as \\xNN."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)

@@ -5,12 +5,12 @@ the conversions between microseconds since the epoch (how ticks are carried) and
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from workers.core.errors import BadInput
+# Re-exported: messages everywhere import it from here (it lives with the errors it guards).
+from workers.core.errors import printable as printable
 
 # What lands and loads (schema_version 2 of the landing objects; version 1 had no trade_kind).
 TICK_SCHEMA = pa.schema([
@@ -25,33 +25,6 @@ TICK_SCHEMA = pa.schema([
     ("trade_kind", pa.string()),
 ])
 SCHEMA_VERSION = 2
-
-# A trade's identity is (market, symbol, trade id): Binance trade ids are per market.
-MARKETS = ("spot", "um", "cm")  # spot, USDⓈ-M futures, COIN-M futures
-# The database's own pattern (sql/005, sql/004): safe in keys, paths and messages.
-SYMBOL_PATTERN = re.compile(r"^[A-Z0-9_]{2,32}$")
-
-
-def check_market(market: str) -> str:
-    if market not in MARKETS:
-        raise BadInput(f"unknown market {market!r} (spot, um = USDⓈ-M, cm = COIN-M)")
-    return market
-
-
-def check_symbol(symbol: str) -> str:
-    """A symbol as Binance spells them (A-Z, 0-9, _; 2-32 characters), before anything is
-    written under it; BadInput (exit 2) otherwise."""
-    if not isinstance(symbol, str) or not SYMBOL_PATTERN.match(symbol):
-        shown = printable(str(symbol))[:40]
-        raise BadInput(f"not a symbol: {shown!r} (2-32 characters A-Z, 0-9, _)")
-    return symbol
-
-
-def printable(text: str) -> str:
-    """Text from data made safe to echo on a terminal: control characters (escape sequences
-    included) shown as \\xNN."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-
 
 def conform(table: pa.Table) -> pa.Table:
     """A landed table in the current schema (objects of schema version 1 have no trade_kind)."""

@@ -33,11 +33,12 @@ from psycopg import sql
 
 from workers.core.sqlfiles import query, template
 
+from workers.core.markets import BucketId
+
 # The first int of every tickstack landing lock: PostgreSQL's pg_locks shows it as classid.
 NAMESPACE = int.from_bytes(hashlib.sha256(b"tickstack.landing").digest()[:4], "big",
                            signed=True)
 
-BucketId = tuple[str, str, int]  # (market, symbol, bucket start µs)
 Locks = dict[int, bool]  # lock id -> shared
 ID_BLOCK_BITS = 16  # an id block: 65,536 consecutive trade ids (a flush spans one or two)
 MAX_ID_BLOCKS = 16  # more blocks than this in one flush: the series' id lock, exclusive

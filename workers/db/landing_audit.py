@@ -34,6 +34,7 @@ from datetime import datetime, timedelta
 import psycopg
 
 from workers.core.errors import Failed
+from workers.core.markets import BucketId
 from workers.core.sqlfiles import query
 from workers.core.ticks import iso, to_dt, to_us
 from workers.db.bucket_locks import xact_lock
@@ -42,7 +43,6 @@ from workers.landing.store import RAW, Landing, Stored, bucket_of_key
 DAY_US = 86_400_000_000
 SKEW = timedelta(minutes=10)  # a writer's object predates its registry commit; clocks differ
 SHOWN = 5  # keys named per kind in the summary (details() lists them all by day)
-BucketId = tuple[str, str, int]  # (market, symbol, bucket µs)
 
 REMEDY = ("Put them back: `workers landing --reland-from-primary` writes back every object "
           "whose registered SHA-256 the primary's ticks reproduce exactly; for the rest "

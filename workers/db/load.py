@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from psycopg import sql
 
+from workers.core.markets import BucketId
 from workers.core.pg import set_local_utc
 from workers.core.sqlfiles import query, template
 from workers.core.ticks import BUCKET_US, SCHEMA_VERSION, to_dt, to_us
@@ -161,10 +162,10 @@ def mark_digests_stale(cur: psycopg.Cursor | psycopg.Connection,
                      [to_dt(b) for _, _, b in keys]])
 
 
-def buckets_of(market: str, symbol: str, table: pa.Table) -> list[tuple[str, str, int]]:
-    """The (market, symbol, bucket) keys a table of ticks falls into."""
+def buckets_of(market: str, symbol: str, table: pa.Table) -> list[BucketId]:
+    """The buckets a table of ticks falls into."""
     us = pc.cast(table.column("event_time"), pa.int64()).to_numpy()
-    return [(market, symbol, int(b)) for b in np.unique(us - us % BUCKET_US)]
+    return [BucketId(market, symbol, int(b)) for b in np.unique(us - us % BUCKET_US)]
 
 
 def load(conn: psycopg.Connection, loads: list[BucketLoad], *, source: str) -> int:

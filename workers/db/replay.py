@@ -15,8 +15,9 @@ import psycopg
 
 from workers.core import logs
 from workers.core.errors import BadInput
+from workers.core.markets import MARKETS
 from workers.core.pg import require_autocommit
-from workers.core.ticks import MARKETS, iso, printable
+from workers.core.ticks import iso, printable
 from workers.db.bucket_locks import xact_lock
 from workers.db.load import BucketLoad, known_buckets, load
 from workers.db.summary import Summary

@@ -40,6 +40,7 @@ from websockets.asyncio.client import connect
 
 from workers.core import crashpoint, logs
 from workers.core.health import Heartbeat, Metrics
+from workers.core.markets import Instrument, instrument
 from workers.core.pg import require_autocommit
 from workers.core.ticks import BUCKET_US
 from workers.db.stream_commit import Gap, commit_batch, compact, read_offset, refresh_gaps
@@ -47,7 +48,6 @@ from workers.landing.parts import list_parts, read_part, write_part
 from workers.landing.rows import split_by_bucket
 from workers.landing.store import Landing
 from workers.sources.binance_stream import HARD_FRAME_LIMIT, Reject, parse, trades_table
-from workers.sources.markets import Instrument, instrument
 from workers.sources.validate import DEFAULT_FUTURE_TOLERANCE_US
 
 log = logs.get("stream")

@@ -22,7 +22,8 @@ from datetime import datetime
 
 import pyarrow as pa
 
-from workers.core.ticks import MARKETS, SYMBOL_PATTERN, printable, to_dt, to_us
+from workers.core.markets import MARKETS, SYMBOL_PATTERN, BucketId
+from workers.core.ticks import printable, to_dt, to_us
 from workers.landing.store import Landing
 
 PREFIX = "stream"
@@ -56,7 +57,7 @@ def parse_part_key(key: str) -> tuple[str, str, int, int, int]:
 
 
 def list_parts(landing: Landing, market: str | None = None, symbol: str | None = None
-               ) -> dict[tuple[str, str, int], list[str]]:
+               ) -> dict[BucketId, list[str]]:
     """{(market, symbol, bucket): [part keys in id order]} of parts not compacted yet (keys that
     are not parts are skipped: the stream never wrote them)."""
     out: dict[tuple[str, str, int], list[str]] = {}
@@ -66,7 +67,7 @@ def list_parts(landing: Landing, market: str | None = None, symbol: str | None =
         except ValueError:
             continue
         if (market is None or m == market) and (symbol is None or sym == symbol):
-            out.setdefault((m, sym, bucket), []).append(key)
+            out.setdefault(BucketId(m, sym, bucket), []).append(key)
     return out
 
 

@@ -25,11 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workers.core.errors import BadInput, Failed
+from workers.core.markets import MARKETS, SYMBOL_PATTERN, BucketId
 from workers.core.ticks import (
     BUCKET_US,
-    MARKETS,
     SCHEMA_VERSION,
-    SYMBOL_PATTERN,
     TICK_SCHEMA,
     conform,
     printable,
@@ -44,7 +43,7 @@ PRODUCER = "tickstack-ingest"
 
 
 RAW = "raw/"
-Bucket = tuple[str, str, int]  # (market, symbol, bucket start µs): a bucket's identity
+Bucket = BucketId  # (market, symbol, bucket start µs): a bucket's identity
 
 
 def object_key(market: str, symbol: str, bucket_us: int) -> str:
@@ -71,7 +70,7 @@ def bucket_of_key(key: str) -> Bucket:
     bucket = to_us(t)
     if bucket % BUCKET_US:
         raise ValueError(f"not a landing object key (not a 5-minute boundary): {printable(key)}")
-    return market, symbol, bucket
+    return BucketId(market, symbol, bucket)
 
 
 class CorruptObject(BadInput):

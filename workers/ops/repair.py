@@ -41,6 +41,7 @@ from datetime import datetime
 import psycopg
 
 from workers.core import logs
+from workers.core.markets import BucketId
 from workers.core.pg import require_autocommit
 from workers.core.sqlfiles import query
 from workers.core.ticks import iso, to_us
@@ -51,12 +52,11 @@ from workers.replica import digests
 log = logs.get("repair")
 
 TICKS, OHLCV = "market_data.btc_ticks", "market_data.btc_ohlcv_5m"
-Key = tuple[str, str, int]  # (market, symbol, bucket µs)
 
 
 @dataclass
 class Bucket:
-    key: Key
+    key: BucketId
     uri: str
     landed: int  # rows of the landing object (the registry's count)
     held: int  # ticks on the primary
@@ -64,7 +64,7 @@ class Bucket:
     has_ohlcv: bool
 
     def describe(self) -> str:
-        name = f"{self.key[0]} {self.key[1]} {iso(self.key[2])}"
+        name = f"{self.key.market} {self.key.symbol} {iso(self.key.start_us)}"
         agg = "" if self.has_ohlcv else "; aggregate row missing"
         if self.held < self.landed:
             return f"{name}: {self.held} of {self.landed} landed ticks on the primary{agg}"
@@ -159,7 +159,7 @@ def find(conn: psycopg.Connection, since: datetime | None = None) -> Findings:
     out = Findings()
     for market, symbol, bucket, uri, landed, held, stale, has_ohlcv in conn.execute(
             query(__package__, "repair_compare"), {"since": since}):
-        b = Bucket((market, symbol, to_us(bucket)), uri, landed, held, stale, has_ohlcv)
+        b = Bucket(BucketId(market, symbol, to_us(bucket)), uri, landed, held, stale, has_ohlcv)
         if stale:
             out.being_written += 1
             continue

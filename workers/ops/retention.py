@@ -31,6 +31,7 @@ from workers.core import logs
 from workers.core.errors import BadInput
 from workers.core.pg import require_autocommit
 from workers.core.sqlfiles import query
+from workers.ops.retention_actions import Action, Chunk, Compress, Delete, DropChunks, span
 
 log = logs.get("retention")
 
@@ -55,22 +56,23 @@ class JobResult:
     job: str
     table: str
     outcome: str  # applied | dry-run | nothing-to-do | rejected | failed | not-defined
-    actions: list[dict] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
     reason: str = ""
     seconds: float = 0.0
 
     @property
     def chunks(self) -> int:
-        return sum(a.get("chunks", 0) for a in self.actions)
+        return sum(a.touched()[0] for a in self.actions)
 
     @property
     def rows(self) -> int:
-        return sum(a.get("rows", 0) for a in self.actions)
+        return sum(a.touched()[1] for a in self.actions)
 
     def as_dict(self) -> dict:
         return {"job": self.job, "table": self.table, "outcome": self.outcome,
                 "reason": self.reason, "chunks": self.chunks, "rows": self.rows,
-                "actions": self.actions, "seconds": round(self.seconds, 3)}
+                "actions": [a.as_dict() for a in self.actions],
+                "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -100,9 +102,9 @@ class RetentionReport:
         parts = []
         for server, rs in self.servers.items():
             for r in rs:
-                done = [_action_text(a, self.dry_run) for a in r.actions
-                        if a.get("rows") or a.get("chunks")]
-                skipped = [a["skipped"] for a in r.actions if "skipped" in a]
+                done = [a.summary(self.dry_run) for a in r.actions if a.did_something]
+                skipped = [a.skipped for a in r.actions
+                           if isinstance(a, Compress) and a.skipped]
                 parts.append(f"{server} {r.job}: {r.outcome}"
                              + (f" ({'; '.join(done)})" if done else "")
                              + (f" ({'; '.join(skipped)})" if skipped else ""))
@@ -120,36 +122,11 @@ class RetentionReport:
                 out.append(f"retention {server}: {r.job} ({r.table}): {r.outcome}"
                            + (f" — {r.reason}" if r.reason else ""))
                 for a in r.actions:
-                    if "skipped" in a:
-                        out.append(f"    {a['action']}: {a['skipped']}")
-                        continue
-                    verb = "would " if self.dry_run else ""
-                    unit = f"{a.get('chunks', 0)} chunks, " if a["action"] != "delete" else ""
-                    rng = (f" ({a['range'][0][:10]} .. {a['range'][1][:10]})"
-                           if a.get("range") else "")
-                    out.append(f"    {verb}{a['action']}: {unit}{a.get('rows', 0):,} rows older "
-                               f"than {a['cutoff'][:19]}{rng}")
-                    if a.get("held_back"):
-                        out.append(f"    held back: {a['held_back']}")
+                    out += a.detail(self.dry_run)
         return out
 
     def as_dict(self) -> dict:
         return {server: [r.as_dict() for r in rs] for server, rs in self.servers.items()}
-
-
-_VERBS = {"compress": ("would compress", "compressed"), "drop_chunks": ("would drop", "dropped"),
-          "delete": ("would delete", "deleted")}
-
-
-def _action_text(a: dict, dry_run: bool) -> str:
-    what = _VERBS.get(a["action"], (a["action"], a["action"]))[0 if dry_run else 1]
-    text = what + (f" {a['chunks']} chunk(s)," if a.get("chunks") else "") + \
-        f" {a.get('rows', 0):,} rows"
-    if a["action"] == "compress":
-        size = a.get("bytes")
-        text += " (licensed TimescaleDB" + (
-            f", {size[0] / 1e6:.1f} -> {size[1] / 1e6:.1f} MB)" if size else ")")
-    return text
 
 
 @dataclass(frozen=True)
@@ -163,9 +140,8 @@ class Caps:
 
 
 def capabilities(conn: psycopg.Connection) -> Caps:
-    ts = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
-    lic = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()[0]
-    return Caps(bool(ts), lic if ts else None)
+    ts, lic = conn.execute(query(__package__, "retention_capabilities")).fetchone()
+    return Caps(ts, lic if ts else None)
 
 
 def validate(conn: psycopg.Connection, targets: dict[str, tuple[str, str]], table: object,
@@ -176,7 +152,7 @@ def validate(conn: psycopg.Connection, targets: dict[str, tuple[str, str]], tabl
     if table not in targets:
         raise Rejected(f"{table} is not a table tickstack manages "
                        f"(managed: {', '.join(sorted(targets))})")
-    if conn.execute("SELECT to_regclass(%s)", [table]).fetchone()[0] is None:
+    if conn.execute(query(__package__, "retention_table_exists"), [table]).fetchone()[0] is None:
         raise Rejected(f"{table} does not exist on this server")
     if not isinstance(policy, dict):
         raise Rejected("policy is not a JSON object")
@@ -194,9 +170,8 @@ def validate(conn: psycopg.Connection, targets: dict[str, tuple[str, str]], tabl
             raise Rejected(f"{key} must be an interval string, not {text!r}")
         try:
             with conn.transaction():
-                ok, value = conn.execute(
-                    "SELECT %s::interval BETWEEN %s::interval AND %s::interval, "
-                    "%s::interval", [text, MIN_INTERVAL, MAX_INTERVAL, text]).fetchone()
+                ok, value = conn.execute(query(__package__, "retention_interval"), {
+                    "text": text, "lowest": MIN_INTERVAL, "highest": MAX_INTERVAL}).fetchone()
         except psycopg.DataError as e:
             raise Rejected(f"{key} {text!r} is not a PostgreSQL interval "
                            f"({e.diag.message_primary})") from None
@@ -212,36 +187,29 @@ def landed_cutoff(conn: psycopg.Connection, table: str, time_col: str, landed_vi
                   cutoff: datetime) -> tuple[datetime, int]:
     """The cutoff moved back before any bucket landing does not account for; and how many
     such buckets there are. Ticks must match the registry's row count per bucket."""
-    if landed_via == "ticks":
-        q = sql.SQL(
-            "SELECT min(t.b), count(*) FROM (SELECT market, symbol, {col} AS b, count(*) AS n "
-            "FROM {tbl} "
-            "WHERE {col} < %s GROUP BY 1, 2, 3) t LEFT JOIN landing.raw_blobs_5m r "
-            "ON r.market = t.market AND r.asset = t.symbol AND r.bucket_5m = t.b "
-            "WHERE r.bucket_5m IS NULL OR (r.metadata->>'row_count')::bigint < t.n")
-    else:
-        q = sql.SQL(
-            "SELECT min(t.{col}), count(*) FROM {tbl} t LEFT JOIN landing.raw_blobs_5m r "
-            "ON r.market = t.market AND r.asset = t.symbol AND r.bucket_5m = t.{col} "
-            "WHERE t.{col} < %s AND r.bucket_5m IS NULL")
+    q = sql.SQL(query(__package__, "retention_unlanded_ticks" if landed_via == "ticks"
+                      else "retention_unlanded_buckets"))
     schema, name = table.split(".")
     first, n = conn.execute(q.format(col=sql.Identifier(time_col),
                                      tbl=sql.Identifier(schema, name)), [cutoff]).fetchone()
     return (first if first is not None and first < cutoff else cutoff), n
 
 
-def _drop_timescale(conn, table: str, cutoff: datetime, dry_run: bool) -> dict:
-    chunks = conn.execute("SELECT chunk, range_start, range_end, rows FROM "
-                          "ops.retention_chunks(%s, %s)", [table, cutoff]).fetchall()
-    a = {"action": "drop_chunks", "cutoff": cutoff.isoformat(), "chunks": len(chunks),
-         "rows": sum(c[3] for c in chunks),
-         "range": [chunks[0][1].isoformat(), chunks[-1][2].isoformat()] if chunks else None}
+def _chunks(conn, table: str, cutoff: datetime) -> list[Chunk]:
+    return [Chunk(*c) for c in conn.execute(query(__package__, "retention_chunks"),
+                                             [table, cutoff])]
+
+
+def _drop_timescale(conn, table: str, cutoff: datetime, dry_run: bool) -> DropChunks:
+    chunks = _chunks(conn, table, cutoff)
+    a = DropChunks(cutoff=cutoff.isoformat(), chunks=len(chunks),
+                   rows=sum(c.rows for c in chunks), range=span(chunks))
     if chunks and not dry_run:
         with conn.transaction():
             _mark_digests(conn, table, cutoff)
-            dropped = conn.execute("SELECT * FROM ops.retention_drop_chunks(%s, %s)",
+            dropped = conn.execute(query(__package__, "retention_drop_chunks"),
                                    [table, cutoff]).fetchall()
-        a["dropped"] = [d[0] for d in dropped]
+        a.dropped = [d[0] for d in dropped]
     return a
 
 
@@ -251,16 +219,16 @@ def _mark_digests(conn, table: str, cutoff: datetime) -> None:
         conn.execute(query(__package__, "mark_digests_before"), [cutoff])
 
 
-def _delete_batched(conn, table: str, time_col: str, cutoff: datetime, dry_run: bool) -> dict:
+def _delete_batched(conn, table: str, time_col: str, cutoff: datetime, dry_run: bool
+                    ) -> Delete:
     schema, name = table.split(".")
     tbl, col = sql.Identifier(schema, name), sql.Identifier(time_col)
-    n, lo, hi = conn.execute(sql.SQL("SELECT count(*), min({c}), max({c}) FROM {t} "
-                                     "WHERE {c} < %s").format(c=col, t=tbl), [cutoff]).fetchone()
-    a = {"action": "delete", "cutoff": cutoff.isoformat(), "rows": n,
-         "range": [lo.isoformat(), hi.isoformat()] if n else None}
+    n, lo, hi = conn.execute(sql.SQL(query(__package__, "retention_count_older")).format(
+        c=col, t=tbl), [cutoff]).fetchone()
+    a = Delete(cutoff=cutoff.isoformat(), rows=n,
+               range=[lo.isoformat(), hi.isoformat()] if n else None)
     if n and not dry_run:
-        stmt = sql.SQL("DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} "
-                       "WHERE {c} < %s LIMIT %s))").format(t=tbl, c=col)
+        stmt = sql.SQL(query(__package__, "retention_delete_batch")).format(t=tbl, c=col)
         deleted, batches = 0, 0
         while True:  # one short transaction per batch: no long locks, bounded WAL bursts
             with conn.transaction():
@@ -270,25 +238,24 @@ def _delete_batched(conn, table: str, time_col: str, cutoff: datetime, dry_run: 
             batches += 1
             if k == 0:
                 break
-        a.update(deleted=deleted, batches=batches)
+        a.deleted, a.batches = deleted, batches
     return a
 
 
-def _compress(conn, table: str, cutoff: datetime, caps: Caps, dry_run: bool) -> dict:
-    a = {"action": "compress", "cutoff": cutoff.isoformat()}
+def _compress(conn, table: str, cutoff: datetime, caps: Caps, dry_run: bool) -> Compress:
+    at = cutoff.isoformat()
     if not caps.timescaledb:
-        return {**a, "skipped": "plain PostgreSQL: nothing to compress"}
+        return Compress(cutoff=at, skipped="plain PostgreSQL: nothing to compress")
     if not caps.compression:
-        return {**a, "skipped": f"compression unavailable (timescaledb.license = {caps.licence})"}
-    chunks = [c for c in conn.execute(
-        "SELECT chunk, range_start, range_end, rows, is_compressed FROM "
-        "ops.retention_chunks(%s, %s)", [table, cutoff]).fetchall() if not c[4]]
-    a.update(chunks=len(chunks), rows=sum(c[3] for c in chunks),
-             range=[chunks[0][1].isoformat(), chunks[-1][2].isoformat()] if chunks else None)
+        return Compress(cutoff=at, skipped="compression unavailable (timescaledb.license = "
+                                           f"{caps.licence})")
+    chunks = [c for c in _chunks(conn, table, cutoff) if not c.is_compressed]
+    a = Compress(cutoff=at, chunks=len(chunks), rows=sum(c.rows for c in chunks),
+                 range=span(chunks))
     if chunks and not dry_run:
         for c in chunks:
-            conn.execute("SELECT ops.retention_compress_chunk(%s, %s)", [table, c[0]])
-        a["bytes"] = _compressed_bytes(conn, table)
+            conn.execute(query(__package__, "retention_compress_chunk"), [table, c.chunk])
+        a.bytes = _compressed_bytes(conn, table)
     return a
 
 
@@ -296,10 +263,8 @@ def _compressed_bytes(conn, table: str) -> list[float] | None:
     """[before, after] compression over the table's compressed chunks: what it saved."""
     try:
         with conn.transaction():
-            row = conn.execute(
-                "SELECT sum(before_compression_total_bytes)::float8, "
-                "sum(after_compression_total_bytes)::float8 "
-                "FROM hypertable_compression_stats(%s)", [table]).fetchone()
+            row = conn.execute(query(__package__, "retention_compression_stats"),
+                               [table]).fetchone()
     except psycopg.Error:  # the statistics are a report, never a reason to fail the job
         return None
     return [row[0], row[1]] if row and row[0] and row[1] else None
@@ -313,49 +278,44 @@ def run_job(conn, caps: Caps, targets, name: str, table: object, policy: object,
     if "drop_after" in intervals:
         wanted = now - intervals["drop_after"]
         cutoff, unlanded = landed_cutoff(conn, table, time_col, landed_via, wanted)
-        if caps.timescaledb and _is_hypertable(conn, table):
+        if _is_hypertable(conn, caps, table):
             a = _drop_timescale(conn, table, cutoff, dry_run)
         else:
             a = _delete_batched(conn, table, time_col, cutoff, dry_run)
         if unlanded:
-            a["held_back"] = (f"{unlanded} buckets older than {wanted.isoformat()} are not "
+            a.held_back = (f"{unlanded} buckets older than {wanted.isoformat()} are not "
                               f"(fully) in landing; kept from {cutoff.isoformat()}")
         res.actions.append(a)
-    if "compress_after" in intervals and _is_hypertable(conn, table):
+    if "compress_after" in intervals and _is_hypertable(conn, caps, table):
         res.actions.append(_compress(conn, table, now - intervals["compress_after"], caps,
                                      dry_run))
     elif "compress_after" in intervals:
-        res.actions.append({"action": "compress", "skipped": "not a hypertable here"})
-    touched = any(a.get("rows") or a.get("chunks") for a in res.actions)
+        res.actions.append(Compress(skipped="not a hypertable here"))
+    touched = any(a.did_something for a in res.actions)
     res.outcome = ("dry-run" if dry_run else "applied") if touched else "nothing-to-do"
     return res
 
 
-def _is_hypertable(conn, table: str) -> bool:
-    if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone():
+def _is_hypertable(conn, caps: Caps, table: str) -> bool:
+    if not caps.timescaledb:
         return False
-    schema, name = table.split(".")
-    return bool(conn.execute(
-        "SELECT 1 FROM timescaledb_information.hypertables "
-        "WHERE hypertable_schema = %s AND hypertable_name = %s", [schema, name]).fetchone())
+    return bool(conn.execute(query(__package__, "retention_is_hypertable"),
+                             table.split(".")).fetchone())
 
 
 def run(conn: psycopg.Connection, *, dry_run: bool = False, job: str | None = None,
         now: datetime | None = None) -> list[JobResult]:
     require_autocommit(conn, "retention")
     caps = capabilities(conn)
-    now = now or conn.execute("SELECT now()").fetchone()[0]
-    targets = {t: (c, v) for t, c, v in conn.execute(
-        "SELECT table_name, time_column, landed_via FROM ops.retention_targets")}
-    rows = conn.execute(
-        "SELECT job_name, hypertable, policy FROM ops.retention_jobs WHERE enabled "
-        "AND (%s::text IS NULL OR job_name = %s) ORDER BY job_name", [job, job]).fetchall()
+    now = now or conn.execute(query(__package__, "retention_now")).fetchone()[0]
+    targets = {t: (c, v) for t, c, v in conn.execute(query(__package__, "retention_targets"))}
+    rows = conn.execute(query(__package__, "retention_jobs"), {"job": job}).fetchall()
     if job and not rows:
         raise NoSuchJob(f"no enabled retention job named {job!r}")
     run_id = uuid.uuid4()
     results = []
     for name, table, policy in rows:
-        started = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        started = conn.execute(query(__package__, "retention_clock")).fetchone()[0]
         t0 = time.monotonic()
         try:
             res = run_job(conn, caps, targets, name, table, policy, now=now, dry_run=dry_run)
@@ -373,14 +333,13 @@ def run(conn: psycopg.Connection, *, dry_run: bool = False, job: str | None = No
 
 
 def _audit(conn, run_id, started, dry_run: bool, res: JobResult) -> None:
-    ranges = [a["range"] for a in res.actions if a.get("range")]
+    ranges = [r for a in res.actions if (r := getattr(a, "range", None))]
     conn.execute(
-        "INSERT INTO ops.retention_runs (run_id, job_name, started_at, finished_at, dry_run, "
-        "outcome, action, chunks, rows, range_start, range_end, detail) "
-        "VALUES (%s, %s, %s, clock_timestamp(), %s, %s, %s, %s, %s, %s, %s, %s)",
+        query(__package__, "retention_audit"),
         [run_id, res.job, started, dry_run, res.outcome,
-         ",".join(a["action"] for a in res.actions) or None, res.chunks, res.rows,
+         ",".join(a.kind for a in res.actions) or None, res.chunks, res.rows,
          min(r[0] for r in ranges) if ranges else None,
          max(r[1] for r in ranges) if ranges else None,
-         json.dumps({"table": res.table, "reason": res.reason, "actions": res.actions,
+         json.dumps({"table": res.table, "reason": res.reason,
+                    "actions": [a.as_dict() for a in res.actions],
                      "seconds": round(res.seconds, 3)})])

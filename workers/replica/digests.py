@@ -18,6 +18,7 @@ from datetime import date, datetime
 import psycopg
 
 from workers.core import logs
+from workers.core.markets import BucketId
 from workers.core.pg import set_local_utc
 from workers.core.sqlfiles import query
 from workers.core.ticks import to_us
@@ -25,7 +26,7 @@ from workers.core.ticks import to_us
 log = logs.get("replicate")
 BATCH = 256  # stale buckets recomputed per statement
 
-Key = tuple[str, str, int]  # (market, symbol, bucket µs)
+Key = BucketId
 DayKey = tuple[str, str, date]  # (market, symbol, UTC day)
 
 

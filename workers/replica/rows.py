@@ -12,11 +12,12 @@ from datetime import datetime
 
 import psycopg
 
+from workers.core.markets import BucketId
 from workers.core.pg import set_local_utc
 from workers.core.sqlfiles import query
 from workers.core.ticks import to_dt, to_us
 
-Key = tuple[str, str, int]  # (market, symbol, bucket µs)
+Key = BucketId
 ROW_KINDS = ("registry", "ohlcv")
 KINDS = ("ticks", *ROW_KINDS)
 

@@ -34,12 +34,13 @@ from psycopg import sql
 
 from workers.core import logs
 from workers.core.health import Metrics
+from workers.core.markets import BucketId
 from workers.core.sqlfiles import query, template
 from workers.core.ticks import to_dt
 
 log = logs.get("replica")
 
-Bucket = tuple[str, str, int]  # (market, symbol, bucket start in µs)
+Bucket = BucketId  # (market, symbol, bucket start in µs)
 
 
 @dataclass

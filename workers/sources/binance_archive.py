@@ -33,6 +33,7 @@ from pathlib import Path
 
 from workers.core import logs
 from workers.core.errors import BadInput
+from workers.core.markets import ARCHIVE_MARKET_PATHS, choices
 from workers.sources import archive_cache as cache
 from workers.sources.archive_download import (  # noqa: F401 - re-exported
     ArchiveConfig,
@@ -55,7 +56,7 @@ from workers.sources.archive_report import (  # noqa: F401 - re-exported
     human_size,
     progress_for,
 )
-from workers.sources.binance_files import ARCHIVE_MARKET_PATHS, sha256_file
+from workers.sources.binance_files import sha256_file
 
 log = logs.get("fetch")
 
@@ -64,7 +65,8 @@ MARKETS = ARCHIVE_MARKET_PATHS
 KINDS = ("trades", "aggTrades")
 # Spot and USDⓈ-M pairs (BTCUSDT), COIN-M perpetuals (BTCUSD_PERP), delivery contracts (_240628).
 _SYMBOL = re.compile(r"^[A-Z0-9]{2,20}(?:_PERP|_\d{6})?$")
-_PATH = re.compile(r"(?:^|/)data/(spot|futures/um|futures/cm)/(daily|monthly)/(trades|aggTrades)/"
+_PATH = re.compile(r"(?:^|/)data/(" + "|".join(map(re.escape, MARKETS.values())) + r")/"
+                   r"(daily|monthly)/(trades|aggTrades)/"
                    r"([A-Z0-9_]+)/\4-\3-(\d{4}-\d{2}(?:-\d{2})?)\.zip$")
 
 
@@ -149,7 +151,7 @@ class Request:
             raise BadRequest(f"--symbol {symbol!r} is not a Binance symbol (like BTCUSDT, "
                              "BTCUSD_PERP)")
         if market not in MARKETS:
-            raise BadRequest(f"--market must be one of {', '.join(MARKETS)}, not {market!r}")
+            raise BadRequest(f"--market must be one of {choices()}, not {market!r}")
         if kind not in KINDS:
             raise BadRequest(f"--kind must be trades or aggTrades, not {kind!r}")
         yesterday = (today or datetime.now(UTC).date()) - timedelta(days=1)

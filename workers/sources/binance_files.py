@@ -3,7 +3,7 @@
 Layouts (DESIGN.md): spot `trades` — id, price, qty, quote_qty, time, is_buyer_maker,
 is_best_match, no header; USDⓈ-M `trades` — the same first six columns with a header; COIN-M
 `trades` — id, price, qty, base_qty, time, is_buyer_maker with a header (qty in contracts,
-base_qty in the coin; workers/sources/markets.py says what is stored).
+base_qty in the coin; workers/core/markets.py says what is stored).
 
 `aggTrades` files (agg_trade_id, price, quantity, first_trade_id, last_trade_id, transact_time,
 is_buyer_maker[, is_best_match]) are refused (exit 2): an aggregate trade id is another sequence
@@ -37,10 +37,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from workers.core.errors import BadInput
-from workers.core.ticks import check_symbol
+from workers.core.markets import Instrument, check_symbol, instrument
 from workers.sources import validate as checks
 from workers.sources.layouts import (
-    ARCHIVE_MARKET_PATHS,
     FUT_TRADES,
     TRADES_OF_MARKET,
     BadFile,
@@ -52,10 +51,9 @@ from workers.sources.layouts import (
     refuse_aggregates,
     symbol_from_name,
 )
-from workers.sources.markets import Instrument, instrument
 
-# Re-exported: callers (the archive client, the CLI) import them from here.
-__all__ = ["ARCHIVE_MARKET_PATHS", "BadFile", "Limits", "RawBatch", "TradeFile", "check_ingestible",
+# Re-exported: callers (the CLI) import them from here.
+__all__ = ["BadFile", "Limits", "RawBatch", "TradeFile", "check_ingestible",
            "open_trade_file", "parse_checksum", "sha256_file"]
 
 BLOCK_SIZE = 8 << 20  # bytes per parsed block: ~150k rows, a few tens of MB of Arrow memory

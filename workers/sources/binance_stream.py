@@ -21,8 +21,8 @@ import time
 import pyarrow as pa
 
 from workers.core.errors import BadInput
-from workers.core.ticks import TICK_SCHEMA, check_market, printable
-from workers.sources.markets import Instrument
+from workers.core.markets import STREAM_HOSTS, Instrument, check_market, choices
+from workers.core.ticks import TICK_SCHEMA, printable
 from workers.sources.validate import (
     DECIMAL,
     DEFAULT_FUTURE_TOLERANCE_US,
@@ -37,13 +37,6 @@ _DECIMAL = re.compile(DECIMAL)
 _WHOLE = re.compile(WHOLE)
 # A stream name of aggregate trades in a URL: `btcusdt@aggTrade` (raw or combined form).
 _AGG_STREAM = re.compile(r"@aggtrade\b", re.IGNORECASE)
-# Binance's trade stream hosts and the market each serves.
-STREAM_HOSTS = {
-    "stream.binance.com": "spot",
-    "data-stream.binance.vision": "spot",
-    "fstream.binance.com": "um",
-    "dstream.binance.com": "cm",
-}
 
 
 def market_of_url(url: str, given: str | None = None) -> str:
@@ -65,7 +58,7 @@ def market_of_url(url: str, given: str | None = None) -> str:
         return given
     if from_host is None:
         raise BadInput(f"cannot tell the market from the host {printable(host)!r}: pass "
-                       "--market spot|um|cm")
+                       f"--market {choices('|')}")
     return from_host
 HARD_FRAME_LIMIT = 16 << 20  # the websocket library closes the connection above this
 

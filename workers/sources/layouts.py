@@ -7,11 +7,17 @@ trades (their ids are another sequence; one aggregate stands for several trades)
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-from workers.core.errors import BadInput
-from workers.core.ticks import check_market, printable
+from workers.core.errors import BadInput, printable
+from workers.core.markets import (
+    ARCHIVE_MARKET_PATHS,
+    BY_NAME,
+    FUT_TRADES,
+    SPOT_TRADES,
+    Layout,
+    check_market,
+)
 
 
 class BadFile(BadInput):
@@ -23,24 +29,7 @@ class BadFile(BadInput):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Layout:
-    kind: str  # "trades" | "aggTrades"
-    columns: tuple[str, ...]  # names of the file's columns, in order
-    id_col: str
-    qty_col: str
-    time_col: str
-    quote_col: str | None
-    base_col: str | None = None  # COIN-M: the coin amount, cross-checked, not stored
-
-
-SPOT_TRADES = Layout("trades", ("id", "price", "qty", "quote_qty", "time", "is_buyer_maker",
-                                "is_best_match"), "id", "qty", "time", "quote_qty")
-# The futures layouts (a header, one column less): what the columns say of the market.
-FUT_TRADES = Layout("trades", SPOT_TRADES.columns[:6], "id", "qty", "time", "quote_qty")
-CM_TRADES = Layout("trades", ("id", "price", "qty", "base_qty", "time", "is_buyer_maker"),
-                   "id", "qty", "time", None, "base_qty")
-TRADES_OF_MARKET = {"spot": SPOT_TRADES, "um": FUT_TRADES, "cm": CM_TRADES}
+TRADES_OF_MARKET = {m.name: m.trades for m in BY_NAME.values()}
 AGG_COLUMNS = ("agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id",
                "transact_time", "is_buyer_maker", "is_best_match")
 SPOT_AGG = Layout("aggTrades", AGG_COLUMNS, "agg_trade_id", "quantity", "transact_time", None)
@@ -54,9 +43,8 @@ _TS = re.compile(rb"^\d{10,19}$")
 _BOOL = re.compile(rb"^(?:true|false)$", re.IGNORECASE)
 _SYMBOL = re.compile(r"^([A-Z0-9_]{2,32})-(?:trades|aggTrades)-")
 _AGG_NAME = re.compile(r"-aggtrades-|^aggtrades", re.IGNORECASE)
-# Where the archive keeps each market's files (data/<market path>/<daily|monthly>/...); the
-# fetcher lays its cache out by the same table.
-ARCHIVE_MARKET_PATHS = {"spot": "spot", "um": "futures/um", "cm": "futures/cm"}
+# Where the archive keeps each market's files (data/<market path>/<daily|monthly>/...) is the
+# registry's ARCHIVE_MARKET_PATHS; the fetcher lays its cache out by the same table.
 _MARKET_DIRS = {tuple(p.split("/")): m for m, p in ARCHIVE_MARKET_PATHS.items()}
 
 
@@ -101,25 +89,26 @@ def market_of(path: Path, layout: Layout, given: str | None) -> str:
     if given and from_path and given != from_path:
         raise BadFile(path, f"--market {given} contradicts the archive path ({from_path})")
     market = given or from_path
-    futures_layout = layout in (FUT_TRADES, CM_TRADES)
+    futures = [m for m in BY_NAME.values() if m.futures]
+    futures_layout = layout in {m.trades for m in futures}
     if market is None:
-        if layout is CM_TRADES:
-            raise BadFile(path, "COIN-M columns (base_qty), but neither the path nor --market "
-                                "says the market: pass --market cm")
+        own = [m for m in futures if m.trades is layout and m.trades.base_col]
+        if len(own) == 1:  # only one market has these columns (COIN-M's base_qty)
+            raise BadFile(path, f"{own[0].short} columns ({layout.base_col}), but neither the "
+                                f"path nor --market says the market: pass --market {own[0].name}")
         if futures_layout:
             raise BadFile(path, "futures columns (a header, no is_best_match), but neither the "
                                 "path nor --market says which futures market: pass --market "
-                                "um or cm")
-        return "spot"
-    check_market(market)
-    if (market == "spot") == futures_layout:
+                                f"{' or '.join(m.name for m in futures)}")
+        return next(m.name for m in BY_NAME.values() if not m.futures)
+    if BY_NAME[check_market(market)].futures != futures_layout:
         raise BadFile(path, f"the columns are a {'futures' if futures_layout else 'spot'} "
                             f"file's, but the market is {market}: two markets are never mixed")
     return market
 
 
 def layout_from_header(path: Path, names: tuple[str, ...]) -> Layout:
-    for layout in (FUT_TRADES, CM_TRADES, SPOT_TRADES, FUT_AGG, SPOT_AGG):
+    for layout in (*TRADES_OF_MARKET.values(), FUT_AGG, SPOT_AGG):  # distinct columns each
         if names == layout.columns:
             return layout
     raise BadFile(path, f"not a Binance trades/aggTrades file: header {','.join(names)}")

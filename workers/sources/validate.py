@@ -7,7 +7,7 @@ of its file, its boolean is not True/False, or its symbol differs; on a contract
 market (COIN-M) also when its quantity is not a whole number of contracts or the file's base
 quantity disagrees with contracts × contract size / price. Nothing is silently dropped: every
 input row is either accepted or quarantined. The quote quantity is the instrument's notional
-(workers/sources/markets.py).
+(workers/core/markets.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from workers.core.markets import Instrument
 from workers.core.ticks import TICK_SCHEMA
-from workers.sources.markets import Instrument
 
 # Below 10^10 with at most 8 places: fits numeric(24,8) and an exact price x quantity.
 DECIMAL = r"^[0-9]{1,10}(\.[0-9]{1,8})?$"

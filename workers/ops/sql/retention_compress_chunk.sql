@@ -1,0 +1,1 @@
+SELECT ops.retention_compress_chunk(%s, %s)

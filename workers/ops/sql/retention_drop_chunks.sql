@@ -1,0 +1,1 @@
+SELECT * FROM ops.retention_drop_chunks(%s, %s)
