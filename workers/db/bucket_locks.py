@@ -31,9 +31,8 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from workers.core.sqlfiles import query, template
-
 from workers.core.markets import BucketId
+from workers.core.sqlfiles import query, template
 
 # The first int of every tickstack landing lock: PostgreSQL's pg_locks shows it as classid.
 NAMESPACE = int.from_bytes(hashlib.sha256(b"tickstack.landing").digest()[:4], "big",
