@@ -30,7 +30,7 @@ from psycopg import sql
 from workers.core import logs
 from workers.core.errors import BadInput
 from workers.core.pg import require_autocommit
-from workers.core.sqlfiles import query
+from workers.core.sqlfiles import query, template
 from workers.ops.retention_actions import Action, Chunk, Compress, Delete, DropChunks, span
 
 log = logs.get("retention")
@@ -187,8 +187,8 @@ def landed_cutoff(conn: psycopg.Connection, table: str, time_col: str, landed_vi
                   cutoff: datetime) -> tuple[datetime, int]:
     """The cutoff moved back before any bucket landing does not account for; and how many
     such buckets there are. Ticks must match the registry's row count per bucket."""
-    q = sql.SQL(query(__package__, "retention_unlanded_ticks" if landed_via == "ticks"
-                      else "retention_unlanded_buckets"))
+    via = "ticks" if landed_via == "ticks" else "buckets"
+    q = template(__package__, f"retention_unlanded_{via}")
     schema, name = table.split(".")
     first, n = conn.execute(q.format(col=sql.Identifier(time_col),
                                      tbl=sql.Identifier(schema, name)), [cutoff]).fetchone()
@@ -223,12 +223,12 @@ def _delete_batched(conn, table: str, time_col: str, cutoff: datetime, dry_run: 
                     ) -> Delete:
     schema, name = table.split(".")
     tbl, col = sql.Identifier(schema, name), sql.Identifier(time_col)
-    n, lo, hi = conn.execute(sql.SQL(query(__package__, "retention_count_older")).format(
+    n, lo, hi = conn.execute(template(__package__, "retention_count_older").format(
         c=col, t=tbl), [cutoff]).fetchone()
     a = Delete(cutoff=cutoff.isoformat(), rows=n,
                range=[lo.isoformat(), hi.isoformat()] if n else None)
     if n and not dry_run:
-        stmt = sql.SQL(query(__package__, "retention_delete_batch")).format(t=tbl, c=col)
+        stmt = template(__package__, "retention_delete_batch").format(t=tbl, c=col)
         deleted, batches = 0, 0
         while True:  # one short transaction per batch: no long locks, bounded WAL bursts
             with conn.transaction():
