@@ -9,13 +9,15 @@ worker below reads settings or opens what it was not given.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Literal
-
-import psycopg
+from typing import TYPE_CHECKING, Literal
 
 from workers.core.errors import BadInput
 from workers.core.settings import Settings
-from workers.landing.store import Landing
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from workers.landing.store import Landing
 
 Login = Literal["admin", "ingest", "embed", "retention", "reader", "replicate", "backup"]
 Server = Literal["primary", "replica"]
@@ -40,6 +42,8 @@ class Context:
                 dsn: str | None = None, connect_timeout: int = 10) -> psycopg.Connection:
         """A connection as `login`, in autocommit mode, named for the command in
         pg_stat_activity."""
+        import psycopg
+
         return psycopg.connect(dsn or self.dsn(login, server), autocommit=True,
                                connect_timeout=connect_timeout,
                                application_name=f"tickstack-{self.command}")
@@ -47,6 +51,7 @@ class Context:
     @cached_property
     def landing(self) -> Landing:
         from workers.core.s3 import client
+        from workers.landing.store import Landing
 
         return Landing(client(self.settings), self.settings.landing_bucket)
 

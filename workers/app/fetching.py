@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from workers.app.context import Context
+from workers.app.results import Shown
 from workers.core import logs
 
 
@@ -98,6 +99,61 @@ def dry_run(ctx: Context, req, redirect_hosts: tuple[str, ...] = ()) -> list[dic
                              "reason": out.reason, "key": out.file.sort_key()})
     rows.sort(key=lambda r: r.pop("key"))
     return rows
+
+
+def command(ctx: Context, req, *, ingest: bool = False, dry_run_only: bool = False,
+            verify: bool = False, allow_missing: bool = False,
+            redirect_hosts: tuple[str, ...] = (), json_out: bool = False,
+            on_file: Callable | None = None) -> Shown:
+    """`workers fetch`: the request checked (bad redirect hosts; with `ingest`, what ingest
+    would refuse: aggTrades, an unknown COIN-M contract size) before anything is downloaded,
+    then the dry run or the fetch, as the result the CLI prints."""
+    from workers.sources import binance_archive as archive
+    from workers.sources.binance_files import check_ingestible
+    from workers.sources.markets import instrument
+
+    archive.ArchiveConfig.from_settings(ctx.settings, redirect_hosts)  # bad hosts: exit 2 first
+    if ingest:
+        check_ingestible(req.kind)
+        instrument(req.market, req.symbol)
+    if dry_run_only:
+        rows = dry_run(ctx, req, redirect_hosts)
+        return Shown(rows, text=lambda rows: dry_run_lines(req, rows),
+                     json=lambda rows: {"request": req.describe(), "files": rows})
+    report = fetch(ctx, req, ingest=ingest, verify=verify, redirect_hosts=redirect_hosts,
+                   progress=None if json_out else archive.progress_for(),
+                   on_file=None if json_out else on_file)
+    code = report.exit_code(allow_missing)
+    return Fetched(report, code)
+
+
+@dataclass
+class Fetched:
+    """The fetch command's result: the archive client's Report and the exit code it gives
+    (missing files allowed or not); the files that failed are named on stderr."""
+
+    report: object  # workers.sources.archive_report.Report
+    exit_code: int
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def summary(self) -> str:
+        return self.report.summary()
+
+    def lines(self) -> list[str]:
+        return [self.summary()]
+
+    def warnings(self) -> list[str]:
+        return [f"fetch: {r.line()}" for r in sorted(self.report.results,
+                                                      key=lambda r: r.file.sort_key())
+                if not r.ok]
+
+    def as_dict(self) -> dict:
+        return {**self.report.as_dict(), "exit": self.exit_code}
+
+    to_json = as_dict
 
 
 def dry_run_lines(req, rows: list[dict]) -> list[str]:

@@ -14,47 +14,10 @@ from datetime import datetime
 
 from workers.app.context import Context
 from workers.app.landing_checks import beside
+from workers.app.results import Each, Message, Shown
 from workers.core.errors import BadInput
-from workers.core.ticks import to_dt
 
-
-@dataclass
-class Note:
-    """A stage with nothing to do, and why."""
-
-    text: str
-    changed: bool = False
-    ok: bool = True
-
-    def summary(self) -> str:
-        return self.text
-
-    def as_dict(self) -> dict:
-        return {"note": self.text}
-
-
-@dataclass
-class Each:
-    """The same operation on several targets (servers, files): one result each."""
-
-    results: list = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        return any(r.changed for r in self.results)
-
-    @property
-    def ok(self) -> bool:
-        return all(getattr(r, "ok", True) for r in self.results)
-
-    def summary(self) -> str:
-        return "; ".join(r.summary() for r in self.results)
-
-    def details(self) -> list[str]:
-        return [line for r in self.results for line in getattr(r, "details", list)()]
-
-    def as_dict(self) -> dict:
-        return {"results": [r.as_dict() for r in self.results]}
+__all__ = ["Shown"]  # the CLI wraps results it prints its own way
 
 
 # --- database schema -----------------------------------------------------------------------
@@ -120,6 +83,19 @@ class IngestRun:
         d.update(files=len(self.files), replica=self.replica)
         return d
 
+    def replica_note(self) -> list[str]:
+        """The dual-write's counters, for stderr, when it wrote or missed anything."""
+        if self.replica is None or not (self.replica.get("written") or len(self.replica) > 1):
+            return []
+        return ["replica (best effort): " + ", ".join(
+            f"{k} {v}" for k, v in sorted(self.replica.items()))]
+
+    def shown_after_files(self, json_out: bool) -> Shown:
+        """`workers ingest` showed each file as it finished: what is left is the replica's
+        counters (stderr, not with --json)."""
+        return Shown(self, text=lambda r: [], json=lambda r: None,
+                     err=lambda r: [] if json_out else r.replica_note())
+
 
 def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
            market: str | None = None, since_us: int | None = None, until_us: int | None = None,
@@ -172,6 +148,26 @@ def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
 
 
 # --- replica, signals ----------------------------------------------------------------------
+
+def timed(name: str, result) -> Shown:
+    """A result printed as `name: summary; seconds s` (embed, backup)."""
+    return Shown(result, text=lambda r: [f"{name}: {r.summary()}; {r.seconds:.1f} s"])
+
+
+def replicate_command(ctx: Context, *, check_only: bool = False, since: str | None = None
+                      ) -> Shown:
+    """`workers replicate`: no replica configured is a usage error before any work; a
+    `--check` never hangs on a server that stopped answering (a whole-command deadline)."""
+    from workers.core import deadline
+
+    ctx.dsn("admin", "replica")
+    if check_only:
+        deadline.arm("replicate --check", ctx.settings.replicate_check_seconds,
+                     "TICKSTACK_REPLICATE_CHECK_SECONDS")
+    r = replicate(ctx, check_only=check_only, since=parse_time(since))
+    return Shown(r, text=lambda r: [f"replicate: {r.summary()} ({r.seconds:.1f} s)",
+                                    *(f"  {line}" for line in r.details())])
+
 
 def replicate(ctx: Context, *, check_only: bool = False, since: datetime | None = None,
               audit_landing: bool = True):
@@ -259,14 +255,15 @@ def full_backup_unless_current(ctx: Context, *, force: bool = False):
         return backups.full_backup_unless_current(tool, conn, force=force)
 
 
-def stanza_create(ctx: Context) -> str:
+def stanza_create(ctx: Context) -> Message:
     """The stanza if missing, then `pgbackrest check`: WAL archiving reaches the repository."""
     from workers.ops import backup as backups
 
     tool = ctx.pgbackrest()
     backups.ensure_stanza(tool)
     tool.ok("check", "--archive-timeout=60", timeout=300)
-    return f"backup: stanza {tool.stanza} exists and WAL archiving reaches the repository"
+    return Message(f"backup: stanza {tool.stanza} exists and WAL archiving reaches the "
+                   "repository")
 
 
 def archive_check(ctx: Context, *, audit_landing: bool = True):
@@ -358,6 +355,12 @@ class Gaps:
                        f"{g['last_missing_id']} ({n:,} trades) between {span}: {state}")
         return out
 
+    def as_dict(self) -> dict:
+        return {"symbol": self.symbol, "gaps": self.rows}
+
+    def to_json(self) -> list[dict]:
+        return self.rows
+
 
 def stream_gaps(ctx: Context, symbol: str, market: str | None = None) -> Gaps:
     from workers.db.stream_commit import refresh_gaps
@@ -366,8 +369,8 @@ def stream_gaps(ctx: Context, symbol: str, market: str | None = None) -> Gaps:
         return Gaps(symbol, refresh_gaps(conn, symbol, market))
 
 
-def stream(ctx: Context, url: str, symbol: str, market: str | None = None) -> dict:
-    """Run the stream until SIGTERM/SIGINT; returns its final counters."""
+def stream(ctx: Context, url: str, symbol: str, market: str | None = None) -> Shown:
+    """Run the stream until SIGTERM/SIGINT; its final counters (logged; nothing printed)."""
     import asyncio
     import signal
 
@@ -410,14 +413,22 @@ def stream(ctx: Context, url: str, symbol: str, market: str | None = None) -> di
     done = {"trades": metrics.value("tickstack_stream_trades_total", outcome="accepted"),
             "batches": metrics.value("tickstack_stream_batches_total")}
     log.info("stream stopped", **done)
-    return done
+    return Shown(done, text=lambda d: [], json=lambda d: d)
+
+
+def parse_time_us(value: str | None) -> int | None:
+    """`parse_time` in µs since the epoch."""
+    from workers.core.ticks import to_us
+
+    t = parse_time(value)
+    return to_us(t) if t else None
 
 
 def parse_time(value: str | None) -> datetime | None:
     """An ISO timestamp option (UTC when it names no zone); BadInput when it is not one."""
     if not value:
         return None
-    from workers.core.ticks import parse_iso
+    from workers.core.ticks import parse_iso, to_dt
 
     try:
         return to_dt(parse_iso(value))
