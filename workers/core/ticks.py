@@ -75,11 +75,6 @@ def to_us(t: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def bucket_of(us: int) -> int:
-    """Start (µs) of the 5-minute bucket holding this instant."""
-    return us - us % BUCKET_US
-
-
 def iso(us: int) -> str:
     """A bucket or instant as `YYYY-MM-DDTHH:MM:SSZ` for messages."""
     return to_dt(us).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -72,11 +72,6 @@ def _plausible_unit(t: pa.Array, digits: np.ndarray, candidates: np.ndarray,
     return _unit_of(int(digits[rows[ok[0]]])) if len(ok) else None
 
 
-def quote_of(price: pa.Array, qty: pa.Array) -> pa.Array:
-    """price x quantity, exact, then cut to 8 places (base-asset quantities without a quote)."""
-    return SPOT_BASE.quote(price, qty)
-
-
 def validate(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | None = None,
              now_us: int | None = None, flagged: dict[int, str] | None = None,
              instrument: Instrument = SPOT_BASE,
