@@ -25,7 +25,7 @@ def archive_loader(ctx: Context, on_file: Callable | None = None) -> Iterator[Ca
     from workers.sources.binance_files import Limits
 
     limit_allocator_retention()
-    s = ctx.settings
+    s = ctx.settings.ingest
     log = logs.get("fetch")
     writer = ctx.replica_writer()
     try:
@@ -33,10 +33,9 @@ def archive_loader(ctx: Context, on_file: Callable | None = None) -> Iterator[Ca
             def load(path) -> None:
                 log.info("ingesting", file=str(path))
                 r = pipeline.ingest_file(
-                    conn, ctx.landing, str(path), block_bytes=s.ingest_block_bytes,
-                    flush_rows=s.ingest_flush_rows, replica=writer,
-                    max_bucket_rows=s.ingest_max_bucket_rows,
-                    limits=Limits.from_settings(s))
+                    conn, ctx.landing, str(path), block_bytes=s.block_bytes,
+                    flush_rows=s.flush_rows, replica=writer, max_bucket_rows=s.max_bucket_rows,
+                    limits=Limits.of(s))
                 log.info("ingested", file=str(path), rows=r.rows_read, inserted=r.inserted)
                 if on_file:
                     on_file(r)
@@ -53,7 +52,7 @@ def fetch(ctx: Context, req, *, ingest: bool = False, verify: bool = False,
     TICKSTACK_ARCHIVE_REDIRECT_HOSTS."""
     from workers.sources import binance_archive as archive
 
-    cfg = archive.ArchiveConfig.from_settings(ctx.settings, redirect_hosts)
+    cfg = archive.ArchiveConfig.of(ctx.settings.archive, redirect_hosts)
     t0 = time.monotonic()
     results: list = []
     with archive.Fetcher(cfg, progress, verify_cached=verify) as fetcher:
@@ -88,7 +87,7 @@ def dry_run(ctx: Context, req, redirect_hosts: tuple[str, ...] = ()) -> list[dic
     from workers.sources import binance_archive as archive
 
     rows = []
-    cfg = archive.ArchiveConfig.from_settings(ctx.settings, redirect_hosts)
+    cfg = archive.ArchiveConfig.of(ctx.settings.archive, redirect_hosts)
     with archive.Fetcher(cfg) as fetcher:
         for out in fetcher.survey(fetcher.plan(req)):
             if isinstance(out, archive.Planned):
@@ -112,7 +111,7 @@ def command(ctx: Context, req, *, ingest: bool = False, dry_run_only: bool = Fal
     from workers.sources.binance_files import check_ingestible
     from workers.sources.markets import instrument
 
-    archive.ArchiveConfig.from_settings(ctx.settings, redirect_hosts)  # bad hosts: exit 2 first
+    archive.ArchiveConfig.of(ctx.settings.archive, redirect_hosts)  # bad hosts: exit 2 first
     if ingest:
         check_ingestible(req.kind)
         instrument(req.market, req.symbol)
@@ -205,9 +204,9 @@ def fetch_day(ctx: Context, day: str, symbol: str = "BTCUSDT") -> FetchedDay:
 
     s = ctx.settings
     [f] = archive.resolve(archive.Request.parse(symbol, "spot", "trades", day, day))
-    with archive.Fetcher(archive.ArchiveConfig.from_settings(s)) as fetcher:
+    with archive.Fetcher(archive.ArchiveConfig.of(s.archive)) as fetcher:
         r = fetcher.run([f]).results[0]
     if not r.ok:
-        raise Failed(f"{f.name} from {s.archive_base_url}: {r.reason}")
+        raise Failed(f"{f.name} from {s.archive.base_url}: {r.reason}")
     return FetchedDay(f.name, str(r.path), r.status == "downloaded", r.size or 0,
-                      s.archive_base_url)
+                      s.archive.base_url)

@@ -133,10 +133,9 @@ def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
                 else:
                     r = pipeline.ingest_file(
                         conn, ctx.landing, src, symbol=symbol, market=market, progress=update,
-                        block_bytes=s.ingest_block_bytes, flush_rows=s.ingest_flush_rows,
-                        replica=writer, max_bucket_rows=s.ingest_max_bucket_rows,
-                        limits=Limits.from_settings(s),
-                        force=force)
+                        block_bytes=s.ingest.block_bytes, flush_rows=s.ingest.flush_rows,
+                        replica=writer, max_bucket_rows=s.ingest.max_bucket_rows,
+                        limits=Limits.of(s.ingest), force=force)
                 run.files.append(r)
                 if on_file:
                     on_file(r)
@@ -162,7 +161,7 @@ def replicate_command(ctx: Context, *, check_only: bool = False, since: str | No
 
     ctx.dsn("admin", "replica")
     if check_only:
-        deadline.arm("replicate --check", ctx.settings.replicate_check_seconds,
+        deadline.arm("replicate --check", ctx.settings.replica.check_seconds,
                      "TICKSTACK_REPLICATE_CHECK_SECONDS")
     r = replicate(ctx, check_only=check_only, since=parse_time(since))
     return Shown(r, text=lambda r: [f"replicate: {r.summary()} ({r.seconds:.1f} s)",
@@ -176,8 +175,8 @@ def replicate(ctx: Context, *, check_only: bool = False, since: datetime | None 
     from workers.replica import catchup
     from workers.replica.writer import delivery_bound
 
-    s = ctx.settings
-    settle = delivery_bound(s.replica_timeout_seconds, s.replica_queue)
+    r = ctx.settings.replica
+    settle = delivery_bound(r.timeout_seconds, r.queue)
     with ctx.connect("ingest") as primary, ctx.connect("replicate", "replica") as replica:
         r = catchup.run(primary, replica, ctx.landing, check_only=check_only, since=since,
                         settle=settle)
@@ -228,7 +227,7 @@ def retention(ctx: Context, *, dry_run: bool = False, job: str | None = None):
 
     report = jobs.RetentionReport(dry_run)
     lacking = []
-    for name, dsn in ctx.settings.retention_targets():
+    for name, dsn in ctx.settings.servers("retention"):
         with ctx.connect(dsn=dsn) as conn:
             try:
                 report.servers[name] = jobs.run(conn, dry_run=dry_run, job=job)
@@ -273,8 +272,9 @@ def archive_check(ctx: Context, *, audit_landing: bool = True):
 
     tool = ctx.pgbackrest()
     with ctx.connect("backup") as conn:
-        r = backups.check(conn, tool, stall_seconds=ctx.settings.archive_stall_seconds,
-                          deadline_seconds=ctx.settings.archive_check_seconds)
+        b = ctx.settings.backup
+        r = backups.check(conn, tool, stall_seconds=b.archive_stall_seconds,
+                          deadline_seconds=b.archive_check_seconds)
         # The backup login reads the registry for it (sql/024), nothing else of the data.
         return beside(ctx, r, conn) if audit_landing else r
 
@@ -292,9 +292,10 @@ def restore(ctx: Context, target: datetime, *, force: bool = False, skip_pitr: b
     report = rebuild.RestoreReport(target.isoformat())
     admin = ctx.dsn("admin")
     if not skip_pitr:
-        rebuild.pitr(ctx.pgbackrest(on_database_host=True), ctx.settings.pg_bindir, target,
+        b = ctx.settings.backup
+        rebuild.pitr(ctx.pgbackrest(on_database_host=True), b.pg_bindir, target,
                      force=force, admin_dsn=admin, report=report, timeline=timeline,
-                     config_file=ctx.settings.pg_config_file)
+                     config_file=b.pg_config_file)
     try:
         return _after_pitr(ctx, report, target, no_replay)
     except KeyboardInterrupt:
@@ -386,7 +387,7 @@ def stream(ctx: Context, url: str, symbol: str, market: str | None = None) -> Sh
     market = market_of_url(url, market)  # the host says, or --market; never the symbol
     instrument(market, symbol.upper())  # an unknown COIN-M contract size: exit 2 now
     crashpoint.configure(s.crash_at)
-    cfg = live.StreamConfig.from_settings(s, url, symbol, market)
+    cfg = live.StreamConfig.of(s.stream, url, symbol, market)
     metrics = Metrics()
     writer = ctx.replica_writer(metrics)
     log = logs.get("stream")
@@ -399,9 +400,9 @@ def stream(ctx: Context, url: str, symbol: str, market: str | None = None) -> Sh
 
             signal.signal(signal.SIGTERM, early_stop)
             signal.signal(signal.SIGINT, early_stop)
-            health = HealthServer(metrics, s.health_host, s.health_port,
+            health = HealthServer(metrics, s.stream.health_host, s.stream.health_port,
                                   worker.heartbeat.alive, worker.ready).start()
-            log.info("health server", host=s.health_host, port=health.port)
+            log.info("health server", host=s.stream.health_host, port=health.port)
             try:
                 worker.recover()
                 asyncio.run(worker.run())

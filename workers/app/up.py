@@ -65,13 +65,13 @@ def _replicate(ctx: Context, run: Run):
 
 
 def _backup(ctx: Context, run: Run, force: bool):
-    if not ctx.settings.pgbackrest_config:
+    if not ctx.settings.backup.pgbackrest_config:
         return Note("skipped: TICKSTACK_PGBACKREST_CONFIG is not set")
     return operations.full_backup_unless_current(ctx, force=force)
 
 
 def _archive_check(ctx: Context, run: Run):
-    if not ctx.settings.pgbackrest_config:
+    if not ctx.settings.backup.pgbackrest_config:
         return Note("skipped: TICKSTACK_PGBACKREST_CONFIG is not set")
     return _flagged(run, operations.archive_check(ctx, audit_landing=False))
 

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from workers.core.errors import BadInput
+from workers.core.settings import IngestSettings, default
 from workers.core.ticks import check_symbol
 from workers.sources import validate as checks
 from workers.sources.layouts import (
@@ -65,15 +66,15 @@ BLOCK_SIZE = 8 << 20  # bytes per parsed block: ~150k rows, a few tens of MB of 
 class Limits:
     """Caps on what one file may make the reader hold or expand (settings give them)."""
 
-    max_ratio: float = 40.0  # uncompressed / compressed: Binance dumps are ~4-6x
-    max_bytes: int = 64 << 30  # uncompressed bytes of one file
+    # uncompressed / compressed: Binance dumps are ~4-6x
+    max_ratio: float = default("ingest_max_zip_ratio")
+    max_bytes: int = default("ingest_max_file_bytes")  # uncompressed bytes of one file
     # How far ahead of this machine's clock a trade time may be (clock skew), µs.
-    future_us: int = checks.DEFAULT_FUTURE_TOLERANCE_US
+    future_us: int = int(default("future_tolerance_seconds") * 1_000_000)
 
     @classmethod
-    def from_settings(cls, s) -> Limits:
-        return cls(s.ingest_max_zip_ratio, s.ingest_max_file_bytes,
-                   int(s.future_tolerance_seconds * 1_000_000))
+    def of(cls, s: IngestSettings) -> Limits:
+        return cls(s.max_zip_ratio, s.max_file_bytes, int(s.future_tolerance_seconds * 1_000_000))
 
 
 @dataclass(frozen=True)

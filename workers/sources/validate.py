@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from workers.core.settings import default
 from workers.core.ticks import TICK_SCHEMA
 from workers.sources.markets import Instrument
 
@@ -29,7 +30,7 @@ INTEGER = r"^[0-9]{1,18}$"
 MIN_TIME_US = 1_498_867_200_000_000  # 2017-07-01
 # A trade time ahead of this machine's clock by more than this is quarantined (`future_time`):
 # clock skew between the exchange and us, never a day (TICKSTACK_FUTURE_TOLERANCE_SECONDS).
-DEFAULT_FUTURE_TOLERANCE_US = 300_000_000
+DEFAULT_FUTURE_TOLERANCE_US = int(default("future_tolerance_seconds") * 1_000_000)
 WHOLE = r"^[0-9]{1,10}(\.0{1,8})?$"  # a whole number of contracts
 SPOT_BASE = Instrument("spot", "")  # quantity in the base asset: quote = price x quantity
 
