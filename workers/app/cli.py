@@ -188,17 +188,17 @@ def stream(
     effort). SIGTERM: the batch in flight is committed, exit 0. Health and metrics on
     TICKSTACK_HEALTH_PORT: /healthz, /readyz, /metrics.
     """
-    from workers.app import operations
+    from workers.app import streaming
 
     ctx = _context("stream")
     if gaps:
-        emit(operations.stream_gaps(ctx, symbol.upper(), market), json_out)
+        emit(streaming.gaps(ctx, symbol.upper(), market), json_out)
         return
     if not url:
         _usage("stream: --url is required (or --gaps)")
     if not url.startswith(("ws://", "wss://")):
         _usage(f"stream: --url must be a ws:// or wss:// URL, not {url!r}")
-    emit(operations.stream(ctx, url, symbol, market))
+    emit(streaming.stream(ctx, url, symbol, market))
 
 
 @command

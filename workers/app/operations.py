@@ -58,7 +58,7 @@ class IngestRun:
         return True
 
     def total(self):
-        from workers.db.ingest import Summary
+        from workers.db.summary import Summary
 
         t = Summary(source=f"{len(self.files)} file(s)")
         for f in self.files:
@@ -105,12 +105,8 @@ def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
     (replayed). `progress(source)` gives a per-source progress callback; `on_file(summary)`
     sees each source's summary as soon as it is done. Files loaded before whose buckets are
     unchanged are skipped unless `force`."""
-    from workers.core.memory import limit_allocator_retention
     from workers.core.ticks import check_market, check_symbol
-    from workers.db import ingest as pipeline
-    from workers.sources.binance_files import Limits
 
-    limit_allocator_retention()
     if symbol is not None:  # checked before anything is written under it
         check_symbol(symbol.upper())
     if market is not None:
@@ -127,15 +123,12 @@ def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
             for src in sources:
                 update = progress(src) if progress else None
                 if src.startswith("s3://"):
-                    r = pipeline.ingest_landing(conn, ctx.landing, src.removeprefix(prefix),
-                                                since_us=since_us, until_us=until_us,
-                                                progress=update)
+                    r = _pipeline().ingest_landing(conn, ctx.landing, src.removeprefix(prefix),
+                                                   since_us=since_us, until_us=until_us,
+                                                   progress=update)
                 else:
-                    r = pipeline.ingest_file(
-                        conn, ctx.landing, src, symbol=symbol, market=market, progress=update,
-                        block_bytes=s.ingest.block_bytes, flush_rows=s.ingest.flush_rows,
-                        replica=writer, max_bucket_rows=s.ingest.max_bucket_rows,
-                        limits=Limits.of(s.ingest), force=force)
+                    r = _ingest_file(ctx, conn, src, symbol=symbol, market=market,
+                                     progress=update, replica=writer, force=force)
                 run.files.append(r)
                 if on_file:
                     on_file(r)
@@ -144,6 +137,38 @@ def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
             writer.close()
             run.replica = dict(writer.stats)
     return run
+
+
+def _pipeline():
+    """The load path (pyarrow, numpy), imported when a source needs it — a rerun whose files
+    are all unchanged never loads it — with Arrow's allocator set before its first use."""
+    from workers.core.memory import limit_allocator_retention
+    from workers.db import ingest as pipeline
+
+    limit_allocator_retention()
+    return pipeline
+
+
+def _ingest_file(ctx: Context, conn, src: str, *, symbol: str | None, market: str | None,
+                 progress, replica, force: bool):
+    """One dump file: skipped when loaded before and unchanged (workers/db/file_loads.py),
+    else through the pipeline (opened once: its SHA-256 is computed once)."""
+    import time
+
+    from workers.db import file_loads
+    from workers.sources.binance_files import Limits, open_trade_file
+
+    t0 = time.monotonic()
+    g = ctx.settings.ingest
+    tf = open_trade_file(src, symbol, market, Limits.of(g))
+    done = None if force else file_loads.skipped(conn, ctx.landing, tf, src, t0)
+    if done is not None:
+        return done
+    return _pipeline().ingest_file(
+        conn, ctx.landing, src, symbol=symbol, market=market, progress=progress,
+        block_bytes=g.block_bytes, flush_rows=g.flush_rows, replica=replica,
+        max_bucket_rows=g.max_bucket_rows, limits=Limits.of(g), opened=tf, started=t0,
+        force=True)  # the skip was checked just above
 
 
 # --- replica, signals ----------------------------------------------------------------------
@@ -328,93 +353,6 @@ def _after_pitr(ctx: Context, report, target: datetime, no_replay: bool):
         # Rebuilt from the backup and landing: does landing still hold what the restored
         # registry vouches for? (exit 1 when not: the next rebuild could not replay it)
         return beside(ctx, report, conn)
-
-
-# --- the live stream -----------------------------------------------------------------------
-
-@dataclass
-class Gaps:
-    """The recorded trade-id gaps of one symbol, re-counted (open ones first)."""
-
-    symbol: str
-    rows: list[dict]
-
-    def summary(self) -> str:
-        if not self.rows:
-            return f"stream: no trade-id gaps recorded for {self.symbol}"
-        n_open = sum(1 for g in self.rows if g["filled_at"] is None)
-        return f"stream: {len(self.rows)} trade-id gap(s) of {self.symbol}, {n_open} open"
-
-    def details(self) -> list[str]:
-        out = []
-        for g in self.rows:
-            n = g["last_missing_id"] - g["first_missing_id"] + 1
-            state = f"filled {g['filled_at']:%Y-%m-%d %H:%M:%S}" if g["filled_at"] else \
-                f"OPEN ({g['present_count']:,} of {n:,} present)"
-            span = f"{g['after_time'].isoformat()} .. {g['before_time'].isoformat()}"
-            out.append(f"{g['source']} {g['market']} {g['symbol']} ids {g['first_missing_id']}.."
-                       f"{g['last_missing_id']} ({n:,} trades) between {span}: {state}")
-        return out
-
-    def as_dict(self) -> dict:
-        return {"symbol": self.symbol, "gaps": self.rows}
-
-    def to_json(self) -> list[dict]:
-        return self.rows
-
-
-def stream_gaps(ctx: Context, symbol: str, market: str | None = None) -> Gaps:
-    from workers.db.stream_commit import refresh_gaps
-
-    with ctx.connect("ingest") as conn:
-        return Gaps(symbol, refresh_gaps(conn, symbol, market))
-
-
-def stream(ctx: Context, url: str, symbol: str, market: str | None = None) -> Shown:
-    """Run the stream until SIGTERM/SIGINT; its final counters (logged; nothing printed)."""
-    import asyncio
-    import signal
-
-    from workers.core import crashpoint, logs
-    from workers.core.health import HealthServer, Metrics
-    from workers.core.ticks import check_symbol
-    from workers.db import stream as live
-    from workers.sources.binance_stream import market_of_url
-    from workers.sources.markets import instrument
-
-    s = ctx.settings
-    check_symbol(symbol.upper())
-    market = market_of_url(url, market)  # the host says, or --market; never the symbol
-    instrument(market, symbol.upper())  # an unknown COIN-M contract size: exit 2 now
-    crashpoint.configure(s.crash_at)
-    cfg = live.StreamConfig.of(s.stream, url, symbol, market)
-    metrics = Metrics()
-    writer = ctx.replica_writer(metrics)
-    log = logs.get("stream")
-    try:
-        with ctx.connect("ingest") as conn:
-            worker = live.StreamWorker(cfg, conn, ctx.landing, writer, metrics)
-
-            def early_stop(*_):  # SIGTERM while recovering: stop once recovered (then the
-                worker.stopping = True  # event loop's own handlers take over)
-
-            signal.signal(signal.SIGTERM, early_stop)
-            signal.signal(signal.SIGINT, early_stop)
-            health = HealthServer(metrics, s.stream.health_host, s.stream.health_port,
-                                  worker.heartbeat.alive, worker.ready).start()
-            log.info("health server", host=s.stream.health_host, port=health.port)
-            try:
-                worker.recover()
-                asyncio.run(worker.run())
-            finally:
-                health.stop()
-    finally:
-        if writer is not None:
-            writer.close()
-    done = {"trades": metrics.value("tickstack_stream_trades_total", outcome="accepted"),
-            "batches": metrics.value("tickstack_stream_batches_total")}
-    log.info("stream stopped", **done)
-    return Shown(done, text=lambda d: [], json=lambda d: d)
 
 
 def parse_time_us(value: str | None) -> int | None:

@@ -32,14 +32,11 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.csv as pacsv
+from typing import TYPE_CHECKING
 
 from workers.core.errors import BadInput
 from workers.core.settings import IngestSettings, default
 from workers.core.ticks import check_symbol
-from workers.sources import validate as checks
 from workers.sources.layouts import (
     ARCHIVE_MARKET_PATHS,
     FUT_TRADES,
@@ -54,6 +51,11 @@ from workers.sources.layouts import (
     symbol_from_name,
 )
 from workers.sources.markets import Instrument, instrument
+
+if TYPE_CHECKING:  # pyarrow loads when a file's rows are read: identifying one needs none
+    import pyarrow as pa
+
+    from workers.sources import validate as checks
 
 # Re-exported: callers (the archive client, the CLI) import them from here.
 __all__ = ["ARCHIVE_MARKET_PATHS", "BadFile", "Limits", "RawBatch", "TradeFile", "check_ingestible",
@@ -107,12 +109,15 @@ class TradeFile:
     sha256: str  # of the file as it is (a zip: checked against its CHECKSUM file if any)
     market: str = "spot"
     limits: Limits = Limits()
-    instrument: Instrument = checks.SPOT_BASE
+    instrument: Instrument = Instrument("spot", "")  # validate.SPOT_BASE
     # File lines of the invalid rows seen so far, ascending: for line numbers of later rows.
     _invalid_lines: list[int] = field(default_factory=list, repr=False)
 
     def batches(self, block_size: int = BLOCK_SIZE) -> Iterator[RawBatch]:
         """The file in blocks of text columns; memory stays flat however large it is."""
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
         n_cols = len(self.layout.columns)
         found: list[InvalidRow] = []
 
@@ -170,6 +175,8 @@ class TradeFile:
         """A parsed block through `workers.sources.validate.validate` with this file's quantity
         semantics (a COIN-M notional is contracts x contract size, its base_qty cross-checked)
         and its limits (the clock-skew tolerance): (ticks, their positions, [(pos, reason)])."""
+        from workers.sources import validate as checks
+
         return checks.validate(self.columns(batch), units, flagged=flagged, now_us=now_us,
                                instrument=self.instrument, future_us=self.limits.future_us)
 
@@ -290,6 +297,8 @@ class _Capped(io.RawIOBase):
 def _without_bad_utf8(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict[int, str]]:
     """Blank the values of rows whose bytes are not UTF-8 (so later string kernels only see
     valid text) and return those rows with their text, bad bytes shown as U+FFFD."""
+    import pyarrow as pa
+
     bad: set[int] = set()
     for col in batch.columns:
         try:
@@ -311,6 +320,8 @@ def _without_bad_utf8(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict[int, 
 
 def _blank(col: pa.Array, mask: pa.Array) -> pa.Array:
     """`col` with the masked values replaced by "" (built from bytes: `col` is not valid UTF-8)."""
+    import pyarrow as pa
+
     values = col.cast(pa.binary()).to_pylist()
     m = mask.to_pylist()
     return pa.array([b"" if bad else v for v, bad in zip(values, m, strict=True)],

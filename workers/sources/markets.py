@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING
 
 from workers.core.errors import BadInput
 from workers.core.ticks import check_market, printable
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # COIN-M contract size in USD by symbol (perpetual `_PERP` or delivery `_YYMMDD`); first match
 # wins. Binance: BTCUSD contracts are 100 USD, every other coin-margined contract 10 USD.
@@ -41,6 +42,9 @@ class Instrument:
 
     def quote(self, price: pa.Array, qty: pa.Array) -> pa.Array:
         """The notional of each trade, exact, at 8 places (decimal128(32, 8))."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         if self.contract_usd:
             return pc.cast(pc.multiply(pc.cast(qty, pa.decimal128(24, 8)),
                                        pa.scalar(self.contract_usd, pa.decimal128(6, 0))),
