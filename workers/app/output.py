@@ -7,10 +7,11 @@ import json
 
 import typer
 
+from workers.app.results import Result
 from workers.core.errors import EXIT_FAILED
 
 
-def text_of(result) -> list:
+def text_of(result: Result) -> list:
     """What a result prints without --json: its own lines, else its summary and details."""
     lines = getattr(result, "lines", None)
     if lines is not None:
@@ -18,12 +19,12 @@ def text_of(result) -> list:
     return [result.summary(), *getattr(result, "details", list)()]
 
 
-def json_of(result):
+def json_of(result: Result):
     to_json = getattr(result, "to_json", None)
     return to_json() if to_json is not None else result.as_dict()
 
 
-def exit_code(result) -> int:
+def exit_code(result: Result) -> int:
     """The result's own exit code when it has one; else 0, or 1 when it says it is not ok."""
     code = getattr(result, "exit_code", None)
     if isinstance(code, int):
@@ -31,7 +32,7 @@ def exit_code(result) -> int:
     return 0 if getattr(result, "ok", True) else EXIT_FAILED
 
 
-def show(result, json_out: bool = False) -> int:
+def show(result: Result, json_out: bool = False) -> int:
     """Print `result` — its warnings on stderr, then its JSON or its text lines (a rich
     renderable among them, such as a table, printed by rich) — and give its exit code. A
     result whose JSON is None prints none (it was shown as it went)."""
@@ -55,7 +56,7 @@ def show(result, json_out: bool = False) -> int:
     return exit_code(result)
 
 
-def emit(result, json_out: bool = False) -> None:
+def emit(result: Result, json_out: bool = False) -> None:
     """`show`, then leave with the result's exit code when it is not 0."""
     code = show(result, json_out)
     if code:
