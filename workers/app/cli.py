@@ -1,10 +1,12 @@
 """`python -m workers <command>`: the worker entry point (one image, one command per workload).
 
 Thin: each command parses its options, builds a Context, calls its operation
-(workers/app/operations.py) and prints the result's summary. Errors are mapped to exit codes in
-one place (`_fail`, workers.core.errors.describe): 0 done; 1 failed (the message says what and
-where); 2 bad usage or bad input; 130 interrupted (SIGINT or SIGTERM, workers/core/interrupts.py:
-the command's cleanup ran — child processes stopped, a restore's old primary put back).
+(workers/app/operations.py and its neighbours) and hands the result to the one output function
+(workers/app/output.py: text or --json, the exit code from the result). Errors are mapped to
+exit codes in one place (`command`, workers.core.errors.describe): 0 done; 1 failed (the message
+says what and where); 2 bad usage or bad input; 130 interrupted (SIGINT or SIGTERM,
+workers/core/interrupts.py: the command's cleanup ran — child processes stopped, a restore's old
+primary put back).
 """
 
 from __future__ import annotations
