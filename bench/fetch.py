@@ -84,7 +84,7 @@ def fetcher(url: str, cache: Path) -> ar.Fetcher:
     from workers.core.settings import Settings
 
     s = Settings()
-    cfg = ar.ArchiveConfig.from_settings(s)
+    cfg = ar.ArchiveConfig.of(s.archive)
     cfg = ar.ArchiveConfig(**{**cfg.__dict__, "base_url": url, "cache_dir": cache})
     return ar.Fetcher(cfg)
 

@@ -64,10 +64,10 @@ def test_urls_are_shown_without_credentials_or_query():
 
 def test_redirect_hosts_come_from_the_setting_and_the_option(monkeypatch):
     monkeypatch.setenv("TICKSTACK_ARCHIVE_REDIRECT_HOSTS", "cdn.example.com, Mirror.Example.org")
-    cfg = ArchiveConfig.from_settings(Settings(), ["127.0.0.2", "[::1]"])
+    cfg = ArchiveConfig.of(Settings().archive, ["127.0.0.2", "[::1]"])
     assert cfg.redirect_hosts == {"cdn.example.com", "mirror.example.org", "127.0.0.2", "::1"}
     with pytest.raises(BadInput, match="--allow-redirect-host 'http://x' is not a host name"):
-        ArchiveConfig.from_settings(Settings(), ["http://x"])
+        ArchiveConfig.of(Settings().archive, ["http://x"])
     monkeypatch.setenv("TICKSTACK_ARCHIVE_REDIRECT_HOSTS", "a b")
     with pytest.raises(BadInput, match="TICKSTACK_ARCHIVE_REDIRECT_HOSTS 'a b' is not a host"):
-        ArchiveConfig.from_settings(Settings())
+        ArchiveConfig.of(Settings().archive)

@@ -172,3 +172,41 @@ def test_migrations_are_found_inside_an_installed_package(tmp_path):
         capture_output=True, text=True, timeout=60)
     assert found.returncode == 0, found.stderr
     assert Path(found.stdout.strip()) == site / "workers" / "migrations"
+
+
+def test_no_import_cycle_inside_workers():
+    """No two worker modules import each other, directly or around a loop, at any depth of the
+    file (a function-level import closes a cycle too; imports for type checkers only do not).
+    `workers/app/report.py` and `up.py` once did."""
+    import graphlib
+
+    def runtime_imports(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text(), str(path))
+        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                       and "TYPE_CHECKING" in ast.unparse(node.test)
+                       for stmt in node.body for n in ast.walk(stmt)}
+        out: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                out.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                out.add(node.module)
+                out.update(f"{node.module}.{a.name}" for a in node.names)
+        return out
+
+    def cycle_in(graph: dict[str, set[str]]) -> list[str]:
+        try:
+            graphlib.TopologicalSorter(graph).prepare()
+        except graphlib.CycleError as e:
+            return e.args[1]
+        return []
+
+    assert len(cycle_in({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}})) == 4  # a loop
+    names = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (REPO / "workers").rglob("*.py")}
+    graph = {mod: {m for m in runtime_imports(path) if m in names and m != mod}
+             for mod, path in names.items()}
+    cycle = cycle_in(graph)
+    assert cycle == [], "import cycle: " + " -> ".join(cycle)

@@ -37,11 +37,11 @@ def test_dsns_come_from_the_mounted_files(clean_env, tmp_path):
     clean_env.setenv("TICKSTACK_SECRETS_DIR", str(tmp_path))
     s = Settings()
     assert s.primary_dsn.get_secret_value() == DSN
-    assert s.dsn_for("embed") == DSN
+    assert s.dsn("embed") == DSN
     assert DSN not in repr(s)
     # The environment still wins (the local environment's way).
     clean_env.setenv("TICKSTACK_EMBED_DSN", "postgresql://other@h/tickstack")
-    assert Settings().dsn_for("embed") == "postgresql://other@h/tickstack"
+    assert Settings().dsn("embed") == "postgresql://other@h/tickstack"
 
 
 def test_a_secrets_dir_that_is_not_there_is_bad_input(clean_env, tmp_path):

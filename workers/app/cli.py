@@ -1,26 +1,27 @@
 """`python -m workers <command>`: the worker entry point (one image, one command per workload).
 
 Thin: each command parses its options, builds a Context, calls its operation
-(workers/app/operations.py) and prints the result's summary. Errors are mapped to exit codes in
-one place (`_fail`, workers.core.errors.describe): 0 done; 1 failed (the message says what and
-where); 2 bad usage or bad input; 130 interrupted (SIGINT or SIGTERM, workers/core/interrupts.py:
-the command's cleanup ran — child processes stopped, a restore's old primary put back).
+(workers/app/operations.py and its neighbours) and hands the result to the one output function
+(workers/app/output.py: text or --json, the exit code from the result). Errors are mapped to
+exit codes in one place (`command`, workers.core.errors.describe): 0 done; 1 failed (the message
+says what and where); 2 bad usage or bad input; 130 interrupted (SIGINT or SIGTERM,
+workers/core/interrupts.py: the command's cleanup ran — child processes stopped, a restore's old
+primary put back).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 
 import typer
 
-from workers.app import operations
-from workers.app.context import Context
-from workers.app.progress import file_progress
-from workers.core import deadline, interrupts, logs
-from workers.core.errors import EXIT_FAILED, describe
+from workers.app.output import emit, show
+from workers.core import interrupts
+from workers.core.errors import describe
 from workers.core.markets import choices, choices_help
-from workers.core.settings import Settings
+
+# Imports of what a command needs happen when it runs: `--help` loads typer and rich only
+# (tests/unit/test_cli_start.py).
 
 app = typer.Typer(
     name="workers",
@@ -38,10 +39,19 @@ MARKET = typer.Option(None, "--market", help=f"{choices_help()}. Default: from t
                       "path / stream host; never from the symbol.")
 
 
-def _context(command: str) -> Context:
+def _context(command: str):
+    from workers.app.context import Context
+    from workers.core import logs
+    from workers.core.settings import Settings
+
     s = Settings()
     logs.configure(s.log_format, s.log_level)
     return Context(s, command)
+
+
+def _usage(message: str) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(2)
 
 
 def command(fn):
@@ -66,21 +76,6 @@ def command(fn):
     return app.command(name=name)(wrapper)
 
 
-def _show(result, json_out: bool, *, details: bool = True) -> None:
-    if json_out:
-        typer.echo(json.dumps(result.as_dict(), default=str))
-        return
-    typer.echo(result.summary())
-    if details and hasattr(result, "details"):
-        for line in result.details():
-            typer.echo(line)
-
-
-def _exit_unless_ok(result) -> None:
-    if not getattr(result, "ok", True):  # a result that says something is wrong: exit 1
-        raise typer.Exit(EXIT_FAILED)
-
-
 @command
 def migrate(
     status: bool = typer.Option(False, "--status", help="List applied and pending files only."),
@@ -89,9 +84,9 @@ def migrate(
         "when TICKSTACK_REPLICA_DSN is set)."),
 ) -> None:
     """Apply sql/ migrations in order (checksummed, under an advisory lock), on every server."""
-    r = operations.migrate(_context("migrate"), status_only=status, dsn=dsn)
-    for result in r.results:
-        _show(result, False)
+    from workers.app import operations
+
+    emit(operations.migrate(_context("migrate"), status_only=status, dsn=dsn))
 
 
 @command
@@ -119,23 +114,19 @@ def ingest(
     summary counts every row read once: inserted, already stored, duplicate within the input,
     or quarantined (by reason).
     """
-    from workers.core.ticks import to_us
+    from workers.app import operations
+    from workers.app.progress import file_progress
 
     ctx = _context("ingest")
     if not paths and not from_landing:
-        typer.echo("ingest: give files or s3:// prefixes, or --from-landing", err=True)
-        raise typer.Exit(2)
-    since_t, until_t = operations.parse_time(since), operations.parse_time(until)
+        _usage("ingest: give files or s3:// prefixes, or --from-landing")
+    since_us, until_us = operations.parse_time_us(since), operations.parse_time_us(until)
     sources = list(paths or []) + ([f"s3://{ctx.settings.landing_bucket}/raw/"]
                                    if from_landing else [])
-    run = operations.ingest(
-        ctx, sources, symbol=symbol, market=market, since_us=to_us(since_t) if since_t else None,
-        until_us=to_us(until_t) if until_t else None, progress=file_progress,
-        on_file=lambda r: _show(r, json_out), force=force)
-    if run.replica is not None and not json_out and (
-            run.replica.get("written") or len(run.replica) > 1):
-        typer.echo("replica (best effort): " + ", ".join(
-            f"{k} {v}" for k, v in sorted(run.replica.items())), err=True)
+    run = operations.ingest(ctx, sources, symbol=symbol, market=market, since_us=since_us,
+                            until_us=until_us, progress=file_progress,
+                            on_file=lambda r: show(r, json_out), force=force)
+    emit(run.shown_after_files(json_out), json_out)
 
 
 @command
@@ -173,34 +164,13 @@ def fetch(
     or an unknown symbol.
     """
     from workers.app import fetching
-    from workers.core.markets import instrument
-    from workers.sources import binance_archive as archive
-    from workers.sources.binance_files import check_ingestible
+    from workers.sources.binance_archive import Request
 
     ctx = _context("fetch")
-    req = archive.Request.parse(symbol, market, kind, since, until)
-    hosts = tuple(allow_redirect_host)
-    archive.ArchiveConfig.from_settings(ctx.settings, hosts)  # bad hosts: exit 2 before anything
-    if ingest:  # refused before downloading: aggTrades (fetched, never ingested as trades),
-        check_ingestible(req.kind)  # a COIN-M symbol whose contract size is not known
-        instrument(req.market, req.symbol)
-    if dry_run:
-        rows = fetching.dry_run(ctx, req, hosts)
-        if json_out:
-            typer.echo(json.dumps({"request": req.describe(), "files": rows}))
-        for line in ([] if json_out else fetching.dry_run_lines(req, rows)):
-            typer.echo(line)
-        return
-    report = fetching.fetch(ctx, req, ingest=ingest, verify=verify, redirect_hosts=hosts,
-                            progress=None if json_out else archive.progress_for(),
-                            on_file=None if json_out else lambda r: _show(r, False))
-    code = report.exit_code(allow_missing)
-    for r in sorted(report.results, key=lambda r: r.file.sort_key()):
-        if not r.ok:
-            typer.echo(f"fetch: {r.line()}", err=True)
-    typer.echo(json.dumps({**report.as_dict(), "exit": code}) if json_out else report.summary())
-    if code:
-        raise typer.Exit(code)
+    req = Request.parse(symbol, market, kind, since, until)
+    emit(fetching.command(ctx, req, ingest=ingest, dry_run_only=dry_run, verify=verify,
+                          allow_missing=allow_missing, redirect_hosts=tuple(allow_redirect_host),
+                          json_out=json_out, on_file=show), json_out)
 
 
 @command
@@ -220,21 +190,17 @@ def stream(
     effort). SIGTERM: the batch in flight is committed, exit 0. Health and metrics on
     TICKSTACK_HEALTH_PORT: /healthz, /readyz, /metrics.
     """
+    from workers.app import streaming
+
     ctx = _context("stream")
     if gaps:
-        r = operations.stream_gaps(ctx, symbol.upper(), market)
-        if json_out:
-            typer.echo(json.dumps(r.rows, default=str))
-        else:
-            _show(r, False)
+        emit(streaming.gaps(ctx, symbol.upper(), market), json_out)
         return
     if not url:
-        typer.echo("stream: --url is required (or --gaps)", err=True)
-        raise typer.Exit(2)
+        _usage("stream: --url is required (or --gaps)")
     if not url.startswith(("ws://", "wss://")):
-        typer.echo(f"stream: --url must be a ws:// or wss:// URL, not {url!r}", err=True)
-        raise typer.Exit(2)
-    operations.stream(ctx, url, symbol, market)
+        _usage(f"stream: --url must be a ws:// or wss:// URL, not {url!r}")
+    emit(streaming.stream(ctx, url, symbol, market))
 
 
 @command
@@ -248,19 +214,10 @@ def replicate(
     Per-bucket row count + content checksum, the same SQL on both servers. Exit 1 if any bucket
     still differs.
     """
-    ctx = _context("replicate")
-    ctx.dsn("admin", "replica")  # no replica configured: a usage error before any work
-    if check:  # a monitor's check never hangs on a server that stopped answering
-        deadline.arm("replicate --check", ctx.settings.replicate_check_seconds,
-                     "TICKSTACK_REPLICATE_CHECK_SECONDS")
-    r = operations.replicate(ctx, check_only=check, since=operations.parse_time(since))
-    if json_out:
-        typer.echo(json.dumps(r.as_dict()))
-    else:
-        typer.echo(f"replicate: {r.summary()} ({r.seconds:.1f} s)")
-        for line in r.details():
-            typer.echo(f"  {line}")
-    _exit_unless_ok(r)
+    from workers.app import operations
+
+    emit(operations.replicate_command(_context("replicate"), check_only=check, since=since),
+         json_out)
 
 
 @command
@@ -279,9 +236,7 @@ def landing(
     """
     from workers.app.landing_checks import landing_check
 
-    r = landing_check(_context("landing"), reland=reland)
-    _show(r, json_out)
-    _exit_unless_ok(r)
+    emit(landing_check(_context("landing"), reland=reland), json_out)
 
 
 @command
@@ -297,10 +252,10 @@ def repair(
     ingest login. Buckets retention removed are left alone; rows landing lacks are reported,
     never deleted. Exit 1 if a bucket is short (with --check) or still short after the repair.
     """
-    r = operations.repair(_context("repair"), check_only=check,
-                          since=operations.parse_time(since))
-    _show(r, json_out)
-    _exit_unless_ok(r)
+    from workers.app import operations
+
+    emit(operations.repair(_context("repair"), check_only=check,
+                           since=operations.parse_time(since)), json_out)
 
 
 @command
@@ -314,11 +269,10 @@ def embed(
     Features are documented in workers/signals/features.py; windows with fewer than 30 trades
     are skipped and counted. Runs as the tickstack_embed login (TICKSTACK_EMBED_DSN).
     """
-    r = operations.embed(_context("embed"), symbol=symbol, market=market)
-    if json_out:
-        typer.echo(json.dumps(r.as_dict()))
-    else:
-        typer.echo(f"embed: {r.summary()}; {r.seconds:.1f} s")
+    from workers.app import operations
+
+    emit(operations.timed("embed", operations.embed(_context("embed"), symbol=symbol,
+                                                    market=market)), json_out)
 
 
 @command
@@ -336,15 +290,12 @@ def similar(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Nearest past windows and what followed them, against the unconditional mean."""
+    from workers.app import operations
+
     when = None if at == "latest" else operations.parse_time(at)
     r = operations.similar(_context("similar"), symbol=symbol.upper(), market=market, at=when,
                            k=k, exclude_minutes=exclude_minutes, probes=probes)
-    if json_out:
-        typer.echo(json.dumps(r.as_dict()))
-        return
-    from rich.console import Console
-
-    Console().print(r.table())
+    emit(operations.Shown(r, text=lambda r: [r.table()]), json_out)
 
 
 @command
@@ -360,10 +311,10 @@ def retention(
     does not hold is removed. Every job's outcome is audited in ops.retention_runs; a bad job
     is rejected alone. Exit 1 when any job was rejected or failed.
     """
+    from workers.app import operations
+
     r = operations.retention(_context("retention"), dry_run=dry_run, job=job)
-    for line in [json.dumps(r.as_dict())] if json_out else r.details():
-        typer.echo(line)
-    _exit_unless_ok(r)
+    emit(operations.Shown(r, text=lambda r: r.details()), json_out)
 
 
 @command
@@ -384,21 +335,16 @@ def backup(
     Retention of backups (full sets kept, diffs kept) is in pgbackrest.conf, rendered by
     infra/configs.py for the cloud and the local environment alike.
     """
+    from workers.app import operations
+
     ctx = _context("backup")
     if stanza_create:
-        typer.echo(operations.stanza_create(ctx))
-        return
-    if check:
-        r = operations.archive_check(ctx)
-        for line in [json.dumps(r.as_dict(), default=str)] if json_out else r.details():
-            typer.echo(line)
-        _exit_unless_ok(r)
-        return
-    r = operations.backup(ctx, type_)
-    if json_out:
-        typer.echo(json.dumps(r.as_dict(), default=str))
+        r = operations.stanza_create(ctx)
+    elif check:
+        r = operations.Shown(operations.archive_check(ctx), text=lambda r: r.details())
     else:
-        typer.echo(f"backup: {r.summary()}; {r.seconds:.1f} s")
+        r = operations.timed("backup", operations.backup(ctx, type_))
+    emit(r, json_out)
 
 
 @command
@@ -427,11 +373,11 @@ def restore(
     or `restore`. Prints each step's
     duration (the recovery time) and the newest tick before and after the landing replay.
     """
+    from workers.app import operations
+
     target = operations.parse_time(target_time)
-    r = operations.restore(_context("restore"), target, force=force, skip_pitr=skip_pitr,
-                           timeline=timeline, no_replay=no_replay)
-    _show(r, False)
-    _exit_unless_ok(r)
+    emit(operations.restore(_context("restore"), target, force=force, skip_pitr=skip_pitr,
+                            timeline=timeline, no_replay=no_replay))
 
 
 @command
@@ -456,16 +402,14 @@ def up(
     so.
     """
     from workers.app import up as main_job
+    from workers.core import logs
 
     ctx = _context("up")
     if not paths and not fetch_day:
-        typer.echo("up: give dump files to ingest, or --fetch-day", err=True)
-        raise typer.Exit(2)
+        _usage("up: give dump files to ingest, or --fetch-day")
     if "log_level" not in ctx.settings.model_fields_set:
         # The progress lines and the summary say what happened; logs only for trouble
         # (TICKSTACK_LOG_LEVEL=info brings every worker's log lines back).
         logs.configure(ctx.settings.log_format, "warning")
-    ok = main_job.main(ctx, paths or [], report_dir=report_dir or ctx.settings.report_dir,
-                       force_backup=force_backup, fetch_day=fetch_day)
-    if not ok:
-        raise typer.Exit(EXIT_FAILED)
+    emit(main_job.main(ctx, paths or [], report_dir=report_dir or ctx.settings.report_dir,
+                       force_backup=force_backup, fetch_day=fetch_day))

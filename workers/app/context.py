@@ -9,16 +9,15 @@ worker below reads settings or opens what it was not given.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Literal
-
-import psycopg
+from typing import TYPE_CHECKING
 
 from workers.core.errors import BadInput
-from workers.core.settings import Settings
-from workers.landing.store import Landing
+from workers.core.settings import Login, Server, Settings
 
-Login = Literal["admin", "ingest", "embed", "retention", "reader", "replicate", "backup"]
-Server = Literal["primary", "replica"]
+if TYPE_CHECKING:
+    import psycopg
+
+    from workers.landing.store import Landing
 
 
 class Context:
@@ -27,19 +26,15 @@ class Context:
         self.command = command
 
     def dsn(self, login: Login = "admin", server: Server = "primary") -> str:
-        s = self.settings
-        if server == "replica":
-            if not s.has_replica:
-                raise BadInput("TICKSTACK_REPLICA_DSN is empty: no replica configured")
-            if login in ("ingest", "replicate", "retention"):
-                return s.replica_dsn_for(login)
-            return s.replica_dsn.get_secret_value()
-        return s.primary_dsn.get_secret_value() if login == "admin" else s.dsn_for(login)
+        """Settings.dsn: the one place that decides which connection string a login uses."""
+        return self.settings.dsn(login, server)
 
     def connect(self, login: Login = "admin", server: Server = "primary", *,
                 dsn: str | None = None, connect_timeout: int = 10) -> psycopg.Connection:
         """A connection as `login`, in autocommit mode, named for the command in
         pg_stat_activity."""
+        import psycopg
+
         return psycopg.connect(dsn or self.dsn(login, server), autocommit=True,
                                connect_timeout=connect_timeout,
                                application_name=f"tickstack-{self.command}")
@@ -47,6 +42,7 @@ class Context:
     @cached_property
     def landing(self) -> Landing:
         from workers.core.s3 import client
+        from workers.landing.store import Landing
 
         return Landing(client(self.settings), self.settings.landing_bucket)
 
@@ -54,7 +50,14 @@ class Context:
         """The best-effort dual-write writer; None without a replica. Close it when done."""
         from workers.replica.writer import ReplicaWriter
 
-        return ReplicaWriter.from_settings(self.settings, metrics)
+        s = self.settings
+        if not s.has_replica:
+            return None
+        r = s.replica
+        return ReplicaWriter(self.dsn("ingest", "replica"), self.dsn("ingest"),
+                             timeout=r.timeout_seconds, failures_to_open=r.breaker_failures,
+                             cooldown=r.breaker_cooldown_seconds, queue_max=r.queue,
+                             metrics=metrics)
 
     def pgbackrest(self, *, on_database_host: bool = False):
         """The pgBackRest tool; `on_database_host`: with the database host's own file (restore
@@ -63,11 +66,11 @@ class Context:
 
         from workers.ops.backup import Tool
 
-        s = self.settings
-        if not s.pgbackrest_config:
+        b = self.settings.backup
+        if not b.pgbackrest_config:
             raise BadInput("TICKSTACK_PGBACKREST_CONFIG is not set (the pgbackrest.conf "
                            "rendered by infra/configs.py; `python -m infra.local env` sets it)")
-        tool = Tool.from_settings(s)
-        if on_database_host and s.pgbackrest_pg_config:
-            tool = dataclasses.replace(tool, config=s.pgbackrest_pg_config)
+        tool = Tool(b.pgbackrest_config, b.stanza, b.pgbackrest_os_user)
+        if on_database_host and b.pgbackrest_pg_config:
+            tool = dataclasses.replace(tool, config=b.pgbackrest_pg_config)
         return tool

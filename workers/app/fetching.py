@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from workers.app.context import Context
+from workers.app.results import Shown
 from workers.core import logs
 
 
@@ -24,7 +25,7 @@ def archive_loader(ctx: Context, on_file: Callable | None = None) -> Iterator[Ca
     from workers.sources.binance_files import Limits
 
     limit_allocator_retention()
-    s = ctx.settings
+    s = ctx.settings.ingest
     log = logs.get("fetch")
     writer = ctx.replica_writer()
     try:
@@ -32,10 +33,9 @@ def archive_loader(ctx: Context, on_file: Callable | None = None) -> Iterator[Ca
             def load(path) -> None:
                 log.info("ingesting", file=str(path))
                 r = pipeline.ingest_file(
-                    conn, ctx.landing, str(path), block_bytes=s.ingest_block_bytes,
-                    flush_rows=s.ingest_flush_rows, replica=writer,
-                    max_bucket_rows=s.ingest_max_bucket_rows,
-                    limits=Limits.from_settings(s))
+                    conn, ctx.landing, str(path), block_bytes=s.block_bytes,
+                    flush_rows=s.flush_rows, replica=writer, max_bucket_rows=s.max_bucket_rows,
+                    limits=Limits.of(s))
                 log.info("ingested", file=str(path), rows=r.rows_read, inserted=r.inserted)
                 if on_file:
                     on_file(r)
@@ -52,7 +52,7 @@ def fetch(ctx: Context, req, *, ingest: bool = False, verify: bool = False,
     TICKSTACK_ARCHIVE_REDIRECT_HOSTS."""
     from workers.sources import binance_archive as archive
 
-    cfg = archive.ArchiveConfig.from_settings(ctx.settings, redirect_hosts)
+    cfg = archive.ArchiveConfig.of(ctx.settings.archive, redirect_hosts)
     t0 = time.monotonic()
     results: list = []
     with archive.Fetcher(cfg, progress, verify_cached=verify) as fetcher:
@@ -87,7 +87,7 @@ def dry_run(ctx: Context, req, redirect_hosts: tuple[str, ...] = ()) -> list[dic
     from workers.sources import binance_archive as archive
 
     rows = []
-    cfg = archive.ArchiveConfig.from_settings(ctx.settings, redirect_hosts)
+    cfg = archive.ArchiveConfig.of(ctx.settings.archive, redirect_hosts)
     with archive.Fetcher(cfg) as fetcher:
         for out in fetcher.survey(fetcher.plan(req)):
             if isinstance(out, archive.Planned):
@@ -98,6 +98,61 @@ def dry_run(ctx: Context, req, redirect_hosts: tuple[str, ...] = ()) -> list[dic
                              "reason": out.reason, "key": out.file.sort_key()})
     rows.sort(key=lambda r: r.pop("key"))
     return rows
+
+
+def command(ctx: Context, req, *, ingest: bool = False, dry_run_only: bool = False,
+            verify: bool = False, allow_missing: bool = False,
+            redirect_hosts: tuple[str, ...] = (), json_out: bool = False,
+            on_file: Callable | None = None) -> Shown:
+    """`workers fetch`: the request checked (bad redirect hosts; with `ingest`, what ingest
+    would refuse: aggTrades, an unknown COIN-M contract size) before anything is downloaded,
+    then the dry run or the fetch, as the result the CLI prints."""
+    from workers.core.markets import instrument
+    from workers.sources import binance_archive as archive
+    from workers.sources.binance_files import check_ingestible
+
+    archive.ArchiveConfig.of(ctx.settings.archive, redirect_hosts)  # bad hosts: exit 2 first
+    if ingest:
+        check_ingestible(req.kind)
+        instrument(req.market, req.symbol)
+    if dry_run_only:
+        rows = dry_run(ctx, req, redirect_hosts)
+        return Shown(rows, text=lambda rows: dry_run_lines(req, rows),
+                     json=lambda rows: {"request": req.describe(), "files": rows})
+    report = fetch(ctx, req, ingest=ingest, verify=verify, redirect_hosts=redirect_hosts,
+                   progress=None if json_out else archive.progress_for(),
+                   on_file=None if json_out else on_file)
+    code = report.exit_code(allow_missing)
+    return Fetched(report, code)
+
+
+@dataclass
+class Fetched:
+    """The fetch command's result: the archive client's Report and the exit code it gives
+    (missing files allowed or not); the files that failed are named on stderr."""
+
+    report: object  # workers.sources.archive_report.Report
+    exit_code: int
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def summary(self) -> str:
+        return self.report.summary()
+
+    def lines(self) -> list[str]:
+        return [self.summary()]
+
+    def warnings(self) -> list[str]:
+        return [f"fetch: {r.line()}" for r in sorted(self.report.results,
+                                                      key=lambda r: r.file.sort_key())
+                if not r.ok]
+
+    def as_dict(self) -> dict:
+        return {**self.report.as_dict(), "exit": self.exit_code}
+
+    to_json = as_dict
 
 
 def dry_run_lines(req, rows: list[dict]) -> list[str]:
@@ -149,9 +204,9 @@ def fetch_day(ctx: Context, day: str, symbol: str = "BTCUSDT") -> FetchedDay:
 
     s = ctx.settings
     [f] = archive.resolve(archive.Request.parse(symbol, "spot", "trades", day, day))
-    with archive.Fetcher(archive.ArchiveConfig.from_settings(s)) as fetcher:
+    with archive.Fetcher(archive.ArchiveConfig.of(s.archive)) as fetcher:
         r = fetcher.run([f]).results[0]
     if not r.ok:
-        raise Failed(f"{f.name} from {s.archive_base_url}: {r.reason}")
+        raise Failed(f"{f.name} from {s.archive.base_url}: {r.reason}")
     return FetchedDay(f.name, str(r.path), r.status == "downloaded", r.size or 0,
-                      s.archive_base_url)
+                      s.archive.base_url)

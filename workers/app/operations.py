@@ -14,47 +14,10 @@ from datetime import datetime
 
 from workers.app.context import Context
 from workers.app.landing_checks import beside
+from workers.app.results import Each, Message, Shown
 from workers.core.errors import BadInput
-from workers.core.ticks import to_dt
 
-
-@dataclass
-class Note:
-    """A stage with nothing to do, and why."""
-
-    text: str
-    changed: bool = False
-    ok: bool = True
-
-    def summary(self) -> str:
-        return self.text
-
-    def as_dict(self) -> dict:
-        return {"note": self.text}
-
-
-@dataclass
-class Each:
-    """The same operation on several targets (servers, files): one result each."""
-
-    results: list = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        return any(r.changed for r in self.results)
-
-    @property
-    def ok(self) -> bool:
-        return all(getattr(r, "ok", True) for r in self.results)
-
-    def summary(self) -> str:
-        return "; ".join(r.summary() for r in self.results)
-
-    def details(self) -> list[str]:
-        return [line for r in self.results for line in getattr(r, "details", list)()]
-
-    def as_dict(self) -> dict:
-        return {"results": [r.as_dict() for r in self.results]}
+__all__ = ["Shown"]  # the CLI wraps results it prints its own way
 
 
 # --- database schema -----------------------------------------------------------------------
@@ -95,7 +58,7 @@ class IngestRun:
         return True
 
     def total(self):
-        from workers.db.ingest import Summary
+        from workers.db.summary import Summary
 
         t = Summary(source=f"{len(self.files)} file(s)")
         for f in self.files:
@@ -120,6 +83,19 @@ class IngestRun:
         d.update(files=len(self.files), replica=self.replica)
         return d
 
+    def replica_note(self) -> list[str]:
+        """The dual-write's counters, for stderr, when it wrote or missed anything."""
+        if self.replica is None or not (self.replica.get("written") or len(self.replica) > 1):
+            return []
+        return ["replica (best effort): " + ", ".join(
+            f"{k} {v}" for k, v in sorted(self.replica.items()))]
+
+    def shown_after_files(self, json_out: bool) -> Shown:
+        """`workers ingest` showed each file as it finished: what is left is the replica's
+        counters (stderr, not with --json)."""
+        return Shown(self, text=lambda r: [], json=lambda r: None,
+                     err=lambda r: [] if json_out else r.replica_note())
+
 
 def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
            market: str | None = None, since_us: int | None = None, until_us: int | None = None,
@@ -130,11 +106,7 @@ def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
     sees each source's summary as soon as it is done. Files loaded before whose buckets are
     unchanged are skipped unless `force`."""
     from workers.core.markets import check_market, check_symbol
-    from workers.core.memory import limit_allocator_retention
-    from workers.db import ingest as pipeline
-    from workers.sources.binance_files import Limits
 
-    limit_allocator_retention()
     if symbol is not None:  # checked before anything is written under it
         check_symbol(symbol.upper())
     if market is not None:
@@ -151,16 +123,12 @@ def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
             for src in sources:
                 update = progress(src) if progress else None
                 if src.startswith("s3://"):
-                    r = pipeline.ingest_landing(conn, ctx.landing, src.removeprefix(prefix),
-                                                since_us=since_us, until_us=until_us,
-                                                progress=update)
+                    r = _pipeline().ingest_landing(conn, ctx.landing, src.removeprefix(prefix),
+                                                   since_us=since_us, until_us=until_us,
+                                                   progress=update)
                 else:
-                    r = pipeline.ingest_file(
-                        conn, ctx.landing, src, symbol=symbol, market=market, progress=update,
-                        block_bytes=s.ingest_block_bytes, flush_rows=s.ingest_flush_rows,
-                        replica=writer, max_bucket_rows=s.ingest_max_bucket_rows,
-                        limits=Limits.from_settings(s),
-                        force=force)
+                    r = _ingest_file(ctx, conn, src, symbol=symbol, market=market,
+                                     progress=update, replica=writer, force=force)
                 run.files.append(r)
                 if on_file:
                     on_file(r)
@@ -171,7 +139,59 @@ def ingest(ctx: Context, sources: list[str], *, symbol: str | None = None,
     return run
 
 
+def _pipeline():
+    """The load path (pyarrow, numpy), imported when a source needs it — a rerun whose files
+    are all unchanged never loads it — with Arrow's allocator set before its first use."""
+    from workers.core.memory import limit_allocator_retention
+    from workers.db import ingest as pipeline
+
+    limit_allocator_retention()
+    return pipeline
+
+
+def _ingest_file(ctx: Context, conn, src: str, *, symbol: str | None, market: str | None,
+                 progress, replica, force: bool):
+    """One dump file: skipped when loaded before and unchanged (workers/db/file_loads.py),
+    else through the pipeline (opened once: its SHA-256 is computed once)."""
+    import time
+
+    from workers.db import file_loads
+    from workers.sources.binance_files import Limits, open_trade_file
+
+    t0 = time.monotonic()
+    g = ctx.settings.ingest
+    tf = open_trade_file(src, symbol, market, Limits.of(g))
+    done = None if force else file_loads.skipped(conn, ctx.landing, tf, src, t0)
+    if done is not None:
+        return done
+    return _pipeline().ingest_file(
+        conn, ctx.landing, src, symbol=symbol, market=market, progress=progress,
+        block_bytes=g.block_bytes, flush_rows=g.flush_rows, replica=replica,
+        max_bucket_rows=g.max_bucket_rows, limits=Limits.of(g), opened=tf, started=t0,
+        force=True)  # the skip was checked just above
+
+
 # --- replica, signals ----------------------------------------------------------------------
+
+def timed(name: str, result) -> Shown:
+    """A result printed as `name: summary; seconds s` (embed, backup)."""
+    return Shown(result, text=lambda r: [f"{name}: {r.summary()}; {r.seconds:.1f} s"])
+
+
+def replicate_command(ctx: Context, *, check_only: bool = False, since: str | None = None
+                      ) -> Shown:
+    """`workers replicate`: no replica configured is a usage error before any work; a
+    `--check` never hangs on a server that stopped answering (a whole-command deadline)."""
+    from workers.core import deadline
+
+    ctx.dsn("admin", "replica")
+    if check_only:
+        deadline.arm("replicate --check", ctx.settings.replica.check_seconds,
+                     "TICKSTACK_REPLICATE_CHECK_SECONDS")
+    r = replicate(ctx, check_only=check_only, since=parse_time(since))
+    return Shown(r, text=lambda r: [f"replicate: {r.summary()} ({r.seconds:.1f} s)",
+                                    *(f"  {line}" for line in r.details())])
+
 
 def replicate(ctx: Context, *, check_only: bool = False, since: datetime | None = None,
               audit_landing: bool = True):
@@ -180,8 +200,8 @@ def replicate(ctx: Context, *, check_only: bool = False, since: datetime | None 
     from workers.replica import catchup
     from workers.replica.writer import delivery_bound
 
-    s = ctx.settings
-    settle = delivery_bound(s.replica_timeout_seconds, s.replica_queue)
+    r = ctx.settings.replica
+    settle = delivery_bound(r.timeout_seconds, r.queue)
     with ctx.connect("ingest") as primary, ctx.connect("replicate", "replica") as replica:
         r = catchup.run(primary, replica, ctx.landing, check_only=check_only, since=since,
                         settle=settle)
@@ -232,7 +252,7 @@ def retention(ctx: Context, *, dry_run: bool = False, job: str | None = None):
 
     report = jobs.RetentionReport(dry_run)
     lacking = []
-    for name, dsn in ctx.settings.retention_targets():
+    for name, dsn in ctx.settings.servers("retention"):
         with ctx.connect(dsn=dsn) as conn:
             try:
                 report.servers[name] = jobs.run(conn, dry_run=dry_run, job=job)
@@ -259,14 +279,15 @@ def full_backup_unless_current(ctx: Context, *, force: bool = False):
         return backups.full_backup_unless_current(tool, conn, force=force)
 
 
-def stanza_create(ctx: Context) -> str:
+def stanza_create(ctx: Context) -> Message:
     """The stanza if missing, then `pgbackrest check`: WAL archiving reaches the repository."""
     from workers.ops import backup as backups
 
     tool = ctx.pgbackrest()
     backups.ensure_stanza(tool)
     tool.ok("check", "--archive-timeout=60", timeout=300)
-    return f"backup: stanza {tool.stanza} exists and WAL archiving reaches the repository"
+    return Message(f"backup: stanza {tool.stanza} exists and WAL archiving reaches the "
+                   "repository")
 
 
 def archive_check(ctx: Context, *, audit_landing: bool = True):
@@ -276,8 +297,9 @@ def archive_check(ctx: Context, *, audit_landing: bool = True):
 
     tool = ctx.pgbackrest()
     with ctx.connect("backup") as conn:
-        r = backups.check(conn, tool, stall_seconds=ctx.settings.archive_stall_seconds,
-                          deadline_seconds=ctx.settings.archive_check_seconds)
+        b = ctx.settings.backup
+        r = backups.check(conn, tool, stall_seconds=b.archive_stall_seconds,
+                          deadline_seconds=b.archive_check_seconds)
         # The backup login reads the registry for it (sql/024), nothing else of the data.
         return beside(ctx, r, conn) if audit_landing else r
 
@@ -295,9 +317,10 @@ def restore(ctx: Context, target: datetime, *, force: bool = False, skip_pitr: b
     report = rebuild.RestoreReport(target.isoformat())
     admin = ctx.dsn("admin")
     if not skip_pitr:
-        rebuild.pitr(ctx.pgbackrest(on_database_host=True), ctx.settings.pg_bindir, target,
+        b = ctx.settings.backup
+        rebuild.pitr(ctx.pgbackrest(on_database_host=True), b.pg_bindir, target,
                      force=force, admin_dsn=admin, report=report, timeline=timeline,
-                     config_file=ctx.settings.pg_config_file)
+                     config_file=b.pg_config_file)
     try:
         return _after_pitr(ctx, report, target, no_replay)
     except KeyboardInterrupt:
@@ -332,91 +355,19 @@ def _after_pitr(ctx: Context, report, target: datetime, no_replay: bool):
         return beside(ctx, report, conn)
 
 
-# --- the live stream -----------------------------------------------------------------------
+def parse_time_us(value: str | None) -> int | None:
+    """`parse_time` in µs since the epoch."""
+    from workers.core.ticks import to_us
 
-@dataclass
-class Gaps:
-    """The recorded trade-id gaps of one symbol, re-counted (open ones first)."""
-
-    symbol: str
-    rows: list[dict]
-
-    def summary(self) -> str:
-        if not self.rows:
-            return f"stream: no trade-id gaps recorded for {self.symbol}"
-        n_open = sum(1 for g in self.rows if g["filled_at"] is None)
-        return f"stream: {len(self.rows)} trade-id gap(s) of {self.symbol}, {n_open} open"
-
-    def details(self) -> list[str]:
-        out = []
-        for g in self.rows:
-            n = g["last_missing_id"] - g["first_missing_id"] + 1
-            state = f"filled {g['filled_at']:%Y-%m-%d %H:%M:%S}" if g["filled_at"] else \
-                f"OPEN ({g['present_count']:,} of {n:,} present)"
-            span = f"{g['after_time'].isoformat()} .. {g['before_time'].isoformat()}"
-            out.append(f"{g['source']} {g['market']} {g['symbol']} ids {g['first_missing_id']}.."
-                       f"{g['last_missing_id']} ({n:,} trades) between {span}: {state}")
-        return out
-
-
-def stream_gaps(ctx: Context, symbol: str, market: str | None = None) -> Gaps:
-    from workers.db.stream_commit import refresh_gaps
-
-    with ctx.connect("ingest") as conn:
-        return Gaps(symbol, refresh_gaps(conn, symbol, market))
-
-
-def stream(ctx: Context, url: str, symbol: str, market: str | None = None) -> dict:
-    """Run the stream until SIGTERM/SIGINT; returns its final counters."""
-    import asyncio
-    import signal
-
-    from workers.core import crashpoint, logs
-    from workers.core.health import HealthServer, Metrics
-    from workers.core.markets import check_symbol, instrument
-    from workers.db import stream as live
-    from workers.sources.binance_stream import market_of_url
-
-    s = ctx.settings
-    check_symbol(symbol.upper())
-    market = market_of_url(url, market)  # the host says, or --market; never the symbol
-    instrument(market, symbol.upper())  # an unknown COIN-M contract size: exit 2 now
-    crashpoint.configure(s.crash_at)
-    cfg = live.StreamConfig.from_settings(s, url, symbol, market)
-    metrics = Metrics()
-    writer = ctx.replica_writer(metrics)
-    log = logs.get("stream")
-    try:
-        with ctx.connect("ingest") as conn:
-            worker = live.StreamWorker(cfg, conn, ctx.landing, writer, metrics)
-
-            def early_stop(*_):  # SIGTERM while recovering: stop once recovered (then the
-                worker.stopping = True  # event loop's own handlers take over)
-
-            signal.signal(signal.SIGTERM, early_stop)
-            signal.signal(signal.SIGINT, early_stop)
-            health = HealthServer(metrics, s.health_host, s.health_port,
-                                  worker.heartbeat.alive, worker.ready).start()
-            log.info("health server", host=s.health_host, port=health.port)
-            try:
-                worker.recover()
-                asyncio.run(worker.run())
-            finally:
-                health.stop()
-    finally:
-        if writer is not None:
-            writer.close()
-    done = {"trades": metrics.value("tickstack_stream_trades_total", outcome="accepted"),
-            "batches": metrics.value("tickstack_stream_batches_total")}
-    log.info("stream stopped", **done)
-    return done
+    t = parse_time(value)
+    return to_us(t) if t else None
 
 
 def parse_time(value: str | None) -> datetime | None:
     """An ISO timestamp option (UTC when it names no zone); BadInput when it is not one."""
     if not value:
         return None
-    from workers.core.ticks import parse_iso
+    from workers.core.ticks import parse_iso, to_dt
 
     try:
         return to_dt(parse_iso(value))

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 
-from workers.app.up import Run  # noqa: E402
+from workers.app.results import Run  # noqa: E402
 
 WEEK = 7 * 24 * 12  # 5-minute buckets
 MARKET = "spot"  # the report shows the main job's spot series

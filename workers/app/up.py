@@ -13,48 +13,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from workers.app import landing_checks, operations
 from workers.app.context import Context
+from workers.app.results import Note, Run, Stage, StageFailed
 from workers.core import logs
-from workers.core.errors import describe
+from workers.core.errors import EXIT_FAILED, describe
 
 log = logs.get("up")
-
-
-class StageFailed(RuntimeError):
-    def __init__(self, stage: str, message: str):
-        super().__init__(message)
-        self.stage = stage
-
-
-@dataclass
-class Stage:
-    name: str
-    did: str = ""
-    seconds: float = 0.0
-    changed: bool = False
-    ok: bool = True
-    result: object | None = None
-
-
-@dataclass
-class Run:
-    stages: list[Stage] = field(default_factory=list)
-    example: dict | None = None  # the "similar windows" query behind the report's figure
-    report: str | None = None
-
-    @property
-    def changed(self) -> bool:
-        return any(s.changed for s in self.stages)
-
-    @property
-    def ok(self) -> bool:
-        return all(s.ok for s in self.stages)
-
-    def result_of(self, name: str):
-        return next((s.result for s in self.stages if s.name == name), None)
 
 
 # Stages whose failure does not stop the job: the stages after them still run (when landing
@@ -93,19 +60,19 @@ def _landing_audit(ctx: Context, run: Run):
 
 def _replicate(ctx: Context, run: Run):
     if not ctx.settings.has_replica:
-        return operations.Note("no replica configured (TICKSTACK_REPLICA_DSN is empty)")
+        return Note("no replica configured (TICKSTACK_REPLICA_DSN is empty)")
     return _flagged(run, operations.replicate(ctx, audit_landing=False))
 
 
 def _backup(ctx: Context, run: Run, force: bool):
-    if not ctx.settings.pgbackrest_config:
-        return operations.Note("skipped: TICKSTACK_PGBACKREST_CONFIG is not set")
+    if not ctx.settings.backup.pgbackrest_config:
+        return Note("skipped: TICKSTACK_PGBACKREST_CONFIG is not set")
     return operations.full_backup_unless_current(ctx, force=force)
 
 
 def _archive_check(ctx: Context, run: Run):
-    if not ctx.settings.pgbackrest_config:
-        return operations.Note("skipped: TICKSTACK_PGBACKREST_CONFIG is not set")
+    if not ctx.settings.backup.pgbackrest_config:
+        return Note("skipped: TICKSTACK_PGBACKREST_CONFIG is not set")
     return _flagged(run, operations.archive_check(ctx, audit_landing=False))
 
 
@@ -116,7 +83,7 @@ def _similar(ctx: Context, run: Run):
     try:
         r = operations.similar(ctx, symbol="BTCUSDT", at=None, k=5, labelled=True)
     except NoEmbedding:
-        return operations.Note("no embedded window with a known next hour yet")
+        return Note("no embedded window with a known next hour yet")
     run.example = r.as_dict()
     return r
 
@@ -183,12 +150,77 @@ def run_all(ctx: Context, paths: list[str], *, on_stage: Callable[[Stage], None]
     return run, deferred
 
 
+@dataclass
+class MainJob:
+    """`workers up`'s result: the run, the failure that stopped it (or failed it at the end),
+    and the summary table it prints."""
+
+    run: Run
+    failure: StageFailed | None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else EXIT_FAILED
+
+    @property
+    def changed(self) -> bool:
+        return self.run.changed
+
+    def summary(self) -> str:
+        from rich.text import Text
+
+        return Text.from_markup(self.final()).plain
+
+    def as_dict(self) -> dict:
+        return {"ok": self.ok, "changed": self.changed, "report": self.run.report,
+                "stages": [{"stage": st.name, "did": st.did, "seconds": round(st.seconds, 3),
+                            "changed": st.changed, "ok": st.ok} for st in self.run.stages]}
+
+    def final(self) -> str:
+        """The last line (rich markup): how the job ended."""
+        from rich.markup import escape
+
+        failure = self.failure
+        if failure and failure.stage in KEEP_GOING:
+            return (f"[red]make up ran every stage, but {failure.stage} FAILED:[/] "
+                    f"{escape(str(failure))}")
+        if failure:
+            return f"[red]make up stopped at {failure.stage}:[/] {escape(str(failure))}"
+        return ("nothing changed: the platform was already up to date with this data"
+                if not self.run.changed else "done: the platform is up to date with this data")
+
+    def lines(self) -> list:
+        """The summary table, where the report is, and how the job ended."""
+        from rich.markup import escape
+        from rich.table import Table
+        from rich.text import Text
+
+        t = Table(title="tickstack make up — summary", show_lines=False)
+        t.add_column("stage")
+        t.add_column("what it did", overflow="fold")
+        t.add_column("time", justify="right")
+        for st in self.run.stages:
+            style = "red" if not st.ok else (None if st.changed else "dim")
+            t.add_row(st.name, escape(st.did), f"{st.seconds:.1f} s", style=style)
+        t.add_section()
+        t.add_row("total", "", f"{sum(st.seconds for st in self.run.stages):.1f} s")
+        out: list = [t]
+        if self.run.report:
+            out.append(Text(f"report: {self.run.report}"))
+        out.append(Text.from_markup(self.final()))
+        return out
+
+
 def main(ctx: Context, paths: list[str], *, report_dir: str, force_backup: bool = False,
-         fetch_day: str | None = None) -> bool:
-    """Run every stage, print progress lines and the summary table, write the report."""
+         fetch_day: str | None = None) -> MainJob:
+    """Run every stage, printing a progress line after each, then write the report; the
+    result prints the summary table."""
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 
     console = Console()
 
@@ -205,26 +237,4 @@ def main(ctx: Context, paths: list[str], *, report_dir: str, force_backup: bool 
         run.report = str(report.write(run, ctx.dsn("reader"), report_dir))
     except Exception as e:  # the summary still matters when a figure cannot be drawn
         console.print(f"[yellow]report not written: {type(e).__name__}: {e}[/]")
-    t = Table(title="tickstack make up — summary", show_lines=False)
-    t.add_column("stage")
-    t.add_column("what it did", overflow="fold")
-    t.add_column("time", justify="right")
-    for st in run.stages:
-        style = "red" if not st.ok else (None if st.changed else "dim")
-        t.add_row(st.name, escape(st.did), f"{st.seconds:.1f} s", style=style)
-    t.add_section()
-    t.add_row("total", "", f"{sum(st.seconds for st in run.stages):.1f} s")
-    console.print(t)
-    if run.report:
-        console.print(f"report: {run.report}")
-    if failure and failure.stage in KEEP_GOING:
-        console.print(f"[red]make up ran every stage, but {failure.stage} FAILED:[/] "
-                      f"{escape(str(failure))}", highlight=False)
-        return False
-    if failure:
-        console.print(f"[red]make up stopped at {failure.stage}:[/] {escape(str(failure))}",
-                      highlight=False)
-        return False
-    console.print("nothing changed: the platform was already up to date with this data"
-                  if not run.changed else "done: the platform is up to date with this data")
-    return True
+    return MainJob(run, failure)

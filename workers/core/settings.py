@@ -1,11 +1,17 @@
 """The one settings object of the workers (environment variables with the prefix TICKSTACK_).
 
 Read once at the command boundary and passed down; deep code never reads the environment.
+`Settings` is flat, one field per variable (each default and description defined there, once);
+the workers receive typed groups of it (`settings.ingest`, `.stream`, `.replica`, `.archive`,
+`.backup`), and which connection string a worker uses is decided in one place,
+`Settings.dsn(login, server)`. Code that needs a default without a Settings (a library call's
+default argument) takes it from the field: `default("ingest_max_zip_ratio")`.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -16,6 +22,87 @@ from workers.core.errors import BadInput
 # A directory of files, one per setting, named as its variable (TICKSTACK_PRIMARY_DSN, ...):
 # how secrets reach pods in the cloud (a Kubernetes Secret volume), never the environment.
 SECRETS_DIR_ENV = "TICKSTACK_SECRETS_DIR"
+
+# The logins workers connect as ("admin": the migrator/owner DSN itself), and the servers.
+Login = Literal["admin", "ingest", "embed", "retention", "reader", "replicate", "backup"]
+Server = Literal["primary", "replica"]
+LOGINS = ("admin", "ingest", "embed", "retention", "reader", "replicate", "backup")
+# Logins with their own setting on the replica too; the others use TICKSTACK_REPLICA_DSN there.
+REPLICA_LOGINS = ("ingest", "replicate", "retention")
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """`workers ingest` (and fetch --ingest, up): parse blocks, flushes, what a file may hold."""
+
+    block_bytes: int
+    flush_rows: int
+    max_bucket_rows: int
+    max_zip_ratio: float
+    max_file_bytes: int
+    future_tolerance_seconds: float
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """`workers stream`: micro-batches, reconnects, health endpoint."""
+
+    source: str
+    batch_rows: int
+    batch_seconds: float
+    silence_seconds: float
+    grace_seconds: float
+    backoff_initial_seconds: float
+    backoff_max_seconds: float
+    max_message_bytes: int
+    ready_seconds: float
+    future_tolerance_seconds: float
+    health_host: str
+    health_port: int
+
+
+@dataclass(frozen=True)
+class ReplicaSettings:
+    """The best-effort dual-write to the replica, and `replicate --check`'s deadline."""
+
+    timeout_seconds: float
+    breaker_failures: int
+    breaker_cooldown_seconds: float
+    queue: int
+    check_seconds: float
+
+
+@dataclass(frozen=True)
+class ArchiveSettings:
+    """`workers fetch`: Binance's public archive, the cache, each file's bounds."""
+
+    base_url: str
+    cache_dir: str
+    parallel: int
+    connect_timeout_seconds: float
+    read_timeout_seconds: float
+    attempts: int
+    retry_after_max_seconds: float
+    backoff_seconds: float
+    max_file_bytes: int
+    min_bytes_per_second: float
+    deadline_floor_seconds: float
+    max_received_ratio: float
+    redirect_hosts: str
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    """pgBackRest (`backup`, `restore`) and the archive check."""
+
+    pgbackrest_config: str | None
+    pgbackrest_pg_config: str | None
+    stanza: str
+    pgbackrest_os_user: str | None
+    pg_config_file: str | None
+    pg_bindir: str
+    archive_stall_seconds: int
+    archive_check_seconds: int
 
 
 class Settings(BaseSettings):
@@ -218,30 +305,82 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="Lowest level logged (debug, info, warning, "
                            "error).")
 
-    def dsn_for(self, worker: Literal["ingest", "embed", "retention", "reader", "replicate",
-                                      "backup"]) -> str:
-        own = getattr(self, f"{worker}_dsn").get_secret_value().strip()
-        return own or self.primary_dsn.get_secret_value()
+    # --- connection routing: the one place that decides ------------------------------------
 
-    def replica_dsn_for(self, worker: Literal["ingest", "replicate", "retention"]) -> str:
-        own = getattr(self, f"replica_{worker}_dsn").get_secret_value().strip()
-        return own or self.replica_dsn.get_secret_value()
+    def dsn(self, login: Login = "admin", server: Server = "primary") -> str:
+        """The connection string `login` uses on `server`: its own setting when set
+        (TICKSTACK_<LOGIN>_DSN, on the replica TICKSTACK_REPLICA_<LOGIN>_DSN for the logins
+        that have one), else the server's admin DSN. BadInput for the replica when none is
+        configured."""
+        if login not in LOGINS:
+            raise ValueError(f"unknown login {login!r} (one of {', '.join(LOGINS)})")
+        if server == "replica":
+            if not self.has_replica:
+                raise BadInput("TICKSTACK_REPLICA_DSN is empty: no replica configured")
+            own = (getattr(self, f"replica_{login}_dsn").get_secret_value().strip()
+                   if login in REPLICA_LOGINS else "")
+            return own or self.replica_dsn.get_secret_value()
+        if server != "primary":
+            raise ValueError(f"unknown server {server!r} (primary or replica)")
+        own = "" if login == "admin" else getattr(self, f"{login}_dsn").get_secret_value().strip()
+        return own or self.primary_dsn.get_secret_value()
 
     @property
     def has_replica(self) -> bool:
         return bool(self.replica_dsn.get_secret_value().strip())
 
-    def servers(self) -> list[tuple[str, str]]:
-        """(name, admin DSN) of every server migrations run on: primary, then replica."""
-        return [("primary", self.primary_dsn.get_secret_value())] + (
-            [("replica", self.replica_dsn.get_secret_value())] if self.has_replica else [])
+    def servers(self, login: Login = "admin") -> list[tuple[Server, str]]:
+        """(server, DSN of `login`) of every server: the primary, then the replica when set
+        (migrations run on each as admin, retention as its own login)."""
+        return [("primary", self.dsn(login))] + (
+            [("replica", self.dsn(login, "replica"))] if self.has_replica else [])
 
-    def retention_targets(self) -> list[tuple[str, str]]:
-        """(server, DSN) pairs retention runs on: the primary, then the replica when set."""
-        out = [("primary", self.dsn_for("retention"))]
-        if self.has_replica:
-            out.append(("replica", self.replica_dsn_for("retention")))
-        return out
+    # --- the groups the workers receive -----------------------------------------------------
+
+    @property
+    def ingest(self) -> IngestSettings:
+        return IngestSettings(
+            block_bytes=self.ingest_block_bytes, flush_rows=self.ingest_flush_rows,
+            max_bucket_rows=self.ingest_max_bucket_rows, max_zip_ratio=self.ingest_max_zip_ratio,
+            max_file_bytes=self.ingest_max_file_bytes,
+            future_tolerance_seconds=self.future_tolerance_seconds)
+
+    @property
+    def stream(self) -> StreamSettings:
+        return StreamSettings(
+            source=self.stream_source, batch_rows=self.stream_batch_rows,
+            batch_seconds=self.stream_batch_seconds, silence_seconds=self.stream_silence_seconds,
+            grace_seconds=self.stream_grace_seconds,
+            backoff_initial_seconds=self.stream_backoff_initial_seconds,
+            backoff_max_seconds=self.stream_backoff_max_seconds,
+            max_message_bytes=self.stream_max_message_bytes,
+            ready_seconds=self.stream_ready_seconds,
+            future_tolerance_seconds=self.future_tolerance_seconds,
+            health_host=self.health_host, health_port=self.health_port)
+
+    @property
+    def replica(self) -> ReplicaSettings:
+        return ReplicaSettings(
+            timeout_seconds=self.replica_timeout_seconds,
+            breaker_failures=self.replica_breaker_failures,
+            breaker_cooldown_seconds=self.replica_breaker_cooldown_seconds,
+            queue=self.replica_queue, check_seconds=self.replicate_check_seconds)
+
+    @property
+    def archive(self) -> ArchiveSettings:
+        return ArchiveSettings(**{name: getattr(self, f"archive_{name}")
+                                  for name in ArchiveSettings.__dataclass_fields__})
+
+    @property
+    def backup(self) -> BackupSettings:
+        return BackupSettings(**{name: getattr(self, name)
+                                 for name in BackupSettings.__dataclass_fields__})
+
+
+def default(name: str):
+    """The default of the setting `name` (a Settings field): for code that needs one without a
+    Settings object (a library function's default argument), so each default is defined once."""
+    return Settings.model_fields[name].get_default(call_default_factory=True)
 
 
 def _user_cache(name: str) -> str:

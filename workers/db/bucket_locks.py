@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import hashlib
 from functools import cache
+from typing import TYPE_CHECKING
 
-import numpy as np
 import psycopg
 from psycopg import sql
 
 from workers.core.markets import BucketId
 from workers.core.sqlfiles import query, template
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # The first int of every tickstack landing lock: PostgreSQL's pg_locks shows it as classid.
 NAMESPACE = int.from_bytes(hashlib.sha256(b"tickstack.landing").digest()[:4], "big",
@@ -67,6 +70,8 @@ def combine(*requests: Locks) -> Locks:
 
 def id_locks(market: str, symbol: str, ids: np.ndarray) -> Locks:
     """The locks a writer holds while it decides which bucket these trade ids go to."""
+    import numpy as np
+
     series = _key(f"{market}/{symbol}/ids")
     blocks = np.unique(np.asarray(ids, dtype=np.int64) >> ID_BLOCK_BITS)
     if len(blocks) > MAX_ID_BLOCKS:

@@ -24,13 +24,23 @@ and unchanged).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import psycopg
 
+from workers.core import logs
 from workers.core.sqlfiles import query
 from workers.core.ticks import to_dt, to_us
+
+if TYPE_CHECKING:
+    from workers.db.summary import Summary
+    from workers.landing.store import Landing
+    from workers.sources.binance_files import TradeFile
+
+log = logs.get("ingest")
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,33 @@ def unchanged(conn: psycopg.Connection, market: str, symbol: str, sha256: str
         return None
     now = fingerprint(conn, market, symbol, done.first_bucket_us, done.last_bucket_us)
     return done if now == done.fingerprint else None
+
+
+def skipped(conn: psycopg.Connection, landing: Landing, tf: TradeFile, source: str,
+            started: float) -> Summary | None:
+    """The summary of skipping `tf` when its load completed before, nothing it covered has
+    changed since and landing still holds its buckets' objects (listed, not read); None when
+    the file must be loaded. Needs no pyarrow: a rerun over loaded files starts fast."""
+    from workers.db import landing_audit
+    from workers.db.summary import Summary
+
+    done = unchanged(conn, tf.market, tf.symbol, tf.sha256)
+    if done is None:
+        return None
+    lost = landing_audit.audit(conn, landing, market=tf.market, symbol=tf.symbol,
+                               first_us=done.first_bucket_us, last_us=done.last_bucket_us)
+    if not lost.ok:
+        log.warning("file loaded before, but landing lost objects of its buckets: landing "
+                    "it again", file=tf.path.name, lost=lost.lost)
+        return None
+    summary = Summary(source=source)
+    summary.files_skipped = 1
+    summary.loaded_at = done.loaded_at.isoformat(timespec="seconds")
+    summary.quarantine_uri = done.quarantine_uri
+    summary.seconds = time.monotonic() - started
+    log.info("file unchanged since its load: skipped", file=tf.path.name,
+             loaded_at=summary.loaded_at)
+    return summary
 
 
 def record(conn: psycopg.Connection, market: str, symbol: str, sha256: str, file_name: str,

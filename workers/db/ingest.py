@@ -30,8 +30,7 @@ from collections.abc import Callable
 import psycopg
 
 from workers.core import logs
-from workers.db import file_loads, landing_audit
-from workers.db.file_loads import FileLoad
+from workers.db import file_loads
 from workers.db.flush import CONFLICT, Pending, Pipeline
 from workers.db.replay import ingest_landing, landing_keys, replay
 from workers.db.summary import Summary
@@ -49,26 +48,22 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
                 progress: Callable[[Summary], None] | None = None,
                 run_id: str | None = None, block_bytes: int = 512 << 10,
                 flush_rows: int = 32_768, replica=None, limits: Limits = Limits(),
-                max_bucket_rows: int = 5_000_000, force: bool = False) -> Summary:
+                max_bucket_rows: int = 5_000_000, force: bool = False,
+                opened: TradeFile | None = None, started: float | None = None) -> Summary:
     """Small parse blocks keep Arrow's CSV buffers small (they peak at ~20x the block); rows are
     flushed (landed, then loaded in one transaction) once `flush_rows` are ready; a bucket
     holding more than four flushes' worth is flushed in parts, so memory stays bounded.
 
     A file whose load completed before and whose buckets' registry rows are unchanged since is
     skipped without reading it or landing (workers/db/file_loads.py); `force` loads it anyway.
+    `opened`: the file already opened (and checked for a skip) by the caller, since `started`.
     """
-    t0 = time.monotonic()
-    tf: TradeFile = open_trade_file(path, symbol, market, limits)
-    summary = Summary(source=str(path))
-    done = None if force else _loaded_before(conn, landing, tf)
+    t0 = time.monotonic() if started is None else started
+    tf: TradeFile = opened or open_trade_file(path, symbol, market, limits)
+    done = None if force else file_loads.skipped(conn, landing, tf, str(path), t0)
     if done is not None:
-        summary.files_skipped = 1
-        summary.loaded_at = done.loaded_at.isoformat(timespec="seconds")
-        summary.quarantine_uri = done.quarantine_uri
-        summary.seconds = time.monotonic() - t0
-        log.info("file unchanged since its load: skipped", file=tf.path.name,
-                 loaded_at=summary.loaded_at)
-        return summary
+        return done
+    summary = Summary(source=str(path))
     pipe = Pipeline(conn, landing, tf.market, tf.symbol, f"file:{tf.path.name}", summary,
                     replica, max_bucket_rows=max_bucket_rows)
     read = _FileRead(tf, pipe, summary)
@@ -88,22 +83,6 @@ def ingest_file(conn: psycopg.Connection, landing: Landing, path: str, *,
     _record(conn, tf, pipe, summary)
     summary.seconds = time.monotonic() - t0
     return summary
-
-
-def _loaded_before(conn: psycopg.Connection, landing: Landing, tf: TradeFile
-                   ) -> FileLoad | None:
-    """The earlier complete load of this file, when the registry is unchanged since and
-    landing still holds its buckets' objects; None: (re)load it."""
-    done = file_loads.unchanged(conn, tf.market, tf.symbol, tf.sha256)
-    if done is None:
-        return None
-    lost = landing_audit.audit(conn, landing, market=tf.market, symbol=tf.symbol,
-                               first_us=done.first_bucket_us, last_us=done.last_bucket_us)
-    if not lost.ok:
-        log.warning("file loaded before, but landing lost objects of its buckets: landing "
-                    "it again", file=tf.path.name, lost=lost.lost)
-        return None
-    return done
 
 
 class _FileRead:

@@ -26,7 +26,8 @@ from workers.core.sqlfiles import query
 from workers.core.ticks import TICK_SCHEMA, iso, to_dt
 from workers.db.bucket_locks import xact_lock
 from workers.db.landing_audit import Audit, Registered, verdict
-from workers.landing.store import Landing, sha256, to_parquet
+from workers.landing.parquet import to_parquet
+from workers.landing.store import Landing, sha256
 
 
 @dataclass

@@ -42,13 +42,13 @@ from workers.core import crashpoint, logs
 from workers.core.health import Heartbeat, Metrics
 from workers.core.markets import Instrument, instrument
 from workers.core.pg import require_autocommit
+from workers.core.settings import StreamSettings, default
 from workers.core.ticks import BUCKET_US
 from workers.db.stream_commit import Gap, commit_batch, compact, read_offset, refresh_gaps
 from workers.landing.parts import list_parts, read_part, write_part
 from workers.landing.rows import split_by_bucket
 from workers.landing.store import Landing
 from workers.sources.binance_stream import HARD_FRAME_LIMIT, Reject, parse, trades_table
-from workers.sources.validate import DEFAULT_FUTURE_TOLERANCE_US
 
 log = logs.get("stream")
 
@@ -59,16 +59,17 @@ class StreamConfig:
     url: str
     symbol: str = "BTCUSDT"
     market: str = "spot"
-    source: str = "stream:binance"
-    batch_rows: int = 1000
-    batch_seconds: float = 1.0
-    silence_seconds: float = 30.0
-    grace_seconds: float = 10.0
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    max_message_bytes: int = 65_536
-    ready_seconds: float = 60.0
-    future_us: int = DEFAULT_FUTURE_TOLERANCE_US  # clock skew a trade time may have
+    source: str = default("stream_source")
+    batch_rows: int = default("stream_batch_rows")
+    batch_seconds: float = default("stream_batch_seconds")
+    silence_seconds: float = default("stream_silence_seconds")
+    grace_seconds: float = default("stream_grace_seconds")
+    backoff_initial: float = default("stream_backoff_initial_seconds")
+    backoff_max: float = default("stream_backoff_max_seconds")
+    max_message_bytes: int = default("stream_max_message_bytes")
+    ready_seconds: float = default("stream_ready_seconds")
+    # clock skew a trade time may have
+    future_us: int = int(default("future_tolerance_seconds") * 1_000_000)
 
     @property
     def instrument(self) -> Instrument:
@@ -76,14 +77,12 @@ class StreamConfig:
         return instrument(self.market, self.symbol)
 
     @classmethod
-    def from_settings(cls, s, url: str, symbol: str, market: str) -> StreamConfig:
-        return cls(url=url, symbol=symbol.upper(), market=market, source=s.stream_source,
-                   batch_rows=s.stream_batch_rows, batch_seconds=s.stream_batch_seconds,
-                   silence_seconds=s.stream_silence_seconds, grace_seconds=s.stream_grace_seconds,
-                   backoff_initial=s.stream_backoff_initial_seconds,
-                   backoff_max=s.stream_backoff_max_seconds,
-                   max_message_bytes=s.stream_max_message_bytes,
-                   ready_seconds=s.stream_ready_seconds,
+    def of(cls, s: StreamSettings, url: str, symbol: str, market: str) -> StreamConfig:
+        return cls(url=url, symbol=symbol.upper(), market=market, source=s.source,
+                   batch_rows=s.batch_rows, batch_seconds=s.batch_seconds,
+                   silence_seconds=s.silence_seconds, grace_seconds=s.grace_seconds,
+                   backoff_initial=s.backoff_initial_seconds, backoff_max=s.backoff_max_seconds,
+                   max_message_bytes=s.max_message_bytes, ready_seconds=s.ready_seconds,
                    future_us=int(s.future_tolerance_seconds * 1_000_000))
 
 

@@ -97,14 +97,6 @@ def read_offset(conn: psycopg.Connection, source: str, market: str, symbol: str
     return r[0], to_us(r[1])
 
 
-def open_gaps(conn: psycopg.Connection, source: str, market: str, symbol: str
-              ) -> list[tuple[int, int]]:
-    """(first, last) missing id of every open gap of one stream: the ids below its offset that
-    it has not accepted yet."""
-    return [tuple(r) for r in conn.execute(query(__package__, "open_gaps"),
-                                           [source, market, symbol])]
-
-
 def refresh_gaps(conn: psycopg.Connection, symbol: str | None = None,
                  market: str | None = None) -> list[dict]:
     """Re-count the ids present in every open gap; a gap is filled only when all of them are.

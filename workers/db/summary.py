@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from workers.core.errors import Failed
+
+if TYPE_CHECKING:  # numpy loads when ids are counted: a skipped file's summary needs none
+    import numpy as np
 
 
 @dataclass
@@ -117,6 +119,8 @@ class AddedIds:
         self._runs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def add(self, bucket: int, ids: np.ndarray) -> None:
+        import numpy as np
+
         if not len(ids):
             return
         u = np.unique(np.asarray(ids, dtype=np.int64))
@@ -134,6 +138,8 @@ class AddedIds:
 
     def count_in(self, bucket: int, ids: np.ndarray) -> int:
         """How many of `ids` this input added to `bucket`."""
+        import numpy as np
+
         if bucket not in self._runs or not len(ids):
             return 0
         starts, ends = self._runs[bucket]

@@ -20,24 +20,24 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from workers.core.errors import BadInput, Failed
 from workers.core.markets import MARKETS, SYMBOL_PATTERN, BucketId
 from workers.core.ticks import (
     BUCKET_US,
     SCHEMA_VERSION,
-    TICK_SCHEMA,
     conform,
     printable,
+    tick_schema,
     to_dt,
     to_us,
 )
-from workers.landing.bounded import merge_stream
-from workers.landing.parquet import ROW_GROUP, to_parquet
-from workers.landing.rows import Merge, bucket_stats, merge
+
+if TYPE_CHECKING:  # pyarrow loads when an object is read or written: listing needs none
+    import pyarrow as pa
+
+    from workers.landing.rows import Merge
 
 PRODUCER = "tickstack-ingest"
 
@@ -159,6 +159,8 @@ class BucketWrite:
         return self.rows if self.rows is not None else self.merge.table.num_rows
 
     def bucket_stats(self) -> dict:
+        from workers.landing.rows import bucket_stats
+
         return self.stats if self.stats is not None else bucket_stats(self.merge.table)
 
 
@@ -229,6 +231,9 @@ class Landing:
     def _parse(self, key: str, data: bytes, digest: str) -> pa.Table:
         # One object is small; Arrow's thread pool buys nothing here and its threads were seen
         # to abort the process at exit (apache/arrow#34314).
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         try:
             return conform(pq.read_table(io.BytesIO(data), use_threads=False))
         except (pa.ArrowException, OSError) as e:
@@ -265,7 +270,9 @@ class Landing:
               if_match: str | None = None, if_absent: bool = False) -> tuple[str, int, str]:
         """Put one object; (sha256, size, etag). `if_match` (an ETag) / `if_absent` make the
         put conditional: it fails with ConcurrentWrite when someone else wrote the key since."""
-        return self.put(key, to_parquet(table.cast(TICK_SCHEMA)), table.num_rows, symbol,
+        from workers.landing.parquet import to_parquet
+
+        return self.put(key, to_parquet(table.cast(tick_schema())), table.num_rows, symbol,
                         market=market, if_match=if_match, if_absent=if_absent)
 
     def put(self, key: str, data: bytes, rows: int, symbol: str, *, market: str = "spot",
@@ -312,6 +319,12 @@ class Landing:
         `bounded`: an object of more than one row group is merged a row group at a time
         (workers/landing/bounded.py): memory follows the incoming rows, not the bucket; the
         result has no `merge.table` (`stats` and `rows` say what the object holds)."""
+        import pyarrow.parquet as pq
+
+        from workers.landing.bounded import merge_stream
+        from workers.landing.parquet import ROW_GROUP
+        from workers.landing.rows import merge
+
         key = object_key(market, symbol, bucket_us)
         source = current_key or key
         existing = None
@@ -340,6 +353,8 @@ class Landing:
 
     def _write_streamed(self, key: str, symbol: str, market: str, existing: Landed,
                         moved: str | None, st) -> BucketWrite:
+        from workers.landing.rows import Merge
+
         m = Merge(None, st.new_rows, st.duplicates, st.conflicts, st.existing_duplicate_ids)
         if not st.new_rows.num_rows and moved is None:
             return BucketWrite(key, m, existing.sha256, existing.sha256, existing.size, False,

@@ -41,10 +41,6 @@ class Tool:
     stanza: str
     os_user: str | None = None
 
-    @classmethod
-    def from_settings(cls, s) -> Tool:
-        return cls(s.pgbackrest_config, s.stanza, s.pgbackrest_os_user)
-
     def _env_and_user(self) -> tuple[dict[str, str], dict]:
         env = dict(os.environ)
         if "AWS_ACCESS_KEY_ID" in env and "PGBACKREST_REPO1_S3_KEY" not in env:

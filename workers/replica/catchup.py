@@ -36,7 +36,6 @@ import psycopg
 import pyarrow as pa
 
 from workers.core import logs
-from workers.core.errors import Failed
 from workers.core.pg import require_autocommit, set_local_utc, sibling
 from workers.core.sqlfiles import query
 from workers.core.ticks import iso, to_dt, to_us
@@ -51,10 +50,6 @@ from workers.replica.rows import Key
 
 log = logs.get("replicate")
 RETRIES = 5  # a replica transaction that deadlocks with a concurrent writer (retention) again
-
-
-class ReplicateError(Failed):
-    pass
 
 
 @dataclass

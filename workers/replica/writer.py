@@ -35,6 +35,7 @@ from psycopg import sql
 from workers.core import logs
 from workers.core.health import Metrics
 from workers.core.markets import BucketId
+from workers.core.settings import default
 from workers.core.sqlfiles import query, template
 from workers.core.ticks import to_dt
 
@@ -59,8 +60,11 @@ def delivery_bound(timeout: float, queue_max: int) -> float:
 
 
 class ReplicaWriter:
-    def __init__(self, dsn: str, lag_dsn: str, *, timeout: float = 2.0, failures_to_open: int = 3,
-                 cooldown: float = 30.0, queue_max: int = 8, metrics: Metrics | None = None):
+    def __init__(self, dsn: str, lag_dsn: str, *,
+                 timeout: float = default("replica_timeout_seconds"),
+                 failures_to_open: int = default("replica_breaker_failures"),
+                 cooldown: float = default("replica_breaker_cooldown_seconds"),
+                 queue_max: int = default("replica_queue"), metrics: Metrics | None = None):
         self.dsn = dsn
         self.lag_dsn = lag_dsn
         self.timeout = timeout
@@ -83,16 +87,6 @@ class ReplicaWriter:
                                           daemon=True)
         self._worker.start()
         self._watchdog.start()
-
-    @classmethod
-    def from_settings(cls, s, metrics: Metrics | None = None) -> ReplicaWriter | None:
-        if not s.has_replica:
-            return None
-        return cls(s.replica_dsn_for("ingest"), s.dsn_for("ingest"),
-                   timeout=s.replica_timeout_seconds,
-                   failures_to_open=s.replica_breaker_failures,
-                   cooldown=s.replica_breaker_cooldown_seconds, queue_max=s.replica_queue,
-                   metrics=metrics)
 
     # --- the primary path's side: never waits on the replica ------------------------------
 

@@ -36,6 +36,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from workers.core import logs
 from workers.core.errors import BadInput, Failed
+from workers.core.settings import ArchiveSettings, default
 from workers.sources.archive_net import DeadlineTransport, deadline
 
 log = logs.get("fetch")
@@ -60,38 +61,39 @@ class Retryable(Exception):
 
 @dataclass(frozen=True)
 class ArchiveConfig:
+    """The fetcher's settings (TICKSTACK_ARCHIVE_…, whose fields give the defaults)."""
+
     base_url: str
     cache_dir: Path
-    parallel: int = 4
-    connect_timeout: float = 10.0
-    read_timeout: float = 30.0
-    attempts: int = 5
-    retry_after_max: float = 120.0
-    backoff: float = 0.5
-    max_file_bytes: int = 16 * 2**30
-    min_bytes_per_second: float = 50_000.0
-    deadline_floor: float = 600.0
-    max_received_ratio: float = 3.0
+    parallel: int = default("archive_parallel")
+    connect_timeout: float = default("archive_connect_timeout_seconds")
+    read_timeout: float = default("archive_read_timeout_seconds")
+    attempts: int = default("archive_attempts")
+    retry_after_max: float = default("archive_retry_after_max_seconds")
+    backoff: float = default("archive_backoff_seconds")
+    max_file_bytes: int = default("archive_max_file_bytes")
+    min_bytes_per_second: float = default("archive_min_bytes_per_second")
+    deadline_floor: float = default("archive_deadline_floor_seconds")
+    max_received_ratio: float = default("archive_max_received_ratio")
     redirect_hosts: frozenset[str] = field(default_factory=frozenset)
 
     @classmethod
-    def from_settings(cls, s, redirect_hosts: Iterable[str] = ()) -> ArchiveConfig:
-        """From the settings; `redirect_hosts` (the --allow-redirect-host options) add to
-        TICKSTACK_ARCHIVE_REDIRECT_HOSTS."""
+    def of(cls, s: ArchiveSettings, redirect_hosts: Iterable[str] = ()) -> ArchiveConfig:
+        """From the settings' archive group; `redirect_hosts` (the --allow-redirect-host
+        options) add to TICKSTACK_ARCHIVE_REDIRECT_HOSTS."""
         hosts = [("TICKSTACK_ARCHIVE_REDIRECT_HOSTS", h.strip())
-                 for h in s.archive_redirect_hosts.split(",") if h.strip()]
+                 for h in s.redirect_hosts.split(",") if h.strip()]
         hosts += [("--allow-redirect-host", h.strip()) for h in redirect_hosts]
         for where, h in hosts:
             if not _HOST.match(h):
                 raise BadInput(f"{where} {h!r} is not a host name (like data.example.com)")
-        return cls(base_url=s.archive_base_url, cache_dir=Path(s.archive_cache_dir),
-                   parallel=s.archive_parallel, connect_timeout=s.archive_connect_timeout_seconds,
-                   read_timeout=s.archive_read_timeout_seconds, attempts=s.archive_attempts,
-                   retry_after_max=s.archive_retry_after_max_seconds,
-                   backoff=s.archive_backoff_seconds, max_file_bytes=s.archive_max_file_bytes,
-                   min_bytes_per_second=s.archive_min_bytes_per_second,
-                   deadline_floor=s.archive_deadline_floor_seconds,
-                   max_received_ratio=s.archive_max_received_ratio,
+        return cls(base_url=s.base_url, cache_dir=Path(s.cache_dir), parallel=s.parallel,
+                   connect_timeout=s.connect_timeout_seconds,
+                   read_timeout=s.read_timeout_seconds, attempts=s.attempts,
+                   retry_after_max=s.retry_after_max_seconds, backoff=s.backoff_seconds,
+                   max_file_bytes=s.max_file_bytes, min_bytes_per_second=s.min_bytes_per_second,
+                   deadline_floor=s.deadline_floor_seconds,
+                   max_received_ratio=s.max_received_ratio,
                    redirect_hosts=frozenset(host_of(f"//{h}") for _, h in hosts))
 
     def deadline_for(self, size: int | None) -> float:

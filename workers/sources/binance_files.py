@@ -32,13 +32,11 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.csv as pacsv
+from typing import TYPE_CHECKING
 
 from workers.core.errors import BadInput
 from workers.core.markets import Instrument, check_symbol, instrument
-from workers.sources import validate as checks
+from workers.core.settings import IngestSettings, default
 from workers.sources.layouts import (
     FUT_TRADES,
     TRADES_OF_MARKET,
@@ -52,7 +50,12 @@ from workers.sources.layouts import (
     symbol_from_name,
 )
 
-# Re-exported: callers (the CLI) import them from here.
+if TYPE_CHECKING:  # pyarrow loads when a file's rows are read: identifying one needs none
+    import pyarrow as pa
+
+    from workers.sources import validate as checks
+
+# Re-exported: callers (the archive client, the CLI) import them from here.
 __all__ = ["BadFile", "Limits", "RawBatch", "TradeFile", "check_ingestible",
            "open_trade_file", "parse_checksum", "sha256_file"]
 
@@ -63,15 +66,15 @@ BLOCK_SIZE = 8 << 20  # bytes per parsed block: ~150k rows, a few tens of MB of 
 class Limits:
     """Caps on what one file may make the reader hold or expand (settings give them)."""
 
-    max_ratio: float = 40.0  # uncompressed / compressed: Binance dumps are ~4-6x
-    max_bytes: int = 64 << 30  # uncompressed bytes of one file
+    # uncompressed / compressed: Binance dumps are ~4-6x
+    max_ratio: float = default("ingest_max_zip_ratio")
+    max_bytes: int = default("ingest_max_file_bytes")  # uncompressed bytes of one file
     # How far ahead of this machine's clock a trade time may be (clock skew), µs.
-    future_us: int = checks.DEFAULT_FUTURE_TOLERANCE_US
+    future_us: int = int(default("future_tolerance_seconds") * 1_000_000)
 
     @classmethod
-    def from_settings(cls, s) -> Limits:
-        return cls(s.ingest_max_zip_ratio, s.ingest_max_file_bytes,
-                   int(s.future_tolerance_seconds * 1_000_000))
+    def of(cls, s: IngestSettings) -> Limits:
+        return cls(s.max_zip_ratio, s.max_file_bytes, int(s.future_tolerance_seconds * 1_000_000))
 
 
 @dataclass(frozen=True)
@@ -104,12 +107,15 @@ class TradeFile:
     sha256: str  # of the file as it is (a zip: checked against its CHECKSUM file if any)
     market: str = "spot"
     limits: Limits = Limits()
-    instrument: Instrument = checks.SPOT_BASE
+    instrument: Instrument = Instrument("spot", "")  # validate.SPOT_BASE
     # File lines of the invalid rows seen so far, ascending: for line numbers of later rows.
     _invalid_lines: list[int] = field(default_factory=list, repr=False)
 
     def batches(self, block_size: int = BLOCK_SIZE) -> Iterator[RawBatch]:
         """The file in blocks of text columns; memory stays flat however large it is."""
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
         n_cols = len(self.layout.columns)
         found: list[InvalidRow] = []
 
@@ -167,6 +173,8 @@ class TradeFile:
         """A parsed block through `workers.sources.validate.validate` with this file's quantity
         semantics (a COIN-M notional is contracts x contract size, its base_qty cross-checked)
         and its limits (the clock-skew tolerance): (ticks, their positions, [(pos, reason)])."""
+        from workers.sources import validate as checks
+
         return checks.validate(self.columns(batch), units, flagged=flagged, now_us=now_us,
                                instrument=self.instrument, future_us=self.limits.future_us)
 
@@ -287,6 +295,8 @@ class _Capped(io.RawIOBase):
 def _without_bad_utf8(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict[int, str]]:
     """Blank the values of rows whose bytes are not UTF-8 (so later string kernels only see
     valid text) and return those rows with their text, bad bytes shown as U+FFFD."""
+    import pyarrow as pa
+
     bad: set[int] = set()
     for col in batch.columns:
         try:
@@ -308,6 +318,8 @@ def _without_bad_utf8(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict[int, 
 
 def _blank(col: pa.Array, mask: pa.Array) -> pa.Array:
     """`col` with the masked values replaced by "" (built from bytes: `col` is not valid UTF-8)."""
+    import pyarrow as pa
+
     values = col.cast(pa.binary()).to_pylist()
     m = mask.to_pylist()
     return pa.array([b"" if bad else v for v, bad in zip(values, m, strict=True)],

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from workers.core.markets import Instrument
+from workers.core.settings import default
 from workers.core.ticks import TICK_SCHEMA
 
 # Below 10^10 with at most 8 places: fits numeric(24,8) and an exact price x quantity.
@@ -29,7 +30,7 @@ INTEGER = r"^[0-9]{1,18}$"
 MIN_TIME_US = 1_498_867_200_000_000  # 2017-07-01
 # A trade time ahead of this machine's clock by more than this is quarantined (`future_time`):
 # clock skew between the exchange and us, never a day (TICKSTACK_FUTURE_TOLERANCE_SECONDS).
-DEFAULT_FUTURE_TOLERANCE_US = 300_000_000
+DEFAULT_FUTURE_TOLERANCE_US = int(default("future_tolerance_seconds") * 1_000_000)
 WHOLE = r"^[0-9]{1,10}(\.0{1,8})?$"  # a whole number of contracts
 SPOT_BASE = Instrument("spot", "")  # quantity in the base asset: quote = price x quantity
 
@@ -70,11 +71,6 @@ def _plausible_unit(t: pa.Array, digits: np.ndarray, candidates: np.ndarray,
     us = np.where(digits[rows] == 13, values * 1000, values)
     ok = np.flatnonzero((us >= MIN_TIME_US) & (us <= latest_us))
     return _unit_of(int(digits[rows[ok[0]]])) if len(ok) else None
-
-
-def quote_of(price: pa.Array, qty: pa.Array) -> pa.Array:
-    """price x quantity, exact, then cut to 8 places (base-asset quantities without a quote)."""
-    return SPOT_BASE.quote(price, qty)
 
 
 def validate(cols: dict[str, pa.Array], units: UnitState, *, symbol: str | None = None,
