@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 
 from workers.app.results import Run  # noqa: E402
+from workers.core.sqlfiles import query  # noqa: E402
 
 WEEK = 7 * 24 * 12  # 5-minute buckets
 MARKET = "spot"  # the report shows the main job's spot series
@@ -37,11 +38,7 @@ def _save(fig, path: Path) -> str:
 
 
 def ohlcv_figure(conn: psycopg.Connection, symbol: str, out: Path) -> str | None:
-    rows = conn.execute(
-        "SELECT bucket_5m, open, high, low, close, volume, buy_volume FROM ("
-        " SELECT * FROM market_data.btc_ohlcv_5m WHERE market = %s AND symbol = %s"
-        " ORDER BY bucket_5m DESC LIMIT %s) t ORDER BY bucket_5m",
-        [MARKET, symbol, WEEK]).fetchall()
+    rows = conn.execute(query(__package__, "report_ohlcv"), [MARKET, symbol, WEEK]).fetchall()
     if not rows:
         return None
     t = [r[0] for r in rows]
@@ -84,10 +81,8 @@ def quarantine_figure(reasons: dict[str, int], out: Path) -> str:
 
 def _window_path(conn, symbol: str, bucket: datetime) -> tuple[np.ndarray, np.ndarray]:
     """Minutes into the window and log-return (%) from its first trade, tick by tick."""
-    rows = conn.execute(
-        "SELECT event_time, price FROM market_data.btc_ticks WHERE market = %s AND symbol = %s "
-        "AND bucket_5m = %s AND trade_kind IS NULL ORDER BY event_time, trade_id",
-        [MARKET, symbol, bucket]).fetchall()
+    rows = conn.execute(query(__package__, "report_window_ticks"),
+                        [MARKET, symbol, bucket]).fetchall()
     if not rows:
         return np.array([]), np.array([])
     p = np.array([float(r[1]) for r in rows])
@@ -97,10 +92,8 @@ def _window_path(conn, symbol: str, bucket: datetime) -> tuple[np.ndarray, np.nd
 
 def _after(conn, symbol: str, bucket: datetime) -> tuple[np.ndarray, np.ndarray]:
     """The next hour in 5-minute closes, as log-return (%) from the window's close."""
-    rows = conn.execute(
-        "SELECT bucket_5m, close FROM market_data.btc_ohlcv_5m WHERE market = %s "
-        "AND symbol = %s AND bucket_5m >= %s AND bucket_5m <= %s ORDER BY bucket_5m",
-        [MARKET, symbol, bucket, bucket + timedelta(minutes=60)]).fetchall()
+    rows = conn.execute(query(__package__, "report_closes_between"),
+                        [MARKET, symbol, bucket, bucket + timedelta(minutes=60)]).fetchall()
     if not rows:
         return np.array([]), np.array([])
     c = np.array([float(r[1]) for r in rows])
