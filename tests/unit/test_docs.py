@@ -27,8 +27,6 @@ SAMPLE_TITLE = "tickstack make up — summary"
 
 # Paths a doc may name that a clone does not hold: made at run time, or installed elsewhere.
 RUNTIME_PREFIXES = (".tickstack/", ".venv/", "~/", "$", "/")
-# TEMPORARY: removed at merge — docs/extending.md is written by the domain-types engineer.
-PENDING_PAGES = {"docs/extending.md"}
 EXTENSIONS = (".py", ".sql", ".md", ".sh", ".yml", ".yaml", ".toml", ".env", ".json", ".txt",
               ".cfg", ".ini", "Dockerfile")
 
@@ -110,7 +108,6 @@ def test_docs_exist_and_the_index_lists_every_page():
     index = (REPO / "docs" / "README.md").read_text()
     linked = {(REPO / "docs" / t.split("#")[0]).resolve() for t in LINK.findall(index)}
     pages = {p.resolve() for p in (REPO / "docs").rglob("*.md")} - {REPO / "docs" / "README.md"}
-    pages |= {(REPO / p).resolve() for p in PENDING_PAGES}
     missing = sorted(rel(p) for p in pages - linked)
     assert not missing, f"docs/README.md does not list: {missing}"
 
@@ -124,7 +121,7 @@ def test_every_repository_path_a_doc_names_exists():
                 if SHARED.is_dir() and not any(SHARED.glob(shared)):
                     bad.append(f"{rel(doc)}: {tok}")
                 continue
-            if not exists_in_clone(tok) and tok not in PENDING_PAGES:
+            if not exists_in_clone(tok):
                 bad.append(f"{rel(doc)}: {tok}")
     assert not bad, "docs name paths a fresh clone does not have:\n" + "\n".join(bad)
 
@@ -147,7 +144,7 @@ def test_every_relative_link_resolves():
                 continue
             path = target.split("#")[0]
             target_path = (doc.parent / path).resolve()
-            if not target_path.exists() and rel(target_path) not in PENDING_PAGES:
+            if not target_path.exists():
                 bad.append(f"{rel(doc)}: {target}")
     assert not bad, "broken links:\n" + "\n".join(bad)
 
@@ -289,7 +286,7 @@ def test_every_doc_page_the_code_names_exists():
         if f == "tests/unit/test_docs.py":
             continue
         for page in set(re.findall(r"docs/[\w/.-]+\.md", (REPO / f).read_text())):
-            if page not in files and page not in PENDING_PAGES:
+            if page not in files:
                 bad.append(f"{f}: {page}")
     assert not bad, "code names docs pages that do not exist:\n" + "\n".join(bad)
 
