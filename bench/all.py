@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE))
 
 from common import out_dir  # noqa: E402
 
-BENCHES = ("ingest", "replica", "dr", "fetch", "backup", "compression", "vectors")
+BENCHES = ("ingest", "replica", "dr", "fetch", "backup", "compression", "vectors", "cli_start")
 
 
 def main() -> None:
