@@ -24,6 +24,9 @@ WIDTH = "100"  # the README's sample is printed on a 100-column terminal
 MASKS = [
     (re.compile(r"\b\d{8}-\d{6}F(_\d{8}-\d{6}[DI])?\b"), "<label>"),
     (re.compile(r"\b\d+(\.\d+)? MB\b"), "<n> MB"),
+    # A compression's "before -> after MB": the uncompressed chunk's size follows dead tuples
+    # and free space the load left (42.0-42.9 MB seen on the same day).
+    (re.compile(r"\b\d+(\.\d+)? -> "), "<n> -> "),
     (re.compile(r"\b\d+ WAL archived"), "<n> WAL archived"),
     (re.compile(r"replica dual-write batches: [^;|]*"), "replica dual-write batches: <n>"),
     # The version table's, written nowhere else (tests/unit/test_versions.py): X.YY.Z in the README.
@@ -63,6 +66,9 @@ def test_table_rows_masks_what_varies_and_keeps_the_rest():
     assert table_rows(a) == table_rows(b)
     assert table_rows(a)[1] == ("migrate", "primary: applied 25")
     assert table_rows(a) != table_rows(a.replace("applied 25", "applied 13"))
+    c = "│ retention │ applied (compressed 1 chunk(s), 183,355 rows (42.0 -> 4.8 MB)) │ 0.6 s │"
+    assert table_rows(c) == table_rows(c.replace("42.0 -> 4.8", "42.9 -> 4.7"))
+    assert table_rows(c) != table_rows(c.replace("183,355 rows", "183,354 rows"))
 
 
 def test_readme_sample_is_what_make_up_prints(own_local_env, shared_data):
