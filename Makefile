@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: up test bench down clean install install-system install-python lint status env docs
+.PHONY: up test bench down clean install install-system install-previous install-python lint status env docs
 
 # The real Binance day: ../shared/data's copy where it exists (the project's machines, CI), else
 # the same day fetched from Binance's public archive into the download cache (a user's clone).
@@ -24,7 +24,8 @@ up: install
 	  echo "make up: no $(SHARED_DAY): fetching BTCUSDT spot trades $(DAY) from Binance's public archive (cached)"))
 	@eval "$$($(PY) -m infra.local env)" && $(PY) -m workers up $(UP_INPUT)
 
-test: install lint
+# The tests also need the build an in-place major upgrade starts from (the upgrade's proof).
+test: install-previous install-python lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Every benchmark (bench/all.py), each on its own throwaway servers; figures (JSON, the month's
@@ -57,8 +58,15 @@ lint: install-python
 
 install: install-system install-python
 
+# A local state that still holds a cluster of the previous PostgreSQL major (PG_VERSION) needs
+# the previous build too: `make up` then upgrades it in place (docs/upgrading.md).
+OLD_CLUSTER = $(shell cat .tickstack/primary/data/PG_VERSION .tickstack/replica/data/PG_VERSION 2>/dev/null \
+                | grep -vx "$$(sed -n 's/^PG_MAJOR=//p' scripts/versions.env)" | head -n1)
 install-system:
-	@bash scripts/install_system.sh
+	@bash scripts/install_system.sh $(if $(OLD_CLUSTER),--with-previous)
+
+install-previous:
+	@bash scripts/install_system.sh --with-previous
 
 install-python:
 	@bash scripts/install_python.sh

@@ -31,8 +31,9 @@ _IMAGE = re.compile(r"^[a-z0-9][a-z0-9./_-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
 
 # Build args each image's Dockerfile declares (everything else in the table stays out of it).
 BUILD_ARGS = {
-    "primary": ("PRIMARY_BASE_IMAGE", "PG_MAJOR", "TIMESCALEDB_VERSION", "PGVECTOR_VERSION",
-                "PGBACKREST_VERSION"),
+    "primary": ("PRIMARY_BASE_IMAGE", "PG_MAJOR", "POSTGRESQL_VERSION", "TIMESCALEDB_VERSION",
+                "PGVECTOR_VERSION", "PGBACKREST_VERSION", "PG_PREVIOUS_MAJOR",
+                "TIMESCALEDB_PREVIOUS_VERSION"),
     "worker": ("WORKER_BASE_IMAGE", "PG_MAJOR", "PGBACKREST_VERSION"),
 }
 
@@ -44,10 +45,20 @@ class VersionTableError(ValueError):
 @dataclass(frozen=True)
 class Versions:
     pg_major: str
+    postgresql: str  # the full release, e.g. 18.6
+    postgresql_sha256: str
     timescaledb: str
     timescaledb_sha256: str
     timescaledb_tree_sha256: str
     pgvector: str
+    pgvector_sha256: str
+    pgvector_tree_sha256: str
+    # The build an in-place major upgrade comes from (docs/upgrading.md).
+    pg_previous_major: str
+    timescaledb_previous: str
+    timescaledb_previous_sha256: str
+    timescaledb_previous_tree_sha256: str
+    pgvector_previous: str
     pgbackrest: str
     rds_engine_major: str
     primary_image_repository: str
@@ -61,8 +72,14 @@ class Versions:
 
     @property
     def pg_bindir(self) -> Path:
-        """Where Debian (and the primary image) put this major's server binaries."""
+        """Where scripts/install_system.sh (locally and in the primary image) installs this
+        major's server binaries: Debian's layout."""
         return Path(f"/usr/lib/postgresql/{self.pg_major}/bin")
+
+    @property
+    def pg_previous_bindir(self) -> Path:
+        """The previous major's binaries (Debian's package), which pg_upgrade starts from."""
+        return Path(f"/usr/lib/postgresql/{self.pg_previous_major}/bin")
 
     @property
     def rds_engine_version(self) -> str:
@@ -76,7 +93,7 @@ class Versions:
     @property
     def primary_image_tag(self) -> str:
         """The tag CI pushes the primary image as: every component version in it."""
-        return (f"pg{self.pg_major}-ts{self.timescaledb}-pgvector{self.pgvector}"
+        return (f"pg{self.postgresql}-ts{self.timescaledb}-pgvector{self.pgvector}"
                 f"-pgbackrest{self.pgbackrest}")
 
     @property
@@ -120,8 +137,14 @@ def parse(text: str, source: str = str(TABLE)) -> dict[str, str]:
 def from_text(text: str, source: str = str(TABLE)) -> Versions:
     d = parse(text, source)
     fields = {
-        "PG_MAJOR": _MAJOR, "TIMESCALEDB_VERSION": _SEMVER, "TIMESCALEDB_SHA256": _SHA256,
+        "PG_MAJOR": _MAJOR, "POSTGRESQL_VERSION": re.compile(r"^[1-9][0-9]\.[0-9]+$"),
+        "POSTGRESQL_SHA256": _SHA256,
+        "TIMESCALEDB_VERSION": _SEMVER, "TIMESCALEDB_SHA256": _SHA256,
         "TIMESCALEDB_TREE_SHA256": _SHA256, "PGVECTOR_VERSION": _SEMVER,
+        "PGVECTOR_SHA256": _SHA256, "PGVECTOR_TREE_SHA256": _SHA256,
+        "PG_PREVIOUS_MAJOR": _MAJOR, "TIMESCALEDB_PREVIOUS_VERSION": _SEMVER,
+        "TIMESCALEDB_PREVIOUS_SHA256": _SHA256, "TIMESCALEDB_PREVIOUS_TREE_SHA256": _SHA256,
+        "PGVECTOR_PREVIOUS_VERSION": _SEMVER,
         "PGBACKREST_VERSION": re.compile(r"^[0-9]+\.[0-9]+(\.[0-9]+)?$"),
         "RDS_ENGINE_MAJOR": _MAJOR, "PRIMARY_IMAGE_REPOSITORY": _IMAGE,
         "PRIMARY_IMAGE_DIGEST": re.compile(rf"^({_DIGEST.pattern[1:-1]})?$"),
@@ -135,12 +158,25 @@ def from_text(text: str, source: str = str(TABLE)) -> Versions:
     if not problems and bool(d["PRIMARY_IMAGE_DIGEST"]) != bool(d["PRIMARY_IMAGE_RECORDED_TAG"]):
         problems.append("PRIMARY_IMAGE_DIGEST and PRIMARY_IMAGE_RECORDED_TAG are recorded "
                         "together (by the primary-image workflow) or not at all")
+    if not problems and d["POSTGRESQL_VERSION"].split(".")[0] != d["PG_MAJOR"]:
+        problems.append(f"POSTGRESQL_VERSION {d['POSTGRESQL_VERSION']} is not a release of "
+                        f"PG_MAJOR {d['PG_MAJOR']}")
+    if not problems and int(d["PG_PREVIOUS_MAJOR"]) >= int(d["PG_MAJOR"]):
+        problems.append(f"PG_PREVIOUS_MAJOR {d['PG_PREVIOUS_MAJOR']} is not older than "
+                        f"PG_MAJOR {d['PG_MAJOR']}")
     if problems:
         raise VersionTableError(f"{source}: " + "; ".join(problems))
     return Versions(
-        pg_major=d["PG_MAJOR"], timescaledb=d["TIMESCALEDB_VERSION"],
+        pg_major=d["PG_MAJOR"], postgresql=d["POSTGRESQL_VERSION"],
+        postgresql_sha256=d["POSTGRESQL_SHA256"], timescaledb=d["TIMESCALEDB_VERSION"],
         timescaledb_sha256=d["TIMESCALEDB_SHA256"],
         timescaledb_tree_sha256=d["TIMESCALEDB_TREE_SHA256"], pgvector=d["PGVECTOR_VERSION"],
+        pgvector_sha256=d["PGVECTOR_SHA256"], pgvector_tree_sha256=d["PGVECTOR_TREE_SHA256"],
+        pg_previous_major=d["PG_PREVIOUS_MAJOR"],
+        timescaledb_previous=d["TIMESCALEDB_PREVIOUS_VERSION"],
+        timescaledb_previous_sha256=d["TIMESCALEDB_PREVIOUS_SHA256"],
+        timescaledb_previous_tree_sha256=d["TIMESCALEDB_PREVIOUS_TREE_SHA256"],
+        pgvector_previous=d["PGVECTOR_PREVIOUS_VERSION"],
         pgbackrest=d["PGBACKREST_VERSION"], rds_engine_major=d["RDS_ENGINE_MAJOR"],
         primary_image_repository=d["PRIMARY_IMAGE_REPOSITORY"],
         primary_image_digest=d["PRIMARY_IMAGE_DIGEST"],
