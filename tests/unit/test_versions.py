@@ -96,31 +96,47 @@ def test_build_args_are_table_rows() -> None:
 # --- TimescaleDB source: the table's hashes are the vendored release's --------------------------
 
 
-def test_archive_hash_is_the_vendor_manifests_and_the_files() -> None:
+SOURCES = {  # verified_source.sh NAME -> (vendored file, table sha256, table tree sha256)
+    "postgresql": (f"postgresql-{V.postgresql}.tar.bz2", V.postgresql_sha256, None),
+    "timescaledb": (f"timescaledb-{V.timescaledb}.tar.gz", V.timescaledb_sha256,
+                    V.timescaledb_tree_sha256),
+    "timescaledb-previous": (f"timescaledb-{V.timescaledb_previous}.tar.gz",
+                             V.timescaledb_previous_sha256, V.timescaledb_previous_tree_sha256),
+    "pgvector": (f"pgvector-{V.pgvector}.tar.gz", V.pgvector_sha256, V.pgvector_tree_sha256),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_archive_hash_is_the_vendor_manifests_and_the_files(name: str) -> None:
+    file, sha, _ = SOURCES[name]
     manifest = (VENDOR / "MANIFEST.md").read_text()
-    row = next(line for line in manifest.splitlines()
-               if f"`timescaledb-{V.timescaledb}.tar.gz`" in line)
-    assert f"`{V.timescaledb_sha256}`" in row
-    got = subprocess.run(["sha256sum", str(VENDOR / f"timescaledb-{V.timescaledb}.tar.gz")],
+    row = next(line for line in manifest.splitlines() if f"`{file}`" in line)
+    assert f"`{sha}`" in row
+    got = subprocess.run(["sha256sum", str(VENDOR / file)],
                          capture_output=True, text=True, check=True).stdout.split()[0]
-    assert got == V.timescaledb_sha256
+    assert got == sha
 
 
-def _source(dest: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def _source(name: str, dest: Path, **env: str) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run(["bash", str(REPO / "scripts" / "timescaledb_source.sh"), str(dest)],
+    return subprocess.run(["bash", str(REPO / "scripts" / "verified_source.sh"), name, str(dest)],
                           capture_output=True, text=True, env={**os.environ, **env},
                           timeout=120)
 
 
-def test_vendored_source_unpacks_verified_with_tsl(tmp_path: Path) -> None:
-    r = _source(tmp_path / "src")
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_vendored_source_unpacks_verified(name: str, tmp_path: Path) -> None:
+    _, sha, tree = SOURCES[name]
+    r = _source(name, tmp_path / "src")
     assert r.returncode == 0, r.stderr
     src = Path(r.stdout.strip())
-    assert (src / "tsl" / "src").is_dir()
-    assert "sha256 " + V.timescaledb_sha256 + " matches" in r.stderr
-    assert "tree sha256 " + V.timescaledb_tree_sha256 in r.stderr
+    assert src.is_dir() and src.parent == tmp_path / "src"
+    if name.startswith("timescaledb"):
+        assert (src / "tsl" / "src").is_dir()
+    assert "sha256 " + sha + " matches" in r.stderr
+    if tree:
+        assert "tree sha256 " + tree in r.stderr
 
 
 def test_download_path_checks_the_tree_not_the_archive_bytes(tmp_path: Path) -> None:
@@ -135,8 +151,8 @@ def test_download_path_checks_the_tree_not_the_archive_bytes(tmp_path: Path) -> 
                     f"timescaledb-{V.timescaledb}"], check=True)
     empty_vendor = tmp_path / "no-vendor"
     empty_vendor.mkdir()
-    r = _source(tmp_path / "a", TICKSTACK_VENDOR_DIR=str(empty_vendor),
-                TICKSTACK_TIMESCALEDB_URL=f"file://{repacked}")
+    r = _source("timescaledb", tmp_path / "a", TICKSTACK_VENDOR_DIR=str(empty_vendor),
+                TICKSTACK_SOURCE_URL=f"file://{repacked}")
     assert r.returncode == 0, r.stderr
     assert "downloading" in r.stderr and "source tree verified" in r.stderr
 
@@ -144,17 +160,38 @@ def test_download_path_checks_the_tree_not_the_archive_bytes(tmp_path: Path) -> 
     tampered = tmp_path / "tampered.tar.gz"
     subprocess.run(["tar", "-czf", str(tampered), "-C", str(work),
                     f"timescaledb-{V.timescaledb}"], check=True)
-    r = _source(tmp_path / "b", TICKSTACK_VENDOR_DIR=str(empty_vendor),
-                TICKSTACK_TIMESCALEDB_URL=f"file://{tampered}")
+    r = _source("timescaledb", tmp_path / "b", TICKSTACK_VENDOR_DIR=str(empty_vendor),
+                TICKSTACK_SOURCE_URL=f"file://{tampered}")
     assert r.returncode == 1
     assert f"expected {V.timescaledb_tree_sha256}" in r.stderr and "refusing it" in r.stderr
+
+
+def test_a_downloaded_postgresql_tarball_is_checked_by_its_own_hash(tmp_path: Path) -> None:
+    """PostgreSQL's release tarball is one file on every mirror: a download is checked by the
+    file's sha256 (no tree hash), so one changed byte is refused before it is unpacked."""
+    empty_vendor = tmp_path / "no-vendor"
+    empty_vendor.mkdir()
+    good = VENDOR / f"postgresql-{V.postgresql}.tar.bz2"
+    bad = tmp_path / "bad.tar.bz2"
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte changed (the last one may already be padding)
+    bad.write_bytes(bytes(data))
+    r = _source("postgresql", tmp_path / "a", TICKSTACK_VENDOR_DIR=str(empty_vendor),
+                TICKSTACK_SOURCE_URL=f"file://{bad}")
+    assert r.returncode == 1 and f"expected {V.postgresql_sha256}" in r.stderr, r.stderr
+    assert not (tmp_path / "a" / f"postgresql-{V.postgresql}").exists()
+    r = _source("postgresql", tmp_path / "b", TICKSTACK_VENDOR_DIR=str(empty_vendor),
+                TICKSTACK_SOURCE_URL=f"file://{good}")
+    assert r.returncode == 0, r.stderr
+    assert (Path(r.stdout.strip()) / "configure").is_file()
+    assert _source("nothing", tmp_path / "c").returncode == 1
 
 
 def test_a_vendored_archive_with_another_hash_is_refused(tmp_path: Path) -> None:
     vendor = tmp_path / "vendor"
     vendor.mkdir()
     (vendor / f"timescaledb-{V.timescaledb}.tar.gz").write_bytes(b"not the release")
-    r = _source(tmp_path / "src", TICKSTACK_VENDOR_DIR=str(vendor))
+    r = _source("timescaledb", tmp_path / "src", TICKSTACK_VENDOR_DIR=str(vendor))
     assert r.returncode == 1
     assert f"timescaledb-{V.timescaledb}.tar.gz: sha256" in r.stderr
     assert f"expected {V.timescaledb_sha256}" in r.stderr
@@ -174,37 +211,53 @@ def _install(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     return r
 
 
-def test_debian_13_dry_run_builds_postgres_from_bookworm_sources(tmp_path):
+def test_debian_13_dry_run_builds_postgres_from_source(tmp_path):
     osr = tmp_path / "os-release"
     osr.write_text('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nID=debian\nVERSION_ID="13"\n'
                    "VERSION_CODENAME=trixie\n")
-    r = _install("--dry-run", "--assume-fresh", "--os-release", str(osr), tmp=tmp_path)
+    r = _install("--dry-run", "--assume-fresh", "--os-release", str(osr), "--with-previous",
+                 tmp=tmp_path)
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    assert f"Debian 13, profile local: PostgreSQL {V.pg_major} (bookworm-source)" in out
-    # Debian 13 has no postgresql-<major>: nothing asks apt for it as a binary package.
+    assert f"Debian 13, profile local: PostgreSQL {V.postgresql} (from source)" in out
+    assert f"PostgreSQL {V.pg_previous_major} (bookworm-source)" in out
+    # Neither major is asked of apt as a binary package (Debian 13 has neither).
     apt_install = next(line for line in out.splitlines()
                        if "apt-get install" in line and ".deb" not in line)
-    assert f"postgresql-{V.pg_major}" not in apt_install.split()
-    # PostgreSQL: bookworm deb-src through a private apt config, built, installed.
+    for major in (V.pg_major, V.pg_previous_major):
+        assert f"postgresql-{major}" not in apt_install.split()
+    assert "bison" in apt_install.split() and "flex" in apt_install.split()
+    # The table's PostgreSQL: the verified release, configured into Debian's layout, built.
+    assert f"building PostgreSQL {V.postgresql} into /usr/lib/postgresql/{V.pg_major}" in out
+    assert f"--prefix='/usr/lib/postgresql/{V.pg_major}'" in out and "world-bin" in out
+    # The previous major: bookworm deb-src through a private apt config, built, installed.
     assert re.search(r"private apt in \S+/apt-bookworm-deb-src: deb-src \[signed-by=\S+\] \S+ "
                      r"bookworm main", out)
     assert re.search(rf"Dir::State::Lists=\S+/apt-bookworm-deb-src/lists .*source "
-                     rf"--download-only postgresql-{V.pg_major}$", out, re.M)
-    assert f"building postgresql-{V.pg_major} from Debian bookworm's source" in out
+                     rf"--download-only postgresql-{V.pg_previous_major}$", out, re.M)
     assert out.count("dpkg-buildpackage -b -uc -us") == 1
-    assert f"/postgresql-server-dev-{V.pg_major}_*.deb" in out
     # pgBackRest: trixie's binary package of the table's version, as is (no Debian 12 rewrite).
     assert re.search(rf"apt-trixie-deb/lists .*download pgbackrest={re.escape(V.pgbackrest)}-\*$",
                      out, re.M)
     assert "rewrite its Depends" not in out
-    # pgvector from trixie sources; TimescaleDB with TSL (no APACHE_ONLY) from the vendored copy.
-    assert re.search(r"apt-trixie-deb-src/lists .*source --download-only pgvector$", out, re.M)
-    assert f"building TimescaleDB {V.timescaledb} with its TSL part" in out
-    assert "vendored ../shared/vendor" in out and "(sha256 matches)" in out
+    # TimescaleDB: the previous version for both majors, then the table's for PG_MAJOR last
+    # (its control file and loader win), all with TSL (no APACHE_ONLY).
+    order = [m.group(0) for m in re.finditer(
+        r"building TimescaleDB \S+ with its TSL part for PostgreSQL \d+", out)]
+    assert order == [
+        f"building TimescaleDB {V.timescaledb_previous} with its TSL part for PostgreSQL "
+        f"{V.pg_previous_major}",
+        f"building TimescaleDB {V.timescaledb_previous} with its TSL part for PostgreSQL "
+        f"{V.pg_major}",
+        f"building TimescaleDB {V.timescaledb} with its TSL part for PostgreSQL {V.pg_major}"]
     assert "APACHE_ONLY" not in out and "-DPG_CONFIG=" in out
+    assert re.search(r"apt-trixie-deb-src/lists .*source --download-only pgvector$", out, re.M)
     # The machine's own sources are never the target.
     assert "/etc/apt/sources.list" not in out.replace("Dir::Etc::sourcelist=", "")
+    # Without --with-previous, none of the previous build.
+    r = _install("--dry-run", "--assume-fresh", "--os-release", str(osr), tmp=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "bookworm" not in r.stdout and V.timescaledb_previous not in r.stdout
 
 
 def test_debian_12_dry_run_maps_pgbackrests_t64_dependencies(tmp_path):
@@ -214,7 +267,7 @@ def test_debian_12_dry_run_maps_pgbackrests_t64_dependencies(tmp_path):
     r = _install("--dry-run", "--assume-fresh", "--os-release", str(osr), tmp=tmp_path)
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    assert "dpkg-buildpackage" not in out  # nothing is built from source but extensions
+    assert "dpkg-buildpackage" not in out  # no Debian source package is built on Debian 12
     assert re.search(r"private apt in \S+/apt-trixie-deb: deb \[signed-by=\S+\] \S+ trixie main",
                      out)
     assert re.search(rf"download pgbackrest={re.escape(V.pgbackrest)}-\*$", out, re.M)
@@ -226,6 +279,10 @@ def test_debian_12_dry_run_maps_pgbackrests_t64_dependencies(tmp_path):
         assert "download pgbackrest=" in r.stdout
         assert ("pgvector" in r.stdout) is extensions, r.stdout
         assert ("TimescaleDB" in r.stdout) is extensions, r.stdout
+        # The image carries the previous build: the upgrade Job runs pg_upgrade in it.
+        assert (f"postgresql-{V.pg_previous_major}" in r.stdout) is extensions, r.stdout
+        assert (f"TimescaleDB {V.timescaledb_previous} with its TSL part for PostgreSQL "
+                f"{V.pg_major}" in r.stdout) is extensions
 
 
 def test_dry_run_on_this_machine_has_nothing_to_do() -> None:
@@ -234,7 +291,7 @@ def test_dry_run_on_this_machine_has_nothing_to_do() -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
-        r = _install("--dry-run", tmp=Path(d))
+        r = _install("--dry-run", "--with-previous", tmp=Path(d))
     assert r.returncode == 0, r.stderr
     assert "would run" not in r.stdout, r.stdout
     assert f"TimescaleDB {V.timescaledb} with TSL: installed" in r.stdout
@@ -269,7 +326,9 @@ ALLOWED_FILES = {"scripts/versions.env", "tests/unit/test_versions.py"}
 def _violations(text: str) -> list[str]:
     out = [name for name, rx in PATTERNS.items() if re.search(rx, text, re.I)]
     for value in (V.timescaledb, V.timescaledb_sha256, V.timescaledb_tree_sha256,
-                  V.primary_image_digest):
+                  V.timescaledb_previous, V.timescaledb_previous_sha256,
+                  V.timescaledb_previous_tree_sha256, V.postgresql_sha256, V.pgvector_sha256,
+                  V.pgvector_tree_sha256, V.primary_image_digest):
         if value and re.search(rf"(?<![\w.]){re.escape(value)}(?![\w.])", text):
             out.append(f"the table's {value}")
     return out
