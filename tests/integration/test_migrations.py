@@ -229,7 +229,9 @@ SELECT json_build_object(
                   co.contype, pg_get_constraintdef(co.oid))
                   ORDER BY n.nspname, cl.relname, co.conname)
                   FROM pg_constraint co JOIN pg_class cl ON cl.oid = co.conrelid
-                  JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE n.nspname = ANY(%(s)s)),
+                  JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE n.nspname = ANY(%(s)s)
+                  -- NOT NULL is in 'columns' (is_nullable); PostgreSQL 18 also lists it here.
+                  AND co.contype <> 'n'),
   'indexes', (SELECT json_agg(json_build_array(schemaname, tablename, indexname, indexdef)
               ORDER BY schemaname, tablename, indexname)
               FROM pg_indexes WHERE schemaname = ANY(%(s)s)))

@@ -187,6 +187,8 @@ def run(dsn: str, *, password: str | None = None, sql_dir: Path = SQL_DIR,
     with psycopg.connect(dsn, autocommit=True, **kw) as lock_conn, \
             psycopg.connect(dsn, **kw) as conn:
         lock_conn.execute(query(__package__, "migrate_lock"), [LOCK_KEY])
+        conn.execute(query(__package__, "createrole_self_grant"))
+        conn.commit()
         try:
             with conn.transaction():
                 conn.execute((sql_dir / LEDGER_FILE).read_text())

@@ -17,7 +17,7 @@ from workers.ops.backup import Tool, tail
 
 log = logs.get("restore")
 
-# How far back from the end of the replayable WAL to look for the newest commit.
+# Past this many segments without a commit, the backwards scan says so in the log.
 COMMIT_SCAN_SEGMENTS = 8
 
 
@@ -29,8 +29,7 @@ def check(tool: Tool, bindir: str, info: dict, chosen: dict, target: datetime, t
           seg_size: int) -> tuple[datetime | None, str | None]:
     """Recovery from the chosen set stops at the first missing WAL segment or the end of the
     archive, and it must find a commit after the target before that: refuse when it cannot.
-    Returns the newest archived commit recovery reaches and its WAL segment (None, None: no
-    commit in the newest segments; the recovery itself checks the target then)."""
+    Returns the newest archived commit recovery reaches and its WAL segment."""
     db_id = (chosen.get("database") or {}).get("id")
     arch = next((a for a in info.get("archive") or []
                  if (a.get("database") or {}).get("id") == db_id), None)
@@ -50,15 +49,25 @@ def check(tool: Tool, bindir: str, info: dict, chosen: dict, target: datetime, t
     if missing and missing[0] == backup.tli and backup.start <= missing[1] <= backup.stop:
         raise RestoreRefused(f"backup set {backup.label} cannot be restored{hole} (inside the "
                              "backup's own WAL)")
-    for tli_seg in reversed(reach[-COMMIT_SCAN_SEGMENTS:]):
+    # Newest first: on a busy server the last segment holds a commit. An idle one may have
+    # archived only checkpoints, hint-bit page images and switches since the backup; then
+    # every segment back to the backup's start is read before giving up.
+    when = name = None
+    for n, tli_seg in enumerate(reversed(reach)):
+        if n == COMMIT_SCAN_SEGMENTS:
+            log.info("no commit in the newest archived WAL; reading back to the backup's start",
+                     segments=len(reach))
         name = wal_archive.wal_name(*tli_seg, seg_size)
         when = _last_commit_in(tool, bindir, archive.files[tli_seg], name)
         if when is not None:
             break
-    else:
-        log.warning("no commit found in the newest archived WAL; the target is checked by "
-                    "the recovery itself", segments=COMMIT_SCAN_SEGMENTS)
-        return None, None
+    if when is None:
+        # Recovery to a time stops at the first commit (or abort) after it; with none archived
+        # since the backup it replays to the end and fails there, after the primary was moved.
+        raise RestoreRefused(
+            f"the target {target.isoformat()} is after the last archived commit (none since "
+            f"backup set {backup.label} began){hole}: recovery could never reach it; choose "
+            "another backup set or restore once a commit after the target is archived")
     if target >= when:
         raise RestoreRefused(
             f"the target {target.isoformat()} is after the last archived commit "
