@@ -226,6 +226,13 @@ class StackConfig(_Model):
     restore_timeout_seconds: int = Field(
         6 * 3600, ge=600, le=7 * 86400,
         description="Deadline of the DR landing-replay Job; Pulumi waits as long.")
+    primary_major_upgrade: bool = Field(
+        False, description="The primary's in-place PostgreSQL major upgrade (docs/upgrading.md): "
+        "true scales the primary's StatefulSet to 0, pauses the writers and runs the upgrade "
+        "Job on its volume; false again brings the primary back on the upgraded data.")
+    primary_major_upgrade_timeout_seconds: int = Field(
+        6 * 3600, ge=600, le=7 * 86400,
+        description="Deadline of the major upgrade Job; Pulumi waits as long.")
     await_margin_seconds: int = Field(
         600, ge=60, le=7200,
         description="Added to each deadline for scheduling and image pulls before Pulumi "
@@ -383,6 +390,10 @@ def validate(raw: dict[str, Any], *, kubeconfig_given: bool,
                             f"after landingIaAfterDays ({cfg.landing_ia_after_days}), as S3 "
                             f"requires (got {cfg.landing_glacier_ir_after_days})")
         problems += _deadline_problems(cfg)
+        if cfg.primary_major_upgrade and cfg.restore is not None:
+            problems.append(f"{NAMESPACE}:primaryMajorUpgrade: not together with "
+                            f"{NAMESPACE}:restore (a rebuild restores a backup of the table's "
+                            f"major; upgrade first, or restore into the previous image)")
         if cfg.replica_max_allocated_storage_gb < cfg.replica_allocated_storage_gb:
             problems.append(f"{NAMESPACE}:replicaMaxAllocatedStorageGb: must be at least "
                             f"replicaAllocatedStorageGb ({cfg.replica_allocated_storage_gb})")
