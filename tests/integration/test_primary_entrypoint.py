@@ -156,14 +156,14 @@ def test_entrypoint_updates_the_extensions_before_any_client_connects(root):
             c.execute("SELECT create_hypertable('ticks', 't')")
             c.execute("INSERT INTO ticks VALUES ('2024-01-01', 7)")
             c.execute('CREATE DATABASE "Other db"')
-        with psycopg.connect(f"{dsn}/Other db", password="pw-ext", autocommit=True) as c:
+        with psycopg.connect(dsn, dbname="Other db", password="pw-ext", autocommit=True) as c:
             c.execute(f"CREATE EXTENSION timescaledb VERSION '{V.timescaledb_previous}'")
     finally:
         stop_pid(p.pid)
     p.stdout.read()
 
     def versions_in(db: str) -> dict[str, str]:
-        with psycopg.connect(f"{dsn}/{db}", password="pw-ext") as c:
+        with psycopg.connect(dsn, dbname=db, password="pw-ext") as c:
             return dict(c.execute("SELECT extname, extversion FROM pg_extension").fetchall())
 
     p = start(pgdata, sock, port, None)
