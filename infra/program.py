@@ -118,6 +118,7 @@ def replica_database(cfg: sc.StackConfig, stack: str, cluster: Cluster,
         deletion_protection=cfg.deletion_protection,
         skip_final_snapshot=cfg.replica_skip_final_snapshot, protect=cfg.protect_data,
         final_snapshot_name=f"tickstack-{stack}-replica-final",
+        apply_immediately=cfg.replica_apply_immediately,
     ))
 
 

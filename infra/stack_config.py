@@ -245,6 +245,9 @@ class StackConfig(_Model):
     replica_multi_az: bool = False
     replica_backup_retention_days: int = Field(7, ge=1, le=35)
     replica_skip_final_snapshot: bool = False
+    replica_apply_immediately: bool = Field(
+        False, description="Apply the replica's changes at once instead of in its maintenance "
+        "window; for its major upgrade (docs/upgrading.md), then back to false.")
     replica_source_security_group_ids: list[Annotated[str, Field(pattern=r"^sg-[0-9a-f]+$")]] = \
         Field(default_factory=list, description="Security groups admitted to the replica on "
               "5432 besides the cluster's (node groups, security groups for pods).")
