@@ -11,8 +11,8 @@
 # the image's versions, before any client can connect: the server starts with the pod's options
 # on a private socket only (listen_addresses='', no TCP); `ALTER EXTENSION timescaledb UPDATE`
 # and `ALTER EXTENSION vector UPDATE` run as the first command of a fresh session in each
-# database that has them; each outcome is logged ("timescaledb 2.28.3 -> 2.29.2 in database
-# tickstack", "timescaledb 2.29.2: up to date in database tickstack"); the server stops (fast)
+# database that has them; each outcome is logged ("timescaledb <old> -> <new> in database
+# tickstack", "timescaledb <new>: up to date in database tickstack"); the server stops (fast)
 # and only then starts for real. Idempotent: a second start finds everything up to date. A
 # version left behind, or a data directory of another PostgreSQL major (docs/upgrading.md: the
 # major upgrade Job), fails the start (exit 1). A data directory in recovery (a restore, a
