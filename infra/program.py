@@ -17,6 +17,7 @@ from infra.components import access as acc
 from infra.components import grants
 from infra.components.access import Access, AccessArgs
 from infra.components.cluster import Cluster, ClusterArgs
+from infra.components.database import MAJOR_UPGRADE
 from infra.components.network import NetworkArgs, NetworkPolicies
 from infra.components.primary import Primary, PrimaryArgs
 from infra.components.replica import MASTER_USER, Replica, ReplicaArgs
@@ -50,7 +51,8 @@ def build(cfg: sc.StackConfig, region: str,
         oidc_issuer=cluster.oidc_issuer, kms_key_arn=storage.kms_key_arn,
         landing_bucket_arn=storage.landing_bucket_arn,
         backup_bucket_arn=storage.backup_bucket_arn,
-        identities=grants.identities(restore=cfg.restore is not None),
+        identities=grants.identities(restore=cfg.restore is not None,
+                                     major_upgrade=cfg.primary_major_upgrade),
     ), opts=on_cluster)
     network = NetworkPolicies("network", NetworkArgs(
         namespace=ns, vpc_cidr=cluster.vpc_cidr, stream_port=cfg.stream_port,
@@ -94,6 +96,10 @@ def primary_database(cfg: sc.StackConfig, region: str, ns: pulumi.Input[str], ac
         startup_seconds=cfg.primary_startup_seconds, restore=cfg.restore,
         pgbackrest_resources=cfg.pgbackrest_resources, protect=cfg.protect_data,
         await_margin_seconds=cfg.await_margin_seconds,
+        major_upgrade_service_account=(
+            access.service_accounts[grants.service_account(MAJOR_UPGRADE)]
+            if cfg.primary_major_upgrade else None),
+        major_upgrade_timeout_seconds=cfg.primary_major_upgrade_timeout_seconds,
     ), opts=on_cluster)
 
 
@@ -112,6 +118,7 @@ def replica_database(cfg: sc.StackConfig, stack: str, cluster: Cluster,
         deletion_protection=cfg.deletion_protection,
         skip_final_snapshot=cfg.replica_skip_final_snapshot, protect=cfg.protect_data,
         final_snapshot_name=f"tickstack-{stack}-replica-final",
+        apply_immediately=cfg.replica_apply_immediately,
     ))
 
 
@@ -141,6 +148,7 @@ def workers(cfg: sc.StackConfig, region: str, ns: pulumi.Input[str], image: pulu
         restore_timeout_seconds=cfg.restore_timeout_seconds,
         await_margin_seconds=cfg.await_margin_seconds,
         restore_target=cfg.restore.target_iso if cfg.restore else None,
+        paused=cfg.primary_major_upgrade,
         depends_on=[primary.statefulset, replica.instance, network],
     ), opts=on_cluster)
 

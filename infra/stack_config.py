@@ -14,24 +14,30 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 from pulumi import RunError
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
 from infra import versions
 from infra.cron import CHECK_DEADLINE_MAX_SECONDS, min_interval_seconds
+
+# The value types, re-exported: components and tests import them from here.
+from infra.stack_values import (
+    _DNS_LABEL,
+    JobDeadlines,
+    Quantity,
+    Resources,
+    Restore,
+    Schedules,
+    _Model,
+)
 from workers.core.markets import MarketName
 
 NAMESPACE = "tickstack"  # the config namespace: keys are "tickstack:<key>"
@@ -49,121 +55,14 @@ CLUSTER_KEYS = ("kubeconfig", "oidcProviderArn", "oidcProviderUrl", "vpcId", "vp
                 "privateSubnetIds", "clusterSecurityGroupId")
 
 
+__all__ = ["CHECK_DEADLINE_MAX_SECONDS", "ConfigError", "JobDeadlines", "Resources", "Restore",
+           "Schedules", "StackConfig", "load", "validate"]
+
+
 class ConfigError(RunError):
     """A configuration problem; the message names the key(s) and what is expected.
 
     A RunError: Pulumi prints the message alone, without a traceback."""
-
-
-# --- value types -----------------------------------------------------------------------------
-
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
-_CRON_FIELD = re.compile(r"^(\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?(,(\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?)*$")
-_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-
-
-def _quantity(v: str) -> str:
-    if not _QUANTITY.match(v):
-        raise ValueError(f"not a Kubernetes quantity such as 500m, 2Gi (got {v!r})")
-    return v
-
-
-def _cron(v: str) -> str:
-    fields = v.split()
-    if len(fields) != 5:
-        raise ValueError(f"a cron schedule has 5 fields: minute hour day month weekday (got {v!r})")
-    for f, (lo, hi) in zip(fields, _CRON_RANGES, strict=True):
-        if not _CRON_FIELD.match(f):
-            raise ValueError(f"bad cron field {f!r} in {v!r}")
-        for n in re.findall(r"[0-9]+", re.sub(r"/[0-9]+", "", f)):
-            if not lo <= int(n) <= hi:
-                raise ValueError(f"cron field {f!r} out of range {lo}-{hi} in {v!r}")
-    return v
-
-
-Quantity = Annotated[str, AfterValidator(_quantity)]
-Cron = Annotated[str, AfterValidator(_cron)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=False, extra="forbid",
-                              frozen=True)
-
-
-class Resources(_Model):
-    """Requests; limits default to the requests (the database gets Guaranteed QoS)."""
-
-    cpu: Quantity
-    memory: Quantity
-    cpu_limit: Quantity | None = None
-    memory_limit: Quantity | None = None
-
-    def k8s(self) -> dict[str, dict[str, str]]:
-        return {
-            "requests": {"cpu": self.cpu, "memory": self.memory},
-            "limits": {"cpu": self.cpu_limit or self.cpu,
-                       "memory": self.memory_limit or self.memory},
-        }
-
-
-class Schedules(_Model):
-    """CronJob schedules (UTC). Backups: full weekly, differential on the other days."""
-
-    embed: Cron = "*/5 * * * *"
-    replicate: Cron = "*/15 * * * *"
-    retention: Cron = "30 2 * * *"
-    backup_full: Cron = "0 3 * * 0"
-    backup_diff: Cron = "0 3 * * 1-6"
-    # `backup --check`: archiving failing or stalled -> a failed Job, which alerting watches.
-    backup_check: Cron = "*/15 * * * *"
-
-    @model_validator(mode="after")
-    def _distinct_backups(self) -> Schedules:
-        if self.backup_full == self.backup_diff:
-            raise ValueError("backupFull and backupDiff must not run at the same times")
-        return self
-
-
-
-
-
-class JobDeadlines(_Model):
-    """activeDeadlineSeconds of each CronJob's Job: what the job needs, and always shorter than
-    its schedule's shortest interval (checked against `schedules`), so a hung run is stopped
-    before the next one is due instead of silencing it (concurrencyPolicy Forbid)."""
-
-    embed: int = Field(240, ge=60, le=86400)
-    replicate: int = Field(600, ge=60, le=86400)
-    retention: int = Field(2 * 3600, ge=60, le=86400)
-    # The stack's backup budget: a full backup that has not finished by then has failed.
-    backup_full: int = Field(4 * 3600, ge=300, le=7 * 86400)
-    backup_diff: int = Field(2 * 3600, ge=300, le=86400)
-    # An alarm: minutes (pgBackRest's check is bounded by TICKSTACK_ARCHIVE_CHECK_SECONDS).
-    backup_check: int = Field(180, ge=60, le=CHECK_DEADLINE_MAX_SECONDS)
-
-
-class Restore(_Model):
-    """Disaster-recovery rebuild: restore the primary from the backup bucket (PITR)."""
-
-    target_time: datetime = Field(description="Point in time to recover to (ISO 8601, with zone).")
-    backup_set: str | None = Field(
-        None, pattern=r"^[0-9]{8}-[0-9]{6}F(_[0-9]{8}-[0-9]{6}[DI])?$",
-        description="pgBackRest backup set label to restore from (default: the latest before "
-        "the target time).")
-
-    @field_validator("target_time")
-    @classmethod
-    def _aware_past(cls, v: datetime) -> datetime:
-        if v.tzinfo is None:
-            raise ValueError("give the time zone, e.g. 2025-03-01T12:00:00Z")
-        if v > datetime.now(UTC):
-            raise ValueError("the target time is in the future")
-        return v
-
-    @property
-    def target_iso(self) -> str:
-        return self.target_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
 
 class StackConfig(_Model):
@@ -226,6 +125,13 @@ class StackConfig(_Model):
     restore_timeout_seconds: int = Field(
         6 * 3600, ge=600, le=7 * 86400,
         description="Deadline of the DR landing-replay Job; Pulumi waits as long.")
+    primary_major_upgrade: bool = Field(
+        False, description="The primary's in-place PostgreSQL major upgrade (docs/upgrading.md): "
+        "true scales the primary's StatefulSet to 0, pauses the writers and runs the upgrade "
+        "Job on its volume; false again brings the primary back on the upgraded data.")
+    primary_major_upgrade_timeout_seconds: int = Field(
+        6 * 3600, ge=600, le=7 * 86400,
+        description="Deadline of the major upgrade Job; Pulumi waits as long.")
     await_margin_seconds: int = Field(
         600, ge=60, le=7200,
         description="Added to each deadline for scheduling and image pulls before Pulumi "
@@ -238,6 +144,9 @@ class StackConfig(_Model):
     replica_multi_az: bool = False
     replica_backup_retention_days: int = Field(7, ge=1, le=35)
     replica_skip_final_snapshot: bool = False
+    replica_apply_immediately: bool = Field(
+        False, description="Apply the replica's changes at once instead of in its maintenance "
+        "window; for its major upgrade (docs/upgrading.md), then back to false.")
     replica_source_security_group_ids: list[Annotated[str, Field(pattern=r"^sg-[0-9a-f]+$")]] = \
         Field(default_factory=list, description="Security groups admitted to the replica on "
               "5432 besides the cluster's (node groups, security groups for pods).")
@@ -383,6 +292,10 @@ def validate(raw: dict[str, Any], *, kubeconfig_given: bool,
                             f"after landingIaAfterDays ({cfg.landing_ia_after_days}), as S3 "
                             f"requires (got {cfg.landing_glacier_ir_after_days})")
         problems += _deadline_problems(cfg)
+        if cfg.primary_major_upgrade and cfg.restore is not None:
+            problems.append(f"{NAMESPACE}:primaryMajorUpgrade: not together with "
+                            f"{NAMESPACE}:restore (a rebuild restores a backup of the table's "
+                            f"major; upgrade first, or restore into the previous image)")
         if cfg.replica_max_allocated_storage_gb < cfg.replica_allocated_storage_gb:
             problems.append(f"{NAMESPACE}:replicaMaxAllocatedStorageGb: must be at least "
                             f"replicaAllocatedStorageGb ({cfg.replica_allocated_storage_gb})")

@@ -26,6 +26,12 @@ volume claim template is never changed in place (`ignoreChanges`: a change would
 StatefulSet), the volume's StorageClass keeps volumes (`reclaimPolicy: Retain`) and allows
 expansion, and a size change grows the existing claim (a PVC patch).
 
+Major upgrade (`primaryMajorUpgrade`, docs/upgrading.md): the StatefulSet is scaled to 0 and
+a Job in the same image mounts the primary's volume and runs the upgrade script the local
+environment runs too (scripts/pg_major_upgrade.sh, in the image as tickstack-major-upgrade) with
+the primary's pgBackRest configuration (its stanza-upgrade); switching it off brings the
+primary back on the upgraded directory.
+
 Disaster recovery: with `restore` set, an init container restores the data directory from the
 backup bucket to the target time before Postgres starts (only when the volume is empty: it
 never restores over an existing database), and Postgres replays WAL up to the target and
@@ -249,6 +255,49 @@ def init_containers(image: str, resources: Resources, restore: Restore | None,
         "security_context": kx.container_security_context(kx.DB_UID),
         "volume_mounts": mounts,
     }]
+
+
+# --- the major upgrade Job (pure: its pod's container) ----------------------------------------
+
+MAJOR_UPGRADE = "major-upgrade"  # the Job's component and identity (grants.GRANTS row)
+MAJOR_UPGRADE_COMMAND = "tickstack-major-upgrade"  # scripts/pg_major_upgrade.sh in the image
+# The primary's pod stops within its termination grace period (then the kubelet kills it).
+TERMINATION_GRACE_SECONDS = 120
+# Runs as `sh -c SCRIPT major-upgrade <wait seconds> <script options...>`. The StatefulSet was
+# scaled to 0 before the Job was created (it depends on it), but its pod may still be stopping:
+# wait until its server has removed postmaster.pid, at most the pod's grace period and a
+# margin — by then the kubelet has killed it, and a postmaster.pid left is a crashed cluster,
+# which the script recovers (starts and stops it cleanly with the old binaries). The bindirs
+# are the image's (ENV in infra/images/primary/Dockerfile).
+MAJOR_UPGRADE_SCRIPT = (
+    'set -eu; limit=$1; shift; waited=0; '
+    'while [ -e "$PGDATA/postmaster.pid" ] && [ "$waited" -lt "$limit" ]; do '
+    'if [ "$waited" -eq 0 ]; then echo "tickstack major upgrade: waiting for the primary '
+    'to stop ($PGDATA/postmaster.pid, at most $limit s)"; fi; '
+    'sleep 5; waited=$((waited + 5)); done; '
+    f'exec {MAJOR_UPGRADE_COMMAND} --data "$PGDATA" --old-bindir "$PG_PREVIOUS_BINDIR" '
+    '--new-bindir "$PG_BINDIR" "$@"'
+)
+
+
+def major_upgrade_args() -> list[str]:
+    """What follows the wait: the primary's stanza and pgBackRest configuration."""
+    return [str(TERMINATION_GRACE_SECONDS + 60), "--stanza", configs.STANZA,
+            "--pgbackrest-config", PGBACKREST_CONF]
+
+
+def major_upgrade_container(image: str, resources: Resources, mounts: list[dict]) -> dict:
+    """The upgrade: the primary's image, data volume and pgBackRest configuration."""
+    return {
+        "name": MAJOR_UPGRADE,
+        "image": image,
+        "image_pull_policy": "IfNotPresent",
+        "command": ["sh", "-c", MAJOR_UPGRADE_SCRIPT, MAJOR_UPGRADE, *major_upgrade_args()],
+        "env": [{"name": "PGDATA", "value": PGDATA}],
+        "resources": resources.k8s(),
+        "security_context": kx.container_security_context(kx.DB_UID),
+        "volume_mounts": mounts,
+    }
 
 
 def pod_annotations(restore: Restore | None, config_hash: pulumi.Input[str]) -> dict:

@@ -89,12 +89,17 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
     # object, deletes the parts), then lists and reads landing.
     "restore": (_g("landing", "raw/", LIST, GET, PUT, DELETE),
                 _g("landing", "stream/", LIST, GET, DELETE)),
+    # The primary's in-place major upgrade Job (primary.py): `pgbackrest --no-online
+    # stanza-upgrade` reads and rewrites the stanza's info files. Never deletes.
+    "major-upgrade": (_g("backup", PGBACKREST_PREFIX, LIST, GET, PUT),),
 }
 
 # Workload (the Workers table's key) -> identity; the rest are their own.
 WORKLOAD_IDENTITY = {"backup-full": "backup", "backup-diff": "backup"}
 # Only a disaster-recovery rebuild runs these.
 RESTORE_ONLY = frozenset({"restore"})
+# Only a stack with primaryMajorUpgrade on runs these.
+MAJOR_UPGRADE_ONLY = frozenset({"major-upgrade"})
 SA_PREFIX = "tickstack-"
 
 
@@ -112,9 +117,11 @@ def service_account(identity: str) -> str:
     return f"{SA_PREFIX}{identity}"
 
 
-def identities(*, restore: bool) -> tuple[str, ...]:
-    """The identities a stack has (the restore Job's only during a rebuild)."""
-    return tuple(i for i in GRANTS if restore or i not in RESTORE_ONLY)
+def identities(*, restore: bool, major_upgrade: bool = False) -> tuple[str, ...]:
+    """The identities a stack has (the restore Job's only during a rebuild, the major upgrade
+    Job's only while primaryMajorUpgrade is on)."""
+    return tuple(i for i in GRANTS if (restore or i not in RESTORE_ONLY)
+                 and (major_upgrade or i not in MAJOR_UPGRADE_ONLY))
 
 
 def actions(identity: str, bucket: Bucket | None = None) -> frozenset[str]:

@@ -16,15 +16,18 @@ from infra import configs
 from infra.components import k8s as kx
 from infra.components import primary_tls
 from infra.components.database import (
+    MAJOR_UPGRADE,
     NAME,
     PGBACKREST_PORT,
     POD,
     PORT,
     PVC,
     SUPERUSER_PASSWORD_KEY,
+    TERMINATION_GRACE_SECONDS,
     BackupTarget,
     config_sha256,
     init_containers,
+    major_upgrade_container,
     pgbackrest_sidecar,
     pod_annotations,
     postgres_container,
@@ -56,6 +59,10 @@ class PrimaryArgs:
     restore: Restore | None = None
     # Pulumi waits this long beyond the start-up budget for the StatefulSet to be ready.
     await_margin_seconds: int = 600
+    # The in-place major upgrade (docs/upgrading.md): the StatefulSet at 0 replicas and the
+    # upgrade Job on its volume, under this service account; its deadline.
+    major_upgrade_service_account: pulumi.Input[str] | None = None
+    major_upgrade_timeout_seconds: int = 6 * 3600
 
 
 class Primary(pulumi.ComponentResource):
@@ -64,6 +71,7 @@ class Primary(pulumi.ComponentResource):
     host: pulumi.Output[str]
     superuser_password: pulumi.Output[str]
     statefulset: k8s.apps.v1.StatefulSet
+    major_upgrade_job: k8s.batch.v1.Job | None
     files: pulumi.Output[dict]
     ca_config_map: pulumi.Output[str]  # ConfigMap with ca.crt: what workers verify with
     client_config_map: pulumi.Output[str]  # ConfigMap with the backup workers' pgbackrest.conf
@@ -116,7 +124,7 @@ class Primary(pulumi.ComponentResource):
                 "enable_service_links": False,
                 "security_context": kx.pod_security_context(kx.DB_UID),
                 # Fast shutdown and the last WAL segment archived.
-                "termination_grace_period_seconds": 120,
+                "termination_grace_period_seconds": TERMINATION_GRACE_SECONDS,
                 "init_containers": init_containers(args.image, args.resources, args.restore,
                                                    mounts),
                 "containers": [
@@ -128,6 +136,9 @@ class Primary(pulumi.ComponentResource):
         storage_class = args.storage_class or self._storage_class(name, args, keep)
         self.statefulset = self._statefulset(name, args, keep, headless, pod, storage_class)
         self._growth_and_disruption(name, args, lbl, child)
+        self.major_upgrade_job = None
+        if args.major_upgrade_service_account is not None:
+            self.major_upgrade_job = self._major_upgrade_job(name, args, pod_volumes, mounts)
         self.register_outputs({"host": self.host, "pod": POD, "caCert": self.ca_cert})
 
     def _superuser(self, name: str, ns: pulumi.Input[str], lbl: dict,
@@ -199,7 +210,8 @@ class Primary(pulumi.ComponentResource):
             metadata={"name": NAME, "namespace": args.namespace, "labels": lbl},
             spec={
                 "service_name": headless,
-                "replicas": 1,
+                # 0 while the major upgrade Job has the volume (it runs after this is applied).
+                "replicas": 0 if args.major_upgrade_service_account is not None else 1,
                 "selector": {"match_labels": kx.selector("database", name=NAME)},
                 "pod_management_policy": "OrderedReady",
                 "update_strategy": {"type": "RollingUpdate"},
@@ -216,6 +228,40 @@ class Primary(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(keep, pulumi.ResourceOptions(
                 ignore_changes=["spec.volumeClaimTemplates"],
                 custom_timeouts=pulumi.CustomTimeouts(create=wait, update=wait))))
+
+    def _major_upgrade_job(self, name: str, args: PrimaryArgs, pod_volumes: list[dict],
+                           mounts: list[dict]) -> k8s.batch.v1.Job:
+        """The in-place major upgrade of the primary's data directory, in the primary's image
+        on its volume (the claim the StatefulSet made), with its pgBackRest configuration. It
+        depends on the StatefulSet, so it is created only once the scale to 0 is applied; it
+        waits for the old pod's server to be gone (database.MAJOR_UPGRADE_SCRIPT). Replaced,
+        so re-run, by the next `up` when it failed; the script completes what a stopped run
+        left. Pulumi waits for it as long as its deadline allows."""
+        volumes = [v for v in pod_volumes if v["name"] != "superuser"]
+        volumes.append({"name": "data", "persistent_volume_claim": {"claim_name": PVC}})
+        lbl = kx.labels(MAJOR_UPGRADE, name=NAME, https_egress=True)  # S3 and STS on 443
+        lbl[kx.WORKLOAD] = MAJOR_UPGRADE
+        wait = f"{args.major_upgrade_timeout_seconds + args.await_margin_seconds}s"
+        return k8s.batch.v1.Job(
+            f"{name}-{MAJOR_UPGRADE}",
+            metadata={"namespace": args.namespace, "labels": lbl,
+                      "annotations": {"pulumi.com/replaceUnready": "true"}},
+            spec={"backoff_limit": 2,
+                  "active_deadline_seconds": args.major_upgrade_timeout_seconds,
+                  "template": {"metadata": {"labels": lbl}, "spec": {
+                      "service_account_name": args.major_upgrade_service_account,
+                      "automount_service_account_token": False,
+                      "enable_service_links": False,
+                      "restart_policy": "Never",
+                      "security_context": kx.pod_security_context(kx.DB_UID),
+                      # SIGTERM (the deadline, a deletion): the script cleans up, exit 130.
+                      "termination_grace_period_seconds": TERMINATION_GRACE_SECONDS,
+                      "containers": [major_upgrade_container(args.image, args.resources,
+                                                             mounts)],
+                      "volumes": volumes}}},
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[self.statefulset],
+                custom_timeouts=pulumi.CustomTimeouts(create=wait, update=wait)))
 
     def _growth_and_disruption(self, name: str, args: PrimaryArgs, lbl: dict,
                                child: pulumi.ResourceOptions) -> None:

@@ -39,6 +39,10 @@ class ReplicaArgs:
     skip_final_snapshot: bool
     protect: bool
     final_snapshot_name: str
+    # Apply a change now instead of in the maintenance window: the major upgrade's `up`
+    # (docs/upgrading.md) — a pending one would keep the old parameter group in use, and
+    # deleting it (the new family replaces it) would fail the `up`.
+    apply_immediately: bool = False
 
 
 class Replica(pulumi.ComponentResource):
@@ -112,6 +116,7 @@ class Replica(pulumi.ComponentResource):
             # The engine major is the version table's: a change there is a reviewed major
             # upgrade (docs/upgrading.md), which RDS refuses without this flag.
             allow_major_version_upgrade=True,
+            apply_immediately=args.apply_immediately,
             enabled_cloudwatch_logs_exports=["postgresql"],
             opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
         )

@@ -102,6 +102,9 @@ class WorkersArgs:
     restore_timeout_seconds: int = 6 * 3600
     await_margin_seconds: int = 600
     restore_target: str | None = None
+    # During the primary's major upgrade: the stream Deployment at 0 replicas and every
+    # CronJob suspended (nothing writes to, or backs up, a primary that is down).
+    paused: bool = False
     # Resources that must be ready before the migrations run (primary, replica, policies).
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
@@ -349,7 +352,7 @@ class Workers(pulumi.ComponentResource):
             metadata={"name": f"tickstack-{key}", "namespace": a.namespace,
                       "labels": kx.labels(key)},
             spec={
-                "replicas": 1,
+                "replicas": 0 if a.paused else 1,
                 # One stream consumer at a time: never two during a rollout.
                 "strategy": {"type": "Recreate"},
                 "selector": {"match_labels": kx.selector(key)},
@@ -375,6 +378,7 @@ class Workers(pulumi.ComponentResource):
                       "labels": kx.labels(component)},
             spec={
                 "schedule": schedule,
+                "suspend": a.paused,
                 "time_zone": "Etc/UTC",
                 "concurrency_policy": "Forbid",
                 "starting_deadline_seconds": starting,

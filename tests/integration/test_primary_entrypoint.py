@@ -134,3 +134,81 @@ def test_entrypoint_takes_the_password_from_a_mounted_file(root):
     finally:
         stop_pid(p.pid)
     assert "f1le-pw" not in p.stdout.read()
+
+
+def test_entrypoint_updates_the_extensions_before_any_client_connects(root):
+    """A cluster whose catalog holds an older TimescaleDB (the previous release's library is in
+    the image, so it starts) is brought to the image's version at the next start, in every
+    database that has it, before the server listens on TCP; the outcome is logged, and a second
+    start finds everything up to date."""
+    sock = make_db_dir(root / "run", 0o700)
+    pgdata = root / "pgdata" / "data"
+    make_db_dir(pgdata.parent, 0o700)
+    port = free_port()
+    p = start(pgdata, sock, port, "pw-ext")
+    dsn = f"postgresql://postgres@127.0.0.1:{port}"
+    try:
+        wait_up(p, port)
+        with psycopg.connect(f"{dsn}/tickstack", password="pw-ext", autocommit=True) as c:
+            c.execute(f"CREATE EXTENSION timescaledb VERSION '{V.timescaledb_previous}'")
+            c.execute("CREATE EXTENSION vector")
+            c.execute("CREATE TABLE ticks (t timestamptz NOT NULL, v int)")
+            c.execute("SELECT create_hypertable('ticks', 't')")
+            c.execute("INSERT INTO ticks VALUES ('2024-01-01', 7)")
+            c.execute('CREATE DATABASE "Other db"')
+        with psycopg.connect(dsn, dbname="Other db", password="pw-ext", autocommit=True) as c:
+            c.execute(f"CREATE EXTENSION timescaledb VERSION '{V.timescaledb_previous}'")
+    finally:
+        stop_pid(p.pid)
+    p.stdout.read()
+
+    def versions_in(db: str) -> dict[str, str]:
+        with psycopg.connect(dsn, dbname=db, password="pw-ext") as c:
+            return dict(c.execute("SELECT extname, extversion FROM pg_extension").fetchall())
+
+    p = start(pgdata, sock, port, None)
+    try:
+        wait_up(p, port)
+        assert versions_in("tickstack") == {"plpgsql": "1.0", "timescaledb": V.timescaledb,
+                                            "vector": V.pgvector}
+        assert versions_in("Other db")["timescaledb"] == V.timescaledb
+        with psycopg.connect(f"{dsn}/tickstack", password="pw-ext") as c:
+            assert c.execute("SELECT v FROM ticks").fetchone()[0] == 7
+    finally:
+        stop_pid(p.pid)
+    out = p.stdout.read()
+    old, new = V.timescaledb_previous, V.timescaledb
+    for line in (f"timescaledb {old} -> {new} in database tickstack",
+                 f"timescaledb {old} -> {new} in database Other db",
+                 f"vector {V.pgvector}: up to date in database tickstack"):
+        assert f"tickstack-postgres: {line}\n" in out, out
+    # Updated on the private socket: the server listened on TCP only afterwards.
+    assert out.index("in database tickstack") < out.index("listening on IPv4"), out
+
+    p = start(pgdata, sock, port, None)
+    try:
+        wait_up(p, port)
+    finally:
+        stop_pid(p.pid)
+    out = p.stdout.read()
+    assert f"tickstack-postgres: timescaledb {new}: up to date in database tickstack\n" in out
+    assert f"tickstack-postgres: timescaledb {new}: up to date in database Other db\n" in out
+    assert " -> " not in out, out
+
+
+def test_entrypoint_refuses_a_cluster_of_another_major(root):
+    """The image's PostgreSQL never starts on a data directory of the previous major: it says
+    which, and how to upgrade it (the upgrade Job), instead of PostgreSQL's own refusal."""
+    sock = make_db_dir(root / "run", 0o700)
+    pgdata = root / "pgdata" / "data"
+    make_db_dir(pgdata.parent, 0o700)
+    u = db_user()
+    kw = {"user": u.pw_uid, "group": u.pw_gid, "extra_groups": []} if u else {}
+    subprocess.run([str(V.pg_previous_bindir / "initdb"), "-D", str(pgdata), "-U", "postgres",
+                    "--data-checksums"], check=True, capture_output=True, cwd=root, **kw)
+    p = start(pgdata, sock, free_port(), None)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 1, out
+    assert (f"holds a PostgreSQL {V.pg_previous_major} cluster and this image runs PostgreSQL "
+            f"{V.pg_major}: upgrade it first") in out
+    assert (pgdata / "PG_VERSION").read_text().strip() == str(V.pg_previous_major)

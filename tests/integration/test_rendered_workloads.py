@@ -19,6 +19,8 @@ database nobody creates, a wrong argument — must each fail here: what mocks le
 from __future__ import annotations
 
 import copy
+import json
+import os
 import shutil
 
 import pytest
@@ -214,3 +216,158 @@ def test_a_broken_bootstrap_contract_fails(tmp_path):
     pw["value"] = pw["value"].rsplit("/", 1)[0] + "/password"
     with pytest.raises(cloudsim.Unresolvable, match="has no key 'password'"):
         cloudsim.primary_boot_env(r)
+
+
+# --- the primary's in-place major upgrade (tickstack:primaryMajorUpgrade) ----------------------
+
+UPGRADE_JOB = "primary-major-upgrade"
+# A primary of the previous build with data: a hypertable with compressed and uncompressed
+# chunks (TimescaleDB of the previous release), vectors with an ivfflat index, a second database.
+PREVIOUS_DATA = [
+    ("CREATE DATABASE tickstack", "postgres"),
+    ("CREATE DATABASE reports", "postgres"),
+    ("CREATE EXTENSION timescaledb", "tickstack"),
+    ("CREATE EXTENSION vector", "tickstack"),
+    ("CREATE EXTENSION timescaledb", "reports"),
+    ("CREATE TABLE ticks (t timestamptz NOT NULL, symbol text NOT NULL, price numeric, "
+     "qty numeric)", "tickstack"),
+    ("SELECT create_hypertable('ticks', 't', chunk_time_interval => interval '1 day')",
+     "tickstack"),
+    ("INSERT INTO ticks SELECT timestamptz '2024-01-01' + i * interval '7 s', "
+     "CASE WHEN i % 3 = 0 THEN 'ETHUSDT' ELSE 'BTCUSDT' END, 40000 + i % 997, "
+     "(i % 13) / 10.0 FROM generate_series(0, 60000) i", "tickstack"),
+    ("ALTER TABLE ticks SET (timescaledb.compress, timescaledb.compress_segmentby = 'symbol')",
+     "tickstack"),
+    ("SELECT count(compress_chunk(c)) FROM show_chunks('ticks', "
+     "older_than => timestamptz '2024-01-04') c", "tickstack"),
+    ("CREATE TABLE emb (id int PRIMARY KEY, v vector(8))", "tickstack"),
+    ("INSERT INTO emb SELECT i, ('[' || array_to_string(ARRAY(SELECT sin(i * k) FROM "
+     "generate_series(1, 8) k), ',') || ']')::vector FROM generate_series(1, 2000) i",
+     "tickstack"),
+    ("CREATE INDEX emb_ivf ON emb USING ivfflat (v vector_l2_ops) WITH (lists = 8)",
+     "tickstack"),
+]
+# What must be the same after the upgrade.
+DIGESTS = [
+    ("SELECT symbol || ' ' || count(*) || ' ' || sum(price * qty) || ' ' || min(t) || ' ' "
+     "|| max(t) FROM ticks GROUP BY symbol ORDER BY symbol", "tickstack"),
+    ("SELECT string_agg(chunk_name || ':' || is_compressed, ',' ORDER BY range_start) FROM "
+     "timescaledb_information.chunks WHERE hypertable_name = 'ticks'", "tickstack"),
+    ("SET ivfflat.probes = 8; SELECT string_agg(id::text, ',') FROM (SELECT id FROM emb "
+     "ORDER BY v <-> '[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8]' LIMIT 10) k", "tickstack"),
+    ("SELECT count(*) || ' ' || md5(string_agg(v::text, '' ORDER BY id)) FROM emb",
+     "tickstack"),
+]
+
+
+def _previous_primary(env) -> list[str]:
+    """The local primary made and started with the previous build (PostgreSQL and TimescaleDB
+    of the version table's PG_PREVIOUS_MAJOR row), on the rendered configuration, archiving to
+    the stack's backup bucket under its stanza, with data and a full backup."""
+    from infra import versions
+    from infra.local.procs import chown_db, make_db_dir, run_db
+
+    old = versions.load().pg_previous_bindir
+    env.preflight()
+    env.moto.start()
+    env.moto.ensure_buckets([env.landing_bucket, env.backup_bucket])
+    env.stunnel.start()
+    env.tls.ensure()
+    p = env.primary
+    make_db_dir(p.root, 0o700)
+    make_db_dir(p.socket_dir, 0o700)
+    pw = p.root / "pw"
+    pw.write_text(p.password + "\n")
+    chown_db(pw, 0o600)
+    run_db([str(old / "initdb"), "-D", str(p.data), "-U", "postgres", "--pwfile", str(pw),
+            "--auth-local=peer", "--auth-host=scram-sha-256", "--data-checksums", "-E",
+            "UTF8", "--locale=C.UTF-8"])
+    pw.unlink()
+    env.render()
+    run_db([str(old / "pg_ctl"), "-D", str(p.data), "-l", str(p.log), "-o",
+            p.start_options(), "-w", "-t", "60", "start"],
+           env={**os.environ, **env.pgbackrest_env()}, timeout=90)
+    env.ensure_stanza()
+    for sql, database in PREVIOUS_DATA:
+        p.psql(sql, db=database)
+    r = env.pgbackrest("backup", "--type=full", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    digests = _digests(env)
+    run_db([str(old / "pg_ctl"), "-D", str(p.data), "-m", "fast", "-w", "-t", "60", "stop"],
+           timeout=90)
+    return digests
+
+
+def _digests(env) -> list[str]:
+    return [env.primary.psql(sql, db=database) for sql, database in DIGESTS]
+
+
+def test_the_major_upgrade_job_upgrades_a_primary_with_data(tmp_path):
+    """The rendered upgrade Job — its exact command, the image's files and environment, the
+    primary's volume and pgBackRest configuration — run against a primary of the previous
+    build with data (the StatefulSet at 0: the server stopped): it succeeds, and the volume
+    holds the table's major with the same data, the extensions at the table's versions, the
+    stanza upgraded (its S3 requests in the Job's own IAM row); the primary then starts on it,
+    archives, takes a full backup, and the old cluster is deleted after that."""
+    from infra import versions
+    from infra.local.env import LocalEnv
+    from infra.local.procs import run_db
+    from tests.integration import cloudsim_db
+
+    v = versions.load()
+    r = cloudsim.rendered(pulumi_stacks.graph("dev", **{"tickstack:primaryMajorUpgrade": True}))
+    assert r.get("StatefulSet", "tickstack-db")["spec"]["replicas"] == 0
+    state = make_state_dir("tickstack-cloud-upgrade-")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MOTO_RECORDER_FILEPATH", str(state / "s3-recording.jsonl"))
+    env = LocalEnv(state, landing_bucket=r.outputs["landingBucket"],
+                   backup_bucket=r.outputs["backupBucket"])
+    try:
+        before = _previous_primary(env)
+        assert (env.primary.data / "PG_VERSION").read_text().strip() == v.pg_previous_major
+        m = cloudsim.Mapping(env, r)
+        with s3record.Recording(env.moto.endpoint) as rec:
+            run = cloudsim_db.run_primary_job(m, r.workloads[UPGRADE_JOB], state / "jobs")
+        assert run.ok, explain(run)
+        assert (env.primary.data / "PG_VERSION").read_text().strip() == v.pg_major
+        assert (env.primary.root / f"data.pg{v.pg_previous_major}").is_dir()  # until the backup
+        assert "stanza-upgrade" in run.output, run.output
+        calls = rec.calls(cloudsim.identities_by_key())
+        buckets = {r.outputs["landingBucket"]: "landing", r.outputs["backupBucket"]: "backup"}
+        assert s3record.outside_grants(calls, buckets) == []
+        assert ("major-upgrade", "s3:PutObject") in {(c.identity, c.action) for c in calls}
+
+        # The StatefulSet back (the table's PostgreSQL on the volume): the same data.
+        env.primary.start(env=env.pgbackrest_env())
+        assert _digests(env) == before
+        exts = env.primary.psql("SELECT string_agg(extname || ' ' || extversion, ',' ORDER BY "
+                                "extname) FROM pg_extension WHERE extname <> 'plpgsql'",
+                                db="tickstack")
+        assert exts == f"timescaledb {v.timescaledb},vector {v.pgvector}"
+        assert env.primary.psql("SELECT extversion FROM pg_extension WHERE extname = "
+                                "'timescaledb'", db="reports") == v.timescaledb
+        # Compression still works on the new major.
+        env.primary.psql("SELECT count(compress_chunk(c, if_not_compressed => true)) FROM "
+                         "show_chunks('ticks') c", db="tickstack")
+        assert env.primary.psql("SELECT bool_and(is_compressed) FROM timescaledb_information."
+                                "chunks WHERE hypertable_name = 'ticks'", db="tickstack") == "t"
+        # The upgraded stanza archives and backs up (the runbook's full backup).
+        chk = env.pgbackrest("check", timeout=180)
+        assert chk.returncode == 0, chk.stdout + chk.stderr
+        full = env.pgbackrest("backup", "--type=full", timeout=300)
+        assert full.returncode == 0, full.stdout + full.stderr
+        info = json.loads(env.pgbackrest("info", "--output=json").stdout)[0]
+        assert [d["version"] for d in info["db"]] == [v.pg_previous_major, v.pg_major]
+        assert info["backup"][-1]["type"] == "full" and info["backup"][-1]["database"]["id"] == 2
+        # Then, and only then, the old cluster goes (the runbook's last step).
+        script = state / "jobs" / UPGRADE_JOB / "image-bin" / "tickstack-major-upgrade"
+        gone = run_db([str(script), "--data", str(env.primary.data), "--delete-old"],
+                      check=False, env=dict(os.environ))
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        assert not (env.primary.root / f"data.pg{v.pg_previous_major}").exists()
+    finally:
+        mp.undo()
+        try:
+            env.down(save_s3=False)
+        finally:
+            shutil.rmtree(state, ignore_errors=True)

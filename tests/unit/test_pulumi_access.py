@@ -16,18 +16,24 @@ ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 WITH_ROLE = sorted(i for i, row in grants.GRANTS.items() if row)
 
 
+UPGRADE = {"tickstack:primaryMajorUpgrade": True}
+LABELS = [f"{s}{r}" for s in STACKS for r in ("", "-restore", "-upgrade")]
+
+
 def _graphs():
-    return [(s, graph(s)) for s in STACKS] + [(f"{s}-restore", restore_graph(s)) for s in STACKS]
+    return ([(s, graph(s)) for s in STACKS] + [(f"{s}-restore", restore_graph(s)) for s in STACKS]
+            + [(f"{s}-upgrade", graph(s, **UPGRADE)) for s in STACKS])
 
 
 def _identities(label: str) -> set[str]:
-    return set(grants.identities(restore=label.endswith("-restore")))
+    return set(grants.identities(restore=label.endswith("-restore"),
+                                 major_upgrade=label.endswith("-upgrade")))
 
 
 @pytest.mark.parametrize("stack", STACKS)
 @pytest.mark.parametrize("identity", WITH_ROLE)
 def test_irsa_trust_is_one_service_account_of_one_namespace(stack, identity):
-    g = restore_graph(stack)
+    g = graph(stack, **UPGRADE) if identity in grants.MAJOR_UPGRADE_ONLY else restore_graph(stack)
     cluster = example_cluster_outputs("eu-west-1", stack)
     issuer = cluster["oidcProviderUrl"].removeprefix("https://")
     doc = json.loads(g.get(ROLE, f"access-{identity}").plain["assumeRolePolicy"])
@@ -47,7 +53,7 @@ def test_trust_policy_has_no_wildcards():
     assert "*" not in doc and "StringLike" not in doc
 
 
-@pytest.mark.parametrize("label", [f"{s}{r}" for s in STACKS for r in ("", "-restore")])
+@pytest.mark.parametrize("label", LABELS)
 def test_one_service_account_and_role_per_workload(label):
     """Every identity of the table has its service account; a role exactly where its row is
     not empty (annotated on that account and no other); no two workloads share an account."""
@@ -105,7 +111,7 @@ def _granted(doc: dict, bucket_arns: dict[str, str], kms: str) -> set[tuple]:
     return out
 
 
-@pytest.mark.parametrize("label", [f"{s}{r}" for s in STACKS for r in ("", "-restore")])
+@pytest.mark.parametrize("label", LABELS)
 def test_each_role_grants_exactly_its_row(label):
     """(a) of item 9: the rendered policy of each role is its row, no more, no less — object
     actions on exactly the row's prefixes, ListBucket where it lists, the KMS actions the S3

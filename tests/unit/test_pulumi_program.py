@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 # the newest the offline schemas know.
 K8S_VERSIONS = ("1.30", kv_utils.latest_version())
 GRAPHS = {"dev": lambda: graph("dev"), "prod": lambda: graph("prod"),
-          "prod-restore": lambda: restore_graph("prod")}
+          "prod-restore": lambda: restore_graph("prod"),
+          "prod-major-upgrade": lambda: graph("prod", **{"tickstack:primaryMajorUpgrade": True})}
 
 
 # --- every Kubernetes object validates against the Kubernetes schemas (offline) ---------------

@@ -115,3 +115,14 @@ def test_workers_get_the_replica_dsn_from_a_secret_over_tls(stack):
         assert parse_qs(dsn.query)["sslrootcert"] == [workers.RDS_CA_BUNDLE]
     # migrate, ingest, replicate, retention
     assert seen == 4
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_major_upgrade_can_be_applied_at_once(stack):
+    """RDS keeps a change for the maintenance window unless told: for the major upgrade the
+    stack applies it at once (replicaApplyImmediately), so the replaced parameter group of the
+    old family is no longer in use when Pulumi deletes it; off by default."""
+    assert instance(stack).get("applyImmediately") is False
+    db = graph(stack, **{"tickstack:replicaApplyImmediately": True}).get(
+        "aws:rds/instance:Instance", "replica-db").plain
+    assert db["applyImmediately"] is True and db["allowMajorVersionUpgrade"] is True
