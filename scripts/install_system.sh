@@ -24,7 +24,7 @@
 # timescaledb-<old>.so, so clusters created with it still start; `python -m infra.local up`
 # updates them in place (ALTER EXTENSION timescaledb UPDATE).
 #
-# usage: install_system.sh [--dry-run] [--assume-fresh] [--os-release FILE] [--profile P] [--with-previous]
+# usage: install_system.sh [--dry-run] [--assume-fresh] [--os-release FILE] [--profile P] [--with-previous] [--rebuild]
 #   --dry-run        print what would be fetched, built and installed; change nothing (no root)
 #   --assume-fresh   with --dry-run: plan for a machine with nothing installed
 #   --os-release F   read the Debian release from F instead of /etc/os-release
@@ -33,13 +33,15 @@
 #                    removed afterwards (the primary's image, infra/images/primary/Dockerfile);
 #                    pgbackrest: pgBackRest only (the workers' image, workers/Dockerfile)
 #   --with-previous  also the build an in-place major upgrade starts from (see above)
+#   --rebuild        build PostgreSQL, pgvector and TimescaleDB again even when installed (the
+#                    same versions; bench/install.py times a fresh machine's builds with it)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 say() { echo "install_system: $*"; }
 die() { echo "install_system: ERROR: $*" >&2; exit 1; }
 usage() { sed -n '/^# usage:/,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 
-DRY=0 FRESH=0 OS_RELEASE=/etc/os-release PROFILE=local PREVIOUS=0
+DRY=0 FRESH=0 OS_RELEASE=/etc/os-release PROFILE=local PREVIOUS=0 REBUILD=0
 while [ $# -gt 0 ]; do
   case $1 in
     --dry-run) DRY=1 ;;
@@ -47,6 +49,7 @@ while [ $# -gt 0 ]; do
     --os-release) [ $# -ge 2 ] || usage; OS_RELEASE=$2; shift ;;
     --profile) [ $# -ge 2 ] || usage; PROFILE=$2; shift ;;
     --with-previous) PREVIOUS=1 ;;
+    --rebuild) REBUILD=1 ;;
     -h|--help) usage ;;
     *) echo "install_system: unknown option $1" >&2; usage ;;
   esac
@@ -243,7 +246,7 @@ built() {  # built KEY DIR: stamp a finished build tree
   [ $DRY = 1 ] || echo "$2" > "$TREES/$1/.tickstack-built"
 }
 if [ $PROFILE != pgbackrest ]; then
-  if have_pg; then say "PostgreSQL $POSTGRESQL_VERSION: installed"
+  if [ $REBUILD = 0 ] && have_pg; then say "PostgreSQL $POSTGRESQL_VERSION: installed"
   else
     key="postgresql-$POSTGRESQL_VERSION"
     dir=$(tree_of postgresql "$key")
@@ -326,7 +329,8 @@ fi
 
 # --- pgvector ---------------------------------------------------------------------------------
 # OPTFLAGS="" : no -march=native, so the build runs on any machine of this kind.
-if [ "$(ext_version "$PG_CONFIG" vector)" = "$PGVECTOR_VERSION" ] && have_lib "$PG_CONFIG" vector.so; then
+if [ $REBUILD = 0 ] && [ "$(ext_version "$PG_CONFIG" vector)" = "$PGVECTOR_VERSION" ] &&
+   have_lib "$PG_CONFIG" vector.so; then
   say "pgvector $PGVECTOR_VERSION: installed"
 else
   say "building pgvector $PGVECTOR_VERSION for PostgreSQL $PG_MAJOR"
@@ -337,7 +341,7 @@ else
   run "pgvector install" make -C "$dir" PG_CONFIG="$PG_CONFIG" OPTFLAGS="" install
 fi
 if [ $PREVIOUS = 1 ]; then
-  if [ "$(ext_version "$PREV_PG_CONFIG" vector)" = "$PGVECTOR_PREVIOUS_VERSION" ] &&
+  if [ $REBUILD = 0 ] && [ "$(ext_version "$PREV_PG_CONFIG" vector)" = "$PGVECTOR_PREVIOUS_VERSION" ] &&
      have_lib "$PREV_PG_CONFIG" vector.so; then
     say "pgvector $PGVECTOR_PREVIOUS_VERSION for PostgreSQL $PG_PREVIOUS_MAJOR: installed"
   else
@@ -375,18 +379,19 @@ ts_install() {  # ts_install NAME VERSION PG_CONFIG MAJOR: build (or reuse the c
 $pgc after the build (see $LOG)"
 }
 if [ $PREVIOUS = 1 ]; then
-  if have_ts_libs "$PREV_PG_CONFIG" "$TIMESCALEDB_PREVIOUS_VERSION"; then
+  if [ $REBUILD = 0 ] && have_ts_libs "$PREV_PG_CONFIG" "$TIMESCALEDB_PREVIOUS_VERSION"; then
     say "TimescaleDB $TIMESCALEDB_PREVIOUS_VERSION for PostgreSQL $PG_PREVIOUS_MAJOR: installed"
   else ts_install timescaledb-previous "$TIMESCALEDB_PREVIOUS_VERSION" "$PREV_PG_CONFIG" "$PG_PREVIOUS_MAJOR"; fi
 fi
 # For PG_MAJOR the previous version goes in first and the table's last: `make install` writes
 # the extension's control file (its default version) and the loader, which must be the newest.
 reinstall=0
-if [ $PREVIOUS = 1 ] && ! have_ts_libs "$PG_CONFIG" "$TIMESCALEDB_PREVIOUS_VERSION"; then
+if [ $PREVIOUS = 1 ] && { [ $REBUILD = 1 ] || ! have_ts_libs "$PG_CONFIG" "$TIMESCALEDB_PREVIOUS_VERSION"; }; then
   ts_install timescaledb-previous "$TIMESCALEDB_PREVIOUS_VERSION" "$PG_CONFIG" "$PG_MAJOR"
   reinstall=1
 fi
-if [ $reinstall = 0 ] && [ "$(ext_version "$PG_CONFIG" timescaledb)" = "$TIMESCALEDB_VERSION" ] &&
+if [ $reinstall = 0 ] && [ $REBUILD = 0 ] &&
+   [ "$(ext_version "$PG_CONFIG" timescaledb)" = "$TIMESCALEDB_VERSION" ] &&
    have_ts_libs "$PG_CONFIG" "$TIMESCALEDB_VERSION"; then
   say "TimescaleDB $TIMESCALEDB_VERSION with TSL: installed"
 else

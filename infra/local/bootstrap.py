@@ -25,9 +25,9 @@ def bootstrap_replica(c: Cluster, master_user: str, password: str, db_name: str)
                     + sql.Literal(master_user).as_string(None))
     verb = "ALTER" if exists == "1" else "CREATE"
     c.psql(f"{verb} ROLE {ident} LOGIN NOSUPERUSER CREATEDB CREATEROLE PASSWORD {lit}")
-    # What RDS's rds_superuser holds of the predefined roles: with ADMIN OPTION, which from
-    # PostgreSQL 16 on is what lets a CREATEROLE admin grant them on (migration 015 grants
-    # pg_monitor to tickstack_backup); CREATEROLE alone no longer does.
+    # What RDS's rds_superuser holds of the predefined roles: with ADMIN OPTION, which since
+    # server_version_num 160000 is what lets a CREATEROLE admin grant them on (migration 015
+    # grants pg_monitor to tickstack_backup); CREATEROLE alone no longer does.
     c.psql(f"GRANT pg_monitor, pg_signal_backend TO {ident} WITH ADMIN OPTION")
     c.psql("CREATE EXTENSION IF NOT EXISTS vector", db="template1")
     dbl, dbi = sql.Literal(db_name).as_string(None), sql.Identifier(db_name).as_string(None)

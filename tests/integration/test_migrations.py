@@ -230,7 +230,7 @@ SELECT json_build_object(
                   ORDER BY n.nspname, cl.relname, co.conname)
                   FROM pg_constraint co JOIN pg_class cl ON cl.oid = co.conrelid
                   JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE n.nspname = ANY(%(s)s)
-                  -- NOT NULL is in 'columns' (is_nullable); PostgreSQL 18 also lists it here.
+                  -- NOT NULL is in 'columns' (is_nullable); newer majors also list it here.
                   AND co.contype <> 'n'),
   'indexes', (SELECT json_agg(json_build_array(schemaname, tablename, indexname, indexdef)
               ORDER BY schemaname, tablename, indexname)

@@ -320,7 +320,8 @@ PATTERNS = {
     "RDS engine version": r"engine_?version\W+\d",
     "image digest": r"sha256:[0-9a-f]{64}",
 }
-ALLOWED_FILES = {"scripts/versions.env", "tests/unit/test_versions.py"}
+# docs/benchmarks.md records what was measured, on which build: a past fact, not a setting.
+ALLOWED_FILES = {"scripts/versions.env", "tests/unit/test_versions.py", "docs/benchmarks.md"}
 
 
 def _violations(text: str) -> list[str]:
