@@ -89,6 +89,7 @@ if [ "$delete_old" = 1 ]; then
     deleted=1
   done
   [ "$deleted" = 1 ] || log "no old cluster beside $data: nothing to delete"
+  rm -rf -- "$parent/$base.upgrade-work" "$parent/$base.upgrade-lock"
   exit 0
 fi
 
@@ -152,7 +153,7 @@ set_phase() {  # the marker, replaced atomically and synced
     echo "new=$new_major"
     echo "mode=${chosen_mode:-}"
     echo "preload=${preload:-}"
-    echo "superuser=${superuser:-}"
+    echo "superuser=${superuser:-$saved_superuser}"
   } >"$marker.tmp"
   sync "$marker.tmp" 2>/dev/null || true
   mv -f "$marker.tmp" "$marker"
@@ -178,11 +179,25 @@ stop_all_ours() {
   done
 }
 start_private() {  # $1 bindir, $2 data dir, $3 log name, $4 extra -o options
-  "$1/pg_ctl" -D "$2" -l "$work/$3.log" -o "$private_opts ${4:-}" -w -t 300 start >/dev/null ||
+  "$1/pg_ctl" -D "$2" -l "$work/$3.log" -o "$private_opts ${4:-}" -w -t 300 start >/dev/null 9>&- ||
     die "$2 did not start with $1 (log: $work/$3.log): $(tail -n 5 "$work/$3.log" 2>/dev/null)"
 }
 sql() {  # $1 bindir, $2 database, $3 statement: one fresh session; rows unaligned
   "$1/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$sock" -p "$PORT" -U "$superuser" -d "$2" -c "$3"
+}
+
+# Crash points for the crash tests (as workers/core/crashpoint.py): TICKSTACK_CRASH_AT=point
+# or point:SIGNAL sends that signal (SIGKILL unless named) to this script at that point. Unset
+# in production. Points: upgrade-running (while pg_upgrade runs), upgrade-linked (pg_upgrade done,
+# before the swap), swap-half (between the two renames), post-started (new cluster running).
+crashpoint() {
+  local spec=${TICKSTACK_CRASH_AT:-}
+  [ "${spec%%:*}" = "$1" ] || return 0
+  local sig=KILL
+  [ "$spec" = "${spec#*:}" ] || sig=${spec#*:}
+  sig=${sig#SIG}
+  echo "crashpoint: SIG$sig at $1" >&2
+  kill -s "$sig" $$
 }
 
 child=""
@@ -195,13 +210,29 @@ on_signal() {
 }
 trap on_signal INT TERM
 run_child() {  # a long command in the background, so a signal is handled at once
-  "$@" &
+  "$@" 9>&- &
   child=$!
+  echo "$child $(basename "$1")" >"$work/child.pid"
+  if [ "$(basename "$1")" = pg_upgrade ] && [[ " $* " != *" --check "* ]]; then
+    crashpoint upgrade-running
+  fi
   local rc=0
   wait "$child" || rc=$?
   child=""
   return "$rc"
 }
+
+# One run at a time per data directory; its tools do not inherit the lock (fd 9), so a tool an
+# earlier, killed run left behind is recognised by its pid instead.
+exec 9>>"$parent/$base.upgrade-lock"
+flock -n 9 || die "another $prog is running on $data"
+if [ -f "$work/child.pid" ]; then
+  read -r cpid cname <"$work/child.pid" || true
+  if [ -n "${cpid:-}" ] && [ "$(ps -p "$cpid" -o comm= 2>/dev/null)" = "$cname" ]; then
+    die "$cname (pid $cpid), started by an earlier run that was killed, is still running:" \
+      "wait for it to end (or stop it), then rerun"
+  fi
+fi
 
 # --- where are we? -------------------------------------------------------------------------------
 if [ ! -e "$marker" ]; then
@@ -429,6 +460,7 @@ swap() {
   begin "swap directories"
   if [ "$(pg_major_of_dir "$data")" = "$old_major" ] && [ -d "$newdir" ]; then
     mv -- "$data" "$kept"
+    crashpoint swap-half
   fi
   if [ ! -e "$data" ] && [ -d "$newdir" ] && [ -d "$kept" ]; then
     mv -- "$newdir" "$data"
@@ -451,6 +483,7 @@ post() {
   local o=""
   [ -z "$preload" ] || o="-c shared_preload_libraries=$preload"
   start_private "$new_bin" "$data" new-post "$o"
+  crashpoint post-started
   local db ext v
   for db in $(sql "$new_bin" template1 "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1"); do
     for ext in timescaledb vector; do
@@ -514,6 +547,7 @@ while :; do
         continue
       fi
       upgrade
+      crashpoint upgrade-linked
       set_phase swap ;;
     swap)
       swap
