@@ -16,6 +16,7 @@ cluster running) and each next `up` continues until it completes with the same d
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,8 @@ from pgvector.psycopg import register_vector
 from infra import versions
 from infra.local import upgrade
 from infra.local.env import LocalEnv
-from infra.local.procs import PartError
+from infra.local.postgres import Cluster
+from infra.local.procs import PartError, free_port, make_db_dir, run_db
 from tests.conftest import REPO, make_state_dir
 from tests.integration.pipeline import BUCKET_CHECKSUMS
 from workers.db.load import advance_offset
@@ -217,8 +219,13 @@ def test_compression_late_trades_pitr_and_replica_after_the_upgrade(upgraded):
     env, before, _answers, _lines, files = upgraded
     chunks = compressed_chunks(env)
     assert chunks, "the chunk compressed on PostgreSQL 15 is still compressed"
-    # A late trade into the compressed chunk, through the ingest path: counted.
+    # Late trades into the compressed chunk, through the ingest path: counted.
     ok(env, "ingest", str(files[1]))
+    first_late = int(files[1].read_text().split(",", 1)[0])
+    with admin(env) as c:
+        home = c.execute("SELECT tableoid::regclass::text FROM market_data.btc_ticks "
+                         "WHERE trade_id = %s", [first_late]).fetchone()[0]
+    assert home in chunks, (home, chunks)
     after_late = snapshot(env)
     assert len(after_late["ticks"]) > len(before["ticks"])
     late_rows = sum(1 for _ in files[1].read_text().splitlines())
@@ -291,3 +298,68 @@ def test_an_upgrade_killed_at_any_step_is_completed_by_the_next_up(shared_data, 
         assert snapshot(env) == before
     finally:
         drop(old)
+
+
+# --- the script's interface (scripts/pg_major_upgrade.sh), as the cloud's Job uses it ------------
+
+def _script(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_db(["bash", str(upgrade.SCRIPT), *args], check=False, timeout=600)
+
+
+def test_the_script_refuses_bad_usage_and_a_running_cluster_and_recovers_a_crashed_one():
+    root = make_state_dir("tickstack-pgup-")
+    try:
+        c = Cluster("old", root / "old", free_port(), root / "run", "pw",
+                    bindir=V.pg_previous_bindir)
+        c.init()
+        make_db_dir(c.socket_dir)
+        data, old_bin, new_bin = str(c.data), str(V.pg_previous_bindir), str(V.pg_bindir)
+        assert _script().returncode == 2
+        r = _script("--data", data, "--old-bindir", old_bin, "--new-bindir", new_bin,
+                    "--mode", "fast")
+        assert r.returncode == 2 and "--mode fast" in r.stderr
+        r = _script("--data", data, "--old-bindir", new_bin, "--new-bindir", old_bin)
+        assert r.returncode == 2 and "an upgrade goes to a newer major" in r.stderr
+        args = ("--data", data, "--old-bindir", old_bin, "--new-bindir", new_bin)
+        # A running server is never touched.
+        run_db([old_bin + "/pg_ctl", "-D", data, "-l", str(c.log), "-w", "-o",
+                f"-c listen_addresses='' -c unix_socket_directories='{c.socket_dir}' "
+                f"-c port={c.port}", "start"])
+        # Column options: PostgreSQL 15.20 adds its own to every column (pg_attver), which 18
+        # rejects; the ones 18 knows (n_distinct) must come through.
+        psql = [old_bin + "/psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h",
+                str(c.socket_dir), "-p", str(c.port), "-d", "postgres", "-c"]
+        run_db([*psql, "CREATE TABLE t (a int, b int); ALTER TABLE t ALTER COLUMN a SET "
+                "(n_distinct = 100); INSERT INTO t SELECT i, i FROM generate_series(1, 10) i"])
+        r = _script(*args)
+        assert r.returncode == 1 and "in use by a running server" in r.stderr, r.stderr
+        assert (c.data / "PG_VERSION").read_text().strip() == V.pg_previous_major
+        # A crashed one (not shut down cleanly) is recovered with its own binaries first.
+        run_db([old_bin + "/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"])
+        r = _script(*args)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        assert "was not shut down cleanly" in r.stdout
+        for step in ("check old cluster", "initdb new cluster", "pg_upgrade --check",
+                     "pg_upgrade --link", "swap directories",
+                     "update extensions and statistics"):
+            assert re.search(rf"step: {re.escape(step)} done in \d+ s", r.stdout), step
+        assert (c.data / "PG_VERSION").read_text().strip() == V.pg_major
+        r = _script(*args)
+        assert r.returncode == 0 and f"already PostgreSQL {V.pg_major}" in r.stdout
+        new_ctl = [new_bin + "/pg_ctl", "-D", data, "-l", str(c.log), "-w"]
+        run_db([*new_ctl, "-o", f"-c listen_addresses='' -c unix_socket_directories="
+                f"'{c.socket_dir}' -c port={c.port}", "start"])
+        try:
+            got = run_db([new_bin + psql[0].removeprefix(old_bin), *psql[1:],
+                          "SELECT attname, attoptions, (SELECT sum(a + b) FROM t) "
+                          "FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0 "
+                          "ORDER BY attnum"]).stdout.split()
+        finally:
+            run_db([*new_ctl, "-m", "fast", "stop"])
+        assert got == ["a|{n_distinct=100}|110", "b||110"]
+        kept = Path(f"{data}.pg{V.pg_previous_major}")
+        assert kept.is_dir()
+        r = _script("--data", data, "--delete-old")
+        assert r.returncode == 0 and not kept.exists(), r.stderr
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
