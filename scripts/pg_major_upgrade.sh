@@ -346,8 +346,9 @@ initdb_new() {
 }
 
 # pg_upgrade restores each column's options (pg_attribute.attoptions) as they are. An option the
-# new major does not know fails the restore late, after --check passed: PostgreSQL 15.20 (Debian's
-# 15.20-0+deb12u1) gives every column a private `pg_attver`, which no PostgreSQL 18 accepts. Each
+# new major does not know fails the restore late, after --check passed: Debian's security release
+# of the previous major (November 2026) gives every column a private `pg_attver`, which the new
+# major's release rejects. Each
 # option is tried on the new cluster; those it rejects are removed from the old cluster's columns
 # (they mean nothing to the new major), in one transaction per database, before pg_upgrade.
 strip_unknown_column_options() {

@@ -38,7 +38,7 @@ class Build:
 
 def _major_of(bindir: Path) -> str:
     out = subprocess.run([str(bindir / "pg_config"), "--version"], check=True, text=True,
-                         capture_output=True).stdout  # "PostgreSQL 18.6" / "PostgreSQL 15.20 (…)"
+                         capture_output=True).stdout  # "PostgreSQL <major>.<minor> (…)"
     return out.split()[1].split(".")[0]
 
 

@@ -1,5 +1,6 @@
-"""A state of the previous build (PostgreSQL 15, TimescaleDB 2.28.3, pgvector 0.8.0) is upgraded
-in place by `up` (infra/local/upgrade.py → scripts/pg_major_upgrade.sh) and nothing is lost.
+"""A state of the previous build (the version table's PG_PREVIOUS_MAJOR with its TimescaleDB and
+pgvector) is upgraded in place by `up` (infra/local/upgrade.py → scripts/pg_major_upgrade.sh)
+and nothing is lost.
 
 The old state is made by the normal code on the previous binaries (LocalEnv(pg_bin=…), what
 TICKSTACK_PG_BIN does) and the real workers: migrate, ingest with bad rows (quarantined), embed
@@ -218,7 +219,7 @@ def test_data_and_knn_answers_are_identical_and_extensions_are_the_tables(upgrad
 def test_compression_late_trades_pitr_and_replica_after_the_upgrade(upgraded):
     env, before, _answers, _lines, files = upgraded
     chunks = compressed_chunks(env)
-    assert chunks, "the chunk compressed on PostgreSQL 15 is still compressed"
+    assert chunks, "the chunk compressed on the previous major is still compressed"
     # Late trades into the compressed chunk, through the ingest path: counted.
     ok(env, "ingest", str(files[1]))
     first_late = int(files[1].read_text().split(",", 1)[0])
@@ -325,8 +326,8 @@ def test_the_script_refuses_bad_usage_and_a_running_cluster_and_recovers_a_crash
         run_db([old_bin + "/pg_ctl", "-D", data, "-l", str(c.log), "-w", "-o",
                 f"-c listen_addresses='' -c unix_socket_directories='{c.socket_dir}' "
                 f"-c port={c.port}", "start"])
-        # Column options: PostgreSQL 15.20 adds its own to every column (pg_attver), which 18
-        # rejects; the ones 18 knows (n_distinct) must come through.
+        # Column options: Debian's previous major adds its own to every column (pg_attver),
+        # which the new one rejects; the ones it knows (n_distinct) must come through.
         psql = [old_bin + "/psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h",
                 str(c.socket_dir), "-p", str(c.port), "-d", "postgres", "-c"]
         run_db([*psql, "CREATE TABLE t (a int, b int); ALTER TABLE t ALTER COLUMN a SET "
