@@ -405,6 +405,8 @@ show_pg_upgrade_failure() {  # what pg_upgrade says went wrong, kept beside its 
   fi
   tail -n 15 "$work/$1.log" >&2 || true
   find "$work/pg_upgrade_output.d" -name '*.txt' -exec sh -c 'echo "--- $1"; head -n 40 "$1"' _ {} \; >&2 2>/dev/null || true
+  # The reason of a failed schema restore is in pg_restore's own logs.
+  grep -h -m 3 -E "(error|ERROR): " "$work"/pg_upgrade_output.d/*/log/*.log >&2 2>/dev/null || true
 }
 
 upgrade_check() {
