@@ -131,6 +131,7 @@ if [ $((${#sock} + 20)) -gt 100 ]; then
   sock="/tmp/tickstack-pgup-$(printf %s "$data" | sha1sum | cut -c1-12)"
 fi
 mkdir -p "$sock"
+[ "$(stat -c %u "$sock")" = "$(id -u)" ] || die "$sock belongs to another user"
 chmod 700 "$sock"
 # Only this OS user reaches $sock (0700): trust there, nothing else.
 hba="$work/pg_hba.trust.conf"
