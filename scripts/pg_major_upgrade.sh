@@ -36,8 +36,9 @@ usage() {
   sed -n '3,8p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
-bad() { echo "$prog: $*" >&2; exit 2; }
-die() { echo "$prog: FAILED in step '${step:-start}': $*" >&2; exit 1; }
+said=0
+bad() { said=1; echo "$prog: $*" >&2; exit 2; }
+die() { said=1; echo "$prog: FAILED in step '${step:-start}': $*" >&2; exit 1; }
 log() { echo "$prog: $*"; }
 
 data="" old_bin="" new_bin="" stanza="" pgbr_conf="" work="" mode=auto delete_old=0
@@ -116,6 +117,11 @@ new_major=$(bin_major "$new_bin")
 [ "$old_major" -lt "$new_major" ] || bad "--old-bindir is PostgreSQL $old_major, --new-bindir" \
   "$new_major: an upgrade goes to a newer major"
 kept="$data.pg$old_major"
+# Done already (the marker goes last, so none and the new major means complete): nothing to do.
+if [ ! -e "$marker" ] && [ "$(pg_major_of_dir "$data")" = "$new_major" ]; then
+  log "$data: already PostgreSQL $new_major"
+  exit 0
+fi
 [ -n "$work" ] || work="$parent/$base.upgrade-work"
 case "$work" in /*) ;; *) work="$(pwd)/$work" ;; esac
 
@@ -210,6 +216,17 @@ on_signal() {
   exit 130
 }
 trap on_signal INT TERM
+on_exit() {  # any other way out (a failed command under set -e included): our servers stop
+  local rc=$?
+  trap - EXIT
+  if [ "$rc" != 0 ]; then
+    stop_all_ours
+    [ "$said" = 1 ] || [ "$rc" = 130 ] ||
+      echo "$prog: FAILED in step '${step:-start}' (exit $rc); a rerun continues" >&2
+  fi
+  exit "$rc"
+}
+trap on_exit EXIT
 run_child() {  # a long command in the background, so a signal is handled at once
   "$@" 9>&- &
   child=$!
@@ -238,10 +255,6 @@ fi
 # --- where are we? -------------------------------------------------------------------------------
 if [ ! -e "$marker" ]; then
   cur=$(pg_major_of_dir "$data")
-  if [ "$cur" = "$new_major" ]; then
-    log "$data: already PostgreSQL $new_major"
-    exit 0
-  fi
   [ -n "$cur" ] || die "$data holds no PostgreSQL cluster (no PG_VERSION)"
   [ "$cur" = "$old_major" ] || { echo "$prog: $data holds PostgreSQL $cur, but --old-bindir is" \
     "PostgreSQL $old_major" >&2; exit 2; }
