@@ -270,7 +270,7 @@ def test_an_upgrade_killed_at_any_step_is_completed_by_the_next_up(shared_data, 
     old, _files = old_state(shared_data, tmp_path, full=False)
     try:
         before = snapshot(old)
-        old.down()
+        # Left running on the previous build: `up` stops its servers with their own binaries.
         env = LocalEnv(old.state)
         p = env.primary
         # SIGTERM while pg_upgrade runs: stopped like Ctrl-C (exit 130), the old cluster intact.
