@@ -484,8 +484,10 @@ swap() {
   fi
   [ "$(pg_major_of_dir "$data")" = "$new_major" ] ||
     die "after the swap $data does not hold PostgreSQL $new_major (old: $kept, new: $newdir)"
-  # The old cluster's own access files (its configuration may live outside: -c config_file=).
-  for f in pg_hba.conf pg_ident.conf; do
+  # What pg_upgrade does not carry: the old cluster's access files and its ALTER SYSTEM settings
+  # (its main configuration may live outside the data directory: -c config_file=). A setting the
+  # new major rejects stops the next step with the server's own message naming it.
+  for f in pg_hba.conf pg_ident.conf postgresql.auto.conf; do
     [ ! -f "$kept/$f" ] || cp -p -- "$kept/$f" "$data/$f"
   done
   sync "$parent" 2>/dev/null || true

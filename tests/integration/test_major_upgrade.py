@@ -339,6 +339,7 @@ def test_the_script_refuses_bad_usage_and_a_running_cluster_and_recovers_a_crash
                 str(c.socket_dir), "-p", str(c.port), "-d", "postgres", "-c"]
         run_db([*psql, "CREATE TABLE t (a int, b int); ALTER TABLE t ALTER COLUMN a SET "
                 "(n_distinct = 100); INSERT INTO t SELECT i, i FROM generate_series(1, 10) i"])
+        run_db([*psql, "ALTER SYSTEM SET work_mem = '7MB'"])  # pg_upgrade does not carry it
         r = _script(*args)
         assert r.returncode == 1 and "in use by a running server" in r.stderr, r.stderr
         assert (c.data / "PG_VERSION").read_text().strip() == V.pg_previous_major
@@ -359,12 +360,13 @@ def test_the_script_refuses_bad_usage_and_a_running_cluster_and_recovers_a_crash
                 f"'{c.socket_dir}' -c port={c.port}", "start"])
         try:
             got = run_db([new_bin + psql[0].removeprefix(old_bin), *psql[1:],
-                          "SELECT attname, attoptions, (SELECT sum(a + b) FROM t) "
+                          "SELECT attname, attoptions, (SELECT sum(a + b) FROM t), "
+                          "current_setting('work_mem') "
                           "FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0 "
                           "ORDER BY attnum"]).stdout.split()
         finally:
             run_db([*new_ctl, "-m", "fast", "stop"])
-        assert got == ["a|{n_distinct=100}|110", "b||110"]
+        assert got == ["a|{n_distinct=100}|110|7MB", "b||110|7MB"]
         kept = Path(f"{data}.pg{V.pg_previous_major}")
         assert kept.is_dir()
         r = _script("--data", data, "--delete-old")
