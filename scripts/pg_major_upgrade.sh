@@ -246,7 +246,8 @@ exec 9>>"$parent/$base.upgrade-lock"
 flock -n 9 || die "another $prog is running on $data"
 if [ -f "$work/child.pid" ]; then
   read -r cpid cname <"$work/child.pid" || true
-  if [ -n "${cpid:-}" ] && [ "$(ps -p "$cpid" -o comm= 2>/dev/null)" = "$cname" ]; then
+  # /proc, not ps: the primary image has no procps.
+  if [ -n "${cpid:-}" ] && [ "$(cat "/proc/$cpid/comm" 2>/dev/null)" = "$cname" ]; then
     die "$cname (pid $cpid), started by an earlier run that was killed, is still running:" \
       "wait for it to end (or stop it), then rerun"
   fi
