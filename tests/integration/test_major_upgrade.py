@@ -373,3 +373,50 @@ def test_the_script_refuses_bad_usage_and_a_running_cluster_and_recovers_a_crash
         assert r.returncode == 0 and not kept.exists(), r.stderr
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_pg_upgrade_killed_mid_link_gives_the_old_cluster_back():
+    """pg_upgrade --link renames the old global/pg_control before it links the files and writes
+    its deletion script after: a run killed in between leaves an old cluster that cannot start
+    (its files made here: the crash point after pg_upgrade, then its deletion script removed). The
+    next run renames pg_control back; the old cluster starts with its data, and a run after
+    that completes the upgrade."""
+    root = make_state_dir("tickstack-pgup-")
+    try:
+        c = Cluster("old", root / "old", free_port(), root / "run", "pw",
+                    bindir=V.pg_previous_bindir)
+        c.init()
+        make_db_dir(c.socket_dir)
+        data, old_bin, new_bin = str(c.data), str(V.pg_previous_bindir), str(V.pg_bindir)
+        args = ("--data", data, "--old-bindir", old_bin, "--new-bindir", new_bin)
+
+        def on(bindir: str, sql: str | None = None) -> str:
+            ctl = [bindir + "/pg_ctl", "-D", data, "-l", str(c.log), "-w"]
+            run_db([*ctl, "-o", f"-c listen_addresses='' -c unix_socket_directories="
+                    f"'{c.socket_dir}' -c port={c.port}", "start"])
+            try:
+                return run_db([bindir + "/psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h",
+                               str(c.socket_dir), "-p", str(c.port), "-d", "postgres", "-c",
+                               sql or "SELECT sum(i) FROM t"]).stdout.strip()
+            finally:
+                run_db([*ctl, "-m", "fast", "stop"])
+
+        on(old_bin, "CREATE TABLE t AS SELECT i FROM generate_series(1, 1000) i")
+        r = run_db(["bash", str(upgrade.SCRIPT), *args], check=False, timeout=600,
+                   env={**os.environ, "TICKSTACK_CRASH_AT": "upgrade-linked"})
+        assert r.returncode == -9, (r.stdout, r.stderr)
+        assert (c.data / "global" / "pg_control.old").exists()
+        assert not (c.data / "global" / "pg_control").exists()  # the old cannot start now
+        (Path(data + ".upgrade-work") / "delete_old_cluster.sh").unlink()
+        # The next run puts the old cluster back first (stopped here once it has).
+        r = run_db(["bash", str(upgrade.SCRIPT), *args], check=False, timeout=600,
+                   env={**os.environ, "TICKSTACK_CRASH_AT": "upgrade-running:SIGTERM"})
+        assert r.returncode == 130, (r.stdout, r.stderr)
+        assert f"restored {data}/global/pg_control" in r.stdout
+        assert (c.data / "PG_VERSION").read_text().strip() == V.pg_previous_major
+        assert on(old_bin) == "500500"
+        r = _script(*args)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        assert on(new_bin) == "500500"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
