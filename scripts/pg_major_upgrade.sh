@@ -36,8 +36,9 @@ usage() {
   sed -n '3,8p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
-bad() { echo "$prog: $*" >&2; exit 2; }
-die() { echo "$prog: FAILED in step '${step:-start}': $*" >&2; exit 1; }
+said=0
+bad() { said=1; echo "$prog: $*" >&2; exit 2; }
+die() { said=1; echo "$prog: FAILED in step '${step:-start}': $*" >&2; exit 1; }
 log() { echo "$prog: $*"; }
 
 data="" old_bin="" new_bin="" stanza="" pgbr_conf="" work="" mode=auto delete_old=0
@@ -89,6 +90,7 @@ if [ "$delete_old" = 1 ]; then
     deleted=1
   done
   [ "$deleted" = 1 ] || log "no old cluster beside $data: nothing to delete"
+  rm -rf -- "$parent/$base.upgrade-work" "$parent/$base.upgrade-lock"
   exit 0
 fi
 
@@ -115,6 +117,11 @@ new_major=$(bin_major "$new_bin")
 [ "$old_major" -lt "$new_major" ] || bad "--old-bindir is PostgreSQL $old_major, --new-bindir" \
   "$new_major: an upgrade goes to a newer major"
 kept="$data.pg$old_major"
+# Done already (the marker goes last, so none and the new major means complete): nothing to do.
+if [ ! -e "$marker" ] && [ "$(pg_major_of_dir "$data")" = "$new_major" ]; then
+  log "$data: already PostgreSQL $new_major"
+  exit 0
+fi
 [ -n "$work" ] || work="$parent/$base.upgrade-work"
 case "$work" in /*) ;; *) work="$(pwd)/$work" ;; esac
 
@@ -130,6 +137,7 @@ if [ $((${#sock} + 20)) -gt 100 ]; then
   sock="/tmp/tickstack-pgup-$(printf %s "$data" | sha1sum | cut -c1-12)"
 fi
 mkdir -p "$sock"
+[ "$(stat -c %u "$sock")" = "$(id -u)" ] || die "$sock belongs to another user"
 chmod 700 "$sock"
 # Only this OS user reaches $sock (0700): trust there, nothing else.
 hba="$work/pg_hba.trust.conf"
@@ -152,7 +160,7 @@ set_phase() {  # the marker, replaced atomically and synced
     echo "new=$new_major"
     echo "mode=${chosen_mode:-}"
     echo "preload=${preload:-}"
-    echo "superuser=${superuser:-}"
+    echo "superuser=${superuser:-$saved_superuser}"
   } >"$marker.tmp"
   sync "$marker.tmp" 2>/dev/null || true
   mv -f "$marker.tmp" "$marker"
@@ -178,11 +186,25 @@ stop_all_ours() {
   done
 }
 start_private() {  # $1 bindir, $2 data dir, $3 log name, $4 extra -o options
-  "$1/pg_ctl" -D "$2" -l "$work/$3.log" -o "$private_opts ${4:-}" -w -t 300 start >/dev/null ||
+  "$1/pg_ctl" -D "$2" -l "$work/$3.log" -o "$private_opts ${4:-}" -w -t 300 start >/dev/null 9>&- ||
     die "$2 did not start with $1 (log: $work/$3.log): $(tail -n 5 "$work/$3.log" 2>/dev/null)"
 }
 sql() {  # $1 bindir, $2 database, $3 statement: one fresh session; rows unaligned
   "$1/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$sock" -p "$PORT" -U "$superuser" -d "$2" -c "$3"
+}
+
+# Crash points for the crash tests (as workers/core/crashpoint.py): TICKSTACK_CRASH_AT=point
+# or point:SIGNAL sends that signal (SIGKILL unless named) to this script at that point. Unset
+# in production. Points: upgrade-running (while pg_upgrade runs), upgrade-linked (pg_upgrade done,
+# before the swap), swap-half (between the two renames), post-started (new cluster running).
+crashpoint() {
+  local spec=${TICKSTACK_CRASH_AT:-}
+  [ "${spec%%:*}" = "$1" ] || return 0
+  local sig=KILL
+  [ "$spec" = "${spec#*:}" ] || sig=${spec#*:}
+  sig=${sig#SIG}
+  echo "crashpoint: SIG$sig at $1" >&2
+  kill -s "$sig" $$
 }
 
 child=""
@@ -194,22 +216,46 @@ on_signal() {
   exit 130
 }
 trap on_signal INT TERM
+on_exit() {  # any other way out (a failed command under set -e included): our servers stop
+  local rc=$?
+  trap - EXIT
+  if [ "$rc" != 0 ]; then
+    stop_all_ours
+    [ "$said" = 1 ] || [ "$rc" = 130 ] ||
+      echo "$prog: FAILED in step '${step:-start}' (exit $rc); a rerun continues" >&2
+  fi
+  exit "$rc"
+}
+trap on_exit EXIT
 run_child() {  # a long command in the background, so a signal is handled at once
-  "$@" &
+  "$@" 9>&- &
   child=$!
+  echo "$child $(basename "$1")" >"$work/child.pid"
+  if [ "$(basename "$1")" = pg_upgrade ] && [[ " $* " != *" --check "* ]]; then
+    crashpoint upgrade-running
+  fi
   local rc=0
   wait "$child" || rc=$?
   child=""
   return "$rc"
 }
 
+# One run at a time per data directory; its tools do not inherit the lock (fd 9), so a tool an
+# earlier, killed run left behind is recognised by its pid instead.
+exec 9>>"$parent/$base.upgrade-lock"
+flock -n 9 || die "another $prog is running on $data"
+if [ -f "$work/child.pid" ]; then
+  read -r cpid cname <"$work/child.pid" || true
+  # /proc, not ps: the primary image has no procps.
+  if [ -n "${cpid:-}" ] && [ "$(cat "/proc/$cpid/comm" 2>/dev/null)" = "$cname" ]; then
+    die "$cname (pid $cpid), started by an earlier run that was killed, is still running:" \
+      "wait for it to end (or stop it), then rerun"
+  fi
+fi
+
 # --- where are we? -------------------------------------------------------------------------------
 if [ ! -e "$marker" ]; then
   cur=$(pg_major_of_dir "$data")
-  if [ "$cur" = "$new_major" ]; then
-    log "$data: already PostgreSQL $new_major"
-    exit 0
-  fi
   [ -n "$cur" ] || die "$data holds no PostgreSQL cluster (no PG_VERSION)"
   [ "$cur" = "$old_major" ] || { echo "$prog: $data holds PostgreSQL $cur, but --old-bindir is" \
     "PostgreSQL $old_major" >&2; exit 2; }
@@ -315,8 +361,9 @@ initdb_new() {
 }
 
 # pg_upgrade restores each column's options (pg_attribute.attoptions) as they are. An option the
-# new major does not know fails the restore late, after --check passed: PostgreSQL 15.20 (Debian's
-# 15.20-0+deb12u1) gives every column a private `pg_attver`, which no PostgreSQL 18 accepts. Each
+# new major does not know fails the restore late, after --check passed: Debian's security release
+# of the previous major (November 2026) gives every column a private `pg_attver`, which the new
+# major's release rejects. Each
 # option is tried on the new cluster; those it rejects are removed from the old cluster's columns
 # (they mean nothing to the new major), in one transaction per database, before pg_upgrade.
 strip_unknown_column_options() {
@@ -373,6 +420,8 @@ show_pg_upgrade_failure() {  # what pg_upgrade says went wrong, kept beside its 
   fi
   tail -n 15 "$work/$1.log" >&2 || true
   find "$work/pg_upgrade_output.d" -name '*.txt' -exec sh -c 'echo "--- $1"; head -n 40 "$1"' _ {} \; >&2 2>/dev/null || true
+  # The reason of a failed schema restore is in pg_restore's own logs.
+  grep -h -m 3 -E "(error|ERROR): " "$work"/pg_upgrade_output.d/*/log/*.log >&2 2>/dev/null || true
 }
 
 upgrade_check() {
@@ -429,14 +478,17 @@ swap() {
   begin "swap directories"
   if [ "$(pg_major_of_dir "$data")" = "$old_major" ] && [ -d "$newdir" ]; then
     mv -- "$data" "$kept"
+    crashpoint swap-half
   fi
   if [ ! -e "$data" ] && [ -d "$newdir" ] && [ -d "$kept" ]; then
     mv -- "$newdir" "$data"
   fi
   [ "$(pg_major_of_dir "$data")" = "$new_major" ] ||
     die "after the swap $data does not hold PostgreSQL $new_major (old: $kept, new: $newdir)"
-  # The old cluster's own access files (its configuration may live outside: -c config_file=).
-  for f in pg_hba.conf pg_ident.conf; do
+  # What pg_upgrade does not carry: the old cluster's access files and its ALTER SYSTEM settings
+  # (its main configuration may live outside the data directory: -c config_file=). A setting the
+  # new major rejects stops the next step with the server's own message naming it.
+  for f in pg_hba.conf pg_ident.conf postgresql.auto.conf; do
     [ ! -f "$kept/$f" ] || cp -p -- "$kept/$f" "$data/$f"
   done
   sync "$parent" 2>/dev/null || true
@@ -451,6 +503,7 @@ post() {
   local o=""
   [ -z "$preload" ] || o="-c shared_preload_libraries=$preload"
   start_private "$new_bin" "$data" new-post "$o"
+  crashpoint post-started
   local db ext v
   for db in $(sql "$new_bin" template1 "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1"); do
     for ext in timescaledb vector; do
@@ -514,6 +567,7 @@ while :; do
         continue
       fi
       upgrade
+      crashpoint upgrade-linked
       set_phase swap ;;
     swap)
       swap

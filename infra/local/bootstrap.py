@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infra import versions
-from infra.local.postgres import Cluster
+from infra.local.postgres import Cluster, build_of
 from infra.local.procs import PartError
 
 
@@ -52,7 +51,7 @@ def update_timescaledb(p: Cluster, start_env: dict[str, str]) -> list[str]:
     (before anything loads the old library), then moves each database. A primary started
     before the install runs the old loader: it is restarted first (with `start_env`).
     """
-    want = versions.load().timescaledb
+    want = build_of(p.bindir).timescaledb  # the row of the binaries in use
     dbs = p.psql("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
                  "ORDER BY 1").splitlines()
     behind = [(db, v) for db in dbs

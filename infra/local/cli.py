@@ -54,9 +54,14 @@ def up() -> None:
         started = env.up()
     except PartError as e:
         _fail(e)
-    if started:
-        out.print("started: " + ", ".join(started))
-    else:
+    # Parts by name on one line; what was done to them (upgrades, backups) a line each.
+    names = [s for s in started if ":" not in s]
+    if names:
+        out.print("started: " + ", ".join(names), highlight=False)
+    for s in started:
+        if ":" in s:
+            out.print(s, markup=False, highlight=False, soft_wrap=True)
+    if not started:
         out.print("already up: nothing to start")
     _print_status(env)
 

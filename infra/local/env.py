@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra import configs, worker_settings
-from infra.local import bootstrap
+from infra.local import bootstrap, upgrade
 from infra.local.interrupted import undo_interrupted_restore
 from infra.local.pgbackrest import PgBackRestServer
 from infra.local.postgres import DATABASE, PG_BIN, Cluster, install_problems
@@ -63,10 +63,13 @@ class PartStatus:
 
 class LocalEnv:
     def __init__(self, state_dir: Path = DEFAULT_STATE, *, landing_bucket: str = LANDING_BUCKET,
-                 backup_bucket: str = BACKUP_BUCKET, tuning: configs.PgTuning | None = None):
+                 backup_bucket: str = BACKUP_BUCKET, tuning: configs.PgTuning | None = None,
+                 pg_bin: Path | None = None):
         """`landing_bucket`/`backup_bucket`: the buckets' names (a test that runs a rendered
         stack's workloads gives the stack's). `tuning`: the primary's (a benchmark sized like
-        a production server); the renderer's defaults otherwise."""
+        a production server); the renderer's defaults otherwise. `pg_bin`: the servers'
+        binaries (default TICKSTACK_PG_BIN, else the version table's major)."""
+        self.pg_bin = Path(pg_bin or PG_BIN)
         self.landing_bucket, self.backup_bucket = landing_bucket, backup_bucket
         self.tuning = tuning or configs.PgTuning()
         self.state = Path(state_dir).absolute()
@@ -88,10 +91,10 @@ class LocalEnv:
         self.stunnel = Stunnel(self.state / "stunnel", self.ports["s3_tls"], self.ports["s3"])
         self.primary = Cluster("primary", self.state / "primary", self.ports["primary"],
                                sock / "primary", self.secrets["postgres_password"],
-                               ca_file=self.tls.ca)
+                               ca_file=self.tls.ca, bindir=self.pg_bin)
         self.replica = Cluster("replica", self.state / "replica", self.ports["replica"],
                                sock / "replica", self.secrets["postgres_password"],
-                               ca_file=self.tls.ca)
+                               ca_file=self.tls.ca, bindir=self.pg_bin)
         self.pgbr_dir = self.state / "pgbackrest"
         # pgBackRest's TLS server (the cloud's sidecar in the primary's pod).
         self.pgbr_server = PgBackRestServer(self.pgbr_dir, self.ports["pgbackrest"],
@@ -226,7 +229,7 @@ class LocalEnv:
                 f"(PostgreSQL runs as `postgres`). Use a checkout outside private directories, "
                 f"or set --state-dir to a directory postgres can reach.",
             )
-        missing = install_problems()
+        missing = install_problems(self.pg_bin)
         if missing:
             raise PartError("install", "the database stack does not match the version table "
                             "(scripts/versions.env): " + "; ".join(missing)
@@ -248,8 +251,18 @@ class LocalEnv:
         self.tls.ensure()
         started += undo_interrupted_restore(self.primary)
         for c in (self.primary, self.replica):
-            c.init()
+            make_db_dir(c.root, 0o700)
         self.render()
+        # A cluster of the previous major (or an upgrade an earlier `up` left unfinished) is
+        # upgraded in place before anything starts or initdb could run over it.
+        for c in (self.primary, self.replica):
+            line = upgrade.upgrade(
+                c, env=self.pgbackrest_env(),
+                stanza_config=self.pgbackrest_conf_path if c is self.primary else None,
+                kept_until="the full backup" if c is self.primary else "it runs")
+            started += [line] if line else []
+        for c in (self.primary, self.replica):
+            c.init()
         for c in (self.primary, self.replica):
             if not c.running():
                 c.start(env=self.pgbackrest_env() if c is self.primary else None)
@@ -270,7 +283,26 @@ class LocalEnv:
             started.append("pgbackrest-server")
         started += self.update_timescaledb()
         self.ensure_stanza()
+        started += self.delete_upgraded_clusters()
         return started
+
+    def delete_upgraded_clusters(self) -> list[str]:
+        """After an in-place upgrade: a full backup of the primary on the new major (the old
+        major's backups cannot be restored into it; PITR starts here), then the old clusters
+        kept beside the data directories are deleted. The replica has no backups: its old
+        cluster goes once the new one runs (`workers replicate` rebuilds it from landing)."""
+        done: list[str] = []
+        if upgrade.kept(self.primary):
+            r = self.pgbackrest("backup", "--type=full", timeout=upgrade.TIMEOUT, client=True)
+            if r.returncode != 0:
+                raise PartError("pgbackrest", "the full backup after the upgrade failed; the "
+                                f"old cluster stays in {upgrade.kept(self.primary)[0]} until "
+                                f"one succeeds (rerun `make up`): {r.stdout[-1500:]}{r.stderr}",
+                                self.pgbr_dir / "client-log" / f"{configs.STANZA}-backup.log")
+            done.append("primary: full backup on the new major")
+        for c in (self.primary, self.replica):
+            done += [f"{c.name}: old cluster {p} deleted" for p in upgrade.delete_old(c)]
+        return done
 
     def ensure_stanza(self) -> None:
         # stanza-create is idempotent for a matching stanza (checked in DESIGN.md).
@@ -369,7 +401,7 @@ class LocalEnv:
             "TICKSTACK_PGBACKREST_PG_CONFIG": str(self.pgbackrest_conf_path),
             # The primary's configuration outside its data directory: restore starts with it.
             "TICKSTACK_PG_CONFIG_FILE": str(self.primary.config_file),
-            "TICKSTACK_PG_BINDIR": str(PG_BIN),
+            "TICKSTACK_PG_BINDIR": str(self.pg_bin),
             "TICKSTACK_REPORT_DIR": str(self.state / "report"),
             "TICKSTACK_WORKER_LOGINS_FILE": str(self.write_worker_logins()),
             # Passwords stay in a 0600 file that libpq reads; nothing secret is printed.

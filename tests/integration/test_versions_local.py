@@ -1,11 +1,16 @@
-"""The local servers run exactly the version table's versions (scripts/versions.env), and a
-cluster made with an older TimescaleDB is updated in place by `infra.local up`."""
+"""The local servers run exactly the version table's versions (scripts/versions.env), a
+cluster made with an older TimescaleDB is updated in place by `infra.local up`, the previous
+build (TICKSTACK_PG_BIN) is checked against its own row, and a cluster of a major that is neither
+the table's nor the previous one is refused (the previous one is upgraded in place:
+test_major_upgrade.py)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -61,7 +66,7 @@ def test_local_environment_refuses_an_install_that_differs_from_the_table(monkey
     from infra.local import env as env_mod
 
     monkeypatch.setattr(env_mod, "install_problems",
-                        lambda: ["timescaledb: installed 0.0.1, the version table says x"])
+                        lambda *_: ["timescaledb: installed 0.0.1, the version table says x"])
     e = LocalEnv(make_state_dir())
     try:
         with pytest.raises(env_mod.PartError, match="make install-system"):
@@ -114,19 +119,74 @@ def test_status_and_version_table_cli():
     assert "TIMESCALEDB_VERSION" in r.stdout and V.timescaledb in r.stdout
 
 
-def test_a_cluster_of_another_major_is_refused_with_what_to_do(tmp_path):
+def test_the_previous_build_is_checked_against_its_own_row():
+    """TICKSTACK_PG_BIN=<the previous build>: its extensions are expected at the previous
+    versions (not the table's first row), and the workers get its binaries."""
+    from infra.local.postgres import build_of, install_problems
+
+    b = build_of(V.pg_previous_bindir)
+    assert (b.major, b.timescaledb, b.pgvector) == (V.pg_previous_major,
+                                                    V.timescaledb_previous, V.pgvector_previous)
+    assert install_problems(V.pg_previous_bindir) == []
+    state = make_state_dir()
+    try:
+        r = subprocess.run([sys.executable, "-m", "infra.local", "--state-dir", str(state), "env"],
+                           capture_output=True, text=True, check=True,
+                           env={**os.environ, "TICKSTACK_PG_BIN": str(V.pg_previous_bindir)})
+        assert f"TICKSTACK_PG_BINDIR={V.pg_previous_bindir}\n" in r.stdout
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _fake_cluster(root, major: int):
     from infra.local.postgres import Cluster
-    from infra.local.procs import PartError, free_port, make_db_dir
+    from infra.local.procs import free_port, make_db_dir
+
+    c = Cluster("old", root / "old", free_port(), root / "run", "x")
+    make_db_dir(c.root)
+    make_db_dir(c.data)
+    (c.data / "PG_VERSION").write_text(f"{major}\n")
+    return c
+
+
+@pytest.mark.parametrize("major", [int(V.pg_previous_major) - 1, int(V.pg_major) - 1,
+                                   int(V.pg_major) + 1])
+def test_a_cluster_of_another_major_is_refused_with_what_to_do(major):
+    """Neither the table's major nor the previous one: refused by `start` and by `up`'s
+    upgrade step alike, saying which majors are upgraded in place, nothing touched."""
+    from infra.local import upgrade
+    from infra.local.procs import PartError
+
+    if str(major) == V.pg_previous_major:
+        pytest.fail("the parameters must avoid the previous major")
+    root = make_state_dir("tickstack-major-")
+    try:
+        c = _fake_cluster(root, major)
+        want = (rf"holds a PostgreSQL {major} cluster, the binaries in \S+ are PostgreSQL "
+                rf"{V.pg_major}: only a PostgreSQL {V.pg_previous_major} cluster is upgraded in "
+                rf"place, onto PostgreSQL {V.pg_major}; start afresh \(`make clean`\)")
+        with pytest.raises(PartError, match=want):
+            c.start()
+        with pytest.raises(PartError, match=want):
+            upgrade.upgrade(c)
+        assert sorted(p.name for p in c.root.iterdir()) == ["data"]
+        assert (c.data / "PG_VERSION").read_text() == f"{major}\n"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_previous_major_cluster_is_not_started_but_upgraded_by_up():
+    """`start` alone never runs the previous major's cluster on the new binaries: it says that
+    `up` upgrades it (test_major_upgrade.py proves the upgrade)."""
+    from infra.local.procs import PartError
 
     root = make_state_dir("tickstack-major-")
     try:
-        c = Cluster("old", root / "old", free_port(), root / "run", "x")
-        make_db_dir(c.root)
-        make_db_dir(c.data)
-        (c.data / "PG_VERSION").write_text(f"{int(V.pg_major) - 1}\n")
-        with pytest.raises(PartError, match=rf"PostgreSQL {int(V.pg_major) - 1} cluster, the "
-                                            rf"version table says {V.pg_major}: upgrade it with "
-                                            r"pg_upgrade \(docs/upgrading.md\)"):
+        c = _fake_cluster(root, int(V.pg_previous_major))
+        with pytest.raises(PartError, match=rf"PostgreSQL {V.pg_previous_major} cluster, the "
+                                            rf"binaries in \S+ are PostgreSQL {V.pg_major}: "
+                                            r"`python -m infra.local up` \(`make up`\) "
+                                            r"upgrades it in place"):
             c.start()
     finally:
         shutil.rmtree(root, ignore_errors=True)
