@@ -312,7 +312,8 @@ check_old() {
   preload=""
   attopts=""
   local db
-  for db in $(sql "$old_bin" template1 "SELECT datname FROM pg_database WHERE datallowconn"); do
+  # One name a line (a database name may hold spaces); fd 3 keeps psql off the list.
+  while IFS= read -r db <&3; do
     if [ "$(sql "$old_bin" "$db" "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'")" != 0 ]; then
       preload=timescaledb
     fi
@@ -320,7 +321,7 @@ check_old() {
     attopts+=$(sql "$old_bin" "$db" "SELECT DISTINCT ON (k) k || '=' || v FROM pg_attribute,
       unnest(attoptions) o, split_part(o, '=', 1) k, substr(o, length(k) + 2) v
       WHERE attrelid >= 16384 ORDER BY k")$'\n'
-  done
+  done 3< <(sql "$old_bin" template1 "SELECT datname FROM pg_database WHERE datallowconn")
   attopts=$(printf '%s' "$attopts" | sort -u -t= -k1,1 | sed '/^$/d')
   stop_ours "$old_bin" "$data"
   checksums=$("$old_bin/pg_controldata" "$data" | sed -n 's/^Data page checksum version: *//p')
@@ -385,7 +386,8 @@ strip_unknown_column_options() {
   stop_ours "$new_bin" "$newdir"
   if [ -n "$rejected" ]; then
     start_private "$old_bin" "$data" old-strip
-    for db in $(sql "$old_bin" template1 "SELECT datname FROM pg_database WHERE datallowconn"); do
+    # One name a line (a database name may hold spaces); fd 3 keeps psql off the list.
+    while IFS= read -r db <&3; do
       for k in $rejected; do
         n=$(sql "$old_bin" "$db" "UPDATE pg_catalog.pg_attribute SET attoptions = NULLIF(ARRAY(
               SELECT o FROM unnest(attoptions) o WHERE o NOT LIKE '$k=%'), '{}')
@@ -395,7 +397,7 @@ strip_unknown_column_options() {
         [ "$n" = 0 ] ||
           log "database $db: column option $k removed from $n columns (PostgreSQL $new_major rejects it)"
       done
-    done
+    done 3< <(sql "$old_bin" template1 "SELECT datname FROM pg_database WHERE datallowconn")
     stop_ours "$old_bin" "$data"
   fi
   end
@@ -505,7 +507,8 @@ post() {
   start_private "$new_bin" "$data" new-post "$o"
   crashpoint post-started
   local db ext v
-  for db in $(sql "$new_bin" template1 "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1"); do
+  # One name a line (a database name may hold spaces); fd 3 keeps psql off the list.
+  while IFS= read -r db <&3; do
     for ext in timescaledb vector; do
       v=$(sql "$new_bin" "$db" "SELECT extversion FROM pg_extension WHERE extname = '$ext'") ||
         { stop_ours "$new_bin" "$data"; die "database $db: cannot read its extensions"; }
@@ -515,7 +518,7 @@ post() {
         { stop_ours "$new_bin" "$data"; die "database $db: ALTER EXTENSION $ext UPDATE failed"; }
       log "database $db: $ext $v -> $(sql "$new_bin" "$db" "SELECT extversion FROM pg_extension WHERE extname = '$ext'")"
     done
-  done
+  done 3< <(sql "$new_bin" template1 "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")
   local va=(--all --analyze-in-stages -h "$sock" -p "$PORT" -U "$superuser")
   if "$new_bin/vacuumdb" --help | grep -q -- --missing-stats-only; then va+=(--missing-stats-only); fi
   run_child "$new_bin/vacuumdb" "${va[@]}" >"$work/vacuumdb.log" 2>&1 ||
