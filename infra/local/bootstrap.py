@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infra.local.postgres import Cluster, build_of
+from infra.local.postgres import Cluster
 from infra.local.procs import PartError
 
 
@@ -43,38 +43,47 @@ def bootstrap_replica(c: Cluster, master_user: str, password: str, db_name: str)
         c.psql(f"ALTER TABLE IF EXISTS ops.schema_migrations OWNER TO {ident}", db=db_name)
 
 
-def update_timescaledb(p: Cluster, start_env: dict[str, str]) -> list[str]:
-    """Move every database of the primary `p` to the installed TimescaleDB; what was done.
+EXTENSIONS = ("timescaledb", "vector")  # what the start path brings to the installed versions
+
+
+def update_extensions(c: Cluster, start_env: dict[str, str]) -> list[str]:
+    """Move every database of cluster `c` to the installed TimescaleDB and pgvector; what was
+    done. The primary image's entry point does the same at every start of the cloud's primary
+    (infra/images/primary/entrypoint.sh), with the same log lines.
 
     A new TimescaleDB install keeps the older version's library, so a cluster made with it
-    still starts; `ALTER EXTENSION timescaledb UPDATE`, the first command of a fresh session
-    (before anything loads the old library), then moves each database. A primary started
-    before the install runs the old loader: it is restarted first (with `start_env`).
+    still starts; `ALTER EXTENSION ... UPDATE`, the first command of a fresh session (before
+    anything loads the old library), then moves each database to the installed default
+    version. A primary started before the install runs the old loader: it is restarted first
+    (with `start_env`).
     """
-    want = build_of(p.bindir).timescaledb  # the row of the binaries in use
-    dbs = p.psql("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
+    dbs = c.psql("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
                  "ORDER BY 1").splitlines()
-    behind = [(db, v) for db in dbs
-              if (v := p.psql("SELECT extversion FROM pg_extension "
-                              "WHERE extname = 'timescaledb'", db=db)) and v != want]
+    behind = []
+    for db in dbs:
+        for ext in EXTENSIONS:
+            row = c.psql("SELECT e.extversion || ' ' || a.default_version FROM pg_extension e "
+                         "JOIN pg_available_extensions a ON a.name = e.extname "
+                         f"WHERE e.extname = '{ext}'", db=db)
+            if row and (old := row.split()[0]) != (want := row.split()[1]):
+                behind.append((db, ext, old, want))
     if not behind:
         return []
     done: list[str] = []
-    loader = Path(p.psql("SELECT setting FROM pg_config WHERE name = 'PKGLIBDIR'")) \
+    loader = Path(c.psql("SELECT setting FROM pg_config WHERE name = 'PKGLIBDIR'")) \
         / "timescaledb.so"
-    started_at = float(p.psql("SELECT extract(epoch FROM pg_postmaster_start_time())"))
-    if loader.exists() and loader.stat().st_mtime > started_at:
-        p.stop()
-        p.start(env=start_env)
-        done.append("primary restarted (its TimescaleDB loader predated the install)")
-    for db, old in behind:
+    started_at = float(c.psql("SELECT extract(epoch FROM pg_postmaster_start_time())"))
+    if any(ext == "timescaledb" for _, ext, _, _ in behind) and loader.exists() and \
+            loader.stat().st_mtime > started_at:
+        c.stop()
+        c.start(env=start_env)
+        done.append(f"{c.name} restarted (its TimescaleDB loader predated the install)")
+    for db, ext, old, want in behind:
         # psql -c: a fresh session whose first command is the update (Cluster.psql).
-        p.psql("ALTER EXTENSION timescaledb UPDATE", db=db)
-        new = p.psql("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
-                     db=db)
+        c.psql(f"ALTER EXTENSION {ext} UPDATE", db=db)
+        new = c.psql(f"SELECT extversion FROM pg_extension WHERE extname = '{ext}'", db=db)
         if new != want:
-            raise PartError("primary", f"database {db}: ALTER EXTENSION timescaledb UPDATE "
-                            f"left version {new}, not {want}", p.log)
-        done.append(f"timescaledb {old} -> {new} in database {db} (updated in place: "
-                    f"ALTER EXTENSION timescaledb UPDATE)")
+            raise PartError(c.name, f"database {db}: ALTER EXTENSION {ext} UPDATE left "
+                            f"version {new}, not {want}", c.log)
+        done.append(f"{c.name}: {ext} {old} -> {new} in database {db}")
     return done

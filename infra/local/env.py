@@ -214,9 +214,11 @@ class LocalEnv:
         """As RDS creates an instance (bootstrap.bootstrap_replica)."""
         bootstrap.bootstrap_replica(self.replica, master_user, password, db_name)
 
-    def update_timescaledb(self) -> list[str]:
-        """Move every database of the primary to the installed TimescaleDB; what was done."""
-        return bootstrap.update_timescaledb(self.primary, self.pgbackrest_env())
+    def update_extensions(self) -> list[str]:
+        """Move every database of both clusters to the installed TimescaleDB and pgvector (the
+        replica: pgvector only); what was done."""
+        return (bootstrap.update_extensions(self.primary, self.pgbackrest_env())
+                + bootstrap.update_extensions(self.replica, {}))
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -281,7 +283,7 @@ class LocalEnv:
         if not self.pgbr_server.healthy():
             self.pgbr_server.start()
             started.append("pgbackrest-server")
-        started += self.update_timescaledb()
+        started += self.update_extensions()
         self.ensure_stanza()
         started += self.delete_upgraded_clusters()
         return started
