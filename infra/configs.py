@@ -266,6 +266,10 @@ def postgres_conf(
                 "shared_preload_libraries": _q("timescaledb"),
                 "timescaledb.telemetry_level": _q("off"),
                 "timescaledb.max_background_workers": "4",
+                # TimescaleDB's SkipScan node fails some plans on this PostgreSQL major ("ScanKey
+                # for skip qual not found", timescale/timescaledb#10429: seen here under load in
+                # `workers repair`); tickstack's queries do not need it.
+                "timescaledb.enable_skipscan": "off",
                 "max_worker_processes": "16",
                 "archive_mode": "on",
                 "archive_command": _q(archive_command(pgbackrest_config)),
