@@ -187,6 +187,28 @@ def test_sigterm_stops_a_long_command_as_ctrl_c_does_and_a_rerun_completes(
             "windows_pending"] == 0
 
 
+def test_a_signal_at_any_point_inside_the_database_driver_is_a_clean_interrupt(env):
+    """SIGTERM landing while psycopg runs — between sending a command and reading its result,
+    at each of the driver's lines in turn (tests/integration/interrupt_points.py): every time
+    a KeyboardInterrupt, the connection ready for the cleanup's next query, no half-written
+    transaction. Raised inside the driver, the interrupt left a command in progress: 'another
+    command is already in progress' and exit 1 from the ingest's cleanup."""
+    with admin(env) as c:
+        c.execute("CREATE TABLE public.interrupt_points (k bigint, part int)")
+    try:
+        r = subprocess.run([sys.executable, "-m", "tests.integration.interrupt_points",
+                            env.primary.dsn(), "public.interrupt_points"], cwd=REPO,
+                           env={**os.environ, "PGPASSWORD": env.secrets["postgres_password"]},
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, f"the run ended ({r.returncode}) at: {r.stderr[-3000:]}"
+        got = json.loads(r.stdout.strip().splitlines()[-1])
+        assert got["problems"] == [], (len(got["problems"]), got["problems"][:20])
+        assert min(got["points"].values()) >= 10, got  # the driver's code was gone through
+    finally:
+        with admin(env) as c:
+            c.execute("DROP TABLE public.interrupt_points")
+
+
 def test_sigterm_stops_fetch_mid_download_and_a_rerun_resumes(tmp_path, shared_data):
     from tests.integration import archive_faults as faults
     from tests.integration import archive_server as arc
