@@ -91,8 +91,13 @@ def test_backup_interrupted_at_its_pid_stops_pgbackrest_and_the_next_backup_runs
     assert "backup: full" in out
 
 
-def test_a_held_backup_lock_is_reported_as_such(env, tmp_path):
-    lock = env.pgbr_dir / "client-lock" / "tickstack-backup-1.lock"
+@pytest.mark.parametrize("side", ["client-lock", "lock"])
+def test_a_held_backup_lock_is_reported_as_such(env, tmp_path, side):
+    """The worker's lock (client-lock) and the one pgBackRest's TLS server takes for it (lock):
+    both in the environment's own directory — the server's came from the machine's
+    /etc/pgbackrest.conf, /tmp/pgbackrest, shared by every environment (two test workers'
+    backups stopped each other)."""
+    lock = env.pgbr_dir / side / "tickstack-backup-1.lock"
     u = db_user()
     kw = {"user": u.pw_uid, "group": u.pw_gid, "extra_groups": []} if u else {}
     # -o: the lock is held by flock alone, not by the command it runs
