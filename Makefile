@@ -24,9 +24,13 @@ up: install
 	  echo "make up: no $(SHARED_DAY): fetching BTCUSDT spot trades $(DAY) from Binance's public archive (cached)"))
 	@eval "$$($(PY) -m infra.local env)" && $(PY) -m workers up $(UP_INPUT)
 
-# The tests also need the build an in-place major upgrade starts from (the upgrade's proof).
+# Two pytest workers (pytest-xdist), a test file each at a time: each worker starts its own
+# throwaway servers, and most integration tests wait on servers, not on the CPU.
+# PYTEST_WORKERS=0 runs the suite in one process. The tests also need the build an in-place
+# major upgrade starts from (the upgrade's proof).
+PYTEST_WORKERS ?= 2
 test: install-previous install-python lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # Every benchmark (bench/all.py), each on its own throwaway servers; figures (JSON, the month's
 # PNG) in .tickstack/bench/. BENCH_ARGS=--month adds the generated month (~30 min here),

@@ -84,6 +84,9 @@ class PgBackRestRemote:
     host: str
     tls: TlsFiles
     port: int = PGBACKREST_TLS_PORT
+    # The server's own pgbackrest.conf, for the commands it runs for the worker (its lock,
+    # log and spool paths); None: pgBackRest's default file, as in the cloud's image.
+    config: str | None = None
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,8 @@ def _stanza_options(pg: PrimaryPg, remote: PgBackRestRemote | None) -> dict[str,
             "pg1-host-key-file": remote.tls.key,
             "pg1-host-ca-file": remote.tls.ca,
         })
+        if remote.config is not None:
+            stanza_opts["pg1-host-config"] = remote.config
     stanza_opts.update({
         "pg1-path": pg.data_dir,
         "pg1-port": str(pg.port),

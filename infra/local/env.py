@@ -180,7 +180,10 @@ class LocalEnv:
                                     spool=str(self.pgbr_dir / "client-spool")),
             # The server's certificate names localhost (and 127.0.0.1): pgBackRest checks it.
             remote=configs.PgBackRestRemote(host="localhost", tls=self.tls.client(),
-                                            port=self.ports["pgbackrest"]),
+                                            port=self.ports["pgbackrest"],
+                                            # not the machine's /etc/pgbackrest.conf: its
+                                            # /tmp/pgbackrest lock is every environment's
+                                            config=str(self.pgbackrest_conf_path)),
         )
         self.pgbackrest_client_conf_path.write_text(client)
         os.chmod(self.pgbackrest_client_conf_path, 0o644)

@@ -91,8 +91,13 @@ def test_backup_interrupted_at_its_pid_stops_pgbackrest_and_the_next_backup_runs
     assert "backup: full" in out
 
 
-def test_a_held_backup_lock_is_reported_as_such(env, tmp_path):
-    lock = env.pgbr_dir / "client-lock" / "tickstack-backup-1.lock"
+@pytest.mark.parametrize("side", ["client-lock", "lock"])
+def test_a_held_backup_lock_is_reported_as_such(env, tmp_path, side):
+    """The worker's lock (client-lock) and the one pgBackRest's TLS server takes for it (lock):
+    both in the environment's own directory — the server's came from the machine's
+    /etc/pgbackrest.conf, /tmp/pgbackrest, shared by every environment (two test workers'
+    backups stopped each other)."""
+    lock = env.pgbr_dir / side / "tickstack-backup-1.lock"
     u = db_user()
     kw = {"user": u.pw_uid, "group": u.pw_gid, "extra_groups": []} if u else {}
     # -o: the lock is held by flock alone, not by the command it runs
@@ -185,6 +190,28 @@ def test_sigterm_stops_a_long_command_as_ctrl_c_does_and_a_rerun_completes(
     else:
         assert json.loads(ok(env, "embed", "--json").strip().splitlines()[-1])[
             "windows_pending"] == 0
+
+
+def test_a_signal_at_any_point_inside_the_database_driver_is_a_clean_interrupt(env):
+    """SIGTERM landing while psycopg runs — between sending a command and reading its result,
+    at each of the driver's lines in turn (tests/integration/interrupt_points.py): every time
+    a KeyboardInterrupt, the connection ready for the cleanup's next query, no half-written
+    transaction. Raised inside the driver, the interrupt left a command in progress: 'another
+    command is already in progress' and exit 1 from the ingest's cleanup."""
+    with admin(env) as c:
+        c.execute("CREATE TABLE public.interrupt_points (k bigint, part int)")
+    try:
+        r = subprocess.run([sys.executable, "-m", "tests.integration.interrupt_points",
+                            env.primary.dsn(), "public.interrupt_points"], cwd=REPO,
+                           env={**os.environ, "PGPASSWORD": env.secrets["postgres_password"]},
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, f"the run ended ({r.returncode}) at: {r.stderr[-3000:]}"
+        got = json.loads(r.stdout.strip().splitlines()[-1])
+        assert got["problems"] == [], (len(got["problems"]), got["problems"][:20])
+        assert min(got["points"].values()) >= 10, got  # the driver's code was gone through
+    finally:
+        with admin(env) as c:
+            c.execute("DROP TABLE public.interrupt_points")
 
 
 def test_sigterm_stops_fetch_mid_download_and_a_rerun_resumes(tmp_path, shared_data):

@@ -21,7 +21,7 @@ PGBACKREST_INPUTS = {
     "repo1-s3-bucket", "repo1-s3-region", "repo1-s3-endpoint", "repo1-s3-uri-style",
     "repo1-s3-key-type", "repo1-storage-verify-tls", "repo1-storage-port", "repo1-s3-kms-key-id",
     "repo1-retention-full", "repo1-retention-diff", "log-path", "lock-path", "spool-path",
-    "pg1-path", "pg1-port", "pg1-socket-path",
+    "pg1-path", "pg1-port", "pg1-socket-path", "pg1-host-config",
     # pgBackRest's TLS server: where it listens and its certificate's files.
     "tls-server-address", "tls-server-port", "tls-server-cert-file", "tls-server-key-file",
     "tls-server-ca-file",

@@ -10,6 +10,12 @@ command then exits 130 (EXIT_INTERRUPTED), as Ctrl-C always did (typer maps Keyb
 to 130). Commands with their own graceful stop (the live stream) replace these handlers while
 they run.
 
+The KeyboardInterrupt is never raised inside the database driver: a signal that lands while
+psycopg runs (between sending a command and reading its result, at any instruction) is raised
+at the first instruction back in the caller, once the cancelled query has returned or failed.
+Raised inside, it left the connection with a command in progress, and the cleanup's next query
+failed ("another command is already in progress", exit 1 instead of 130).
+
 `deferred()` guards cleanup that must finish once started (stopping a tool's processes, moving
 a data directory back): a second SIGINT/SIGTERM arriving inside is noted, not raised, and raised
 when the block ends (unless an exception is already on its way out).
@@ -18,6 +24,7 @@ when the block ends (unless an exception is already on its way out).
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import threading
 
@@ -35,10 +42,106 @@ _HANDLED = (signal.SIGINT, signal.SIGTERM)
 _last: list[int] = []
 
 
-def _interrupt(signum: int, _frame) -> None:
+_raising: list[int] = []  # an interrupt that landed inside the driver, raised on leaving it
+
+
+def _interrupt(signum: int, frame) -> None:
     _last.append(signum)
     cancel_queries()
+    if _in_driver(frame):
+        _raise_on_leaving(signum, frame)
+        return
+    _disarm()  # one that landed inside the driver while this ran is this one
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _driver_dirs() -> tuple[str, ...]:
+    import os
+    import sys
+
+    return tuple(os.path.dirname(m.__file__) + os.sep for m in
+                 (sys.modules.get(n) for n in _DRIVERS) if m is not None and m.__file__)
+
+
+_DRIVERS = ("psycopg", "psycopg_pool")  # protocol state lives in their Python code
+
+
+@functools.cache
+def _library_dirs() -> tuple[str, ...]:
+    """Where the standard library and installed packages live: not the application's code."""
+    import os
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    dirs = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    return tuple({os.path.join(p, "") for d in dirs for p in (d, os.path.realpath(d))})
+
+
+def _application(frame) -> bool:
+    """A frame of the application's own code (not a library's, not generated code): written
+    to be interrupted, its `with` blocks entered or not at all."""
+    name = frame.f_code.co_filename
+    return not name.startswith("<") and not name.startswith(_library_dirs())
+
+
+def _in_driver(frame) -> bool:
+    """Whether the driver's code runs in this frame or in one of its callers."""
+    dirs = _driver_dirs()
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(dirs):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _raise_on_leaving(signum: int, frame) -> None:
+    """Raise KeyboardInterrupt at the first instruction of the application's code that runs
+    with the driver no longer on the stack (its cancelled query ends at once). Not in a library
+    frame on the way out either: psycopg's `copy()` and `transaction()` are context managers,
+    and one interrupted inside contextlib's `__enter__` is never exited (the COPY kept the
+    connection's lock, and the cleanup waited on it for good). The application's frames are
+    traced instruction by instruction, as a debugger's are; the trace ends with the raise."""
+    import sys
+
+    if _raising:
+        _raising[0] = signum
+        return
+    _raising.append(signum)
+    while frame is not None:
+        if _application(frame):
+            frame.f_trace_opcodes = True
+            frame.f_trace = _on_event
+        frame = frame.f_back
+    sys.settrace(_on_call)
+
+
+def _on_call(frame, _event, _arg):
+    """New frames (a callback from the driver, the caller's next call): traced when they are
+    the application's."""
+    if not _raising or not _application(frame):
+        return None
+    frame.f_trace_opcodes = True
+    return _on_event
+
+
+def _on_event(frame, event, _arg):
+    if not _raising:
+        return None
+    if _in_driver(frame):  # the application called back from inside the driver: not yet
+        return _on_event
+    signum = _raising.pop()
+    _disarm()
+    # Raised from the trace function, it is raised in `frame` (an exception on its way out of
+    # the driver, the cancelled query's, is replaced by it).
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _disarm() -> None:
+    import sys
+
+    if _raising or sys.gettrace() is _on_call:
+        _raising.clear()
+        sys.settrace(None)
 
 
 def cancel_queries() -> int:
