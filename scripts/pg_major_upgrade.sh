@@ -519,6 +519,40 @@ post() {
       log "database $db: $ext $v -> $(sql "$new_bin" "$db" "SELECT extversion FROM pg_extension WHERE extname = '$ext'")"
     done
   done 3< <(sql "$new_bin" template1 "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")
+  # Before server_version_num 160000 a CREATEROLE role could alter and grant any non-superuser
+  # role; from then on only roles it holds WITH ADMIN OPTION, which it gets for the roles it
+  # creates, not for those that came over from the old major. Keep what it could do (a managed
+  # database's admin, the local replica's: `migrate` rotates the worker logins' passwords):
+  # ADMIN OPTION, without INHERIT or SET, on every other non-superuser role it does not
+  # administer yet and that is not its own member (that would be circular). Idempotent; logged.
+  if [ "$old_major" -lt 16 ] && [ "$new_major" -ge 16 ]; then
+    local granted
+    granted=$(sql "$new_bin" postgres "DO \$\$
+      DECLARE a record; r record; n int := 0;
+      BEGIN
+        FOR a IN SELECT oid, rolname FROM pg_roles
+                 WHERE rolcreaterole AND NOT rolsuper AND rolname !~ '^pg_' LOOP
+          FOR r IN SELECT oid, rolname FROM pg_roles
+                   WHERE NOT rolsuper AND rolname !~ '^pg_' AND oid <> a.oid
+                     AND NOT pg_has_role(a.oid, oid, 'MEMBER WITH ADMIN OPTION')
+                     AND NOT pg_has_role(oid, a.oid, 'MEMBER') LOOP
+            IF pg_has_role(a.oid, r.oid, 'MEMBER') THEN
+              -- Already a member: add ADMIN only (naming INHERIT or SET would change the
+              -- grant that made it one, when it has the same grantor).
+              EXECUTE format('GRANT %I TO %I WITH ADMIN OPTION', r.rolname, a.rolname);
+            ELSE
+              EXECUTE format('GRANT %I TO %I WITH ADMIN OPTION, INHERIT FALSE, SET FALSE',
+                             r.rolname, a.rolname);
+            END IF;
+            RAISE NOTICE 'tickstack-grant % administers %', a.rolname, r.rolname;
+            n := n + 1;
+          END LOOP;
+        END LOOP;
+      END \$\$" 2>&1 | sed -n 's/.*tickstack-grant //p') ||
+      { stop_ours "$new_bin" "$data"; die "granting CREATEROLE roles ADMIN OPTION failed"; }
+    [ -z "$granted" ] || log "CREATEROLE roles keep managing the roles they managed" \
+      "(ADMIN OPTION, no SET/INHERIT): $(echo "$granted" | tr '\n' ';' | sed 's/;$//; s/;/; /g')"
+  fi
   local va=(--all --analyze-in-stages -h "$sock" -p "$PORT" -U "$superuser")
   if "$new_bin/vacuumdb" --help | grep -q -- --missing-stats-only; then va+=(--missing-stats-only); fi
   run_child "$new_bin/vacuumdb" "${va[@]}" >"$work/vacuumdb.log" 2>&1 ||
