@@ -21,6 +21,27 @@ from infra.local.procs import PartError, run_db
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pg_major_upgrade.sh"
 TIMEOUT = 6 * 3600.0  # a bound for a big cluster (--link does not copy the data)
+_copies: list[Path] = []
+
+
+def db_user_script() -> str:
+    """The script where the `postgres` OS user, which runs it, can read it: a checkout may sit
+    where that user cannot reach (root's home, a 0700 temporary directory: a CI clone). A copy
+    in a private directory of its own, made once per process and removed at exit."""
+    if not _copies:
+        import atexit
+        import shutil
+        import tempfile
+
+        from infra.local.procs import chown_db
+
+        d = Path(tempfile.mkdtemp(prefix="tickstack-upgrade-script-"))
+        atexit.register(shutil.rmtree, d, ignore_errors=True)
+        shutil.copyfile(SCRIPT, d / SCRIPT.name)
+        chown_db(d / SCRIPT.name, 0o500)
+        chown_db(d, 0o500)
+        _copies.append(d / SCRIPT.name)
+    return str(_copies[0])
 
 
 def marker(c: Cluster) -> Path:
@@ -67,7 +88,7 @@ def upgrade(c: Cluster, *, stanza_config: Path | None = None,
             if r.returncode != 0:
                 raise PartError(c.name, f"the running PostgreSQL {old} server did not stop: "
                                 f"{r.stderr.strip()}", c.log)
-    cmd = ["bash", str(SCRIPT), "--data", str(c.data), "--old-bindir", str(old_bin),
+    cmd = ["bash", db_user_script(), "--data", str(c.data), "--old-bindir", str(old_bin),
            "--new-bindir", str(c.bindir)]
     if stanza_config is not None:
         from infra.configs import STANZA
@@ -95,7 +116,7 @@ def delete_old(c: Cluster) -> list[Path]:
     olds = kept(c)
     if not olds:
         return []
-    r = run_db(["bash", str(SCRIPT), "--data", str(c.data), "--delete-old"], check=False,
+    r = run_db(["bash", db_user_script(), "--data", str(c.data), "--delete-old"], check=False,
                timeout=3600)
     if r.returncode != 0:
         raise PartError(c.name, f"deleting the old cluster failed: {r.stderr.strip()}")

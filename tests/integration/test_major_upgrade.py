@@ -316,7 +316,7 @@ def test_an_upgrade_killed_at_any_step_is_completed_by_the_next_up(shared_data, 
 # --- the script's interface (scripts/pg_major_upgrade.sh), as the cloud's Job uses it ------------
 
 def _script(*args: str) -> subprocess.CompletedProcess[str]:
-    return run_db(["bash", str(upgrade.SCRIPT), *args], check=False, timeout=600)
+    return run_db(["bash", upgrade.db_user_script(), *args], check=False, timeout=600)
 
 
 def test_the_script_refuses_bad_usage_and_a_running_cluster_and_recovers_a_crashed_one():
@@ -407,14 +407,14 @@ def test_a_pg_upgrade_killed_mid_link_gives_the_old_cluster_back():
                 run_db([*ctl, "-m", "fast", "stop"])
 
         on(old_bin, "CREATE TABLE t AS SELECT i FROM generate_series(1, 1000) i")
-        r = run_db(["bash", str(upgrade.SCRIPT), *args], check=False, timeout=600,
+        r = run_db(["bash", upgrade.db_user_script(), *args], check=False, timeout=600,
                    env={**os.environ, "TICKSTACK_CRASH_AT": "upgrade-linked"})
         assert r.returncode == -9, (r.stdout, r.stderr)
         assert (c.data / "global" / "pg_control.old").exists()
         assert not (c.data / "global" / "pg_control").exists()  # the old cannot start now
         (Path(data + ".upgrade-work") / "delete_old_cluster.sh").unlink()
         # The next run puts the old cluster back first (stopped here once it has).
-        r = run_db(["bash", str(upgrade.SCRIPT), *args], check=False, timeout=600,
+        r = run_db(["bash", upgrade.db_user_script(), *args], check=False, timeout=600,
                    env={**os.environ, "TICKSTACK_CRASH_AT": "upgrade-running:SIGTERM"})
         assert r.returncode == 130, (r.stdout, r.stderr)
         assert f"restored {data}/global/pg_control" in r.stdout
