@@ -59,14 +59,14 @@ def update_extensions(c: Cluster, start_env: dict[str, str]) -> list[str]:
     """
     dbs = c.psql("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
                  "ORDER BY 1").splitlines()
+    names = ", ".join(f"'{e}'" for e in EXTENSIONS)
     behind = []
-    for db in dbs:
-        for ext in EXTENSIONS:
-            row = c.psql("SELECT e.extversion || ' ' || a.default_version FROM pg_extension e "
-                         "JOIN pg_available_extensions a ON a.name = e.extname "
-                         f"WHERE e.extname = '{ext}'", db=db)
-            if row and (old := row.split()[0]) != (want := row.split()[1]):
-                behind.append((db, ext, old, want))
+    for db in dbs:  # one session per database: what is installed against what could be
+        rows = c.psql("SELECT e.extname || ' ' || e.extversion || ' ' || a.default_version "
+                      "FROM pg_extension e JOIN pg_available_extensions a ON a.name = e.extname "
+                      f"WHERE e.extname IN ({names}) ORDER BY 1", db=db)
+        behind += [(db, ext, old, want) for ext, old, want in
+                    (row.split() for row in rows.splitlines()) if old != want]
     if not behind:
         return []
     done: list[str] = []

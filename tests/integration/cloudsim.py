@@ -101,6 +101,16 @@ def rendered(graph: Graph) -> Rendered:
     return Rendered(graph.stack, ns, objects, workloads, rds, dict(graph.outputs))
 
 
+def volume_files(r: Rendered, v: dict) -> tuple[dict[str, str], bool]:
+    """A ConfigMap or Secret volume's files (name -> content) and whether they are secret;
+    ({}, False) for any other volume."""
+    if "configMap" in v:
+        return _data(r.get("ConfigMap", v["configMap"]["name"])), False
+    if "secret" in v:
+        return _data(r.get("Secret", v["secret"]["secretName"])), True
+    return {}, False
+
+
 def _data(obj: dict) -> dict[str, str]:
     import base64
 
@@ -337,12 +347,8 @@ def prepare(m: Mapping, w: Workload, c: dict, root: Path) -> tuple[list[str], di
         d = root / vm["name"]
         d.mkdir(parents=True, exist_ok=True)
         mounts[vm["mountPath"]] = d
-        if "configMap" in v:
-            pending += [(d / k, val, False) for k, val in
-                        _data(m.r.get("ConfigMap", v["configMap"]["name"])).items()]
-        elif "secret" in v:
-            pending += [(d / k, val, True) for k, val in
-                        _data(m.r.get("Secret", v["secret"]["secretName"])).items()]
+        files, secret = volume_files(m.r, v)
+        pending += [(d / k, val, secret) for k, val in files.items()]
     pems = m.pems()
     key = access_key(w)
     for path, value, secret in pending:

@@ -27,6 +27,7 @@ from infra import configs, versions
 from infra.components import database as db
 from infra.local.procs import chown_db, db_user, make_db_dir
 from tests.conftest import REPO
+from tests.dockerfiles import instructions
 from tests.integration import cloudsim
 from tests.integration.cloudsim import Mapping, Run, Unresolvable, Workload
 
@@ -34,14 +35,7 @@ DOCKERFILE = REPO / "infra" / "images" / "primary" / "Dockerfile"
 
 
 def _instructions() -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            word, _, rest = line.partition(" ")
-            out.append((word.upper(), rest.strip()))
-    return out
+    return instructions(DOCKERFILE)
 
 
 def image_env() -> dict[str, str]:
@@ -137,12 +131,8 @@ def _prepare(m: Mapping, w: Workload, c: dict, root: Path) -> tuple[list[str], d
             continue
         d = make_db_dir(root / vm["name"], 0o700)
         mounts[vm["mountPath"]] = d
-        if "configMap" in v:
-            pending += [(d / k, val, False) for k, val in
-                        cloudsim._data(m.r.get("ConfigMap", v["configMap"]["name"])).items()]
-        elif "secret" in v:
-            pending += [(d / k, val, True) for k, val in
-                        cloudsim._data(m.r.get("Secret", v["secret"]["secretName"])).items()]
+        files, secret = cloudsim.volume_files(m.r, v)
+        pending += [(d / k, val, secret) for k, val in files.items()]
     key = cloudsim.access_key(w)
     for path, value, secret in pending:
         value = (server_pgbackrest_conf(m, value, mounts, key) if path.name == "pgbackrest.conf"

@@ -16,12 +16,14 @@ cluster running) and each next `up` continues until it completes with the same d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -319,14 +321,23 @@ def _script(*args: str) -> subprocess.CompletedProcess[str]:
     return run_db(["bash", upgrade.db_user_script(), *args], check=False, timeout=600)
 
 
-def test_the_script_refuses_bad_usage_and_a_running_cluster_and_recovers_a_crashed_one():
+@contextlib.contextmanager
+def old_cluster() -> Iterator[tuple[Cluster, str, str, str]]:
+    """A fresh, stopped cluster on the previous build in a throwaway directory: (the cluster,
+    its data directory, the previous and the table's bin directories)."""
     root = make_state_dir("tickstack-pgup-")
     try:
         c = Cluster("old", root / "old", free_port(), root / "run", "pw",
                     bindir=V.pg_previous_bindir)
         c.init()
         make_db_dir(c.socket_dir)
-        data, old_bin, new_bin = str(c.data), str(V.pg_previous_bindir), str(V.pg_bindir)
+        yield c, str(c.data), str(V.pg_previous_bindir), str(V.pg_bindir)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_script_refuses_bad_usage_and_a_running_cluster_and_recovers_a_crashed_one():
+    with old_cluster() as (c, data, old_bin, new_bin):
         assert _script().returncode == 2
         r = _script("--data", data, "--old-bindir", old_bin, "--new-bindir", new_bin,
                     "--mode", "fast")
@@ -376,8 +387,6 @@ def test_the_script_refuses_bad_usage_and_a_running_cluster_and_recovers_a_crash
         assert kept.is_dir()
         r = _script("--data", data, "--delete-old")
         assert r.returncode == 0 and not kept.exists(), r.stderr
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_pg_upgrade_killed_mid_link_gives_the_old_cluster_back():
@@ -386,13 +395,7 @@ def test_a_pg_upgrade_killed_mid_link_gives_the_old_cluster_back():
     (its files made here: the crash point after pg_upgrade, then its deletion script removed). The
     next run renames pg_control back; the old cluster starts with its data, and a run after
     that completes the upgrade."""
-    root = make_state_dir("tickstack-pgup-")
-    try:
-        c = Cluster("old", root / "old", free_port(), root / "run", "pw",
-                    bindir=V.pg_previous_bindir)
-        c.init()
-        make_db_dir(c.socket_dir)
-        data, old_bin, new_bin = str(c.data), str(V.pg_previous_bindir), str(V.pg_bindir)
+    with old_cluster() as (c, data, old_bin, new_bin):
         args = ("--data", data, "--old-bindir", old_bin, "--new-bindir", new_bin)
 
         def on(bindir: str, sql: str | None = None) -> str:
@@ -423,5 +426,3 @@ def test_a_pg_upgrade_killed_mid_link_gives_the_old_cluster_back():
         r = _script(*args)
         assert r.returncode == 0, (r.stdout, r.stderr)
         assert on(new_bin) == "500500"
-    finally:
-        shutil.rmtree(root, ignore_errors=True)

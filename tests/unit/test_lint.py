@@ -14,12 +14,14 @@ import pytest
 import yaml
 
 from infra import versions
+from tests.dockerfiles import instructions
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
 WORKFLOWS = REPO / ".github" / "workflows"
+
 DOCKERFILE = REPO / "workers" / "Dockerfile"
 PRIMARY_DOCKERFILE = REPO / "infra" / "images" / "primary" / "Dockerfile"
 
@@ -59,14 +61,7 @@ def test_hadolint_fails_a_broken_dockerfile(tmp_path: Path) -> None:
 
 
 def _instructions(dockerfile: Path = DOCKERFILE) -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n", " ", dockerfile.read_text())
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            word, _, rest = line.partition(" ")
-            out.append((word.upper(), rest.strip()))
-    return out
+    return instructions(dockerfile)
 
 
 def test_dockerfile_entrypoint_user_and_stages() -> None:
