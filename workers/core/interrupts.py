@@ -80,6 +80,8 @@ def _library_dirs() -> tuple[str, ...]:
 def _application(frame) -> bool:
     """A frame of the application's own code (not a library's, not generated code): written
     to be interrupted, its `with` blocks entered or not at all."""
+    if frame.f_globals.get("__name__", "").partition(".")[0] == "workers":
+        return True  # tickstack's own, wherever it is installed (a wheel: site-packages)
     name = frame.f_code.co_filename
     return not name.startswith("<") and not name.startswith(_library_dirs())
 
